@@ -1,0 +1,147 @@
+"""Encoder sources, and building a classifier whose dropout is the sampled one.
+
+Architectures name their dropout settings differently, so `DROPOUT_KEYS` maps each
+model type to every config key that feeds an `nn.Dropout` in its sequence classifier.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from benchmark import assets
+from benchmark.config import EncoderSpec
+from benchmark.errors import BenchmarkError
+
+_BERT_LIKE = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
+
+DROPOUT_KEYS: dict[str, tuple[str, ...]] = {
+    "bert": _BERT_LIKE,
+    "roberta": _BERT_LIKE,
+    "xlm-roberta": _BERT_LIKE,
+    "electra": _BERT_LIKE,
+    "camembert": _BERT_LIKE,
+    "mpnet": ("hidden_dropout_prob", "attention_probs_dropout_prob"),
+    "albert": ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout_prob"),
+    "distilbert": ("dropout", "attention_dropout", "seq_classif_dropout"),
+    "deberta": ("hidden_dropout_prob", "attention_probs_dropout_prob", "pooler_dropout", "cls_dropout"),
+    "deberta-v2": ("hidden_dropout_prob", "attention_probs_dropout_prob", "pooler_dropout", "cls_dropout"),
+}
+
+
+class EncoderSource(Protocol):
+    def locate(self) -> str:
+        """What `from_pretrained` takes: a local directory or a hub id."""
+
+
+@dataclass(frozen=True)
+class OfflineEncoder:
+    asset_name: str
+    encoder_name: str
+
+    def locate(self) -> str:
+        asset = assets.OFFLINE_ENCODERS.get(self.asset_name)
+        if asset is None:
+            raise BenchmarkError(
+                f"encoders.{self.encoder_name}: no built-in offline encoder '{self.asset_name}'; "
+                f"choose one of {', '.join(assets.OFFLINE_ENCODERS)}"
+            )
+        return str(assets.fetch(asset))
+
+
+@dataclass(frozen=True)
+class HubEncoder:
+    id: str
+
+    def locate(self) -> str:
+        return self.id
+
+
+@dataclass(frozen=True)
+class LocalEncoder:
+    path: Path
+    encoder_name: str
+
+    def locate(self) -> str:
+        if not (self.path / "config.json").is_file():
+            raise BenchmarkError(
+                f"encoders.{self.encoder_name}.path: {self.path} is not a model directory "
+                f"(no config.json)"
+            )
+        return str(self.path)
+
+
+def source_for(name: str, spec: EncoderSpec) -> EncoderSource:
+    if spec.source == "hub":
+        return HubEncoder(spec.id)
+    if spec.source == "local":
+        return LocalEncoder(spec.path, name)
+    return OfflineEncoder(spec.id or name, name)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """An encoder whose files were found and whose architecture we know how to tune."""
+
+    name: str
+    location: str
+    model_type: str
+    revision: str | None
+    trust_remote_code: bool
+
+    @property
+    def dropout_keys(self) -> tuple[str, ...]:
+        return DROPOUT_KEYS[self.model_type]
+
+
+def resolve(name: str, spec: EncoderSpec) -> Encoder:
+    """Find the encoder and read its config: cheap, and done before any training."""
+    from transformers import AutoConfig
+
+    location = source_for(name, spec).locate()
+    try:
+        config = AutoConfig.from_pretrained(
+            location, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+    except Exception as exc:  # hub, file and parse errors all mean "cannot use this encoder"
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BenchmarkError(
+            f"encoders.{name}: cannot load the config of '{location}' ({first_line}); "
+            f"a hub id needs network access or a copy in the local Hugging Face cache"
+        ) from None
+    if config.model_type not in DROPOUT_KEYS:
+        raise BenchmarkError(
+            f"encoders.{name}: architecture '{config.model_type}' has no dropout mapping; "
+            f"supported: {', '.join(sorted(DROPOUT_KEYS))}"
+        )
+    return Encoder(name, location, config.model_type, spec.revision, spec.trust_remote_code)
+
+
+def load_tokenizer(encoder: Encoder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(
+        encoder.location, revision=encoder.revision, trust_remote_code=encoder.trust_remote_code
+    )
+
+
+def load_classifier(encoder: Encoder, label_names: tuple[str, ...], dropout: float):
+    """A sequence classifier with a fresh head and every dropout set to `dropout`."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.from_pretrained(
+        encoder.location,
+        revision=encoder.revision,
+        trust_remote_code=encoder.trust_remote_code,
+        num_labels=len(label_names),
+        id2label=dict(enumerate(label_names)),
+        label2id={label: index for index, label in enumerate(label_names)},
+        **{key: dropout for key in encoder.dropout_keys},
+    )
+    return AutoModelForSequenceClassification.from_pretrained(
+        encoder.location,
+        config=config,
+        revision=encoder.revision,
+        trust_remote_code=encoder.trust_remote_code,
+    )

@@ -1,0 +1,125 @@
+"""One Optuna study per dataset, kept in the storage and topped up on every run."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from benchmark.config import BenchmarkConfig, PrunerSpec, SamplerSpec
+from benchmark.trial import DatasetStudy, run_trial
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+# Study user attributes that mark a study as ours and say how to read it.
+BENCHMARK_ATTR = "benchmark"
+DATASET_ATTR = "dataset"
+METRIC_ATTR = "metric"
+DATA_SEED_ATTR = "data_seed"
+
+
+def study_name(config: BenchmarkConfig, dataset: str) -> str:
+    return f"{config.name}-{dataset}"
+
+
+def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
+    if spec.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # `group` lets the multivariate TPE model the conditional (per-encoder) ranges.
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=spec.n_startup_trials, multivariate=spec.multivariate,
+        group=spec.multivariate,
+    )
+
+
+def make_pruner(spec: PrunerSpec) -> optuna.pruners.BasePruner:
+    if spec.type == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=spec.n_startup_trials,
+                                           n_warmup_steps=spec.n_warmup_steps)
+    if spec.type == "percentile":
+        return optuna.pruners.PercentilePruner(spec.percentile, n_startup_trials=spec.n_startup_trials,
+                                               n_warmup_steps=spec.n_warmup_steps)
+    if spec.type == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=spec.min_resource,
+                                              reduction_factor=spec.reduction_factor)
+    if spec.type == "successive_halving":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=spec.min_resource,
+                                                      reduction_factor=spec.reduction_factor)
+    return optuna.pruners.NopPruner()
+
+
+def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy, seed: int) -> optuna.Study:
+    config = dataset_study.config
+    study = optuna.create_study(
+        storage=storage,
+        study_name=dataset_study.study_name,
+        direction="maximize",  # every supported metric is higher-is-better
+        sampler=make_sampler(config.sampler, seed),
+        pruner=make_pruner(config.pruner),
+        load_if_exists=True,
+    )
+    data = dataset_study.data
+    study.set_user_attr(BENCHMARK_ATTR, config.name)
+    study.set_user_attr(DATASET_ATTR, data.name)
+    study.set_user_attr(METRIC_ATTR, dataset_study.metric)
+    study.set_user_attr(DATA_SEED_ATTR, config.training.seed)
+    study.set_user_attr("label_names", list(data.label_names))
+    study.set_user_attr("split_sizes", {split: len(getattr(data, split)) for split in ("train", "validation", "test")})
+    return study
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def run_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy, n_trials: int,
+              timeout_s: float | None, seed: int) -> optuna.Study:
+    """Run trials until the study holds `n_trials` finished ones, or the time is up."""
+    study = open_study(storage, dataset_study, seed)
+    remaining = n_trials - finished_count(study)
+    name = dataset_study.data.name
+    if remaining <= 0:
+        print(f"[{name}] already has {finished_count(study)} finished trials (target {n_trials}); nothing to run",
+              file=sys.stderr)
+        return study
+    print(f"[{name}] running up to {remaining} trial(s) toward {n_trials}", file=sys.stderr)
+    study.optimize(
+        lambda trial: run_trial(trial, dataset_study),
+        n_trials=remaining,
+        timeout=timeout_s,
+        catch=(Exception,),  # a failed trial is recorded as failed; it never ends the study
+        callbacks=[
+            # Other workers may share the study: stop once the shared count is reached.
+            optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
+            progress_printer(name, dataset_study.metric, n_trials),
+        ],
+        gc_after_trial=True,
+    )
+    return study
+
+
+def progress_printer(name: str, metric: str, n_trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
+    def report(study: optuna.Study, trial: FrozenTrial) -> None:
+        trials = study.get_trials(deepcopy=False)
+        counts = {state: sum(t.state == state for t in trials)
+                  for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        outcome = trial.state.name.lower()
+        if trial.state == TrialState.COMPLETE:
+            outcome += f" {metric}={trial.value:.4f}"
+        elif trial.state == TrialState.PRUNED:
+            outcome += f" ({trial.user_attrs.get('prune_reason', '')})"
+        elif trial.state == TrialState.FAIL:
+            outcome += f" ({trial.user_attrs.get('fail_reason', 'see the log above')})"
+        best = max((t.value for t in trials if t.state == TrialState.COMPLETE), default=None)
+        best_text = f"best {metric} {best:.4f}" if best is not None else "no complete trial yet"
+        print(
+            f"[{name}] trial {trial.number} {trial.params.get('encoder', '?')}: {outcome} | "
+            f"{counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]}/{n_trials} finished: "
+            f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+            f"{counts[TrialState.FAIL]} failed | {best_text}",
+            file=sys.stderr, flush=True,
+        )
+
+    return report

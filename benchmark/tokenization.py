@@ -1,0 +1,89 @@
+"""Tokenize once per (dataset, tokenizer, max length), then batch with dynamic padding."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from benchmark.data import Split, TextClassificationData
+
+
+@dataclass(frozen=True)
+class TokenizedSplit:
+    input_ids: tuple[np.ndarray, ...]  # unpadded, one array per example
+    token_type_ids: tuple[np.ndarray, ...] | None  # only for models that take segment ids
+    labels: np.ndarray
+    pad_token_id: int
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self))
+
+
+def tokenize_split(tokenizer, split: Split, max_length: int) -> TokenizedSplit:
+    encoded = tokenizer(
+        list(split.texts),
+        list(split.text_pairs) if split.text_pairs is not None else None,
+        truncation=True,
+        max_length=max_length,
+    )
+    segments = encoded.get("token_type_ids")
+    return TokenizedSplit(
+        input_ids=tuple(np.asarray(ids, dtype=np.int64) for ids in encoded["input_ids"]),
+        token_type_ids=None if segments is None else tuple(np.asarray(s, dtype=np.int64) for s in segments),
+        labels=split.labels,
+        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0,
+    )
+
+
+@dataclass(frozen=True)
+class TokenizedData:
+    train: TokenizedSplit
+    validation: TokenizedSplit
+    test: TokenizedSplit
+
+
+class TokenizationCache:
+    """Keeps each dataset tokenized per tokenizer, so trials of one encoder share the work."""
+
+    def __init__(self) -> None:
+        self._entries: dict[tuple[str, str, int], TokenizedData] = {}
+
+    def get(self, data: TextClassificationData, tokenizer_key: str, max_length: int,
+            load_tokenizer: Callable[[], object]) -> TokenizedData:
+        key = (data.name, tokenizer_key, max_length)
+        if key not in self._entries:
+            tokenizer = load_tokenizer()
+            self._entries[key] = TokenizedData(
+                *(tokenize_split(tokenizer, getattr(data, split), max_length)
+                  for split in ("train", "validation", "test"))
+            )
+        return self._entries[key]
+
+
+def batches(split: TokenizedSplit, order: np.ndarray, batch_size: int,
+            device: torch.device) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int]]:
+    """(model inputs, labels, real token count) per batch, padded to the longest in the batch."""
+    for start in range(0, len(order), batch_size):
+        indices = order[start:start + batch_size]
+        lengths = [len(split.input_ids[i]) for i in indices]
+        width = max(lengths)
+        input_ids = np.full((len(indices), width), split.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(indices), width), dtype=np.int64)
+        for row, (i, length) in enumerate(zip(indices, lengths)):
+            input_ids[row, :length] = split.input_ids[i]
+            attention_mask[row, :length] = 1
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if split.token_type_ids is not None:
+            segments = np.zeros((len(indices), width), dtype=np.int64)
+            for row, (i, length) in enumerate(zip(indices, lengths)):
+                segments[row, :length] = split.token_type_ids[i]
+            inputs["token_type_ids"] = segments
+        tensors = {name: torch.from_numpy(array).to(device) for name, array in inputs.items()}
+        yield tensors, torch.from_numpy(split.labels[indices]).to(device), int(sum(lengths))

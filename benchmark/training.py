@@ -1,0 +1,202 @@
+"""Fine-tune a sequence classifier: one loop, read top to bottom.
+
+The loop knows nothing of Optuna or trackers. It hands every step and every
+evaluation to callbacks; the trial decides what they mean (a report, a pruning
+decision, a curve point).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from benchmark.metrics import classification_metrics
+from benchmark.tokenization import TokenizedSplit, batches
+
+
+@dataclass(frozen=True)
+class Hyperparameters:
+    learning_rate: float
+    warmup_ratio: float
+    dropout: float
+    max_grad_norm: float
+    weight_decay: float
+    batch_size: int
+    num_epochs: int
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    eval_every_steps: int
+    eval_batch_size: int
+    seed: int
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+
+@dataclass(frozen=True)
+class StepLog:
+    step: int
+    loss: float
+    learning_rate: float
+    grad_norm: float
+    tokens_per_second: float
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    step: int
+    epoch: float
+    loss: float
+    metrics: dict[str, float]
+
+
+@dataclass
+class TrainingResult:
+    evaluations: list[Evaluation] = field(default_factory=list)
+    steps: int = 0
+    train_tokens: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: float = 0.0
+
+    @property
+    def final(self) -> Evaluation:
+        return self.evaluations[-1]
+
+
+class NonFiniteLoss(RuntimeError):
+    """The training loss became NaN or infinite: the run cannot recover."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        super().__init__(f"loss became {loss} at step {step}")
+        self.step = step
+
+
+def pick_device() -> torch.device:
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """bf16 where the device runs it natively (`auto`), always (`bf16`) or never (`fp32`)."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if device.type == "cpu":
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    return None
+
+
+def _autocast(settings: LoopSettings):
+    if settings.autocast_dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=settings.device.type, dtype=settings.autocast_dtype)
+
+
+def _optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.device) -> torch.optim.Optimizer:
+    # Biases and normalization weights are conventionally exempt from weight decay.
+    decay, no_decay = [], []
+    for name, parameter in model.named_parameters():
+        if parameter.requires_grad:
+            (no_decay if parameter.ndim < 2 else decay).append(parameter)
+    groups = [{"params": decay, "weight_decay": hp.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=device.type == "cuda")
+
+
+def _linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / (warmup_steps + 1)
+        return max(0.0, (total_steps - step) / max(1, total_steps - warmup_steps))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def evaluate(model: torch.nn.Module, split: TokenizedSplit, settings: LoopSettings,
+             num_labels: int) -> tuple[float, dict[str, float]]:
+    """Mean loss and metrics over the whole split."""
+    model.eval()
+    order = np.argsort(split.lengths, kind="stable")  # similar lengths together: less padding
+    predictions = np.empty(len(split), dtype=np.int64)
+    loss_sum = 0.0
+    with torch.inference_mode(), _autocast(settings):
+        position = 0
+        for inputs, labels, _ in batches(split, order, settings.eval_batch_size, settings.device):
+            logits = model(**inputs).logits.float()
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
+            predictions[order[position:position + len(labels)]] = logits.argmax(-1).cpu().numpy()
+            position += len(labels)
+    model.train()
+    return loss_sum / len(split), classification_metrics(split.labels, predictions, num_labels)
+
+
+def fine_tune(
+    model: torch.nn.Module,
+    train: TokenizedSplit,
+    validation: TokenizedSplit,
+    num_labels: int,
+    hp: Hyperparameters,
+    settings: LoopSettings,
+    on_step: Callable[[StepLog], None],
+    on_evaluation: Callable[[Evaluation], None],
+) -> TrainingResult:
+    """Train for `hp.num_epochs`, evaluating every `eval_every_steps` and at the end.
+
+    `on_evaluation` may raise (Optuna's TrialPruned, say) to stop at once.
+    """
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    model.to(settings.device)
+    model.train()
+    steps_per_epoch = math.ceil(len(train) / hp.batch_size)
+    total_steps = steps_per_epoch * hp.num_epochs
+    optimizer = _optimizer(model, hp, settings.device)
+    scheduler = _linear_warmup_decay(optimizer, round(hp.warmup_ratio * total_steps), total_steps)
+    result = TrainingResult()
+
+    def run_evaluation(step: int) -> None:
+        started = time.perf_counter()
+        loss, metrics = evaluate(model, validation, settings, num_labels)
+        result.eval_seconds += time.perf_counter() - started
+        evaluation = Evaluation(step=step, epoch=step / steps_per_epoch, loss=loss, metrics=metrics)
+        result.evaluations.append(evaluation)
+        on_evaluation(evaluation)
+
+    step = 0
+    for _ in range(hp.num_epochs):
+        for inputs, labels, tokens in batches(train, rng.permutation(len(train)), hp.batch_size, settings.device):
+            started = time.perf_counter()
+            with _autocast(settings):
+                logits = model(**inputs).logits
+            loss = F.cross_entropy(logits.float(), labels)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            loss_value = loss.item()
+            elapsed = time.perf_counter() - started
+            result.steps, result.train_tokens = step, result.train_tokens + tokens
+            result.train_seconds += elapsed
+            if not math.isfinite(loss_value):
+                raise NonFiniteLoss(step, loss_value)
+            on_step(StepLog(step, loss_value, scheduler.get_last_lr()[0], float(grad_norm),
+                            tokens / elapsed if elapsed > 0 else 0.0))
+            if step % settings.eval_every_steps == 0 or step == total_steps:
+                run_evaluation(step)
+    return result

@@ -1,0 +1,115 @@
+"""One Optuna trial: sample, build the classifier, train, report, prune."""
+
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import asdict, dataclass
+
+import optuna
+import torch
+
+from benchmark.config import BenchmarkConfig, CategoricalParam, EncoderSpec, FloatParam, SearchSpace
+from benchmark.data import TextClassificationData
+from benchmark.encoders import Encoder, load_classifier, load_tokenizer
+from benchmark.tokenization import TokenizationCache
+from benchmark.tracking import Tracker
+from benchmark.training import Evaluation, Hyperparameters, LoopSettings, NonFiniteLoss, fine_tune
+
+ENCODER_PARAM = "encoder"
+
+
+@dataclass
+class DatasetStudy:
+    """Everything one dataset's study needs, checked before its first trial."""
+
+    study_name: str
+    config: BenchmarkConfig
+    data: TextClassificationData
+    metric: str
+    encoders: dict[str, Encoder]
+    tokenization: TokenizationCache
+    tracker: Tracker
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+
+def sample_hyperparameters(trial: optuna.Trial, space: SearchSpace, encoder: EncoderSpec) -> Hyperparameters:
+    values = {}
+    for name, spec in space:
+        if isinstance(spec, CategoricalParam):
+            values[name] = trial.suggest_categorical(name, list(spec.choices))
+            continue
+        override = encoder.overrides.get(name)
+        low, high = (override.low, override.high) if override else (spec.low, spec.high)
+        if isinstance(spec, FloatParam):
+            values[name] = trial.suggest_float(name, low, high, log=spec.log)
+        else:
+            values[name] = trial.suggest_int(name, int(low), int(high), log=spec.log)
+    return Hyperparameters(**values)
+
+
+def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
+    """Train one sampled configuration; the value is the final validation metric."""
+    encoder_name = trial.suggest_categorical(ENCODER_PARAM, list(study.encoders))
+    encoder = study.encoders[encoder_name]
+    hp = sample_hyperparameters(trial, study.config.search_space, study.config.encoders[encoder_name])
+    trial.set_user_attr("model_type", encoder.model_type)
+    trial.set_user_attr("device", str(study.device))
+    trial.set_user_attr("precision", str(study.autocast_dtype or torch.float32).removeprefix("torch."))
+    run = study.tracker.start_trial(
+        study.study_name, trial.number, {ENCODER_PARAM: encoder_name, **asdict(hp)},
+        {"study": study.study_name, "dataset": study.data.name, "encoder": encoder_name},
+    )
+    started = time.perf_counter()
+    model = None
+    try:
+        training = study.config.training
+        tokenized = study.tokenization.get(
+            study.data, encoder.location, training.max_length, lambda: load_tokenizer(encoder)
+        )
+        model = load_classifier(encoder, study.data.label_names, hp.dropout)
+        trial.set_user_attr("num_parameters", sum(p.numel() for p in model.parameters()))
+        trial.set_user_attr("load_seconds", round(time.perf_counter() - started, 3))
+
+        def on_evaluation(evaluation: Evaluation) -> None:
+            value = evaluation.metrics[study.metric]
+            run.log_evaluation(evaluation)
+            trial.report(value, evaluation.step)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned at step {evaluation.step} with {study.metric} {value:.4f}")
+
+        settings = LoopSettings(training.eval_every_steps, training.eval_batch_size,
+                                training.seed + trial.number, study.device, study.autocast_dtype)
+        result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels,
+                           hp, settings, run.log_step, on_evaluation)
+        final = result.final
+        for name, value in final.metrics.items():
+            trial.set_user_attr(f"validation_{name}", value)
+        trial.set_user_attr("validation_loss", final.loss)
+        trial.set_user_attr("steps", result.steps)
+        trial.set_user_attr("train_tokens", result.train_tokens)
+        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+        trial.set_user_attr("eval_seconds", round(result.eval_seconds, 3))
+        run.finish("complete", None)
+        return final.metrics[study.metric]
+    except optuna.TrialPruned as pruned:
+        trial.set_user_attr("prune_reason", str(pruned))
+        run.finish("pruned", str(pruned))
+        raise
+    except NonFiniteLoss as diverged:
+        reason = f"non-finite loss: {diverged}"
+        trial.set_user_attr("prune_reason", reason)
+        run.finish("pruned", reason)
+        raise optuna.TrialPruned(reason) from None
+    except Exception as error:
+        reason = f"{type(error).__name__}: {error}"
+        trial.set_user_attr("fail_reason", reason[:1000])
+        run.finish("failed", reason)
+        raise
+    finally:
+        trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 3))
+        del model
+        gc.collect()
+        if study.device.type == "cuda":
+            torch.cuda.empty_cache()
