@@ -259,17 +259,23 @@ def _to_split(table: pd.DataFrame, label_ids: dict[str, int]) -> Split:
 
 
 def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (rest, taken) with about `fraction` of every class in `taken`.
+    """Indices (rest, taken), with round(fraction * n) taken in proportion to each class.
 
-    Each class with two or more examples keeps at least one on each side, so a
-    small dataset still has every class in every split.
+    Classes get their share by largest remainder, so the total is exact; each class
+    with two or more examples keeps at least one on each side, so a small dataset
+    still has every class in every split.
     """
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = fraction * counts
+    taken_counts = np.floor(quotas).astype(int)
+    shortfall = int(round(fraction * len(labels))) - taken_counts.sum()
+    for index in np.argsort(-(quotas - taken_counts), kind="stable")[:max(shortfall, 0)]:
+        taken_counts[index] += 1
+    splittable = counts >= 2
+    taken_counts[splittable] = np.clip(taken_counts[splittable], 1, counts[splittable] - 1)
     rest, taken = [], []
-    for label in np.unique(labels):
+    for label, count in zip(classes, taken_counts):
         members = rng.permutation(np.flatnonzero(labels == label))
-        count = int(round(fraction * len(members)))
-        if len(members) >= 2:
-            count = min(max(count, 1), len(members) - 1)
         taken.append(members[:count])
         rest.append(members[count:])
     return np.sort(np.concatenate(rest)), np.sort(np.concatenate(taken))

@@ -1,0 +1,220 @@
+"""End to end through the command line and the storage, on tiny encoders."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from benchmark import trial as trial_module
+from benchmark.cli import main
+from benchmark.config import load_config
+from benchmark.preflight import prepare
+from benchmark.results import trials_frame
+from benchmark.study import FINISHED
+from tests.conftest import make_texts
+
+
+def write_config(tmp_path: Path, tiny_encoders: dict[str, Path], encoders=("bert", "roberta"),
+                 **overrides) -> Path:
+    topics = tmp_path / "topics.csv"
+    make_texts(120, seed=3).to_csv(topics, index=False)
+    pairs = make_texts(120, seed=4).assign(second=lambda f: make_texts(120, seed=5)["text"])
+    pairs_path = tmp_path / "pairs.jsonl"
+    pairs.to_json(pairs_path, orient="records", lines=True)
+    config = {
+        "name": "tiny",
+        "encoders": {name: {"source": "local", "path": str(tiny_encoders[name])} for name in encoders},
+        "datasets": {
+            "topics": {"source": "file", "path": str(topics), "metric": "accuracy"},
+            "topic_pairs": {"source": "file", "path": str(pairs_path), "text_pair": "second",
+                            "metric": "macro_f1"},
+        },
+        "search_space": {
+            "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+            "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+            "max_grad_norm": {"type": "float", "low": 0.5, "high": 2.0},
+            "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+            "batch_size": {"type": "categorical", "choices": [8, 16]},
+            "num_epochs": {"type": "int", "low": 1, "high": 2},
+        },
+        "training": {"max_length": 32, "eval_every_steps": 3, "eval_batch_size": 32},
+        "sampler": {"type": "tpe", "n_startup_trials": 2},
+        "pruner": {"type": "median", "n_startup_trials": 1},
+        "budget": {"n_trials": 4},
+    }
+    for dotted, value in overrides.items():
+        node = config
+        *parents, leaf = dotted.split("__")
+        for key in parents:
+            node = node[key]
+        node[leaf] = value
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def run_cli(*args: str) -> int:
+    return main(list(args))
+
+
+def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_encoders, capsys):
+    config = write_config(tmp_path, tiny_encoders)
+    results = tmp_path / "results"
+    assert run_cli("--study", "--config", str(config), "--results-dir", str(results), "--n-trials", "4") == 0
+    storage = f"sqlite:///{results / 'optuna.db'}"
+
+    summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
+    assert set(summaries) == {"tiny-topics", "tiny-topic_pairs"}
+    best = {}
+    for name in summaries:
+        study = optuna.load_study(study_name=name, storage=storage)
+        trials = study.get_trials(states=FINISHED)
+        assert len(trials) == 4
+        for trial in study.trials:
+            assert trial.params["encoder"] in {"bert", "roberta"}
+            assert trial.intermediate_values, "every trial reports its evaluations"
+        for trial in study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+            encoder = trial.params["encoder"]
+            best[(name, encoder)] = max(best.get((name, encoder), -math.inf), trial.value)
+            assert trial.user_attrs["train_tokens"] > 0
+
+    board = pd.read_csv(results / "leaderboard.csv").set_index("encoder")
+    for (name, encoder), value in best.items():
+        column = name.removeprefix("tiny-")
+        assert board.loc[encoder, column] == pytest.approx(value)
+    trials_csv = pd.read_csv(results / "trials.csv")
+    assert len(trials_csv) == 8
+    assert {"study", "dataset", "number", "state", "value", "duration_s", "param_learning_rate",
+            "param_dropout", "encoder"} <= set(trials_csv.columns)
+    datasets = pd.read_csv(results / "datasets.csv").set_index("dataset")
+    assert (datasets["complete"] + datasets["pruned"]).tolist() == [4, 4]
+
+    before = {name: (results / name).read_text() for name in ("leaderboard.csv", "datasets.csv", "trials.csv")}
+    for name in before:
+        (results / name).unlink()
+    assert run_cli("--leaderboard", "--results-dir", str(results)) == 0
+    assert {name: (results / name).read_text() for name in before} == before
+
+
+def test_rerun_tops_up_instead_of_restarting(tmp_path, tiny_encoders):
+    config = write_config(tmp_path, tiny_encoders, encoders=("distilbert",))
+    common = ["--study", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--datasets", "topics"]
+    assert run_cli(*common, "--n-trials", "2") == 0
+    assert run_cli(*common, "--n-trials", "3") == 0
+    storage = f"sqlite:///{tmp_path / 'r' / 'optuna.db'}"
+    study = optuna.load_study(study_name="tiny-topics", storage=storage)
+    assert len(study.get_trials(states=FINISHED)) == 3
+    assert [t.number for t in study.trials] == [0, 1, 2]
+    assert run_cli(*common, "--n-trials", "3") == 0
+    assert len(optuna.load_study(study_name="tiny-topics", storage=storage).trials) == 3
+
+
+def test_topping_up_with_another_seed_is_refused(tmp_path, tiny_encoders, capsys):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",))
+    common = ["--study", "--config", str(config), "--results-dir", str(tmp_path / "r"),
+              "--datasets", "topics", "--n-trials", "1"]
+    assert run_cli(*common) == 0
+    assert run_cli(*common, "--seed", "7") == 2
+    assert "seed 0" in capsys.readouterr().err
+
+
+def _dataset_study(tmp_path, tiny_encoders, encoders=("electra",)):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=encoders)).restricted(["topics"], None)
+    prepared = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"])
+    return prepared.studies[0]
+
+
+def test_pruned_trial_is_stored_as_pruned_with_its_reason(tmp_path, tiny_encoders):
+    dataset_study = _dataset_study(tmp_path, tiny_encoders)
+    # Accuracy can never reach 2, so this pruner stops every trial at its first report.
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=2)
+    for trial in study.trials:
+        assert trial.state == optuna.trial.TrialState.PRUNED
+        assert list(trial.intermediate_values) == [3]  # eval_every_steps
+        assert trial.user_attrs["prune_reason"].startswith("pruned at step 3")
+
+
+def test_sampled_dropout_reaches_the_trained_model(tmp_path, tiny_encoders, monkeypatch):
+    dataset_study = _dataset_study(tmp_path, tiny_encoders, encoders=("albert", "deberta-v2"))
+    seen = []
+
+    def recording_loader(*args, **kwargs):
+        model = real_loader(*args, **kwargs)
+        seen.append(model)
+        return model
+
+    real_loader = trial_module.load_classifier
+    monkeypatch.setattr(trial_module, "load_classifier", recording_loader)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=3)
+    for trial, model in zip(study.trials, seen):
+        rates = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+        assert rates and rates == pytest.approx([trial.params["dropout"]] * len(rates))
+        assert model.config.model_type == trial.params["encoder"]
+
+
+def test_non_finite_loss_prunes_with_reason_and_a_crash_fails_only_its_trial(tmp_path, tiny_encoders, monkeypatch):
+    dataset_study = _dataset_study(tmp_path, tiny_encoders)
+    real_loader = trial_module.load_classifier
+    calls = []
+
+    def sabotaged_loader(*args, **kwargs):
+        calls.append(1)
+        model = real_loader(*args, **kwargs)
+        if len(calls) == 1:
+            with torch.no_grad():
+                model.classifier.dense.weight.fill_(float("nan"))
+        elif len(calls) == 2:
+            raise MemoryError("simulated")
+        return model
+
+    monkeypatch.setattr(trial_module, "load_classifier", sabotaged_loader)
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=3, catch=(Exception,))
+    states = [t.state for t in study.trials]
+    assert states == [optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL, optuna.trial.TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["prune_reason"].startswith("non-finite loss")
+    assert study.trials[1].user_attrs["fail_reason"] == "MemoryError: simulated"
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"--encoders": "nope"}, "--encoders: unknown encoder nope"),
+        ({"--datasets": "nope"}, "--datasets: unknown dataset nope"),
+        ({"datasets__topics__label": "category"}, "datasets.topics.label: column 'category' is missing"),
+        ({"encoders__bert__path": "/does/not/exist"}, "encoders.bert.path: /does/not/exist is not a model directory"),
+        ({"search_space__dropout__low": 0.5}, "search_space.dropout: low (0.5) is above high (0.3)"),
+        ({"budgett": 3}, "budgett: unknown key"),
+    ],
+)
+def test_bad_input_fails_before_any_training(tmp_path, tiny_encoders, capsys, change, expected):
+    flags = {key: value for key, value in change.items() if key.startswith("--")}
+    config = write_config(tmp_path, tiny_encoders,
+                          **{key: value for key, value in change.items() if not key.startswith("--")})
+    results = tmp_path / "r"
+    args = ["--study", "--config", str(config), "--results-dir", str(results)]
+    for flag, value in flags.items():
+        args += [flag, value]
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    assert "Traceback" not in err
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    assert not (results / "optuna.db").exists() or trials_frame(storage).empty
+
+
+def test_malformed_yaml_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("encoders: [unclosed\n")
+    assert run_cli("--study", "--config", str(bad), "--results-dir", str(tmp_path)) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "malformed YAML" in err
