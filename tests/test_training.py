@@ -1,0 +1,135 @@
+"""The training loop's pieces: schedule, batching, evaluation, determinism, caching."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from benchmark.config import DatasetSpec, EncoderSpec
+from benchmark.data import prepare
+from benchmark.encoders import load_classifier, load_tokenizer, resolve
+from benchmark.metrics import classification_metrics
+from benchmark.tokenization import TokenizationCache, batches, tokenize_split
+from benchmark.training import (Hyperparameters, LoopSettings, _linear_warmup_decay, autocast_dtype, evaluate,
+                                fine_tune)
+from tests.conftest import make_texts
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def topics():
+    frame = make_texts(90, seed=11)
+    frame["pair"] = make_texts(90, seed=12)["text"]
+    return prepare("topics", {"train": frame}, DatasetSpec(source="file", path="x.csv", text_pair="pair"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def bert(tiny_encoders):
+    return resolve("bert", EncoderSpec(source="local", path=tiny_encoders["bert"]))
+
+
+def test_linear_warmup_then_linear_decay_to_zero():
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    optimizer = torch.optim.SGD([parameter], lr=1.0)
+    scheduler = _linear_warmup_decay(optimizer, warmup_steps=2, total_steps=6)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    # warmup: (step+1)/(warmup+1) for steps 0,1; then (6-step)/(6-2) for steps 2..5
+    assert rates == pytest.approx([1 / 3, 2 / 3, 4 / 4, 3 / 4, 2 / 4, 1 / 4])
+
+
+def test_batches_pad_dynamically_and_count_real_tokens(topics, bert):
+    split = tokenize_split(load_tokenizer(bert), topics.train, max_length=32)
+    order = np.arange(5)
+    inputs, labels, tokens = next(batches(split, order, 5, CPU))
+    lengths = [len(split.input_ids[i]) for i in order]
+    assert inputs["input_ids"].shape == (5, max(lengths))
+    assert inputs["attention_mask"].sum(dim=1).tolist() == lengths
+    assert tokens == sum(lengths)
+    assert labels.tolist() == split.labels[:5].tolist()
+    row = int(np.argmin(lengths))
+    assert (inputs["input_ids"][row, lengths[row]:] == split.pad_token_id).all()
+    # pairs: the second segment is marked with type id 1
+    assert inputs["token_type_ids"][0, :lengths[0]].max().item() == 1
+
+
+def test_evaluate_matches_a_plain_full_batch_forward(topics, bert):
+    split = tokenize_split(load_tokenizer(bert), topics.validation, max_length=32)
+    torch.manual_seed(0)
+    model = load_classifier(bert, topics.label_names, dropout=0.1)
+    settings = LoopSettings(eval_every_steps=1, eval_batch_size=4, seed=0, device=CPU, autocast_dtype=None)
+    loss, metrics = evaluate(model, split, settings, topics.num_labels)
+    assert model.training, "evaluate hands the model back in training mode"
+
+    model.eval()
+    inputs, labels, _ = next(batches(split, np.arange(len(split)), len(split), CPU))
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    assert loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-4)
+    expected = classification_metrics(labels.numpy(), logits.argmax(-1).numpy(), topics.num_labels)
+    assert metrics == expected
+
+
+def _train(bert, topics, cache, seed=0, epochs=2):
+    tokenized = cache.get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    torch.manual_seed(123)
+    model = load_classifier(bert, topics.label_names, dropout=0.1)
+    hp = Hyperparameters(learning_rate=3e-3, warmup_ratio=0.1, dropout=0.1, max_grad_norm=1.0,
+                         weight_decay=0.01, batch_size=16, num_epochs=epochs)
+    settings = LoopSettings(eval_every_steps=2, eval_batch_size=32, seed=seed, device=CPU, autocast_dtype=None)
+    steps, evaluations = [], []
+    result = fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
+                       steps.append, evaluations.append)
+    return result, steps, evaluations
+
+
+def test_fine_tune_evaluates_on_schedule_is_deterministic_and_learns(topics, bert):
+    cache = TokenizationCache()
+    result, steps, evaluations = _train(bert, topics, cache)
+    steps_per_epoch = -(-len(topics.train) // 16)
+    total = 2 * steps_per_epoch
+    assert result.steps == total == len(steps)
+    assert [e.step for e in evaluations] == sorted(set(list(range(2, total + 1, 2)) + [total]))
+    assert evaluations == result.evaluations
+    assert result.final.epoch == pytest.approx(2.0)
+    assert all(s.grad_norm > 0 and s.tokens_per_second > 0 for s in steps)
+    assert steps[-1].learning_rate < steps[0].learning_rate or steps[0].learning_rate < 3e-3
+    assert result.train_tokens == 2 * sum(len(ids) for ids in cache.get(
+        topics, bert.location, 32, lambda: None).train.input_ids)
+    again, _, _ = _train(bert, topics, cache)
+    assert [e.metrics for e in again.evaluations] == [e.metrics for e in evaluations]
+
+
+def test_fine_tune_learns_the_topics(topics, bert):
+    result, _, evaluations = _train(bert, topics, TokenizationCache(), epochs=10)
+    assert result.final.loss < evaluations[0].loss
+    assert result.final.metrics["accuracy"] >= 0.6  # chance is 1/3, on 8 validation texts
+
+
+def test_tokenizer_runs_once_per_dataset_tokenizer_and_length(topics, bert):
+    cache = TokenizationCache()
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return load_tokenizer(bert)
+
+    first = cache.get(topics, bert.location, 32, loader)
+    assert cache.get(topics, bert.location, 32, loader) is first
+    cache.get(topics, bert.location, 16, loader)
+    assert len(loads) == 2
+    assert max(len(ids) for ids in cache.get(topics, bert.location, 16, loader).train.input_ids) <= 16
+
+
+def test_autocast_choice():
+    assert autocast_dtype(CPU, "fp32") is None
+    assert autocast_dtype(CPU, "bf16") is torch.bfloat16
+    assert autocast_dtype(torch.device("mps"), "auto") is None
+    expected = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
+    assert autocast_dtype(CPU, "auto") is expected
