@@ -56,10 +56,12 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
         storage=storage,
         study_name=dataset_study.study_name,
         direction="maximize",  # every supported metric is higher-is-better
-        sampler=make_sampler(config.sampler, seed),
         pruner=make_pruner(config.pruner),
         load_if_exists=True,
     )
+    # Offset by the trials already there, so a resumed study does not replay the first
+    # run's random draws.
+    study.sampler = make_sampler(config.sampler, seed + len(study.get_trials(deepcopy=False)))
     data = dataset_study.data
     study.set_user_attr(BENCHMARK_ATTR, config.name)
     study.set_user_attr(DATASET_ATTR, data.name)

@@ -68,8 +68,11 @@ def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_en
     config = write_config(tmp_path, tiny_encoders)
     results = tmp_path / "results"
     assert run_cli("--study", "--config", str(config), "--results-dir", str(results), "--n-trials", "4") == 0
-    storage = f"sqlite:///{results / 'optuna.db'}"
+    err = capsys.readouterr().err
+    assert "[topics] trial 0" in err and " step 3 (epoch " in err  # evaluation lines while training
+    assert "4/4 finished:" in err  # the study's progress line
 
+    storage = f"sqlite:///{results / 'optuna.db'}"
     summaries = {s.study_name: s for s in optuna.get_all_study_summaries(storage)}
     assert set(summaries) == {"tiny-topics", "tiny-topic_pairs"}
     best = {}
