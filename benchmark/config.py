@@ -279,8 +279,11 @@ def load_config(path: str | Path) -> BenchmarkConfig:
 def _describe(exc: ValidationError) -> str:
     problems = []
     for error in exc.errors():
-        # Discriminated unions add the chosen tag (e.g. "float") to the location.
-        location = ".".join(str(part) for part in error["loc"] if part not in ("float", "int", "categorical"))
+        parts = list(error["loc"])
+        # A parameter's discriminated union adds its tag ("float", ...) to the location.
+        if len(parts) > 2 and parts[0] == "search_space" and parts[2] in ("float", "int", "categorical"):
+            del parts[2]
+        location = ".".join(str(part) for part in parts)
         message = error["msg"].removeprefix("Value error, ")
         if error["type"] == "extra_forbidden":
             message = "unknown key"

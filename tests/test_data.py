@@ -394,10 +394,6 @@ def test_unreadable_file_names_the_file(tmp_path):
     assert str(path) in message and "could not be read" in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: labels are keyed by str(value) per split, so integer labels in a split whose "
-    "label column became float (because of a missing label) read as '0.0', '1.0' and "
-    "are a different class from '0', '1' in the other splits"))
 def test_integer_labels_consistent_across_splits_when_one_split_has_gaps():
     train = pd.DataFrame({"text": [f"t{i}" for i in range(40)], "label": [0, 1] * 20})
     train.loc[0, "label"] = None  # pandas turns the column into float64: 0.0, 1.0, NaN
@@ -420,10 +416,6 @@ def test_json_suffix_reads_json_lines(tmp_path):
     assert sorted(all_texts(data)) == sorted(frame["text"])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: '.json' is an accepted suffix but is always read as JSON Lines, so an ordinary "
-    "JSON array of records is misread as one row with a column per record and fails with "
-    "a misleading \"column 'text' is missing ... its columns are 0, 1, 2, ...\""))
 def test_json_array_of_records_loads(tmp_path):
     frame = numbered(60)
     path = tmp_path / "d.json"
