@@ -115,7 +115,13 @@ def resolve(name: str, spec: EncoderSpec) -> Encoder:
             f"encoders.{name}: architecture '{config.model_type}' has no dropout mapping; "
             f"supported: {', '.join(sorted(DROPOUT_KEYS))}"
         )
-    return Encoder(name, location, config.model_type, spec.revision, spec.trust_remote_code)
+    encoder = Encoder(name, location, config.model_type, spec.revision, spec.trust_remote_code)
+    try:
+        load_tokenizer(encoder)("a first check", "of the tokenizer")
+    except Exception as exc:  # e.g. a SentencePiece model without its library
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BenchmarkError(f"encoders.{name}: cannot load the tokenizer of '{location}' ({first_line})") from None
+    return encoder
 
 
 def load_tokenizer(encoder: Encoder):

@@ -44,9 +44,10 @@ def tokenize_split(tokenizer, split: Split, max_length: int) -> TokenizedSplit:
 
 @dataclass(frozen=True)
 class TokenizedData:
+    """The splits a search trains and validates on; the test split is not touched."""
+
     train: TokenizedSplit
     validation: TokenizedSplit
-    test: TokenizedSplit
 
 
 class TokenizationCache:
@@ -62,7 +63,7 @@ class TokenizationCache:
             tokenizer = load_tokenizer()
             self._entries[key] = TokenizedData(
                 *(tokenize_split(tokenizer, getattr(data, split), max_length)
-                  for split in ("train", "validation", "test"))
+                  for split in ("train", "validation"))
             )
         return self._entries[key]
 
