@@ -204,7 +204,9 @@ class Budget(_Strict):
 
 class TrainingSpec(_Strict):
     max_length: int = Field(default=128, gt=8)
-    eval_every_steps: int = Field(default=50, gt=0)
+    # Counted in training examples, not steps, so that trials with different batch sizes
+    # are compared by the pruner after seeing the same amount of data.
+    eval_every_examples: int = Field(default=960, gt=0)
     eval_batch_size: int = Field(default=64, gt=0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     seed: int = 0
@@ -222,6 +224,29 @@ class BenchmarkConfig(_Strict):
     pruner: PrunerSpec = PrunerSpec()
     budget: Budget = Budget()
     source_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_eval_interval(self) -> BenchmarkConfig:
+        interval = self.training.eval_every_examples
+        uneven = [size for size in self.batch_sizes() if interval % size]
+        if uneven:
+            raise ValueError(
+                f"training.eval_every_examples: {interval} is not a multiple of batch size "
+                f"{', '.join(map(str, uneven))}; every batch size must divide it, so that all trials "
+                f"are evaluated after the same numbers of examples"
+            )
+        return self
+
+    def batch_sizes(self) -> list[int]:
+        """Every batch size a trial can sample, per-encoder overrides included."""
+        spec = self.search_space.batch_size
+        if isinstance(spec, CategoricalParam):
+            return sorted(set(spec.choices))
+        bounds = [(spec.low, spec.high)] + [
+            (int(o.low), int(o.high)) for e in self.encoders.values()
+            for name, o in e.overrides.items() if name == "batch_size"
+        ]
+        return sorted({size for low, high in bounds for size in range(low, high + 1)})
 
     @model_validator(mode="after")
     def _check_overrides(self) -> BenchmarkConfig:

@@ -55,6 +55,11 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str])
     studies = []
     for name, spec in config.datasets.items():
         loaded = data.load_dataset(name, spec, seed)
+        if len(loaded.train) < max(config.batch_sizes()):
+            raise BenchmarkError(
+                f"datasets.{name}: the train split has {len(loaded.train)} examples, fewer than "
+                f"the largest search_space.batch_size ({max(config.batch_sizes())})"
+            )
         print(f"dataset {name}: {loaded.num_labels} classes, train {len(loaded.train)}, "
               f"validation {len(loaded.validation)}, test {len(loaded.test)}", file=sys.stderr, flush=True)
         studies.append(DatasetStudy(study_name(config, name), config, loaded, spec.metric, resolved,

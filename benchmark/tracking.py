@@ -39,7 +39,8 @@ class _ConsoleRun:
 
     def log_evaluation(self, evaluation: Evaluation) -> None:
         metrics = " ".join(f"{name}={value:.4f}" for name, value in evaluation.metrics.items())
-        print(f"{self._prefix} step {evaluation.step} (epoch {evaluation.epoch:.2f}): "
+        print(f"{self._prefix} step {evaluation.step}, {evaluation.examples} examples "
+              f"(epoch {evaluation.epoch:.2f}): "
               f"loss={evaluation.loss:.4f} {metrics}", file=sys.stderr, flush=True)
 
     def finish(self, state: str, reason: str | None) -> None:

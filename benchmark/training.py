@@ -34,7 +34,7 @@ class Hyperparameters:
 
 @dataclass(frozen=True)
 class LoopSettings:
-    eval_every_steps: int
+    eval_every_examples: int
     eval_batch_size: int
     seed: int
     device: torch.device
@@ -53,6 +53,7 @@ class StepLog:
 @dataclass(frozen=True)
 class Evaluation:
     step: int
+    examples: int  # training examples seen: the resource the pruner compares trials at
     epoch: float
     loss: float
     metrics: dict[str, float]
@@ -154,15 +155,20 @@ def fine_tune(
     on_step: Callable[[StepLog], None],
     on_evaluation: Callable[[Evaluation], None],
 ) -> TrainingResult:
-    """Train for `hp.num_epochs`, evaluating every `eval_every_steps` and at the end.
+    """Train for `hp.num_epochs`, evaluating every `eval_every_examples` and at the end.
 
-    `on_evaluation` may raise (Optuna's TrialPruned, say) to stop at once.
+    Each epoch takes only full batches (a fresh shuffle each time), so the examples seen
+    are exactly steps x batch size. `on_evaluation` may raise (Optuna's TrialPruned,
+    say) to stop at once.
     """
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     model.to(settings.device)
     model.train()
-    steps_per_epoch = math.ceil(len(train) / hp.batch_size)
+    steps_per_epoch = len(train) // hp.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"batch size {hp.batch_size} exceeds the {len(train)} training examples")
+    eval_every_steps = max(1, settings.eval_every_examples // hp.batch_size)
     total_steps = steps_per_epoch * hp.num_epochs
     optimizer = _optimizer(model, hp, settings.device)
     scheduler = _linear_warmup_decay(optimizer, round(hp.warmup_ratio * total_steps), total_steps)
@@ -172,13 +178,15 @@ def fine_tune(
         started = time.perf_counter()
         loss, metrics = evaluate(model, validation, settings, num_labels)
         result.eval_seconds += time.perf_counter() - started
-        evaluation = Evaluation(step=step, epoch=step / steps_per_epoch, loss=loss, metrics=metrics)
+        evaluation = Evaluation(step=step, examples=step * hp.batch_size, epoch=step / steps_per_epoch,
+                                loss=loss, metrics=metrics)
         result.evaluations.append(evaluation)
         on_evaluation(evaluation)
 
     step = 0
     for _ in range(hp.num_epochs):
-        for inputs, labels, tokens in batches(train, rng.permutation(len(train)), hp.batch_size, settings.device):
+        order = rng.permutation(len(train))[:steps_per_epoch * hp.batch_size]
+        for inputs, labels, tokens in batches(train, order, hp.batch_size, settings.device):
             started = time.perf_counter()
             with _autocast(settings):
                 logits = model(**inputs).logits
@@ -197,6 +205,6 @@ def fine_tune(
                 raise NonFiniteLoss(step, loss_value)
             on_step(StepLog(step, loss_value, scheduler.get_last_lr()[0], float(grad_norm),
                             tokens / elapsed if elapsed > 0 else 0.0))
-            if step % settings.eval_every_steps == 0 or step == total_steps:
+            if step % eval_every_steps == 0 or step == total_steps:
                 run_evaluation(step)
     return result

@@ -75,11 +75,12 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         def on_evaluation(evaluation: Evaluation) -> None:
             value = evaluation.metrics[study.metric]
             run.log_evaluation(evaluation)
-            trial.report(value, evaluation.step)
+            trial.report(value, evaluation.examples)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned at step {evaluation.step} with {study.metric} {value:.4f}")
+                raise optuna.TrialPruned(
+                    f"pruned after {evaluation.examples} examples with {study.metric} {value:.4f}")
 
-        settings = LoopSettings(training.eval_every_steps, training.eval_batch_size,
+        settings = LoopSettings(training.eval_every_examples, training.eval_batch_size,
                                 training.seed + trial.number, study.device, study.autocast_dtype)
         result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels,
                            hp, settings, run.log_step, on_evaluation)

@@ -102,7 +102,7 @@ def test_valid_file_loads_into_typed_objects(tmp_path):
     assert config.datasets["sst2"].text == "sentence" and config.datasets["sst2"].label == "label"
 
     assert config.training.max_length == 64 and config.training.precision == "fp32"
-    assert config.training.eval_every_steps == 50  # default kept
+    assert config.training.eval_every_examples == 960  # default kept
     assert config.sampler.type == "random"
     assert config.pruner.type == "hyperband" and config.pruner.min_resource == 2
     assert config.budget == Budget(n_trials=7, timeout_s=60.0)
@@ -317,3 +317,21 @@ def test_shipped_search_space_loads(filename):
     assert isinstance(config, BenchmarkConfig)
     assert config.encoders and config.datasets
     assert config.source_file == path
+
+
+def test_eval_interval_must_be_a_multiple_of_every_batch_size(tmp_path):
+    data = _valid()
+    data["training"]["eval_every_examples"] = 40  # 40 % 16 != 0
+    message = _error(_write(tmp_path, data))
+    assert "training.eval_every_examples: 40 is not a multiple of batch size 16" in message
+
+
+def test_eval_interval_checks_int_ranges_and_per_encoder_overrides(tmp_path):
+    data = _valid()
+    data["search_space"]["batch_size"] = {"type": "int", "low": 4, "high": 8}
+    data["training"]["eval_every_examples"] = 840  # divisible by 4..8
+    config = load_config(_write(tmp_path, data))
+    assert config.batch_sizes() == [4, 5, 6, 7, 8]
+    data["encoders"]["small-bert"]["overrides"]["batch_size"] = {"low": 8, "high": 9}
+    message = _error(_write(tmp_path, data))
+    assert "not a multiple of batch size 9" in message

@@ -44,7 +44,7 @@ def write_config(tmp_path: Path, tiny_encoders: dict[str, Path], encoders=("bert
             "batch_size": {"type": "categorical", "choices": [8, 16]},
             "num_epochs": {"type": "int", "low": 1, "high": 2},
         },
-        "training": {"max_length": 32, "eval_every_steps": 3, "eval_batch_size": 32},
+        "training": {"max_length": 32, "eval_every_examples": 48, "eval_batch_size": 32},
         "sampler": {"type": "tpe", "n_startup_trials": 2},
         "pruner": {"type": "median", "n_startup_trials": 1},
         "budget": {"n_trials": 4},
@@ -69,7 +69,7 @@ def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_en
     results = tmp_path / "results"
     assert run_cli("--study", "--config", str(config), "--results-dir", str(results), "--n-trials", "4") == 0
     err = capsys.readouterr().err
-    assert "[topics] trial 0" in err and " step 3 (epoch " in err  # evaluation lines while training
+    assert "[topics] trial 0" in err and ", 48 examples (epoch " in err  # evaluation lines while training
     assert "4/4 finished:" in err  # the study's progress line
 
     storage = f"sqlite:///{results / 'optuna.db'}"
@@ -141,8 +141,8 @@ def test_pruned_trial_is_stored_as_pruned_with_its_reason(tmp_path, tiny_encoder
     study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=2)
     for trial in study.trials:
         assert trial.state == optuna.trial.TrialState.PRUNED
-        assert list(trial.intermediate_values) == [3]  # eval_every_steps
-        assert trial.user_attrs["prune_reason"].startswith("pruned at step 3")
+        assert list(trial.intermediate_values) == [48]  # eval_every_examples, whatever the batch size
+        assert trial.user_attrs["prune_reason"].startswith("pruned after 48 examples")
 
 
 def test_sampled_dropout_reaches_the_trained_model(tmp_path, tiny_encoders, monkeypatch):
@@ -221,3 +221,12 @@ def test_malformed_yaml_names_the_file(tmp_path, capsys):
     assert run_cli("--study", "--config", str(bad), "--results-dir", str(tmp_path)) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "malformed YAML" in err
+
+
+def test_train_split_smaller_than_a_batch_is_refused_up_front(tmp_path, tiny_encoders, capsys):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",),
+                          datasets__topics__max_train_examples=12)
+    args = ["--study", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--datasets", "topics"]
+    assert run_cli(*args) == 2
+    assert "datasets.topics: the train split has 12 examples, fewer than the largest " \
+           "search_space.batch_size (16)" in capsys.readouterr().err

@@ -63,7 +63,7 @@ def test_evaluate_matches_a_plain_full_batch_forward(topics, bert):
     split = tokenize_split(load_tokenizer(bert), topics.validation, max_length=32)
     torch.manual_seed(0)
     model = load_classifier(bert, topics.label_names, dropout=0.1)
-    settings = LoopSettings(eval_every_steps=1, eval_batch_size=4, seed=0, device=CPU, autocast_dtype=None)
+    settings = LoopSettings(eval_every_examples=1, eval_batch_size=4, seed=0, device=CPU, autocast_dtype=None)
     loss, metrics = evaluate(model, split, settings, topics.num_labels)
     assert model.training, "evaluate hands the model back in training mode"
 
@@ -82,7 +82,7 @@ def _train(bert, topics, cache, seed=0, epochs=2):
     model = load_classifier(bert, topics.label_names, dropout=0.1)
     hp = Hyperparameters(learning_rate=3e-3, warmup_ratio=0.1, dropout=0.1, max_grad_norm=1.0,
                          weight_decay=0.01, batch_size=16, num_epochs=epochs)
-    settings = LoopSettings(eval_every_steps=2, eval_batch_size=32, seed=seed, device=CPU, autocast_dtype=None)
+    settings = LoopSettings(eval_every_examples=32, eval_batch_size=32, seed=seed, device=CPU, autocast_dtype=None)
     steps, evaluations = [], []
     result = fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
                        steps.append, evaluations.append)
@@ -92,16 +92,19 @@ def _train(bert, topics, cache, seed=0, epochs=2):
 def test_fine_tune_evaluates_on_schedule_is_deterministic_and_learns(topics, bert):
     cache = TokenizationCache()
     result, steps, evaluations = _train(bert, topics, cache)
-    steps_per_epoch = -(-len(topics.train) // 16)
+    steps_per_epoch = len(topics.train) // 16  # full batches only
     total = 2 * steps_per_epoch
     assert result.steps == total == len(steps)
+    # every 32 examples = every 2 steps at batch 16, and once more at the end
     assert [e.step for e in evaluations] == sorted(set(list(range(2, total + 1, 2)) + [total]))
+    assert [e.examples for e in evaluations] == [16 * e.step for e in evaluations]
     assert evaluations == result.evaluations
     assert result.final.epoch == pytest.approx(2.0)
     assert all(s.grad_norm > 0 and s.tokens_per_second > 0 for s in steps)
     assert steps[-1].learning_rate < steps[0].learning_rate or steps[0].learning_rate < 3e-3
-    assert result.train_tokens == 2 * sum(len(ids) for ids in cache.get(
-        topics, bert.location, 32, lambda: None).train.input_ids)
+    train_lengths = cache.get(topics, bert.location, 32, lambda: None).train.lengths
+    assert result.train_tokens < 2 * train_lengths.sum()  # the partial last batch is skipped
+    assert result.train_tokens >= 2 * (train_lengths.sum() - 15 * train_lengths.max())
     again, _, _ = _train(bert, topics, cache)
     assert [e.metrics for e in again.evaluations] == [e.metrics for e in evaluations]
 
