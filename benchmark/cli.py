@@ -107,7 +107,7 @@ def _print_tables(tables: dict, results_dir: Path) -> None:
 def _study(args: argparse.Namespace) -> None:
     from benchmark import preflight
     from benchmark.config import load_config
-    from benchmark.results import write_leaderboards
+    from benchmark.results import RESULT_FILES, write_leaderboards
     from benchmark.study import run_study
 
     config = load_config(args.config).restricted(args.datasets, args.encoders)
@@ -117,13 +117,16 @@ def _study(args: argparse.Namespace) -> None:
     timeout = args.timeout or config.budget.timeout_s
     url = _storage_url(args)
     # Everything that can be wrong with the input fails here, before any training.
-    prepared = preflight.prepare(config, url, args.tracker)
+    prepared = preflight.prepare(config, url, args.tracker, args.results_dir)
     print(f"storage: {_masked(url)}  (optuna-dashboard {_masked(url)})", file=sys.stderr)
     started = time.perf_counter()
     try:
         for dataset_study in prepared.studies:
-            run_study(prepared.storage, dataset_study, n_trials, timeout, seed)
+            run_study(prepared.storage, url, dataset_study, n_trials, timeout, seed)
+        print(f"studies done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+        tables = write_leaderboards(prepared.storage, args.results_dir)
+        for dataset_study in prepared.studies:
+            prepared.tracker.end_study(dataset_study.study_name, [args.results_dir / name for name in RESULT_FILES])
     finally:
         prepared.tracker.close()
-    print(f"studies done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
-    _print_tables(write_leaderboards(prepared.storage, args.results_dir), args.results_dir)
+    _print_tables(tables, args.results_dir)

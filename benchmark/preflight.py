@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import optuna
 
@@ -38,9 +39,9 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
 
 
-def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str]) -> Prepared:
+def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path) -> Prepared:
     quiet_libraries()
-    tracker = make_tracker(tracker_names)
+    tracker = make_tracker(tracker_names, results_dir)
     storage = open_storage(storage_url)
     seed = config.training.seed
     _check_seed_matches(storage, config, seed)

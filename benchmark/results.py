@@ -17,6 +17,8 @@ from benchmark import leaderboard
 from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR
 from benchmark.trial import ENCODER_PARAM
 
+RESULT_FILES = ("leaderboard.csv", "leaderboard.md", "datasets.csv", "datasets.md", "trials.csv")
+
 TRIAL_COLUMNS = ["study", "benchmark", "dataset", "metric", "number", "state", "value", "encoder",
                  "duration_s", "datetime_start", "datetime_complete"]
 

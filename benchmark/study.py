@@ -9,6 +9,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.config import BenchmarkConfig, PrunerSpec, SamplerSpec
+from benchmark.storage import mask_password
+from benchmark.tracking import StudyInfo
 from benchmark.trial import DatasetStudy, run_trial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -76,8 +78,8 @@ def finished_count(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=FINISHED))
 
 
-def run_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy, n_trials: int,
-              timeout_s: float | None, seed: int) -> optuna.Study:
+def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_study: DatasetStudy,
+              n_trials: int, timeout_s: float | None, seed: int) -> optuna.Study:
     """Run trials until the study holds `n_trials` finished ones, or the time is up."""
     study = open_study(storage, dataset_study, seed)
     remaining = n_trials - finished_count(study)
@@ -87,6 +89,10 @@ def run_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy,
               file=sys.stderr)
         return study
     print(f"[{name}] running up to {remaining} trial(s) toward {n_trials}", file=sys.stderr)
+    tracker_callbacks = dataset_study.tracker.start_study(StudyInfo(
+        study_name=study.study_name, benchmark=dataset_study.config.name, dataset=name,
+        metric=dataset_study.metric, storage_url=mask_password(storage_url),
+    ))
     study.optimize(
         lambda trial: run_trial(trial, dataset_study),
         n_trials=remaining,
@@ -96,6 +102,7 @@ def run_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy,
             # Other workers may share the study: stop once the shared count is reached.
             optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
             progress_printer(name, dataset_study.metric, n_trials),
+            *tracker_callbacks,
         ],
         gc_after_trial=True,
     )

@@ -61,6 +61,8 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         study.study_name, trial.number, {ENCODER_PARAM: encoder_name, **asdict(hp)},
         {"study": study.study_name, "dataset": study.data.name, "encoder": encoder_name},
     )
+    for key, value in run.links().items():
+        trial.set_user_attr(key, value)
     started = time.perf_counter()
     model = None
     try:

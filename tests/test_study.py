@@ -130,7 +130,7 @@ def test_topping_up_with_another_seed_is_refused(tmp_path, tiny_encoders, capsys
 
 def _dataset_study(tmp_path, tiny_encoders, encoders=("electra",)):
     config = load_config(write_config(tmp_path, tiny_encoders, encoders=encoders)).restricted(["topics"], None)
-    prepared = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"])
+    prepared = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
     return prepared.studies[0]
 
 

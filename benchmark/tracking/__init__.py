@@ -1,0 +1,28 @@
+"""Experiment trackers behind one interface; `make_tracker` builds them by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmark.errors import BenchmarkError
+from benchmark.tracking.base import Guarded, StudyInfo, Tracker, TrackerGroup, TrialRun
+from benchmark.tracking.console import ConsoleTracker
+
+__all__ = ["StudyInfo", "Tracker", "TrialRun", "make_tracker", "TRACKERS"]
+
+
+# name -> factory(results_dir). Backends import their client library only when chosen.
+TRACKERS: dict[str, Callable[[Path], Tracker]] = {}
+
+
+def make_tracker(names: list[str], results_dir: Path) -> Tracker:
+    """The console plus the named trackers, each guarded (`none` adds nothing)."""
+    unknown = [name for name in names if name != "none" and name not in TRACKERS]
+    if unknown:
+        raise BenchmarkError(
+            f"--tracker: unknown tracker {', '.join(unknown)}; choose from none, {', '.join(TRACKERS)}"
+            if TRACKERS else f"--tracker: unknown tracker {', '.join(unknown)}; only 'none' is available"
+        )
+    backends = [Guarded(TRACKERS[name](results_dir)) for name in dict.fromkeys(names) if name != "none"]
+    return TrackerGroup([ConsoleTracker(), *backends])
