@@ -12,8 +12,20 @@ from benchmark.tracking.console import ConsoleTracker
 __all__ = ["StudyInfo", "Tracker", "TrialRun", "make_tracker", "TRACKERS"]
 
 
-# name -> factory(results_dir). Backends import their client library only when chosen.
-TRACKERS: dict[str, Callable[[Path], Tracker]] = {}
+def _neptune(results_dir: Path) -> Tracker:
+    from benchmark.tracking.neptune_backend import NeptuneTracker
+
+    return NeptuneTracker(results_dir)
+
+
+def _mlflow(results_dir: Path) -> Tracker:
+    from benchmark.tracking.mlflow_backend import MlflowTracker
+
+    return MlflowTracker(results_dir)
+
+
+# name -> factory(results_dir). A backend imports its client library only when chosen.
+TRACKERS: dict[str, Callable[[Path], Tracker]] = {"neptune": _neptune, "mlflow": _mlflow}
 
 
 def make_tracker(names: list[str], results_dir: Path) -> Tracker:
