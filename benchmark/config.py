@@ -21,34 +21,28 @@ class _Strict(BaseModel):
 # --- search-space parameters -------------------------------------------------
 
 
-class FloatParam(_Strict):
+class _Range(_Strict):
+    @model_validator(mode="after")
+    def _check_range(self):
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is above high ({self.high})")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        return self
+
+
+class FloatParam(_Range):
     type: Literal["float"]
     low: float
     high: float
     log: bool = False
 
-    @model_validator(mode="after")
-    def _check_range(self) -> FloatParam:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is above high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
-        return self
 
-
-class IntParam(_Strict):
+class IntParam(_Range):
     type: Literal["int"]
     low: int
     high: int
     log: bool = False
-
-    @model_validator(mode="after")
-    def _check_range(self) -> IntParam:
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is above high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
-        return self
 
 
 class CategoricalParam(_Strict):

@@ -57,6 +57,7 @@ class Evaluation:
     epoch: float
     loss: float
     metrics: dict[str, float]
+    last: bool = False  # the end of training: nothing is left to save by stopping
 
 
 @dataclass
@@ -179,7 +180,7 @@ def fine_tune(
         loss, metrics = evaluate(model, validation, settings, num_labels)
         result.eval_seconds += time.perf_counter() - started
         evaluation = Evaluation(step=step, examples=step * hp.batch_size, epoch=step / steps_per_epoch,
-                                loss=loss, metrics=metrics)
+                                loss=loss, metrics=metrics, last=step == total_steps)
         result.evaluations.append(evaluation)
         on_evaluation(evaluation)
 

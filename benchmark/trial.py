@@ -78,7 +78,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
             value = evaluation.metrics[study.metric]
             run.log_evaluation(evaluation)
             trial.report(value, evaluation.examples)
-            if trial.should_prune():
+            if not evaluation.last and trial.should_prune():
                 raise optuna.TrialPruned(
                     f"pruned after {evaluation.examples} examples with {study.metric} {value:.4f}")
 

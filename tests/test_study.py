@@ -230,3 +230,14 @@ def test_train_split_smaller_than_a_batch_is_refused_up_front(tmp_path, tiny_enc
     assert run_cli(*args) == 2
     assert "datasets.topics: the train split has 12 examples, fewer than the largest " \
            "search_space.batch_size (16)" in capsys.readouterr().err
+
+
+def test_the_last_evaluation_never_prunes_a_trial_that_has_finished_training(tmp_path, tiny_encoders):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("electra",),
+                                      training__eval_every_examples=4800)).restricted(["topics"], None)
+    dataset_study = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert len(trial.intermediate_values) == 1  # only the end-of-training evaluation was reported
