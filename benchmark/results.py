@@ -14,7 +14,7 @@ import optuna
 import pandas as pd
 
 from benchmark import leaderboard
-from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR
+from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR
 from benchmark.trial import ENCODER_PARAM
 
 RESULT_FILES = ("leaderboard.csv", "leaderboard.md", "datasets.csv", "datasets.md", "trials.csv")
@@ -32,6 +32,8 @@ def trials_frame(storage: optuna.storages.BaseStorage | str) -> pd.DataFrame:
             continue  # a study that someone else keeps in the same database
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
         for trial in study.get_trials(deepcopy=False):
+            if trial.user_attrs.get(SURPLUS_ATTR):
+                continue  # claimed by two racing workers; never trained, holds no parameters
             duration = trial.duration.total_seconds() if trial.duration is not None else float("nan")
             row = {
                 "study": summary.study_name,

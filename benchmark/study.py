@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 
 import optuna
+from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.config import BenchmarkConfig, PrunerSpec, SamplerSpec
@@ -74,46 +76,80 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
     return study
 
 
-def finished_count(study: optuna.Study) -> int:
-    return len(study.get_trials(deepcopy=False, states=FINISHED))
+SURPLUS_ATTR = "surplus"
+_WAIT_FOR_OTHERS_S = 2.0
+
+
+class SurplusTrial(Exception):
+    """Another worker claimed the study's last trial between our count and our ask."""
+
+
+def _counts(study: optuna.Study) -> tuple[int, int]:
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    finished = sum(t.state in FINISHED for t in trials)
+    return finished, len(trials) - finished
+
+
+def _guard_against_surplus(trial: optuna.Trial, n_trials: int) -> None:
+    """Trial numbers are handed out in order, so the trials before this one decide
+    whether it is still needed: exactly `n_trials` finish, however many workers race."""
+    earlier = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+               if t.number < trial.number]
+    if len(earlier) >= n_trials:
+        trial.set_user_attr(SURPLUS_ATTR, True)
+        trial.set_user_attr("fail_reason", "surplus: other workers already hold the study's trials")
+        raise SurplusTrial()
 
 
 def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_study: DatasetStudy,
               n_trials: int, timeout_s: float | None, seed: int) -> optuna.Study:
-    """Run trials until the study holds `n_trials` finished ones, or the time is up."""
+    """Run trials until the study holds `n_trials` finished ones, or the time is up.
+
+    Other workers may share the study (many processes or machines on one storage):
+    a worker starts a trial only while finished plus running trials are short of
+    `n_trials`, and waits while the last ones run elsewhere, in case their worker dies
+    and its trial comes back to be retried.
+    """
     study = open_study(storage, dataset_study, seed)
-    remaining = n_trials - finished_count(study)
     name = dataset_study.data.name
-    if remaining <= 0:
-        print(f"[{name}] already has {finished_count(study)} finished trials (target {n_trials}); nothing to run",
+    finished, running = _counts(study)
+    if finished >= n_trials:
+        print(f"[{name}] already has {finished} finished trials (target {n_trials}); nothing to run",
               file=sys.stderr)
         return study
-    print(f"[{name}] running up to {remaining} trial(s) toward {n_trials}", file=sys.stderr)
+    print(f"[{name}] running up to {n_trials - finished} trial(s) toward {n_trials}", file=sys.stderr)
     tracker_callbacks = dataset_study.tracker.start_study(StudyInfo(
         study_name=study.study_name, benchmark=dataset_study.config.name, dataset=name,
         metric=dataset_study.metric, storage_url=mask_password(storage_url),
     ))
-    study.optimize(
-        lambda trial: run_trial(trial, dataset_study),
-        n_trials=remaining,
-        timeout=timeout_s,
-        catch=(Exception,),  # a failed trial is recorded as failed; it never ends the study
-        callbacks=[
-            # Other workers may share the study: stop once the shared count is reached.
-            optuna.study.MaxTrialsCallback(n_trials, states=FINISHED),
-            progress_printer(name, dataset_study.metric, n_trials),
-            *tracker_callbacks,
-        ],
-        gc_after_trial=True,
-    )
+    callbacks = [progress_printer(name, dataset_study.metric, n_trials), *tracker_callbacks]
+
+    def objective(trial: optuna.Trial) -> float:
+        _guard_against_surplus(trial, n_trials)
+        return run_trial(trial, dataset_study)
+
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while deadline is None or time.monotonic() < deadline:
+        if is_heartbeat_enabled(storage):
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial is failed and requeued
+        finished, running = _counts(study)
+        if finished >= n_trials:
+            break
+        if finished + running >= n_trials:
+            time.sleep(_WAIT_FOR_OTHERS_S)
+            continue
+        # A failed trial is recorded as failed; it never ends the study.
+        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
     return study
 
 
 def progress_printer(name: str, metric: str, n_trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
     def report(study: optuna.Study, trial: FrozenTrial) -> None:
         trials = study.get_trials(deepcopy=False)
-        counts = {state: sum(t.state == state for t in trials)
+        counts = {state: sum(t.state == state and not t.user_attrs.get(SURPLUS_ATTR) for t in trials)
                   for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+        if trial.user_attrs.get(SURPLUS_ATTR):
+            return
         outcome = trial.state.name.lower()
         if trial.state == TrialState.COMPLETE:
             outcome += f" {metric}={trial.value:.4f}"
