@@ -49,20 +49,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int,
                         help="seed for the data splits, the sampler and training "
                              "(default: the config's training.seed); keep it when topping up a study")
+    parser.add_argument("--workers", type=int, default=1, metavar="K",
+                        help="local worker processes sharing the studies through the storage, one GPU "
+                             "each when there are several (default: 1); on many machines, run the same "
+                             "command against one --storage database instead")
     parser.add_argument("--tracker", type=_names, default=["none"], metavar="NAME",
                         help="experiment tracker for trial curves: none (default)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout)):
+    for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout), ("--workers", args.workers)):
         if value is not None and value <= 0:
             print(f"error: {flag} must be positive, got {value}", file=sys.stderr)
             return 2
     try:
         if args.study:
-            _study(args)
+            _study(args, argv)
         else:
             _leaderboard(args)
     except BenchmarkError as error:
@@ -104,7 +109,7 @@ def _print_tables(tables: dict, results_dir: Path) -> None:
     print(f"leaderboards written to {results_dir}/: leaderboard.csv/.md, datasets.csv/.md, trials.csv")
 
 
-def _study(args: argparse.Namespace) -> None:
+def _study(args: argparse.Namespace, argv: list[str]) -> None:
     from benchmark import preflight
     from benchmark.config import load_config
     from benchmark.results import RESULT_FILES, write_leaderboards
@@ -116,17 +121,67 @@ def _study(args: argparse.Namespace) -> None:
     n_trials = args.n_trials or config.budget.n_trials
     timeout = args.timeout or config.budget.timeout_s
     url = _storage_url(args)
-    # Everything that can be wrong with the input fails here, before any training.
-    prepared = preflight.prepare(config, url, args.tracker, args.results_dir)
+    # Everything that can be wrong with the input fails here, before any training (and
+    # before any worker starts: they find the offline assets already fetched).
+    # With several workers each one streams to the trackers itself.
+    trackers = ["none"] if args.workers > 1 else args.tracker
+    prepared = preflight.prepare(config, url, trackers, args.results_dir)
     print(f"storage: {_masked(url)}  (optuna-dashboard {_masked(url)})", file=sys.stderr)
     started = time.perf_counter()
+    tables = None
     try:
-        for dataset_study in prepared.studies:
-            run_study(prepared.storage, url, dataset_study, n_trials, timeout, seed)
+        if args.workers > 1:
+            _run_workers(args.workers, argv)
+        else:
+            for dataset_study in prepared.studies:
+                run_study(prepared.storage, url, dataset_study, n_trials, timeout, seed)
         print(f"studies done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
+    finally:
+        # Also on Ctrl-C: the tables then show every trial that finished.
         tables = write_leaderboards(prepared.storage, args.results_dir)
         for dataset_study in prepared.studies:
             prepared.tracker.end_study(dataset_study.study_name, [args.results_dir / name for name in RESULT_FILES])
-    finally:
         prepared.tracker.close()
     _print_tables(tables, args.results_dir)
+
+
+def _run_workers(count: int, argv: list[str]) -> None:
+    """Start `count` copies of this command as single workers on the same storage."""
+    import os
+    import subprocess
+
+    gpus = _visible_gpus()
+    workers = []
+    for index in range(count):
+        env = dict(os.environ)
+        if len(gpus) > 1:
+            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+        # A later --workers wins over the user's, so each child is a single worker.
+        command = [sys.executable, "-m", "benchmark.cli", *argv, "--workers", "1"]
+        workers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
+    print(f"started {count} workers (pids {', '.join(str(w.pid) for w in workers)})", file=sys.stderr)
+    try:
+        codes = [worker.wait() for worker in workers]
+    except KeyboardInterrupt:
+        # Ctrl-C reached the workers too (same process group); let them stop cleanly.
+        for worker in workers:
+            worker.wait()
+        raise
+    failed = [code for code in codes if code != 0]
+    if failed:
+        raise BenchmarkError(f"--workers: {len(failed)} of {count} workers exited with an error (codes {failed})")
+
+
+def _visible_gpus() -> list[str]:
+    import os
+
+    import torch
+
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [device for device in listed.split(",") if device.strip()]
+    return [str(index) for index in range(torch.cuda.device_count())]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -196,6 +196,24 @@ class Budget(_Strict):
     timeout_s: float | None = Field(default=None, gt=0)
 
 
+class HeartbeatSpec(_Strict):
+    """How fast a dead worker's trial is noticed (database storages only).
+
+    A worker that stops beating for `grace_s` has its running trial failed by the next
+    worker to start a trial, which queues the same parameters again, up to `max_retries`.
+    """
+
+    interval_s: int = Field(default=20, gt=0)
+    grace_s: int = Field(default=90, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+
+    @model_validator(mode="after")
+    def _check_grace(self) -> HeartbeatSpec:
+        if self.grace_s <= self.interval_s:
+            raise ValueError(f"grace_s ({self.grace_s}) must exceed interval_s ({self.interval_s})")
+        return self
+
+
 class TrainingSpec(_Strict):
     max_length: int = Field(default=128, gt=8)
     # Counted in training examples, not steps, so that trials with different batch sizes
@@ -217,6 +235,7 @@ class BenchmarkConfig(_Strict):
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     budget: Budget = Budget()
+    heartbeat: HeartbeatSpec = HeartbeatSpec()
     source_file: Path | None = None
 
     @model_validator(mode="after")

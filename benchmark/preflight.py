@@ -42,7 +42,7 @@ def quiet_libraries() -> None:
 def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path) -> Prepared:
     quiet_libraries()
     tracker = make_tracker(tracker_names, results_dir)
-    storage = open_storage(storage_url)
+    storage = open_storage(storage_url, config.heartbeat)
     seed = config.training.seed
     _check_seed_matches(storage, config, seed)
     resolved = {}

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 
+from benchmark.config import HeartbeatSpec
 from benchmark.errors import BenchmarkError
 
 _PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@)")
@@ -21,18 +22,11 @@ def default_storage_url(results_dir: Path) -> str:
     return f"sqlite:///{results_dir / 'optuna.db'}"
 
 
-# A worker that dies mid-trial stops beating; after the grace period the next worker to
-# start a trial marks it failed, and the retry callback queues the same parameters again.
-HEARTBEAT_INTERVAL_S = 20
-HEARTBEAT_GRACE_S = 90
-MAX_RETRIES = 2
-
-
-def open_storage(url: str) -> optuna.storages.BaseStorage:
+def open_storage(url: str, heartbeat: HeartbeatSpec = HeartbeatSpec()) -> optuna.storages.BaseStorage:
     """An Optuna storage from a URL.
 
-    Database URLs (sqlite, postgresql, mysql) get heartbeats and retries of dead workers'
-    trials. `journal:PATH` is a journal file and `redis://...` a Redis journal, for users
+    Database URLs (sqlite, postgresql, mysql) get heartbeats, and a dead worker's trial
+    is failed and queued again with the same parameters. `journal:PATH` is a journal file and `redis://...` a Redis journal, for users
     with no database (Optuna has no heartbeats for journals).
     """
     try:
@@ -46,10 +40,12 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         return optuna.storages.RDBStorage(
             url,
-            engine_kwargs=None if url.startswith("sqlite") else {"pool_pre_ping": True},
-            heartbeat_interval=HEARTBEAT_INTERVAL_S,
-            grace_period=HEARTBEAT_GRACE_S,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRIES),
+            # SQLite serializes writers: let local workers wait for the lock instead of failing.
+            engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True},
+            heartbeat_interval=heartbeat.interval_s,
+            grace_period=heartbeat.grace_s,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
+                max_retry=heartbeat.max_retries),
         )
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__

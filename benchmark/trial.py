@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import gc
+import os
+import socket
 import time
 from dataclasses import asdict, dataclass
 
@@ -54,6 +56,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
     encoder_name = trial.suggest_categorical(ENCODER_PARAM, list(study.encoders))
     encoder = study.encoders[encoder_name]
     hp = sample_hyperparameters(trial, study.config.search_space, study.config.encoders[encoder_name])
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     trial.set_user_attr("model_type", encoder.model_type)
     trial.set_user_attr("device", str(study.device))
     trial.set_user_attr("precision", str(study.autocast_dtype or torch.float32).removeprefix("torch."))

@@ -1,0 +1,138 @@
+"""Many workers on one storage, a worker killed mid-trial, and Ctrl-C, all for real."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from benchmark.cli import main
+from benchmark.results import trials_frame
+from benchmark.study import FINISHED
+from tests.test_study import write_config
+
+ROOT = Path(__file__).resolve().parent.parent
+SLOW_TRIALS = {"type": "int", "low": 40, "high": 40}  # epochs: a tiny trial that lasts seconds
+
+
+def _postgres_url() -> str:
+    """A fresh database on the PostgreSQL server that .ci/run starts."""
+    admin_url = os.environ.get("BENCHMARK_TEST_POSTGRES_URL")
+    if not admin_url:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide BENCHMARK_TEST_POSTGRES_URL (.ci/run starts PostgreSQL)")
+        pytest.skip("no PostgreSQL server: set BENCHMARK_TEST_POSTGRES_URL (as .ci/run does)")
+    import sqlalchemy
+
+    name = f"bench_{uuid.uuid4().hex[:10]}"
+    engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
+    engine.dispose()
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'shared.db'}"
+    return _postgres_url()
+
+
+def _args(config: Path, results: Path, storage: str, n_trials: int) -> list[str]:
+    return ["--study", "--config", str(config), "--results-dir", str(results), "--storage", storage,
+            "--datasets", "topics", "--n-trials", str(n_trials)]
+
+
+def test_three_workers_finish_exactly_n_trials(tmp_path, tiny_encoders, storage_url):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert", "distilbert"))
+    results = tmp_path / "results"
+    assert main([*_args(config, results, storage_url, 7), "--workers", "3"]) == 0
+
+    study = optuna.load_study(study_name="tiny-topics", storage=storage_url)
+    finished = study.get_trials(states=FINISHED)
+    assert len(finished) == 7, [(t.number, t.state.name) for t in study.trials]
+    real = [t for t in study.trials if not t.user_attrs.get("surplus")]
+    assert len({t.number for t in real}) == len(real)
+    assert all(t.state in FINISHED for t in real), "no trial lost or left running"
+    workers = {t.user_attrs["worker"] for t in finished}
+    assert len(workers) >= 2, "the trials were shared between worker processes"
+
+    # the tables equal what a rebuild from the storage alone gives
+    written = pd.read_csv(results / "leaderboard.csv")
+    assert main(["--leaderboard", "--storage", storage_url, "--results-dir", str(tmp_path / "rebuilt")]) == 0
+    pd.testing.assert_frame_equal(written, pd.read_csv(tmp_path / "rebuilt" / "leaderboard.csv"))
+    assert len(trials_frame(storage_url)) == len(real)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+def _running_trial(storage: str):
+    try:
+        study = optuna.load_study(study_name="tiny-topics", storage=storage)
+    except KeyError:
+        return None
+    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    return running[0] if running and running[0].params else None
+
+
+def _worker(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "benchmark.cli", *args], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_a_worker_killed_mid_trial_is_retried_and_the_study_still_finishes(tmp_path, tiny_encoders):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",), search_space__num_epochs=SLOW_TRIALS,
+                          heartbeat={"interval_s": 1, "grace_s": 3, "max_retries": 2})
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    args = _args(config, tmp_path / "results", storage, 2)
+    victim = _worker(args)
+    killed = _wait_for(lambda: _running_trial(storage), 90, "the first worker to start a trial")
+    time.sleep(1.5)
+    victim.send_signal(signal.SIGKILL)
+    victim.wait(timeout=10)
+
+    assert main(args) == 0
+    study = optuna.load_study(study_name="tiny-topics", storage=storage)
+    states = {t.number: t.state for t in study.trials}
+    assert states[killed.number] == optuna.trial.TrialState.FAIL
+    assert len(study.get_trials(states=FINISHED)) == 2
+    retried = [t for t in study.trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retried) == 1 and retried[0].state in FINISHED
+    assert retried[0].params == killed.params, "the retry runs the same configuration"
+
+
+def test_ctrl_c_keeps_finished_trials_and_a_rerun_tops_up(tmp_path, tiny_encoders):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",), search_space__num_epochs=SLOW_TRIALS)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    results = tmp_path / "results"
+    args = _args(config, results, storage, 3)
+    worker = _worker(args)
+    _wait_for(lambda: _running_trial(storage), 90, "a trial to start")
+    time.sleep(1.0)
+    worker.send_signal(signal.SIGINT)
+    assert worker.wait(timeout=60) == 130
+    assert (results / "leaderboard.csv").exists(), "tables are written on Ctrl-C too"
+    study = optuna.load_study(study_name="tiny-topics", storage=storage)
+    interrupted = study.get_trials(states=(optuna.trial.TrialState.FAIL,))
+    assert len(interrupted) == 1
+
+    assert main(args) == 0
+    study = optuna.load_study(study_name="tiny-topics", storage=storage)
+    assert len(study.get_trials(states=FINISHED)) == 3, "topped up to 3, not 3 more"
