@@ -39,6 +39,9 @@ class LoopSettings:
     seed: int
     device: torch.device
     autocast_dtype: torch.dtype | None
+    # Forward/backward in chunks of this many examples, accumulating gradients, so a
+    # batch that does not fit in memory still trains with the same effective batch.
+    micro_batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +149,22 @@ def evaluate(model: torch.nn.Module, split: TokenizedSplit, settings: LoopSettin
     return loss_sum / len(split), classification_metrics(split.labels, predictions, num_labels)
 
 
+def _accumulate_gradients(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
+                          settings: LoopSettings) -> float:
+    """Backpropagate the batch's mean loss, in micro-batches when asked; returns that loss."""
+    chunk = settings.micro_batch_size or len(labels)
+    total = 0.0
+    for start in range(0, len(labels), chunk):
+        part = slice(start, start + chunk)
+        with _autocast(settings):
+            logits = model(**{name: tensor[part] for name, tensor in inputs.items()}).logits
+        # Summed over the chunk and divided by the whole batch: the chunks add up to the mean.
+        loss = F.cross_entropy(logits.float(), labels[part], reduction="sum") / len(labels)
+        loss.backward()
+        total += loss.item()
+    return total
+
+
 def fine_tune(
     model: torch.nn.Module,
     train: TokenizedSplit,
@@ -189,16 +208,13 @@ def fine_tune(
         order = rng.permutation(len(train))[:steps_per_epoch * hp.batch_size]
         for inputs, labels, tokens in batches(train, order, hp.batch_size, settings.device):
             started = time.perf_counter()
-            with _autocast(settings):
-                logits = model(**inputs).logits
-            loss = F.cross_entropy(logits.float(), labels)
-            loss.backward()
+            loss = _accumulate_gradients(model, inputs, labels, settings)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
             step += 1
-            loss_value = loss.item()
+            loss_value = loss
             elapsed = time.perf_counter() - started
             result.steps, result.train_tokens = step, result.train_tokens + tokens
             result.train_seconds += elapsed

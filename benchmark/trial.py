@@ -6,7 +6,7 @@ import gc
 import os
 import socket
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import optuna
 import torch
@@ -76,6 +76,8 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         model = load_classifier(encoder, study.data.label_names, hp.dropout)
         trial.set_user_attr("num_parameters", sum(p.numel() for p in model.parameters()))
         trial.set_user_attr("load_seconds", round(time.perf_counter() - started, 3))
+        settings = LoopSettings(training.eval_every_examples, training.eval_batch_size,
+                                training.seed + trial.number, study.device, study.autocast_dtype)
 
         def on_evaluation(evaluation: Evaluation) -> None:
             value = evaluation.metrics[study.metric]
@@ -85,10 +87,20 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
                 raise optuna.TrialPruned(
                     f"pruned after {evaluation.examples} examples with {study.metric} {value:.4f}")
 
-        settings = LoopSettings(training.eval_every_examples, training.eval_batch_size,
-                                training.seed + trial.number, study.device, study.autocast_dtype)
-        result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels,
-                           hp, settings, run.log_step, on_evaluation)
+        try:
+            result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels,
+                               hp, settings, run.log_step, on_evaluation)
+        except Exception as error:
+            if not is_out_of_memory(error) or hp.batch_size < 2:
+                raise
+            # Once more from fresh weights, half the micro-batch, the same effective batch.
+            micro_batch = hp.batch_size // 2
+            trial.set_user_attr("oom_retry", f"{type(error).__name__}; retried with micro-batch {micro_batch}")
+            model = None
+            _release_memory(study.device)
+            model = load_classifier(encoder, study.data.label_names, hp.dropout)
+            result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels, hp,
+                               replace(settings, micro_batch_size=micro_batch), run.log_step, on_evaluation)
         final = result.final
         for name, value in final.metrics.items():
             trial.set_user_attr(f"validation_{name}", value)
@@ -116,6 +128,18 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
     finally:
         trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 3))
         del model
-        gc.collect()
-        if study.device.type == "cuda":
-            torch.cuda.empty_cache()
+        _release_memory(study.device)
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
+    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(error, RuntimeError) and (
+        "can't allocate memory" in str(error) or "out of memory" in str(error).lower())
+
+
+def _release_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()

@@ -241,3 +241,57 @@ def test_the_last_evaluation_never_prunes_a_trial_that_has_finished_training(tmp
     trial = study.trials[0]
     assert trial.state == optuna.trial.TrialState.COMPLETE
     assert len(trial.intermediate_values) == 1  # only the end-of-training evaluation was reported
+
+
+class _OutOfMemoryAbove:
+    """Wraps a classifier's forward to fail like CUDA does on batches above `limit` rows."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def __call__(self, loader):
+        def load(*args, **kwargs):
+            model = loader(*args, **kwargs)
+            forward = model.forward
+
+            def guarded(**inputs):
+                if model.training and inputs["input_ids"].shape[0] > self.limit:
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+                return forward(**inputs)
+
+            model.forward = guarded
+            return model
+        return load
+
+
+@pytest.mark.parametrize(("limit", "state"), [(4, optuna.trial.TrialState.COMPLETE),
+                                              (1, optuna.trial.TrialState.FAIL)])
+def test_out_of_memory_retries_with_half_micro_batches_then_fails_with_reason(
+        tmp_path, tiny_encoders, monkeypatch, limit, state):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",),
+                                      search_space__batch_size={"type": "categorical", "choices": [8]},
+                                      training__eval_every_examples=48)).restricted(["topics"], None)
+    dataset_study = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
+    monkeypatch.setattr(trial_module, "load_classifier", _OutOfMemoryAbove(limit)(trial_module.load_classifier))
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=1, catch=(Exception,))
+    trial = study.trials[0]
+    assert trial.state == state
+    assert trial.user_attrs["oom_retry"] == "OutOfMemoryError; retried with micro-batch 4"
+    if state == optuna.trial.TrialState.FAIL:
+        assert trial.user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
+    else:
+        assert trial.params["batch_size"] == 8 and trial.user_attrs["steps"] > 0
+
+
+def test_host_memory_does_not_grow_across_twenty_trials(tmp_path, tiny_encoders):
+    import psutil
+
+    dataset_study = _dataset_study(tmp_path, tiny_encoders, encoders=("bert", "roberta"))
+    study = optuna.create_study(direction="maximize")
+    process = psutil.Process()
+    readings = []
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=20,
+                   callbacks=[lambda s, t: readings.append(process.memory_info().rss)], gc_after_trial=True)
+    warm = readings[4]  # after both encoders' tokenizations are cached and allocators warmed up
+    assert max(readings[5:]) <= warm * 1.05, [round(r / 2**20) for r in readings]

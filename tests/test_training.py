@@ -136,3 +136,24 @@ def test_autocast_choice():
     assert autocast_dtype(torch.device("mps"), "auto") is None
     expected = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
     assert autocast_dtype(CPU, "auto") is expected
+
+
+def test_micro_batches_with_accumulation_train_the_same_model(topics, bert):
+    cache = TokenizationCache()
+    tokenized = cache.get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    hp = Hyperparameters(learning_rate=3e-3, warmup_ratio=0.1, dropout=0.0, max_grad_norm=1.0,
+                         weight_decay=0.01, batch_size=16, num_epochs=2)
+    outcomes = []
+    for micro in (None, 4):
+        torch.manual_seed(123)
+        model = load_classifier(bert, topics.label_names, dropout=0.0)
+        settings = LoopSettings(eval_every_examples=32, eval_batch_size=32, seed=0, device=CPU,
+                                autocast_dtype=None, micro_batch_size=micro)
+        steps = []
+        result = fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
+                           steps.append, lambda e: None)
+        outcomes.append((result, [s.loss for s in steps], [s.grad_norm for s in steps]))
+    (full, full_losses, full_norms), (micro, micro_losses, micro_norms) = outcomes
+    assert micro_losses == pytest.approx(full_losses, rel=1e-4)
+    assert micro_norms == pytest.approx(full_norms, rel=1e-3)
+    assert [e.metrics for e in micro.evaluations] == [e.metrics for e in full.evaluations]
