@@ -222,6 +222,8 @@ def _pick_split(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, s
 
 
 def _check_table(name: str, split: str, frame: pd.DataFrame, spec: DatasetSpec) -> pd.DataFrame:
+    if len(frame) == 0:
+        raise BenchmarkError(f"datasets.{name}: the {split} split is empty")
     text_columns = [spec.text] + ([spec.text_pair] if spec.text_pair else [])
     for key, column in [("text", spec.text), ("text_pair", spec.text_pair), ("label", spec.label)]:
         if column is not None and column not in frame.columns:
@@ -232,8 +234,6 @@ def _check_table(name: str, split: str, frame: pd.DataFrame, spec: DatasetSpec) 
     table = frame[text_columns + [spec.label]].rename(
         columns={spec.text: "text", spec.text_pair or "": "text_pair", spec.label: "label"}
     )
-    if len(table) == 0:
-        raise BenchmarkError(f"datasets.{name}: the {split} split is empty")
     for key, column in [("text", spec.text), ("text_pair", spec.text_pair)]:
         if column is None:
             continue

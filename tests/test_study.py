@@ -295,3 +295,35 @@ def test_host_memory_does_not_grow_across_twenty_trials(tmp_path, tiny_encoders)
                    callbacks=[lambda s, t: readings.append(process.memory_info().rss)], gc_after_trial=True)
     warm = readings[4]  # after both encoders' tokenizations are cached and allocators warmed up
     assert max(readings[5:]) <= warm * 1.05, [round(r / 2**20) for r in readings]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([], "datasets.topics: the train split is empty"),
+        ([{"text": "goal match", "label": "sports"}] * 40, "has a single class (sports)"),
+        ([{"text": "goal match", "label": "sports"}, {"text": 42, "label": "tech"}] * 20,
+         "datasets.topics.text: column 'text' in the train split has 20 non-text value(s), the first being 42"),
+    ],
+)
+def test_bad_data_is_one_clear_line_before_training(tmp_path, tiny_encoders, capsys, rows, expected):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",))
+    # JSON Lines keeps a number a number, where CSV would read it back as text
+    pd.DataFrame(rows, columns=["text", "label"]).to_json(tmp_path / "bad.jsonl", orient="records", lines=True)
+    text = config.read_text().replace(str(tmp_path / "topics.csv"), str(tmp_path / "bad.jsonl"))
+    config.write_text(text)
+    assert run_cli("--study", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--datasets", "topics") == 2
+    err = capsys.readouterr().err
+    assert expected in err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "Traceback" not in err
+
+
+def test_unreachable_storage_is_refused_with_the_password_masked(tmp_path, tiny_encoders, capsys):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",))
+    code = run_cli("--study", "--config", str(config), "--results-dir", str(tmp_path / "r"),
+                   "--storage", "postgresql://bench:s3cret@127.0.0.1:1/nowhere")
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "error: --storage: cannot open postgresql://bench:***@127.0.0.1:1/nowhere" in err
+    assert "s3cret" not in err
