@@ -3,6 +3,11 @@ trained here on the test texts, and small learnable datasets. No network anywher
 
 from __future__ import annotations
 
+import os
+
+# The tests reach no server but their own on loopback: no hub look-ups, no telemetry.
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
+
 import random
 from pathlib import Path
 

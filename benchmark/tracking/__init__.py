@@ -19,6 +19,10 @@ def _neptune(results_dir: Path) -> Tracker:
 
 
 def _mlflow(results_dir: Path) -> Tracker:
+    import os
+
+    # MLflow 3 reports usage to its makers unless told not to; a user who wants it says so.
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from benchmark.tracking.mlflow_backend import MlflowTracker
 
     return MlflowTracker(results_dir)
