@@ -73,11 +73,14 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         tokenized = study.tokenization.get(
             study.data, encoder.location, training.max_length, lambda: load_tokenizer(encoder)
         )
+        settings = LoopSettings(training.eval_every_examples, training.eval_batch_size,
+                                training.seed + trial.number, study.device, study.autocast_dtype)
+        # The new classification head is drawn from the global generator: seed it per trial,
+        # so trial k trains the same model whichever worker runs it, and after whatever.
+        torch.manual_seed(settings.seed)
         model = load_classifier(encoder, study.data.label_names, hp.dropout)
         trial.set_user_attr("num_parameters", sum(p.numel() for p in model.parameters()))
         trial.set_user_attr("load_seconds", round(time.perf_counter() - started, 3))
-        settings = LoopSettings(training.eval_every_examples, training.eval_batch_size,
-                                training.seed + trial.number, study.device, study.autocast_dtype)
 
         def on_evaluation(evaluation: Evaluation) -> None:
             value = evaluation.metrics[study.metric]
@@ -98,6 +101,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
             trial.set_user_attr("oom_retry", f"{type(error).__name__}; retried with micro-batch {micro_batch}")
             model = None
             _release_memory(study.device)
+            torch.manual_seed(settings.seed)
             model = load_classifier(encoder, study.data.label_names, hp.dropout)
             result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels, hp,
                                replace(settings, micro_batch_size=micro_batch), run.log_step, on_evaluation)

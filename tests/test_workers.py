@@ -136,3 +136,26 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_tops_up(tmp_path, tiny_encoder
     assert main(args) == 0
     study = optuna.load_study(study_name="tiny-topics", storage=storage)
     assert len(study.get_trials(states=FINISHED)) == 3, "topped up to 3, not 3 more"
+
+
+def test_three_workers_give_the_tables_one_worker_gives(tmp_path, tiny_encoders, storage_url):
+    """With every parameter fixed, trial k trains the same model (its seed is base + k)
+    whichever worker runs it, so the tables must match a single worker's exactly."""
+    fixed = {name: {"type": "categorical", "choices": [value]} for name, value in
+             {"learning_rate": 1e-3, "warmup_ratio": 0.1, "dropout": 0.0, "max_grad_norm": 1.0,
+              "weight_decay": 0.0, "batch_size": 16, "num_epochs": 1}.items()}
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",), search_space=fixed,
+                          pruner={"type": "none"})
+    single = f"sqlite:///{tmp_path / 'single.db'}"
+    assert main(_args(config, tmp_path / "one", single, 6)) == 0
+    assert main([*_args(config, tmp_path / "three", storage_url, 6), "--workers", "3"]) == 0
+
+    def values(url):
+        study = optuna.load_study(study_name="tiny-topics", storage=url)
+        return {t.number: t.value for t in study.get_trials(states=FINISHED)}
+
+    assert values(storage_url) == pytest.approx(values(single))
+    for table in ("leaderboard.csv", "datasets.csv"):
+        one, three = pd.read_csv(tmp_path / "one" / table), pd.read_csv(tmp_path / "three" / table)
+        timing = [c for c in one.columns if c.endswith("_seconds")]
+        pd.testing.assert_frame_equal(one.drop(columns=timing), three.drop(columns=timing))
