@@ -194,3 +194,21 @@ def test_to_markdown(trials):
     assert "encoder" in lines[0] and "mean_rank" in lines[0]
     assert "0.8500" in text and "1.2500" in text
     assert len(lines) == 2 + 3
+
+
+def test_a_crash_while_writing_leaves_the_previous_table_whole(tmp_path, monkeypatch):
+    import os
+
+    from benchmark.results import write_atomic
+
+    target = tmp_path / "leaderboard.csv"
+    write_atomic(target, "encoder,value\nbert,0.9\n")
+
+    def crash(*args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError):
+        write_atomic(target, "encoder,value\nbert,0.95\nroberta,0.9")
+    assert target.read_text() == "encoder,value\nbert,0.9\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["leaderboard.csv"], "no temporary file left behind"

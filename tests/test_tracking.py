@@ -106,3 +106,28 @@ def test_unknown_tracker_is_refused_up_front(tmp_path):
 def test_storage_url_in_study_info_must_be_masked():
     with pytest.raises(ValueError):
         StudyInfo("s", "b", "d", "accuracy", "postgresql://u:secret@h/db")
+
+
+def test_neptune_and_mlflow_together_each_get_every_trial(tmp_path, tiny_encoders, monkeypatch):
+    import optuna
+    from mlflow import MlflowClient
+
+    from benchmark.cli import main
+    from tests.test_study import write_config
+
+    for name in ("NEPTUNE_API_TOKEN", "NEPTUNE_PROJECT", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NEPTUNE_MODE", "offline")
+    monkeypatch.setenv("NEPTUNE_DATA_DIRECTORY", str(tmp_path / "neptune"))
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",))
+    results = tmp_path / "results"
+    assert main(["--study", "--config", str(config), "--results-dir", str(results), "--datasets", "topics",
+                 "--n-trials", "2", "--tracker", "neptune,mlflow"]) == 0
+
+    study = optuna.load_study(study_name="tiny-topics", storage=f"sqlite:///{results / 'optuna.db'}")
+    client = MlflowClient(f"sqlite:///{results.resolve() / 'mlflow.db'}")
+    for trial in study.trials:
+        assert trial.user_attrs["neptune_run_id"].startswith("offline/")
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert run.data.tags["trial_number"] == str(trial.number)
+    assert any((tmp_path / "neptune").rglob("*")), "neptune wrote its offline runs"

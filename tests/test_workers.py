@@ -16,6 +16,7 @@ import pytest
 
 from benchmark.cli import main
 from benchmark.results import trials_frame
+from benchmark.storage import open_storage
 from benchmark.study import FINISHED
 from tests.test_study import write_config
 
@@ -40,10 +41,12 @@ def _postgres_url() -> str:
     return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "journal"])
 def storage_url(request, tmp_path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'shared.db'}"
+    if request.param == "journal":
+        return f"journal:{tmp_path / 'journal.log'}"
     return _postgres_url()
 
 
@@ -57,7 +60,7 @@ def test_three_workers_finish_exactly_n_trials(tmp_path, tiny_encoders, storage_
     results = tmp_path / "results"
     assert main([*_args(config, results, storage_url, 7), "--workers", "3"]) == 0
 
-    study = optuna.load_study(study_name="tiny-topics", storage=storage_url)
+    study = optuna.load_study(study_name="tiny-topics", storage=open_storage(storage_url))
     finished = study.get_trials(states=FINISHED)
     assert len(finished) == 7, [(t.number, t.state.name) for t in study.trials]
     real = [t for t in study.trials if not t.user_attrs.get("surplus")]
@@ -70,7 +73,7 @@ def test_three_workers_finish_exactly_n_trials(tmp_path, tiny_encoders, storage_
     written = pd.read_csv(results / "leaderboard.csv")
     assert main(["--leaderboard", "--storage", storage_url, "--results-dir", str(tmp_path / "rebuilt")]) == 0
     pd.testing.assert_frame_equal(written, pd.read_csv(tmp_path / "rebuilt" / "leaderboard.csv"))
-    assert len(trials_frame(storage_url)) == len(real)
+    assert len(trials_frame(open_storage(storage_url))) == len(real)
 
 
 def _wait_for(predicate, timeout: float, what: str):
@@ -151,7 +154,7 @@ def test_three_workers_give_the_tables_one_worker_gives(tmp_path, tiny_encoders,
     assert main([*_args(config, tmp_path / "three", storage_url, 6), "--workers", "3"]) == 0
 
     def values(url):
-        study = optuna.load_study(study_name="tiny-topics", storage=url)
+        study = optuna.load_study(study_name="tiny-topics", storage=open_storage(url))
         return {t.number: t.value for t in study.get_trials(states=FINISHED)}
 
     assert values(storage_url) == pytest.approx(values(single))
@@ -159,3 +162,27 @@ def test_three_workers_give_the_tables_one_worker_gives(tmp_path, tiny_encoders,
         one, three = pd.read_csv(tmp_path / "one" / table), pd.read_csv(tmp_path / "three" / table)
         timing = [c for c in one.columns if c.endswith("_seconds")]
         pd.testing.assert_frame_equal(one.drop(columns=timing), three.drop(columns=timing))
+
+
+def test_each_local_worker_gets_its_own_gpu(monkeypatch):
+    from benchmark import cli
+
+    started = []
+
+    class FakeWorker:
+        def __init__(self, command, env, stdout):
+            started.append((command, env.get("CUDA_VISIBLE_DEVICES")))
+            self.pid = len(started)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeWorker)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
+    cli._run_workers(3, ["--study", "--workers", "3"])
+    assert [gpu for _, gpu in started] == ["2", "5", "2"]
+    assert all(command[-2:] == ["--workers", "1"] for command, _ in started)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    started.clear()
+    cli._run_workers(2, ["--study"])
+    assert [gpu for _, gpu in started] == ["0", "0"], "one GPU: the workers share it, as inherited"
