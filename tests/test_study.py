@@ -290,11 +290,19 @@ def test_host_memory_does_not_grow_across_twenty_trials(tmp_path, tiny_encoders)
     dataset_study = _dataset_study(tmp_path, tiny_encoders, encoders=("bert", "roberta"))
     study = optuna.create_study(direction="maximize")
     process = psutil.Process()
-    readings = []
-    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=20,
-                   callbacks=[lambda s, t: readings.append(process.memory_info().rss)], gc_after_trial=True)
+    readings, gpu_readings = [], []
+
+    def measure(study, trial):
+        readings.append(process.memory_info().rss)
+        if torch.cuda.is_available():
+            gpu_readings.append(torch.cuda.memory_allocated())
+
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=20, callbacks=[measure],
+                   gc_after_trial=True)
     warm = readings[4]  # after both encoders' tokenizations are cached and allocators warmed up
     assert max(readings[5:]) <= warm * 1.05, [round(r / 2**20) for r in readings]
+    if gpu_readings:  # only where the trials ran on a GPU
+        assert max(gpu_readings[5:]) <= max(gpu_readings[4], 1) * 1.05
 
 
 @pytest.mark.parametrize(
