@@ -150,10 +150,12 @@ def _run_workers(count: int, argv: list[str]) -> None:
     import os
     import subprocess
 
+    from benchmark.study import WORKER_ENV
+
     gpus = _visible_gpus()
     workers = []
     for index in range(count):
-        env = dict(os.environ)
+        env = dict(os.environ, **{WORKER_ENV: str(index)})
         if len(gpus) > 1:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         # A later --workers wins over the user's, so each child is a single worker.

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import time
+import zlib
 from collections.abc import Callable
 
 import optuna
@@ -54,6 +57,17 @@ def make_pruner(spec: PrunerSpec) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
+WORKER_ENV = "ENCODER_BENCHMARK_WORKER"
+
+
+def worker_offset() -> int:
+    """0 for a lone process; distinct per `--workers` child and per machine otherwise."""
+    index = os.environ.get(WORKER_ENV)
+    if index is None:
+        return 0
+    return 1_000_003 * (int(index) + 1) + zlib.crc32(socket.gethostname().encode())
+
+
 def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy, seed: int) -> optuna.Study:
     config = dataset_study.config
     study = optuna.create_study(
@@ -64,8 +78,8 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
         load_if_exists=True,
     )
     # Offset by the trials already there, so a resumed study does not replay the first
-    # run's random draws.
-    study.sampler = make_sampler(config.sampler, seed + len(study.get_trials(deepcopy=False)))
+    # run's random draws, and by the worker, so workers started together draw apart.
+    study.sampler = make_sampler(config.sampler, seed + len(study.get_trials(deepcopy=False)) + worker_offset())
     data = dataset_study.data
     study.set_user_attr(BENCHMARK_ATTR, config.name)
     study.set_user_attr(DATASET_ATTR, data.name)

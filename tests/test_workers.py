@@ -68,6 +68,8 @@ def test_three_workers_finish_exactly_n_trials(tmp_path, tiny_encoders, storage_
     assert all(t.state in FINISHED for t in real), "no trial lost or left running"
     workers = {t.user_attrs["worker"] for t in finished}
     assert len(workers) >= 2, "the trials were shared between worker processes"
+    configurations = {tuple(sorted(t.params.items())) for t in finished}
+    assert len(configurations) == 7, "workers started together do not draw the same parameters"
 
     # the tables equal what a rebuild from the storage alone gives
     written = pd.read_csv(results / "leaderboard.csv")
@@ -186,3 +188,15 @@ def test_each_local_worker_gets_its_own_gpu(monkeypatch):
     started.clear()
     cli._run_workers(2, ["--study"])
     assert [gpu for _, gpu in started] == ["0", "0"], "one GPU: the workers share it, as inherited"
+
+
+def test_worker_sampler_offsets_differ_and_a_lone_process_keeps_its_seed(monkeypatch):
+    from benchmark.study import WORKER_ENV, worker_offset
+
+    monkeypatch.delenv(WORKER_ENV, raising=False)
+    assert worker_offset() == 0  # a single run stays reproducible from --seed
+    offsets = set()
+    for index in range(4):
+        monkeypatch.setenv(WORKER_ENV, str(index))
+        offsets.add(worker_offset())
+    assert len(offsets) == 4 and 0 not in offsets
