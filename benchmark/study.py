@@ -98,8 +98,18 @@ class SurplusTrial(Exception):
     """Another worker claimed the study's last trial between our count and our ask."""
 
 
+def _claiming_states(storage: optuna.storages.BaseStorage) -> tuple[TrialState, ...]:
+    """The trials that hold a place toward `n_trials`.
+
+    Running trials count only where heartbeats tell a dead worker's trial from a live
+    one. Elsewhere (journals) a dead worker's trial would hold its place for ever, so
+    there workers may overshoot `n_trials` by a trial each instead.
+    """
+    return (*FINISHED, TrialState.RUNNING) if is_heartbeat_enabled(storage) else FINISHED
+
+
 def _counts(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
+    trials = study.get_trials(deepcopy=False, states=_claiming_states(study._storage))
     finished = sum(t.state in FINISHED for t in trials)
     return finished, len(trials) - finished
 
@@ -107,8 +117,8 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
 def _guard_against_surplus(trial: optuna.Trial, n_trials: int) -> None:
     """Trial numbers are handed out in order, so the trials before this one decide
     whether it is still needed: exactly `n_trials` finish, however many workers race."""
-    earlier = [t for t in trial.study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
-               if t.number < trial.number]
+    claiming = _claiming_states(trial.study._storage)
+    earlier = [t for t in trial.study.get_trials(deepcopy=False, states=claiming) if t.number < trial.number]
     if len(earlier) >= n_trials:
         trial.set_user_attr(SURPLUS_ATTR, True)
         trial.set_user_attr("fail_reason", "surplus: other workers already hold the study's trials")
@@ -122,7 +132,7 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
     Other workers may share the study (many processes or machines on one storage):
     a worker starts a trial only while finished plus running trials are short of
     `n_trials`, and waits while the last ones run elsewhere, in case their worker dies
-    and its trial comes back to be retried.
+    and its trial comes back to be retried (database storages; see `_claiming_states`).
     """
     study = open_study(storage, dataset_study, seed)
     name = dataset_study.data.name
