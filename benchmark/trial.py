@@ -90,15 +90,20 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
                 raise optuna.TrialPruned(
                     f"pruned after {evaluation.examples} examples with {study.metric} {value:.4f}")
 
+        out_of_memory = None
         try:
             result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels,
                                hp, settings, run.log_step, on_evaluation)
         except Exception as error:
             if not is_out_of_memory(error) or hp.batch_size < 2:
                 raise
+            out_of_memory = type(error).__name__
+        # Retried only here, past the handler: its traceback holds the failed attempt's
+        # activations, and the memory comes back only once the handler has ended.
+        if out_of_memory is not None:
             # Once more from fresh weights, half the micro-batch, the same effective batch.
             micro_batch = hp.batch_size // 2
-            trial.set_user_attr("oom_retry", f"{type(error).__name__}; retried with micro-batch {micro_batch}")
+            trial.set_user_attr("oom_retry", f"{out_of_memory}; retried with micro-batch {micro_batch}")
             model = None
             _release_memory(study.device)
             torch.manual_seed(settings.seed)
