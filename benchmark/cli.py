@@ -28,8 +28,11 @@ def build_parser() -> argparse.ArgumentParser:
     mode = parser.add_mutually_exclusive_group(required=True)
     mode.add_argument("--study", action="store_true",
                       help="run (or top up) one Optuna study per dataset, then write the leaderboards")
+    mode.add_argument("--final-eval", action="store_true",
+                      help="retrain each encoder's best configuration of every study with --seeds seeds, "
+                           "score it on the held-out test split, and compare the encoders; resumes if cut short")
     mode.add_argument("--leaderboard", action="store_true",
-                      help="rebuild every leaderboard file from the storage alone, training nothing")
+                      help="rebuild every leaderboard file and the report from the storage alone, training nothing")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="search-space YAML file (default: %(default)s)")
     parser.add_argument("--datasets", type=_names, metavar="A,B",
@@ -49,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int,
                         help="seed for the data splits, the sampler and training "
                              "(default: the config's training.seed); keep it when topping up a study")
+    parser.add_argument("--seeds", type=int, default=5, metavar="K",
+                        help="--final-eval: seeds per encoder and dataset, at least 2 (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1, metavar="K",
                         help="local worker processes sharing the studies through the storage, one GPU "
                              "each when there are several (default: 1); on many machines, run the same "
@@ -65,9 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         if value is not None and value <= 0:
             print(f"error: {flag} must be positive, got {value}", file=sys.stderr)
             return 2
+    if args.seeds < 2:
+        print(f"error: --seeds must be at least 2 (a confidence interval needs two runs), got {args.seeds}",
+              file=sys.stderr)
+        return 2
     try:
         if args.study:
             _study(args, argv)
+        elif args.final_eval:
+            _final_eval(args)
         else:
             _leaderboard(args)
     except BenchmarkError as error:
@@ -104,21 +115,35 @@ def _masked(url: str) -> str:
 
 def _print_tables(tables: dict, results_dir: Path) -> None:
     from benchmark.leaderboard import to_markdown
+    from benchmark.results import TABLES
 
     print(to_markdown(tables["leaderboard"]))
-    print(f"leaderboards written to {results_dir}/: leaderboard.csv/.md, datasets.csv/.md, trials.csv")
+    if not tables["final"].empty:
+        print(to_markdown(tables["final"]))
+    print(f"written to {results_dir}/: {', '.join(f'{name}.csv/.md' for name in TABLES)}, trials.csv")
+
+
+def _config(args: argparse.Namespace):
+    """The config file, narrowed and reseeded by the command line."""
+    from benchmark.config import load_config
+
+    config = load_config(args.config).restricted(args.datasets, args.encoders)
+    seed = config.training.seed if args.seed is None else args.seed
+    return config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
 
 
 def _study(args: argparse.Namespace, argv: list[str]) -> None:
     from benchmark import preflight
-    from benchmark.config import load_config
     from benchmark.results import RESULT_FILES, write_leaderboards
     from benchmark.study import run_study
 
-    config = load_config(args.config).restricted(args.datasets, args.encoders)
-    seed = config.training.seed if args.seed is None else args.seed
-    config = config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
+    config = _config(args)
+    seed = config.training.seed
     n_trials = args.n_trials or config.budget.n_trials
+    problem = config.unbalanced_budget(n_trials)
+    if problem:
+        flag = "--n-trials" if args.n_trials else f"{config.source_file}: budget.n_trials (with --encoders)"
+        raise BenchmarkError(f"{flag}: {problem}")
     timeout = args.timeout or config.budget.timeout_s
     url = _storage_url(args)
     # Everything that can be wrong with the input fails here, before any training (and
@@ -142,6 +167,22 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
         for dataset_study in prepared.studies:
             prepared.tracker.end_study(dataset_study.study_name, [args.results_dir / name for name in RESULT_FILES])
         prepared.tracker.close()
+    _print_tables(tables, args.results_dir)
+
+
+def _final_eval(args: argparse.Namespace) -> None:
+    from benchmark import preflight
+    from benchmark.final_eval import run_final_evaluation
+    from benchmark.results import write_leaderboards
+
+    config = _config(args)
+    url = _storage_url(args)
+    prepared = preflight.prepare(config, url, ["none"], args.results_dir)
+    try:
+        for dataset_study in prepared.studies:
+            run_final_evaluation(prepared.storage, dataset_study, args.seeds)
+    finally:
+        tables = write_leaderboards(prepared.storage, args.results_dir)
     _print_tables(tables, args.results_dir)
 
 

@@ -235,8 +235,29 @@ class BenchmarkConfig(_Strict):
     sampler: SamplerSpec = SamplerSpec()
     pruner: PrunerSpec = PrunerSpec()
     budget: Budget = Budget()
+    # `balanced`: every encoder gets the same number of trials in a dataset's study (the
+    # sampler still picks everything else), so no encoder wins by having had more tries.
+    # `search`: the sampler picks the encoder too, spending trials where they pay most.
+    comparison: Literal["balanced", "search"] = "balanced"
     heartbeat: HeartbeatSpec = HeartbeatSpec()
     source_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _check_balanced_budget(self) -> BenchmarkConfig:
+        problem = self.unbalanced_budget(self.budget.n_trials)
+        if problem:
+            raise ValueError(f"budget.n_trials: {problem}")
+        return self
+
+    def unbalanced_budget(self, n_trials: int) -> str | None:
+        """Why `n_trials` cannot be shared equally among the encoders, if it cannot."""
+        if self.comparison == "balanced" and n_trials % len(self.encoders):
+            return (f"{n_trials} trials cannot be shared equally among {len(self.encoders)} encoders in the "
+                    f"balanced comparison; use a multiple of {len(self.encoders)}, or comparison: search")
+        return None
+
+    def trials_per_encoder(self, n_trials: int) -> int | None:
+        return n_trials // len(self.encoders) if self.comparison == "balanced" else None
 
     @model_validator(mode="after")
     def _check_eval_interval(self) -> BenchmarkConfig:

@@ -14,10 +14,15 @@ import optuna
 import pandas as pd
 
 from benchmark import leaderboard
+from benchmark.final_eval import FINAL_OF_ATTR, SEED_ATTR, SOURCE_TRIAL_ATTR
 from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR
 from benchmark.trial import ENCODER_PARAM
 
-RESULT_FILES = ("leaderboard.csv", "leaderboard.md", "datasets.csv", "datasets.md", "trials.csv")
+# Written as CSV and Markdown; the trials only as CSV.
+TABLES = ("leaderboard", "datasets", "costs", "expected_performance", "final", "pairwise")
+RESULT_FILES = (*(f"{name}.{ext}" for name in TABLES for ext in ("csv", "md")), "trials.csv")
+
+FINAL_RUN_COLUMNS = ["study", "dataset", "metric", "encoder", "seed", "source_trial", "value"]
 
 TRIAL_COLUMNS = ["study", "benchmark", "dataset", "metric", "number", "state", "value", "encoder",
                  "duration_s", "datetime_start", "datetime_complete"]
@@ -50,11 +55,40 @@ def trials_frame(storage: optuna.storages.BaseStorage | str) -> pd.DataFrame:
             }
             row.update({f"{leaderboard.PARAM_PREFIX}{name}": value for name, value in trial.params.items()
                         if name != ENCODER_PARAM})
-            row.update({"prune_reason": trial.user_attrs.get("prune_reason"),
+            row.update({"train_tokens": trial.user_attrs.get("train_tokens"),
+                        "prune_reason": trial.user_attrs.get("prune_reason"),
                         "fail_reason": trial.user_attrs.get("fail_reason")})
             rows.append(row)
     frame = pd.DataFrame(rows, columns=None if rows else TRIAL_COLUMNS)
     return frame.sort_values(["study", "number"], ignore_index=True) if rows else frame
+
+
+def final_runs_frame(storage: optuna.storages.BaseStorage | str) -> pd.DataFrame:
+    """One row per final-evaluation run (encoder, seed), scored on the test split."""
+    rows = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        attrs = summary.user_attrs
+        if FINAL_OF_ATTR not in attrs:
+            continue
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        for trial in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+            rows.append({"study": attrs[FINAL_OF_ATTR], "dataset": attrs[DATASET_ATTR],
+                         "metric": attrs[METRIC_ATTR], "encoder": trial.params[ENCODER_PARAM],
+                         "seed": trial.user_attrs[SEED_ATTR],
+                         "source_trial": trial.user_attrs[SOURCE_TRIAL_ATTR], "value": trial.value})
+    return pd.DataFrame(rows, columns=FINAL_RUN_COLUMNS)
+
+
+def current_final_runs(runs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """The final runs of each encoder's current best trial, under the leaderboard's
+    dataset names; runs of a trial that a topped-up search has since beaten are left out."""
+    best = leaderboard.best_per_encoder(trials).merge(
+        trials[["study", "encoder", "value", "number"]], on=["study", "encoder", "value"])
+    best = best.sort_values("number").drop_duplicates(["study", "encoder"])
+    current = runs.merge(best[["study", "encoder", "number"]], left_on=["study", "encoder", "source_trial"],
+                         right_on=["study", "encoder", "number"]).drop(columns="number")
+    names = leaderboard.dataset_columns(trials) if not trials.empty else {}
+    return current.assign(dataset=current["study"].map(names))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -70,13 +104,27 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def build_tables(trials: pd.DataFrame, final_runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Every table of the comparison, from the search's trials and the final runs."""
+    final, pairwise = leaderboard.final_evaluation(current_final_runs(final_runs, trials))
+    datasets = leaderboard.dataset_summary(trials) if not trials.empty else pd.DataFrame(columns=["dataset"])
+    verdicts = leaderboard.top_encoder_verdicts(final, pairwise)
+    datasets = datasets.merge(verdicts, on="dataset", how="left").fillna(
+        {"final_top_encoders": "", "final_top_differ": ""})
+    return {
+        "leaderboard": leaderboard.encoder_leaderboard(trials),
+        "datasets": datasets,
+        "costs": leaderboard.cost_table(trials) if not trials.empty else pd.DataFrame(),
+        "expected_performance": leaderboard.expected_performance(trials),
+        "final": final,
+        "pairwise": pairwise,
+    }
+
+
 def write_leaderboards(storage: optuna.storages.BaseStorage | str, results_dir: Path) -> dict[str, pd.DataFrame]:
     """Rebuild every table from the storage and write it as CSV (and Markdown)."""
     trials = trials_frame(storage)
-    tables = {
-        "leaderboard": leaderboard.encoder_leaderboard(trials),
-        "datasets": leaderboard.dataset_summary(trials) if not trials.empty else pd.DataFrame(),
-    }
+    tables = build_tables(trials, final_runs_frame(storage))
     for name, table in tables.items():
         write_atomic(results_dir / f"{name}.csv", table.to_csv(index=False))
         write_atomic(results_dir / f"{name}.md", leaderboard.to_markdown(table))

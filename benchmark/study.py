@@ -7,6 +7,7 @@ import socket
 import sys
 import time
 import zlib
+from collections import Counter
 from collections.abc import Callable
 
 import optuna
@@ -16,7 +17,7 @@ from optuna.trial import FrozenTrial, TrialState
 from benchmark.config import BenchmarkConfig, PrunerSpec, SamplerSpec
 from benchmark.storage import mask_password
 from benchmark.tracking import StudyInfo
-from benchmark.trial import DatasetStudy, run_trial
+from benchmark.trial import ENCODER_PARAM, DatasetStudy, run_trial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -114,15 +115,29 @@ def _counts(study: optuna.Study) -> tuple[int, int]:
     return finished, len(trials) - finished
 
 
-def _guard_against_surplus(trial: optuna.Trial, n_trials: int) -> None:
+def _guard_against_surplus(trial: optuna.Trial, n_trials: int, encoder: str, per_encoder: int | None) -> None:
     """Trial numbers are handed out in order, so the trials before this one decide
-    whether it is still needed: exactly `n_trials` finish, however many workers race."""
+    whether it is still needed: exactly `n_trials` finish, however many workers race,
+    and in a balanced comparison exactly `per_encoder` of them per encoder."""
     claiming = _claiming_states(trial.study._storage)
     earlier = [t for t in trial.study.get_trials(deepcopy=False, states=claiming) if t.number < trial.number]
     if len(earlier) >= n_trials:
-        trial.set_user_attr(SURPLUS_ATTR, True)
-        trial.set_user_attr("fail_reason", "surplus: other workers already hold the study's trials")
-        raise SurplusTrial()
+        reason = "other workers already hold the study's trials"
+    elif per_encoder is not None and sum(t.params.get(ENCODER_PARAM) == encoder for t in earlier) >= per_encoder:
+        reason = f"other workers already hold {encoder}'s {per_encoder} trials"
+    else:
+        return
+    trial.set_user_attr(SURPLUS_ATTR, True)
+    trial.set_user_attr("fail_reason", f"surplus: {reason}")
+    raise SurplusTrial()
+
+
+def next_balanced_encoder(study: optuna.Study, encoders: list[str]) -> str:
+    """The encoder with the fewest trials so far (finished, or running elsewhere); the
+    config's order breaks ties."""
+    claiming = study.get_trials(deepcopy=False, states=_claiming_states(study._storage))
+    counts = Counter(t.params.get(ENCODER_PARAM) for t in claiming)
+    return min(encoders, key=lambda encoder: (counts[encoder], encoders.index(encoder)))
 
 
 def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_study: DatasetStudy,
@@ -147,9 +162,14 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
         metric=dataset_study.metric, storage_url=mask_password(storage_url),
     ))
     callbacks = [progress_printer(name, dataset_study.metric, n_trials), *tracker_callbacks]
+    encoders = list(dataset_study.encoders)
+    per_encoder = dataset_study.config.trials_per_encoder(n_trials)
+    sampler = study.sampler
 
     def objective(trial: optuna.Trial) -> float:
-        _guard_against_surplus(trial, n_trials)
+        # Asked first (run_trial asks again and gets the same answer), so the guard knows it.
+        encoder = trial.suggest_categorical(ENCODER_PARAM, encoders)
+        _guard_against_surplus(trial, n_trials, encoder, per_encoder)
         return run_trial(trial, dataset_study)
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -162,6 +182,10 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
         if finished + running >= n_trials:
             time.sleep(_WAIT_FOR_OTHERS_S)
             continue
+        if per_encoder is not None:
+            # The encoder is fixed for the next trial; the sampler still picks the rest.
+            study.sampler = optuna.samplers.PartialFixedSampler(
+                {ENCODER_PARAM: next_balanced_encoder(study, encoders)}, sampler)
         # A failed trial is recorded as failed; it never ends the study.
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks, gc_after_trial=True)
     return study

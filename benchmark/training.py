@@ -51,6 +51,7 @@ class StepLog:
     learning_rate: float
     grad_norm: float
     tokens_per_second: float
+    tokens: int = 0  # real (non-padding) tokens in the step's batch
 
 
 @dataclass(frozen=True)
@@ -221,7 +222,7 @@ def fine_tune(
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(step, loss_value)
             on_step(StepLog(step, loss_value, scheduler.get_last_lr()[0], float(grad_norm),
-                            tokens / elapsed if elapsed > 0 else 0.0))
+                            tokens / elapsed if elapsed > 0 else 0.0, tokens))
             if step % eval_every_steps == 0 or step == total_steps:
                 run_evaluation(step)
     return result

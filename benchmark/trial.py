@@ -16,7 +16,7 @@ from benchmark.data import TextClassificationData
 from benchmark.encoders import Encoder, load_classifier, load_tokenizer
 from benchmark.tokenization import TokenizationCache
 from benchmark.tracking import Tracker
-from benchmark.training import Evaluation, Hyperparameters, LoopSettings, NonFiniteLoss, fine_tune
+from benchmark.training import Evaluation, Hyperparameters, LoopSettings, NonFiniteLoss, StepLog, fine_tune
 
 ENCODER_PARAM = "encoder"
 
@@ -68,6 +68,13 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         trial.set_user_attr(key, value)
     started = time.perf_counter()
     model = None
+    tokens_seen = 0  # by every attempt, pruned or not: the cost side of the comparison
+
+    def on_step(log: StepLog) -> None:
+        nonlocal tokens_seen
+        tokens_seen += log.tokens
+        run.log_step(log)
+
     try:
         training = study.config.training
         tokenized = study.tokenization.get(
@@ -93,7 +100,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         out_of_memory = None
         try:
             result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels,
-                               hp, settings, run.log_step, on_evaluation)
+                               hp, settings, on_step, on_evaluation)
         except Exception as error:
             if not is_out_of_memory(error) or hp.batch_size < 2:
                 raise
@@ -105,17 +112,16 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
             micro_batch = hp.batch_size // 2
             trial.set_user_attr("oom_retry", f"{out_of_memory}; retried with micro-batch {micro_batch}")
             model = None
-            _release_memory(study.device)
+            release_memory(study.device)
             torch.manual_seed(settings.seed)
             model = load_classifier(encoder, study.data.label_names, hp.dropout)
             result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels, hp,
-                               replace(settings, micro_batch_size=micro_batch), run.log_step, on_evaluation)
+                               replace(settings, micro_batch_size=micro_batch), on_step, on_evaluation)
         final = result.final
         for name, value in final.metrics.items():
             trial.set_user_attr(f"validation_{name}", value)
         trial.set_user_attr("validation_loss", final.loss)
         trial.set_user_attr("steps", result.steps)
-        trial.set_user_attr("train_tokens", result.train_tokens)
         trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
         trial.set_user_attr("eval_seconds", round(result.eval_seconds, 3))
         run.finish("complete", None)
@@ -136,8 +142,9 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         raise
     finally:
         trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 3))
+        trial.set_user_attr("train_tokens", tokens_seen)
         del model
-        _release_memory(study.device)
+        release_memory(study.device)
 
 
 def is_out_of_memory(error: BaseException) -> bool:
@@ -148,7 +155,7 @@ def is_out_of_memory(error: BaseException) -> bool:
         "can't allocate memory" in str(error) or "out of memory" in str(error).lower())
 
 
-def _release_memory(device: torch.device) -> None:
+def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()

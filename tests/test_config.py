@@ -49,7 +49,7 @@ VALID = {
     "training": {"max_length": 64, "precision": "fp32"},
     "sampler": {"type": "random"},
     "pruner": {"type": "hyperband", "min_resource": 2},
-    "budget": {"n_trials": 7, "timeout_s": 60},
+    "budget": {"n_trials": 9, "timeout_s": 60},
 }
 
 
@@ -105,7 +105,7 @@ def test_valid_file_loads_into_typed_objects(tmp_path):
     assert config.training.eval_every_examples == 960  # default kept
     assert config.sampler.type == "random"
     assert config.pruner.type == "hyperband" and config.pruner.min_resource == 2
-    assert config.budget == Budget(n_trials=7, timeout_s=60.0)
+    assert config.budget == Budget(n_trials=9, timeout_s=60.0)
 
 
 def test_explicit_name_wins_over_file_stem(tmp_path):
@@ -335,3 +335,21 @@ def test_eval_interval_checks_int_ranges_and_per_encoder_overrides(tmp_path):
     data["encoders"]["small-bert"]["overrides"]["batch_size"] = {"low": 8, "high": 9}
     message = _error(_write(tmp_path, data))
     assert "not a multiple of batch size 9" in message
+
+
+def test_balanced_comparison_needs_a_budget_the_encoders_can_share(tmp_path):
+    data = _valid()  # three encoders
+    assert load_config(_write(tmp_path, data)).comparison == "balanced"  # the default
+    data["budget"]["n_trials"] = 10
+    message = _error(_write(tmp_path, data))
+    assert "budget.n_trials: 10 trials cannot be shared equally among 3 encoders" in message
+    data["comparison"] = "search"
+    config = load_config(_write(tmp_path, data))
+    assert config.trials_per_encoder(10) is None and config.unbalanced_budget(10) is None
+    data["comparison"] = "balanced"
+    data["budget"]["n_trials"] = 12
+    config = load_config(_write(tmp_path, data))
+    assert config.trials_per_encoder(12) == 4
+    assert "a multiple of 3" in config.unbalanced_budget(7)
+    data["comparison"] = "fair"
+    assert "comparison" in _error(_write(tmp_path, data))

@@ -6,11 +6,23 @@ import json
 import math
 from datetime import datetime, timedelta
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.leaderboard import dataset_columns, dataset_summary, encoder_leaderboard, to_markdown
-from benchmark.results import TRIAL_COLUMNS
+from scipy import stats as scipy_stats
+
+from benchmark.leaderboard import (
+    cost_table,
+    dataset_columns,
+    dataset_summary,
+    encoder_leaderboard,
+    expected_performance,
+    final_evaluation,
+    to_markdown,
+    top_encoder_verdicts,
+)
+from benchmark.results import FINAL_RUN_COLUMNS, TRIAL_COLUMNS
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 NAN = float("nan")
@@ -78,8 +90,16 @@ def test_encoder_leaderboard(trials):
     # Ranks (1 = best): news e2 1, e1 2, e3 3; reviews e1 and e2 tie for 1-2 -> 1.5 each
     # mean_rank: e1 (2 + 1.5)/2 = 1.75, e2 (1 + 1.5)/2 = 1.25, e3 3/1 = 3.0
     # datasets:  e1 2, e2 2, e3 1;  sorted by mean_rank: e2, e1, e3
+    # Trials (complete or pruned; failed ones got nothing):
+    #   news e1 2, e2 1, e3 2 (one pruned);  reviews e1 2, e2 2, e3 1 (pruned)
+    # Normalized: news worst 0.70 -> 0, best 0.85 -> 1, e1 (0.82 - 0.70) / 0.15 = 0.8;
+    #   reviews e1 and e2 tie -> both 1;  mean: e2 1.0, e1 0.9, e3 0.0
     table = encoder_leaderboard(trials)
-    assert list(table.columns) == ["encoder", "news", "reviews", "mean_rank", "datasets"]
+    assert list(table.columns) == ["encoder", "news", "reviews", "trials: news", "trials: reviews",
+                                   "mean_rank", "normalized_score", "datasets"]
+    assert table["trials: news"].tolist() == [1, 2, 2]
+    assert table["trials: reviews"].tolist() == [2, 2, 1]
+    assert table["normalized_score"].tolist() == pytest.approx([1.0, 0.9, 0.0])
     assert table["encoder"].tolist() == ["e2", "e1", "e3"]
     assert table["news"].tolist() == pytest.approx([0.85, 0.82, 0.70])
     assert table["reviews"].iloc[:2].tolist() == pytest.approx([0.60, 0.60])
@@ -104,7 +124,7 @@ def test_encoder_leaderboard_without_complete_trials(trials):
     only_bad = trials[trials["state"] != "COMPLETE"]
     table = encoder_leaderboard(only_bad)
     assert table.empty
-    assert list(table.columns) == ["encoder", "mean_rank", "datasets"]
+    assert list(table.columns) == ["encoder", "mean_rank", "normalized_score", "datasets"]
 
 
 def test_dataset_summary(trials):
@@ -175,7 +195,7 @@ def test_dataset_columns_when_benchmarks_share_a_dataset(trials):
     assert dataset_columns(trials) == {"bench-news": "news", "bench-reviews": "reviews"}
 
     table = encoder_leaderboard(frame)
-    assert list(table.columns) == ["encoder", "bench-news", "quick-news", "reviews", "mean_rank", "datasets"]
+    assert list(table.columns)[:4] == ["encoder", "bench-news", "quick-news", "reviews"]
     # quick-news: e1 0.95 rank 1, e3 0.90 rank 2
     # e1: (2 + 1.5 + 1)/3 = 1.5; e2: (1 + 1.5)/2 = 1.25; e3: (3 + 2)/2 = 2.5
     assert table["encoder"].tolist() == ["e2", "e1", "e3"]
@@ -212,3 +232,79 @@ def test_a_crash_while_writing_leaves_the_previous_table_whole(tmp_path, monkeyp
         write_atomic(target, "encoder,value\nbert,0.95\nroberta,0.9")
     assert target.read_text() == "encoder,value\nbert,0.9\n"
     assert [p.name for p in tmp_path.iterdir()] == ["leaderboard.csv"], "no temporary file left behind"
+
+
+def test_cost_table(trials):
+    # Seconds per (dataset, encoder), from the fixture's durations:
+    #   news:    e1 10 + 12.5 = 22.5, e2 20 + 1.25 (failed) = 21.25, e3 5 + 3 (pruned) = 8
+    #   reviews: e1 7 + 6 = 13, e2 8 + 9 = 17, e3 2 (pruned) + 0.5 (failed) = 2.5
+    # Pareto (higher best value, fewer device-hours): news e2 beats e1 on both, e3 is the
+    # cheapest; reviews e1 ties e2 on quality for less; e3 has no complete trial there.
+    table = cost_table(trials.assign(train_tokens=trials["number"] * 100))
+    news = table[table["dataset"] == "news"].set_index("encoder")
+    reviews = table[table["dataset"] == "reviews"].set_index("encoder")
+    assert news["trial_seconds"].tolist() == [22.5, 21.2, 8.0]  # rounded to 0.1 s
+    assert news["device_hours"].tolist() == pytest.approx([22.5 / 3600, 21.25 / 3600, 8 / 3600])
+    assert news[["trials", "complete", "pruned", "failed"]].values.tolist() == [[2, 2, 0, 0], [2, 1, 0, 1], [2, 1, 1, 0]]
+    assert news["train_tokens"].tolist() == [0 + 300, 100 + 500, 200 + 400]
+    assert news["pareto"].tolist() == [False, True, True]
+    assert reviews["pareto"].tolist() == [True, False, False]
+    assert math.isnan(reviews.loc["e3", "best_value"])
+
+
+def test_expected_performance_counts_pruned_trials_at_their_last_value(trials):
+    # news e1 [0.80, 0.82]: n=1 0.81, n=2 0.80/4 + 0.82*3/4 = 0.815
+    # news e3 [0.70, 0.99 pruned]: n=1 0.845, n=2 0.70/4 + 0.99*3/4 = 0.9175
+    # news e2 [0.85] (its failed trial scored nothing)
+    table = expected_performance(trials, resamples=200)
+    news = table[table["dataset"] == "news"]
+    e1, e2, e3 = (news[news["encoder"] == name] for name in ("e1", "e2", "e3"))
+    assert e1["expected_max"].tolist() == pytest.approx([0.81, 0.815])
+    assert e3["expected_max"].tolist() == pytest.approx([0.845, 0.9175])
+    assert e2["expected_max"].tolist() == pytest.approx([0.85])
+    assert e1["n"].tolist() == [1, 2] and e1["trials"].tolist() == [2, 2]
+    assert (table["band_low"] <= table["expected_max"] + 1e-12).all()
+    assert (table["expected_max"] <= table["band_high"] + 1e-12).all()
+    assert expected_performance(trials.iloc[0:0]).empty
+
+
+def _runs(dataset, encoder, values, source_trial=3):
+    return [{"study": f"bench-{dataset}", "dataset": dataset, "metric": "accuracy", "encoder": encoder,
+             "seed": seed, "source_trial": source_trial, "value": value} for seed, value in enumerate(values)]
+
+
+def test_final_evaluation_intervals_and_pairwise_tests():
+    strong, weak = [0.80, 0.82, 0.85, 0.79, 0.84], [0.75, 0.78, 0.74, 0.77, 0.76]
+    close = [0.81, 0.79, 0.86, 0.80, 0.83]  # mean 0.818, just under strong's 0.82
+    runs = pd.DataFrame(
+        _runs("news", "weak", weak) + _runs("news", "strong", strong)
+        + _runs("reviews", "strong", strong) + _runs("reviews", "close", close)
+        + _runs("reviews", "lonely", [0.99]),  # one seed: no interval, left out
+        columns=FINAL_RUN_COLUMNS)
+    final, pairwise = final_evaluation(runs)
+    assert final[["dataset", "encoder"]].values.tolist() == [
+        ["news", "strong"], ["news", "weak"], ["reviews", "strong"], ["reviews", "close"]]
+    strong_news = final.iloc[0]
+    reference = scipy_stats.t.interval(0.95, 4, loc=np.mean(strong), scale=scipy_stats.sem(strong))
+    assert (strong_news["ci_low"], strong_news["ci_high"]) == pytest.approx(reference)
+    assert strong_news["mean"] == pytest.approx(0.82) and strong_news["seeds"] == 5
+    assert strong_news["source_trial"] == 3
+
+    news_test = scipy_stats.ttest_ind(strong, weak, equal_var=False)
+    reviews_test = scipy_stats.ttest_ind(strong, close, equal_var=False)
+    assert pairwise["p_value"].tolist() == pytest.approx([news_test.pvalue, reviews_test.pvalue])
+    assert news_test.pvalue < 0.05 < reviews_test.pvalue
+    assert pairwise["significant"].tolist() == [True, False]
+    assert final["indistinguishable_from_best"].tolist() == [True, False, True, True]
+
+    verdicts = top_encoder_verdicts(final, pairwise).set_index("dataset")
+    assert verdicts.loc["news", "final_top_encoders"] == "strong"
+    assert verdicts.loc["news", "final_top_differ"] == f"yes (p={news_test.pvalue:.3g})"
+    assert verdicts.loc["reviews", "final_top_encoders"] == "strong, close"
+    assert verdicts.loc["reviews", "final_top_differ"] == f"no (p={reviews_test.pvalue:.3g})"
+
+
+def test_final_evaluation_without_runs():
+    final, pairwise = final_evaluation(pd.DataFrame(columns=FINAL_RUN_COLUMNS))
+    assert final.empty and pairwise.empty
+    assert top_encoder_verdicts(final, pairwise).empty

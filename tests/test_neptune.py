@@ -112,7 +112,8 @@ def test_cli_study_gives_one_run_per_trial_and_a_study_run(tmp_path, tiny_encode
         return real_loader(*args, **kwargs)
 
     monkeypatch.setattr(trial_module, "load_classifier", failing_second_load)
-    config = write_config(tmp_path, tiny_encoders, encoders=("bert", "distilbert"))
+    # Three trials of two encoders: the sampler, not the balanced comparison, picks them.
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert", "distilbert"), comparison="search")
     results = tmp_path / "results"
     assert main(["--study", "--config", str(config), "--results-dir", str(results), "--datasets", "topics",
                  "--n-trials", "3", "--tracker", "neptune"]) == 0

@@ -15,7 +15,7 @@ from benchmark import trial as trial_module
 from benchmark.cli import main
 from benchmark.config import load_config
 from benchmark.preflight import prepare
-from benchmark.results import trials_frame
+from benchmark.results import RESULT_FILES, trials_frame
 from benchmark.study import FINISHED
 from tests.conftest import make_texts
 
@@ -98,8 +98,31 @@ def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_en
             "param_dropout", "encoder"} <= set(trials_csv.columns)
     datasets = pd.read_csv(results / "datasets.csv").set_index("dataset")
     assert (datasets["complete"] + datasets["pruned"]).tolist() == [4, 4]
+    # The balanced comparison (the default): two trials for each of the two encoders.
+    assert trials_csv.groupby(["study", "encoder"]).size().tolist() == [2, 2, 2, 2]
+    assert board[["trials: topics", "trials: topic_pairs"]].values.tolist() == [[2, 2], [2, 2]]
 
-    before = {name: (results / name).read_text() for name in ("leaderboard.csv", "datasets.csv", "trials.csv")}
+    # The final evaluation: each encoder's best trial, retrained with 2 seeds, on the test split.
+    assert run_cli("--final-eval", "--config", str(config), "--results-dir", str(results), "--seeds", "2") == 0
+    assert "final bert (trial" in capsys.readouterr().err
+    final_study = optuna.load_study(study_name="tiny-topics-final", storage=storage)
+    runs = final_study.get_trials()
+    assert sorted((t.params["encoder"], t.user_attrs["seed"]) for t in runs) == sorted(
+        (encoder, seed) for (name, encoder) in best if name == "tiny-topics" for seed in (0, 1))
+    search = optuna.load_study(study_name="tiny-topics", storage=storage)
+    for run in runs:
+        source = search.trials[run.user_attrs["source_trial"]]
+        assert source.value == best[("tiny-topics", run.params["encoder"])]
+        assert run.params == source.params  # the best configuration, retrained as it was
+        assert run.value == run.user_attrs["test_accuracy"]  # scored on the test split
+    final = pd.read_csv(results / "final.csv")
+    assert set(final["dataset"]) == {"topics", "topic_pairs"} and (final["seeds"] == 2).all()
+    # A second run finds every seed done and trains nothing.
+    assert run_cli("--final-eval", "--config", str(config), "--results-dir", str(results), "--seeds", "2") == 0
+    assert "final " not in capsys.readouterr().err
+    assert len(optuna.load_study(study_name="tiny-topics-final", storage=storage).trials) == len(runs)
+
+    before = {name: (results / name).read_text() for name in RESULT_FILES}
     for name in before:
         (results / name).unlink()
     assert run_cli("--leaderboard", "--results-dir", str(results)) == 0

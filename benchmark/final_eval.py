@@ -1,0 +1,125 @@
+"""The final evaluation: each encoder's best configuration, retrained with several seeds
+and scored once on the test split, which the search never touched.
+
+Every run is stored as a trial of a companion study (`<search study>-final`) in the same
+storage, so the tables are rebuilt from the storage like the search's, and an
+interrupted evaluation resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from benchmark.encoders import load_classifier, load_tokenizer
+from benchmark.errors import BenchmarkError
+from benchmark.study import DATASET_ATTR, METRIC_ATTR
+from benchmark.tokenization import tokenize_split
+from benchmark.training import Evaluation, Hyperparameters, LoopSettings, StepLog, evaluate, fine_tune
+from benchmark.trial import ENCODER_PARAM, DatasetStudy, release_memory
+
+FINAL_OF_ATTR = "final_evaluation_of"
+SEED_ATTR = "seed"
+SOURCE_TRIAL_ATTR = "source_trial"
+# Far from the search's training seeds (the data seed plus the trial number).
+SEED_OFFSET = 1_000_000
+
+
+def final_study_name(search_study: str) -> str:
+    return f"{search_study}-final"
+
+
+def best_trial_per_encoder(study: optuna.Study) -> dict[str, FrozenTrial]:
+    """Each encoder's best complete trial; the earlier one wins a tie."""
+    best: dict[str, FrozenTrial] = {}
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        encoder = trial.params[ENCODER_PARAM]
+        if encoder not in best or trial.value > best[encoder].value:
+            best[encoder] = trial
+    return best
+
+
+def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy, seeds: int) -> None:
+    name = dataset_study.data.name
+    try:
+        search = optuna.load_study(study_name=dataset_study.study_name, storage=storage)
+    except KeyError:
+        raise BenchmarkError(
+            f"--final-eval: no study '{dataset_study.study_name}' in the storage; run --study first"
+        ) from None
+    data = dataset_study.data
+    sizes = {split: len(getattr(data, split)) for split in ("train", "validation", "test")}
+    searched = search.user_attrs.get("split_sizes")
+    if searched is not None and searched != sizes:
+        raise BenchmarkError(
+            f"datasets.{name}: the config now gives splits of {sizes}, but study '{search.study_name}' "
+            f"searched on {searched}; run --final-eval with the config (and --seed) the search used"
+        )
+    candidates = {encoder: trial for encoder, trial in best_trial_per_encoder(search).items()
+                  if encoder in dataset_study.encoders}
+    if not candidates:
+        raise BenchmarkError(f"--final-eval: study '{search.study_name}' has no complete trial to evaluate")
+    final = optuna.create_study(storage=storage, study_name=final_study_name(search.study_name),
+                                direction="maximize", load_if_exists=True)
+    final.set_user_attr(FINAL_OF_ATTR, search.study_name)
+    final.set_user_attr(DATASET_ATTR, name)
+    final.set_user_attr(METRIC_ATTR, dataset_study.metric)
+    done = {(t.user_attrs[SOURCE_TRIAL_ATTR], t.user_attrs[SEED_ATTR])
+            for t in final.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    for encoder_name, source in candidates.items():
+        todo = [seed for seed in range(seeds) if (source.number, seed) not in done]
+        if not todo:
+            continue
+        encoder = dataset_study.encoders[encoder_name]
+        # Tokenized here, not by the search's cache: the search must never see the test split.
+        test = tokenize_split(load_tokenizer(encoder), dataset_study.data.test,
+                              dataset_study.config.training.max_length)
+        for seed in todo:
+            started = time.perf_counter()
+            validation_loss, validation, test_loss, scores = _train_and_test(dataset_study, source, test, seed)
+            metric = dataset_study.metric
+            final.add_trial(optuna.trial.create_trial(
+                state=TrialState.COMPLETE, value=scores[metric], params=source.params,
+                distributions=source.distributions,
+                user_attrs={
+                    SEED_ATTR: seed, SOURCE_TRIAL_ATTR: source.number, "test_loss": test_loss,
+                    **{f"test_{key}": value for key, value in scores.items()},
+                    "validation_loss": validation_loss,
+                    **{f"validation_{key}": value for key, value in validation.items()},
+                    "wall_seconds": round(time.perf_counter() - started, 3),
+                },
+            ))
+            print(f"[{name}] final {encoder_name} (trial {source.number}) seed {seed}: test {metric} "
+                  f"{scores[metric]:.4f} (validation {validation[metric]:.4f})", file=sys.stderr, flush=True)
+
+
+def _train_and_test(dataset_study: DatasetStudy, source: FrozenTrial, test, seed: int):
+    encoder = dataset_study.encoders[source.params[ENCODER_PARAM]]
+    hp = Hyperparameters(**{field.name: source.params[field.name]
+                            for field in dataclasses.fields(Hyperparameters)})
+    training = dataset_study.config.training
+    tokenized = dataset_study.tokenization.get(dataset_study.data, encoder.location, training.max_length,
+                                               lambda: load_tokenizer(encoder))
+    # No evaluation before the end: nothing is pruned here, and the final one is what counts.
+    never = len(tokenized.train) * hp.num_epochs + 1
+    settings = LoopSettings(never, training.eval_batch_size, training.seed + SEED_OFFSET + seed,
+                            dataset_study.device, dataset_study.autocast_dtype)
+    torch.manual_seed(settings.seed)
+    model = load_classifier(encoder, dataset_study.data.label_names, hp.dropout)
+    try:
+        result = fine_tune(model, tokenized.train, tokenized.validation, dataset_study.data.num_labels, hp,
+                           settings, _ignore, _ignore)
+        test_loss, scores = evaluate(model, test, settings, dataset_study.data.num_labels)
+        return result.final.loss, result.final.metrics, test_loss, scores
+    finally:
+        del model
+        release_memory(dataset_study.device)
+
+
+def _ignore(_: StepLog | Evaluation) -> None:
+    pass
