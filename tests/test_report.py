@@ -1,0 +1,258 @@
+"""The HTML report and its PNGs, from a real storage and hand-made leaderboard tables;
+and the page as a headless Chromium renders it."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from matplotlib import image
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState
+from plotly.offline import get_plotlyjs
+
+from benchmark import report
+from benchmark.results import trials_frame
+from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR
+
+ENCODERS = ("bert", "roberta")
+DISTRIBUTIONS = {
+    "encoder": CategoricalDistribution([*ENCODERS, "ghost"]),
+    "learning_rate": FloatDistribution(1e-5, 1e-3, log=True),
+    "dropout": FloatDistribution(0.0, 0.3),
+}
+STEPS = (48, 96, 144)
+
+# Figures the full page draws; dataset 0 is `pairs`: one complete trial, so no importances.
+FIGURES = {"expected-performance", "final-evaluation",
+           *(f"dataset-0-{kind}" for kind in ("history", "parallel", "curves", "cost")),
+           *(f"dataset-1-{kind}" for kind in ("history", "importances", "parallel", "curves", "cost"))}
+
+
+def add_trial(study: optuna.Study, encoder: str, state: TrialState, curve: list[float], **user_attrs) -> None:
+    rng = np.random.default_rng(len(study.trials))
+    study.add_trial(optuna.trial.create_trial(
+        state=state, value=curve[-1] if state == TrialState.COMPLETE else None,
+        params={"encoder": encoder, "learning_rate": float(10 ** rng.uniform(-5, -3)),
+                "dropout": float(rng.uniform(0, 0.3))},
+        distributions=DISTRIBUTIONS, intermediate_values=dict(zip(STEPS, curve)), user_attrs=user_attrs,
+    ))
+
+
+def make_study(storage: str, dataset: str, metric: str) -> optuna.Study:
+    study = optuna.create_study(storage=storage, study_name=f"tiny-{dataset}", direction="maximize")
+    for name, value in ((BENCHMARK_ATTR, "tiny"), (DATASET_ATTR, dataset), (METRIC_ATTR, metric)):
+        study.set_user_attr(name, value)
+    return study
+
+
+@pytest.fixture(scope="module")
+def storage(tmp_path_factory) -> str:
+    url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'optuna.db'}"
+    topics = make_study(url, "topics", "accuracy")
+    add_trial(topics, "bert", TrialState.COMPLETE, [0.50, 0.70, 0.81])
+    add_trial(topics, "roberta", TrialState.COMPLETE, [0.45, 0.66, 0.78])
+    add_trial(topics, "bert", TrialState.PRUNED, [0.30, 0.35])
+    add_trial(topics, "roberta", TrialState.COMPLETE, [0.52, 0.71, 0.84])
+    # Only the surplus mark keeps this trial out: were it drawn, "ghost" would show.
+    add_trial(topics, "ghost", TrialState.COMPLETE, [0.9, 0.95, 0.99], **{SURPLUS_ATTR: True})
+    add_trial(topics, "bert", TrialState.COMPLETE, [0.55, 0.69, 0.80])
+    pairs = make_study(url, "pairs", "macro_f1")
+    add_trial(pairs, "bert", TrialState.COMPLETE, [0.40, 0.55, 0.61])
+    add_trial(pairs, "roberta", TrialState.PRUNED, [0.20])
+    return url
+
+
+def full_tables(storage: str) -> dict[str, pd.DataFrame]:
+    """Tables in the shapes `results` builds, with values that agree with the storage."""
+    curve = lambda dataset, encoder, best: [  # noqa: E731
+        {"dataset": dataset, "encoder": encoder, "n": n, "expected_max": best - 0.04 / n,
+         "band_low": best - 0.08 / n, "band_high": best, "trials": 3} for n in (1, 2, 3)]
+    return {
+        "leaderboard": pd.DataFrame({
+            "encoder": ["roberta", "bert"], "pairs": [np.nan, 0.61], "topics": [0.84, 0.81],
+            "trials: pairs": [1, 1], "trials: topics": [2, 3], "mean_rank": [1.0, 1.5],
+            "normalized_score": [1.0, 0.5], "datasets": [1, 2]}),
+        "datasets": pd.DataFrame({
+            "dataset": ["pairs", "topics"], "study": ["tiny-pairs", "tiny-topics"], "metric": ["macro_f1", "accuracy"],
+            "best_value": [0.61, 0.84], "best_encoder": ["bert", "roberta"], "best_trial": [0, 3],
+            "best_params": ['{"dropout": 0.1}', '{"dropout": 0.2}'], "complete": [1, 4], "pruned": [1, 1],
+            "failed": [0, 0], "trial_seconds": [12.5, 1234.5], "wall_seconds": [20.0, 1500.0],
+            "final_top_encoders": ["", "roberta, bert"], "final_top_differ": ["", "yes (p=0.003)"]}),
+        "costs": pd.DataFrame({
+            "dataset": ["pairs", "topics", "topics"], "encoder": ["bert", "bert", "roberta"],
+            "trials": [1, 3, 2], "complete": [1, 2, 2], "pruned": [0, 1, 0], "failed": [0, 0, 0],
+            "trial_seconds": [12.5, 600.0, 634.5], "device_hours": [0.00035, 0.1667, 0.1763],
+            "train_tokens": [5000, 90000, 80000], "best_value": [0.61, 0.81, 0.84], "pareto": [True, True, True]}),
+        "expected_performance": pd.DataFrame(
+            curve("topics", "bert", 0.81) + curve("topics", "roberta", 0.84) + curve("pairs", "bert", 0.61)),
+        "final": pd.DataFrame({
+            "dataset": ["topics", "topics"], "encoder": ["roberta", "bert"], "metric": ["accuracy"] * 2,
+            "seeds": [5, 5], "mean": [0.8312, 0.7923], "std": [0.0101, 0.0154], "ci_low": [0.8187, 0.7732],
+            "ci_high": [0.8437, 0.8114], "source_trial": [3, 0], "indistinguishable_from_best": [True, False]}),
+        "pairwise": pd.DataFrame({
+            "dataset": ["topics"], "encoder_a": ["roberta"], "encoder_b": ["bert"], "mean_a": [0.8312],
+            "mean_b": [0.7923], "t": [4.72], "df": [7.9], "p_value": [0.003], "significant": [True]}),
+        "trials": trials_frame(storage),
+    }
+
+
+def empty_tables() -> dict[str, pd.DataFrame]:
+    return {name: pd.DataFrame() for name in ("leaderboard", "datasets", "costs", "final", "pairwise", "trials")}
+
+
+@pytest.fixture(scope="module")
+def written(storage, tmp_path_factory) -> tuple[Path, list[Path]]:
+    results_dir = tmp_path_factory.mktemp("results")
+    return results_dir, report.write_report(storage, full_tables(storage), results_dir)
+
+
+def figure_ids(page: str) -> list[str]:
+    return re.findall(r'<div id="([^"]+)" class="plotly-graph-div', page)
+
+
+def test_page_holds_tables_figures_and_sections(written):
+    results_dir, paths = written
+    assert paths == [results_dir / "report.html", results_dir / "expected_performance.png",
+                     results_dir / "final_evaluation.png"]
+    page = paths[0].read_text()
+    assert page.count(get_plotlyjs()) == 1
+    page = page.replace(get_plotlyjs(), "")  # keeps failure messages readable
+    assert "<script src" not in page and "plotly.js v" not in page
+    assert sorted(figure_ids(page)) == sorted(FIGURES)
+    assert page.count('<table class="dataframe report">') == 5
+    for cell in ("<th>trials: topics</th>", "<td>1,234.5</td>", "<td>12.50</td>", "<td>0.8400</td>",
+                 "<td>3.50e-04</td>", "<td>0.8312 ± 0.0101</td>", "<td>[0.8187, 0.8437]</td>", "<th>p_value</th>"):
+        assert cell in page, cell
+    assert '<h2>Dataset topics</h2>' in page and '<h2>Dataset pairs</h2>' in page
+    assert ("Parameter importances need at least two complete trials; this study has 1." in page)
+    assert "On topics, the top encoders (roberta, bert) can be told apart (p=0.003)." in page
+    assert "pairs: no final evaluation yet." in page
+    assert "ghost" not in page
+
+
+def test_surplus_trials_are_left_out_but_numbers_kept(storage, written):
+    studies = report.load_studies(storage, full_tables(storage)["datasets"])
+    trials = studies["topics"].get_trials()
+    assert [trial.number for trial in trials if trial.state != TrialState.FAIL] == [0, 1, 2, 3, 5]
+    assert trials[4].state == TrialState.FAIL and not trials[4].params and not trials[4].intermediate_values
+
+
+def test_every_figure_colours_an_encoder_alike(storage):
+    tables = full_tables(storage)
+    studies = report.load_studies(storage, tables["datasets"])
+    colours = report.encoder_colours(report.page_encoders(tables, studies))
+    assert set(colours) == {"bert", "roberta"} and len(set(colours.values())) == 2
+    figures = [report.expected_performance_figure(tables["expected_performance"], colours),
+               report.final_figure(tables["final"], colours),
+               report.learning_curves_figure(studies["topics"], "accuracy", colours),
+               report.cost_figure(tables["costs"][tables["costs"]["dataset"] == "topics"], "accuracy", colours)]
+    for figure in figures:
+        drawn = {trace.name: trace.marker.color or trace.line.color for trace in figure.data if trace.name in colours}
+        assert drawn == {name: colours[name] for name in drawn} and set(drawn) == set(colours)
+        legend = [trace.name for trace in figure.data if trace.showlegend is not False and trace.name in colours]
+        assert sorted(legend) == sorted(set(legend)), "one legend entry per encoder"
+
+
+def test_learning_curves_dash_pruned_trials(storage):
+    study = report.load_studies(storage, full_tables(storage)["datasets"])["topics"]
+    figure = report.learning_curves_figure(study, "accuracy", report.encoder_colours(ENCODERS))
+    dashes = [trace.line.dash for trace in figure.data]
+    assert dashes == ["solid", "solid", "dash", "solid", "solid"]
+    assert list(figure.data[2].x) == [48, 96]
+
+
+def test_pngs_are_real_images(written):
+    _, paths = written
+    for path in paths[1:]:
+        pixels = image.imread(path)
+        assert pixels.shape[0] > 300 and pixels.shape[1] > 400
+        assert distinct_colours(pixels) > 20, f"{path.name} looks blank"
+
+
+def test_png_panels_share_one_legend_of_every_encoder(storage):
+    tables = full_tables(storage)
+    colours = report.encoder_colours(ENCODERS)
+    for figure in (report.expected_performance_png(tables["expected_performance"], colours),
+                   report.final_evaluation_png(tables["final"], colours)):
+        [legend] = figure.legends
+        assert [text.get_text() for text in legend.get_texts()] == ["bert", "roberta"]
+    panels = report.expected_performance_png(tables["expected_performance"], colours).axes
+    assert [ax.get_title() for ax in panels if ax.get_visible()] == ["pairs", "topics"]
+
+
+def test_missing_pieces_are_said_not_drawn(tmp_path):
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    optuna.create_study(storage=storage, study_name="someone-elses")
+    paths = report.write_report(storage, empty_tables(), tmp_path / "results")
+    assert paths == [tmp_path / "results" / "report.html"]
+    page = paths[0].read_text()
+    assert figure_ids(page) == [] and "<table" not in page
+    for sentence in ("No complete trial yet, so no encoder leaderboard.", "No study in the storage yet.",
+                     "No cost figures yet.", "No complete trial yet, so no expected validation performance.",
+                     "run `python run_benchmark.py --final-eval`"):
+        assert sentence in page, sentence
+
+
+def test_final_evaluation_pending_says_how_to_run_it(storage, tmp_path):
+    tables = {**full_tables(storage), "final": pd.DataFrame(), "pairwise": pd.DataFrame()}
+    paths = report.write_report(storage, tables, tmp_path)
+    assert [path.name for path in paths] == ["report.html", "expected_performance.png"]
+    page = paths[0].read_text()
+    assert "run `python run_benchmark.py --final-eval`" in page
+    assert "final-evaluation" not in figure_ids(page) and "Pairwise significance" not in page
+
+
+@pytest.mark.parametrize(("top", "differ", "sentence"), [
+    ("minilm, mpnet", "yes (p=0.003)", "On x, the top encoders (minilm, mpnet) can be told apart (p=0.003)."),
+    ("minilm, mpnet", "no (p=0.41)", "On x, the top encoders (minilm, mpnet) cannot be told apart (p=0.41)."),
+    ("", "", "x: no final evaluation yet."),
+])
+def test_top_encoders_sentence(top, differ, sentence):
+    row = pd.Series({"dataset": "x", "final_top_encoders": top, "final_top_differ": differ})
+    assert report.top_encoders_sentence(row) == sentence
+
+
+def test_a_single_varying_parameter_has_no_importances():
+    study = optuna.create_study(direction="maximize")
+    for value in (0.1, 0.2, 0.3):
+        study.add_trial(optuna.trial.create_trial(
+            value=value, params={"encoder": "bert", "dropout": value},
+            distributions={"encoder": CategoricalDistribution(["bert"]), "dropout": FloatDistribution(0, 0.3)}))
+    assert report.importance_obstacle(study) == (
+        "Parameter importances need more than one parameter that all complete trials share and that "
+        "varies between them; this study has 1 (dropout).")
+
+
+def distinct_colours(pixels: np.ndarray) -> int:
+    return len(np.unique(pixels.reshape(-1, pixels.shape[-1]), axis=0))
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no chromium binary on PATH (CI installs Debian's chromium)")
+def test_chromium_renders_every_figure(written, tmp_path):
+    results_dir, _ = written
+    url = (results_dir / "report.html").as_uri()
+    # Virtual time lets plotly finish drawing before the DOM is dumped or the page shot.
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,4000",
+              "--virtual-time-budget=20000"]
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=True).stdout
+    shot = tmp_path / "report.png"
+    subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=180, check=True)
+
+    assert dom.count('class="dataframe report"') == 5
+    ids = figure_ids(dom)
+    assert sorted(ids) == sorted(FIGURES)
+    # Figures never nest, so each one's drawing lies between its div and the next figure's.
+    chunks = re.split(r'<div id="[^"]+" class="plotly-graph-div', dom)[1:]
+    unrendered = [div_id for div_id, chunk in zip(ids, chunks) if 'class="main-svg"' not in chunk]
+    assert unrendered == []
+    assert distinct_colours(image.imread(shot)) > 50
