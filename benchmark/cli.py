@@ -115,12 +115,14 @@ def _masked(url: str) -> str:
 
 def _print_tables(tables: dict, results_dir: Path) -> None:
     from benchmark.leaderboard import to_markdown
+    from benchmark.report import REPORT_FILE
     from benchmark.results import TABLES
 
     print(to_markdown(tables["leaderboard"]))
     if not tables["final"].empty:
         print(to_markdown(tables["final"]))
-    print(f"written to {results_dir}/: {', '.join(f'{name}.csv/.md' for name in TABLES)}, trials.csv")
+    print(f"written to {results_dir}/: {', '.join(f'{name}.csv/.md' for name in TABLES)}, trials.csv, "
+          f"{REPORT_FILE} (open it in a browser)")
 
 
 def _config(args: argparse.Namespace):

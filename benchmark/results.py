@@ -13,14 +13,14 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from benchmark import leaderboard
+from benchmark import leaderboard, report
 from benchmark.final_eval import FINAL_OF_ATTR, SEED_ATTR, SOURCE_TRIAL_ATTR
 from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR
 from benchmark.trial import ENCODER_PARAM
 
 # Written as CSV and Markdown; the trials only as CSV.
 TABLES = ("leaderboard", "datasets", "costs", "expected_performance", "final", "pairwise")
-RESULT_FILES = (*(f"{name}.{ext}" for name in TABLES for ext in ("csv", "md")), "trials.csv")
+RESULT_FILES = (*(f"{name}.{ext}" for name in TABLES for ext in ("csv", "md")), "trials.csv", report.REPORT_FILE)
 
 FINAL_RUN_COLUMNS = ["study", "dataset", "metric", "encoder", "seed", "source_trial", "value"]
 
@@ -122,7 +122,7 @@ def build_tables(trials: pd.DataFrame, final_runs: pd.DataFrame) -> dict[str, pd
 
 
 def write_leaderboards(storage: optuna.storages.BaseStorage | str, results_dir: Path) -> dict[str, pd.DataFrame]:
-    """Rebuild every table from the storage and write it as CSV (and Markdown)."""
+    """Rebuild every table and the report from the storage, and write them."""
     trials = trials_frame(storage)
     tables = build_tables(trials, final_runs_frame(storage))
     for name, table in tables.items():
@@ -130,4 +130,6 @@ def write_leaderboards(storage: optuna.storages.BaseStorage | str, results_dir: 
         write_atomic(results_dir / f"{name}.md", leaderboard.to_markdown(table))
     export = trials.drop(columns=["datetime_start", "datetime_complete"], errors="ignore")
     write_atomic(results_dir / "trials.csv", export.to_csv(index=False))
-    return {**tables, "trials": trials}
+    tables["trials"] = trials
+    report.write_report(storage, tables, results_dir)
+    return tables
