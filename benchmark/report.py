@@ -8,9 +8,9 @@ plotly.js is inlined once, so it opens offline and can be mailed around.
 from __future__ import annotations
 
 import html
+import io
 import math
-import os
-import tempfile
+import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -27,9 +27,7 @@ from plotly.colors import hex_to_rgb, qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-# `results` imports this module to write the report: a module import (not of its names)
-# keeps that cycle safe whichever module loads first.
-from benchmark import results
+from benchmark.files import write_atomic
 from benchmark.study import SURPLUS_ATTR
 from benchmark.trial import ENCODER_PARAM
 
@@ -297,6 +295,16 @@ def importance_obstacle(study: optuna.Study) -> str | None:
     return None
 
 
+def importances_html(study: optuna.Study, metric: str, div_id: str) -> str:
+    """The importances plot, with Optuna's caveats about them (few trials, say) shown under
+    it rather than lost in a log."""
+    with warnings.catch_warnings(record=True) as caveats:
+        warnings.simplefilter("always")
+        figure = plot_param_importances(study, target_name=metric)
+    notes = dict.fromkeys(str(caveat.message) for caveat in caveats)
+    return figure_div(figure, div_id) + "".join(_note(f"Optuna: {note}") for note in notes)
+
+
 def cost_figure(costs: pd.DataFrame, metric: str, colours: Colours) -> go.Figure:
     """Best validation value against device hours per encoder; the Pareto front joined."""
     figure = go.Figure()
@@ -330,8 +338,7 @@ def dataset_section(index: int, dataset: pd.Series, study: optuna.Study, costs: 
              figure_div(plot_optimization_history(study, target_name=metric), f"{prefix}-history"),
              "<h3>Parameter importances</h3>"]
     obstacle = importance_obstacle(study)
-    parts.append(_note(obstacle) if obstacle else
-                 figure_div(plot_param_importances(study, target_name=metric), f"{prefix}-importances"))
+    parts.append(_note(obstacle) if obstacle else importances_html(study, metric, f"{prefix}-importances"))
     parts += ["<h3>Parallel coordinates</h3>",
               figure_div(plot_parallel_coordinate(study, target_name=metric), f"{prefix}-parallel"),
               "<h3>Learning curves</h3>",
@@ -389,15 +396,9 @@ def report_html(tables: dict[str, pd.DataFrame], studies: dict[str, optuna.Study
 # Writing
 
 def write_png(path: Path, figure: Figure) -> None:
-    """`results.write_atomic` for images: a crash never leaves half a PNG behind."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as out:
-            figure.savefig(out, format="png", dpi=110)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
+    write_atomic(path, image.getvalue())
 
 
 def write_report(storage: optuna.storages.BaseStorage | str, tables: dict[str, pd.DataFrame],
@@ -407,7 +408,7 @@ def write_report(storage: optuna.storages.BaseStorage | str, tables: dict[str, p
     studies = load_studies(storage, datasets) if datasets is not None and not datasets.empty else {}
     colours = encoder_colours(page_encoders(tables, studies))
     report = results_dir / REPORT_FILE
-    results.write_atomic(report, report_html(tables, studies, colours))
+    write_atomic(report, report_html(tables, studies, colours))
     written = [report]
     pngs = ((EXPECTED_PERFORMANCE_PNG, "expected_performance", expected_performance_png),
             (FINAL_EVALUATION_PNG, "final", final_evaluation_png))

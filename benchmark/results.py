@@ -6,21 +6,21 @@ it, so many workers, resumed runs and crashed runs all give the same tables.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import optuna
 import pandas as pd
 
 from benchmark import leaderboard, report
+from benchmark.files import write_atomic
 from benchmark.final_eval import FINAL_OF_ATTR, SEED_ATTR, SOURCE_TRIAL_ATTR
 from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR
 from benchmark.trial import ENCODER_PARAM
 
-# Written as CSV and Markdown; the trials only as CSV.
+# Written as CSV and Markdown; the trials only as CSV. These go to the trackers' study
+# runs too (the report, with plotly.js inlined, is too big to attach to every study).
 TABLES = ("leaderboard", "datasets", "costs", "expected_performance", "final", "pairwise")
-RESULT_FILES = (*(f"{name}.{ext}" for name in TABLES for ext in ("csv", "md")), "trials.csv", report.REPORT_FILE)
+RESULT_FILES = (*(f"{name}.{ext}" for name in TABLES for ext in ("csv", "md")), "trials.csv")
 
 FINAL_RUN_COLUMNS = ["study", "dataset", "metric", "encoder", "seed", "source_trial", "value"]
 
@@ -89,19 +89,6 @@ def current_final_runs(runs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame
                          right_on=["study", "encoder", "number"]).drop(columns="number")
     names = leaderboard.dataset_columns(trials) if not trials.empty else {}
     return current.assign(dataset=current["study"].map(names))
-
-
-def write_atomic(path: Path, text: str) -> None:
-    """Write whole or not at all: a crash never leaves half a table behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            out.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def build_tables(trials: pd.DataFrame, final_runs: pd.DataFrame) -> dict[str, pd.DataFrame]:

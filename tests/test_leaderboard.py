@@ -219,7 +219,7 @@ def test_to_markdown(trials):
 def test_a_crash_while_writing_leaves_the_previous_table_whole(tmp_path, monkeypatch):
     import os
 
-    from benchmark.results import write_atomic
+    from benchmark.files import write_atomic
 
     target = tmp_path / "leaderboard.csv"
     write_atomic(target, "encoder,value\nbert,0.9\n")

@@ -15,6 +15,7 @@ from benchmark import trial as trial_module
 from benchmark.cli import main
 from benchmark.config import load_config
 from benchmark.preflight import prepare
+from benchmark.report import REPORT_FILE
 from benchmark.results import RESULT_FILES, trials_frame
 from benchmark.study import FINISHED
 from tests.conftest import make_texts
@@ -122,7 +123,7 @@ def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_en
     assert "final " not in capsys.readouterr().err
     assert len(optuna.load_study(study_name="tiny-topics-final", storage=storage).trials) == len(runs)
 
-    before = {name: (results / name).read_text() for name in RESULT_FILES}
+    before = {name: (results / name).read_text() for name in (*RESULT_FILES, REPORT_FILE)}
     for name in before:
         (results / name).unlink()
     assert run_cli("--leaderboard", "--results-dir", str(results)) == 0
