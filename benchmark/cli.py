@@ -174,15 +174,16 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
 
 def _final_eval(args: argparse.Namespace) -> None:
     from benchmark import preflight
-    from benchmark.final_eval import run_final_evaluation
+    from benchmark.final_eval import evaluation_candidates, run_final_evaluation
     from benchmark.results import write_leaderboards
 
     config = _config(args)
     url = _storage_url(args)
     prepared = preflight.prepare(config, url, ["none"], args.results_dir)
+    candidates = [evaluation_candidates(prepared.storage, study) for study in prepared.studies]
     try:
-        for dataset_study in prepared.studies:
-            run_final_evaluation(prepared.storage, dataset_study, args.seeds)
+        for dataset_study, trials in zip(prepared.studies, candidates):
+            run_final_evaluation(prepared.storage, dataset_study, trials, args.seeds)
     finally:
         tables = write_leaderboards(prepared.storage, args.results_dir)
     _print_tables(tables, args.results_dir)

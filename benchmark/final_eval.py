@@ -44,7 +44,10 @@ def best_trial_per_encoder(study: optuna.Study) -> dict[str, FrozenTrial]:
     return best
 
 
-def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy, seeds: int) -> None:
+def evaluation_candidates(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy) -> dict[str, FrozenTrial]:
+    """The trials to retrain (each encoder's best), after checking that the study exists
+    and was searched on the data the config gives now. Cheap: run it for every dataset
+    before training any."""
     name = dataset_study.data.name
     try:
         search = optuna.load_study(study_name=dataset_study.study_name, storage=storage)
@@ -64,9 +67,16 @@ def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: Da
                   if encoder in dataset_study.encoders}
     if not candidates:
         raise BenchmarkError(f"--final-eval: study '{search.study_name}' has no complete trial to evaluate")
-    final = optuna.create_study(storage=storage, study_name=final_study_name(search.study_name),
+    return candidates
+
+
+def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy,
+                         candidates: dict[str, FrozenTrial], seeds: int) -> None:
+    name = dataset_study.data.name
+    search_name = dataset_study.study_name
+    final = optuna.create_study(storage=storage, study_name=final_study_name(search_name),
                                 direction="maximize", load_if_exists=True)
-    final.set_user_attr(FINAL_OF_ATTR, search.study_name)
+    final.set_user_attr(FINAL_OF_ATTR, search_name)
     final.set_user_attr(DATASET_ATTR, name)
     final.set_user_attr(METRIC_ATTR, dataset_study.metric)
     done = {(t.user_attrs[SOURCE_TRIAL_ATTR], t.user_attrs[SEED_ATTR])

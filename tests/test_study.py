@@ -11,6 +11,7 @@ import pytest
 import torch
 import yaml
 
+from benchmark import final_eval
 from benchmark import trial as trial_module
 from benchmark.cli import main
 from benchmark.config import load_config
@@ -359,3 +360,22 @@ def test_unreachable_storage_is_refused_with_the_password_masked(tmp_path, tiny_
     err = capsys.readouterr().err
     assert "error: --storage: cannot open postgresql://bench:***@127.0.0.1:1/nowhere" in err
     assert "s3cret" not in err
+
+
+def test_final_eval_refuses_a_missing_study_or_changed_data_before_training(tmp_path, tiny_encoders, capsys,
+                                                                             monkeypatch):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",))
+    common = ["--config", str(config), "--results-dir", str(tmp_path / "r"), "--datasets", "topics"]
+    assert run_cli("--final-eval", *common) == 2
+    assert "no study 'tiny-topics' in the storage; run --study first" in capsys.readouterr().err
+
+    assert run_cli("--study", *common, "--n-trials", "1") == 0
+    changed = write_config(tmp_path, tiny_encoders, encoders=("bert",), datasets__topics__max_train_examples=50)
+    monkeypatch.setattr(final_eval, "fine_tune", lambda *a, **k: pytest.fail("trained despite bad input"))
+    assert run_cli("--final-eval", "--config", str(changed), "--results-dir", str(tmp_path / "r"),
+                   "--datasets", "topics") == 2
+    err = capsys.readouterr().err
+    assert "datasets.topics: the config now gives splits of {'train': 50" in err
+    assert "searched on {'train': 97" in err
+    assert run_cli("--final-eval", *common, "--seeds", "1") == 2
+    assert "--seeds must be at least 2" in capsys.readouterr().err
