@@ -121,6 +121,10 @@ def _print_tables(tables: dict, results_dir: Path) -> None:
     print(to_markdown(tables["leaderboard"]))
     if not tables["final"].empty:
         print(to_markdown(tables["final"]))
+        for row in tables["datasets"].itertuples():
+            if row.final_top_differ:
+                print(f"{row.dataset}: on the test split, the best two encoders differ significantly: "
+                      f"{row.final_top_differ}; indistinguishable from the best: {row.final_top_encoders}")
     print(f"written to {results_dir}/: {', '.join(f'{name}.csv/.md' for name in TABLES)}, trials.csv, "
           f"{REPORT_FILE} (open it in a browser)")
 

@@ -106,7 +106,9 @@ def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_en
 
     # The final evaluation: each encoder's best trial, retrained with 2 seeds, on the test split.
     assert run_cli("--final-eval", "--config", str(config), "--results-dir", str(results), "--seeds", "2") == 0
-    assert "final bert (trial" in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert "final bert (trial" in captured.err
+    assert "topics: on the test split, the best two encoders differ significantly: " in captured.out
     final_study = optuna.load_study(study_name="tiny-topics-final", storage=storage)
     runs = final_study.get_trials()
     assert sorted((t.params["encoder"], t.user_attrs["seed"]) for t in runs) == sorted(
