@@ -220,6 +220,9 @@ class TrainingSpec(_Strict):
     # are compared by the pruner after seeing the same amount of data.
     eval_every_examples: int = Field(default=960, gt=0)
     eval_batch_size: int = Field(default=64, gt=0)
+    # Pruning checkpoints evaluate on this many validation examples (a fixed stratified
+    # subset); the final evaluation, the trial's value, always uses the whole split.
+    eval_subset_examples: int | None = Field(default=None, gt=0)
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     seed: int = 0
 

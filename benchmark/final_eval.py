@@ -20,8 +20,8 @@ from benchmark.encoders import load_classifier, load_tokenizer
 from benchmark.errors import BenchmarkError
 from benchmark.study import DATASET_ATTR, METRIC_ATTR
 from benchmark.tokenization import tokenize_split
-from benchmark.training import Evaluation, Hyperparameters, LoopSettings, StepLog, evaluate, fine_tune
-from benchmark.trial import ENCODER_PARAM, DatasetStudy, release_memory
+from benchmark.training import Evaluation, Hyperparameters, StepLog, evaluate, fine_tune
+from benchmark.trial import ENCODER_PARAM, DatasetStudy, loop_settings, release_memory
 
 FINAL_OF_ATTR = "final_evaluation_of"
 SEED_ATTR = "seed"
@@ -117,8 +117,7 @@ def _train_and_test(dataset_study: DatasetStudy, source: FrozenTrial, test, seed
                                                lambda: load_tokenizer(encoder))
     # No evaluation before the end: nothing is pruned here, and the final one is what counts.
     never = len(tokenized.train) * hp.num_epochs + 1
-    settings = LoopSettings(never, training.eval_batch_size, training.seed + SEED_OFFSET + seed,
-                            dataset_study.device, dataset_study.autocast_dtype)
+    settings = loop_settings(dataset_study, training.seed + SEED_OFFSET + seed, eval_every_examples=never)
     torch.manual_seed(settings.seed)
     model = load_classifier(encoder, dataset_study.data.label_names, hp.dropout)
     try:

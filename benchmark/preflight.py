@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import torch
 
 from benchmark import data, encoders
 from benchmark.config import BenchmarkConfig
@@ -52,6 +53,10 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     device = pick_device()
     dtype = autocast_dtype(device, config.training.precision)
     print(f"device: {device}, autocast: {dtype or 'off (fp32)'}", file=sys.stderr)
+    if dtype == torch.bfloat16 and autocast_dtype(device, "auto") is None:
+        print(f"warning: {config.source_file or 'the config'}: training.precision is bf16, but this {device.type} "
+              f"has no native bf16; its matmuls fall back to kernels far slower than fp32 "
+              f"(precision: auto picks fp32 here)", file=sys.stderr)
     tokenization = TokenizationCache()
     studies = []
     for name, spec in config.datasets.items():

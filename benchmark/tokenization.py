@@ -25,6 +25,14 @@ class TokenizedSplit:
     def lengths(self) -> np.ndarray:
         return np.fromiter((len(ids) for ids in self.input_ids), dtype=np.int64, count=len(self))
 
+    def subset(self, indices: np.ndarray) -> TokenizedSplit:
+        return TokenizedSplit(
+            input_ids=tuple(self.input_ids[i] for i in indices),
+            token_type_ids=None if self.token_type_ids is None else tuple(self.token_type_ids[i] for i in indices),
+            labels=self.labels[indices],
+            pad_token_id=self.pad_token_id,
+        )
+
 
 def tokenize_split(tokenizer, split: Split, max_length: int) -> TokenizedSplit:
     encoded = tokenizer(
@@ -68,13 +76,14 @@ class TokenizationCache:
         return self._entries[key]
 
 
-def batches(split: TokenizedSplit, order: np.ndarray, batch_size: int,
-            device: torch.device) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int]]:
-    """(model inputs, labels, real token count) per batch, padded to the longest in the batch."""
+def batches(split: TokenizedSplit, order: np.ndarray, batch_size: int, device: torch.device,
+            pad_to_multiple_of: int = 1) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int]]:
+    """(model inputs, labels, real token count) per batch, padded to the longest in the batch,
+    rounded up to a multiple of `pad_to_multiple_of`."""
     for start in range(0, len(order), batch_size):
         indices = order[start:start + batch_size]
         lengths = [len(split.input_ids[i]) for i in indices]
-        width = max(lengths)
+        width = -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
         input_ids = np.full((len(indices), width), split.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(indices), width), dtype=np.int64)
         for row, (i, length) in enumerate(zip(indices, lengths)):

@@ -18,7 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from benchmark.metrics import classification_metrics
+from benchmark.data import stratified_split
 from benchmark.tokenization import TokenizedSplit, batches
+
+# Devices with a fused AdamW kernel in PyTorch; elsewhere the multi-tensor (foreach) one.
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")
+# Every trial of a study evaluates its checkpoints on the same validation subset.
+EVAL_SUBSET_SEED = 0
 
 
 @dataclass(frozen=True)
@@ -42,6 +48,13 @@ class LoopSettings:
     # Forward/backward in chunks of this many examples, accumulating gradients, so a
     # batch that does not fit in memory still trains with the same effective batch.
     micro_batch_size: int | None = None
+    # Batch widths rounded up to a multiple of this (see padding_multiple).
+    pad_to_multiple_of: int = 1
+    # One fused kernel for all parameters' AdamW updates, where the device has it.
+    fused_optimizer: bool = True
+    # Pruning checkpoints are evaluated on this many validation examples (a fixed
+    # stratified subset, the same in every trial); the last evaluation on all of them.
+    eval_subset_examples: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,13 +119,19 @@ def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
     return None
 
 
+def padding_multiple(device: torch.device) -> int:
+    """Batch widths are rounded up to this: 8 suits a GPU's tensor cores and bounds the number of
+    distinct shapes its kernel caches see; on a CPU any padding is wasted work."""
+    return 8 if device.type == "cuda" else 1
+
+
 def _autocast(settings: LoopSettings):
     if settings.autocast_dtype is None:
         return nullcontext()
     return torch.autocast(device_type=settings.device.type, dtype=settings.autocast_dtype)
 
 
-def _optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.device) -> torch.optim.Optimizer:
+def _optimizer(model: torch.nn.Module, hp: Hyperparameters, settings: LoopSettings) -> torch.optim.Optimizer:
     # Biases and normalization weights are conventionally exempt from weight decay.
     decay, no_decay = [], []
     for name, parameter in model.named_parameters():
@@ -120,7 +139,8 @@ def _optimizer(model: torch.nn.Module, hp: Hyperparameters, device: torch.device
             (no_decay if parameter.ndim < 2 else decay).append(parameter)
     groups = [{"params": decay, "weight_decay": hp.weight_decay},
               {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=device.type == "cuda")
+    fused = settings.fused_optimizer and settings.device.type in FUSED_ADAMW_DEVICES
+    return torch.optim.AdamW(groups, lr=hp.learning_rate, fused=fused or None)
 
 
 def _linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int):
@@ -141,7 +161,8 @@ def evaluate(model: torch.nn.Module, split: TokenizedSplit, settings: LoopSettin
     loss_sum = 0.0
     with torch.inference_mode(), _autocast(settings):
         position = 0
-        for inputs, labels, _ in batches(split, order, settings.eval_batch_size, settings.device):
+        for inputs, labels, _ in batches(split, order, settings.eval_batch_size, settings.device,
+                                         settings.pad_to_multiple_of):
             logits = model(**inputs).logits.float()
             loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
             predictions[order[position:position + len(labels)]] = logits.argmax(-1).cpu().numpy()
@@ -191,13 +212,19 @@ def fine_tune(
         raise ValueError(f"batch size {hp.batch_size} exceeds the {len(train)} training examples")
     eval_every_steps = max(1, settings.eval_every_examples // hp.batch_size)
     total_steps = steps_per_epoch * hp.num_epochs
-    optimizer = _optimizer(model, hp, settings.device)
+    optimizer = _optimizer(model, hp, settings)
     scheduler = _linear_warmup_decay(optimizer, round(hp.warmup_ratio * total_steps), total_steps)
     result = TrainingResult()
+    checkpoint_split = validation
+    if settings.eval_subset_examples is not None and settings.eval_subset_examples < len(validation):
+        _, subset = stratified_split(validation.labels, settings.eval_subset_examples / len(validation),
+                                     np.random.default_rng(EVAL_SUBSET_SEED))
+        checkpoint_split = validation.subset(subset)
 
     def run_evaluation(step: int) -> None:
         started = time.perf_counter()
-        loss, metrics = evaluate(model, validation, settings, num_labels)
+        split = validation if step == total_steps else checkpoint_split
+        loss, metrics = evaluate(model, split, settings, num_labels)
         result.eval_seconds += time.perf_counter() - started
         evaluation = Evaluation(step=step, examples=step * hp.batch_size, epoch=step / steps_per_epoch,
                                 loss=loss, metrics=metrics, last=step == total_steps)
@@ -207,7 +234,8 @@ def fine_tune(
     step = 0
     for _ in range(hp.num_epochs):
         order = rng.permutation(len(train))[:steps_per_epoch * hp.batch_size]
-        for inputs, labels, tokens in batches(train, order, hp.batch_size, settings.device):
+        for inputs, labels, tokens in batches(train, order, hp.batch_size, settings.device,
+                                              settings.pad_to_multiple_of):
             started = time.perf_counter()
             loss = _accumulate_gradients(model, inputs, labels, settings)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)

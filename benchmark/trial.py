@@ -16,7 +16,8 @@ from benchmark.data import TextClassificationData
 from benchmark.encoders import Encoder, load_classifier, load_tokenizer
 from benchmark.tokenization import TokenizationCache
 from benchmark.tracking import Tracker
-from benchmark.training import Evaluation, Hyperparameters, LoopSettings, NonFiniteLoss, StepLog, fine_tune
+from benchmark.training import (Evaluation, Hyperparameters, LoopSettings, NonFiniteLoss, StepLog, fine_tune,
+                                padding_multiple)
 
 ENCODER_PARAM = "encoder"
 
@@ -34,6 +35,20 @@ class DatasetStudy:
     tracker: Tracker
     device: torch.device
     autocast_dtype: torch.dtype | None
+
+
+def loop_settings(study: DatasetStudy, seed: int, eval_every_examples: int | None = None) -> LoopSettings:
+    """The training loop's settings for this study's device, shared by search and final evaluation."""
+    training = study.config.training
+    return LoopSettings(
+        eval_every_examples=eval_every_examples or training.eval_every_examples,
+        eval_batch_size=training.eval_batch_size,
+        seed=seed,
+        device=study.device,
+        autocast_dtype=study.autocast_dtype,
+        pad_to_multiple_of=padding_multiple(study.device),
+        eval_subset_examples=training.eval_subset_examples,
+    )
 
 
 def sample_hyperparameters(trial: optuna.Trial, space: SearchSpace, encoder: EncoderSpec) -> Hyperparameters:
@@ -80,8 +95,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         tokenized = study.tokenization.get(
             study.data, encoder.location, training.max_length, lambda: load_tokenizer(encoder)
         )
-        settings = LoopSettings(training.eval_every_examples, training.eval_batch_size,
-                                training.seed + trial.number, study.device, study.autocast_dtype)
+        settings = loop_settings(study, training.seed + trial.number)
         # The new classification head is drawn from the global generator: seed it per trial,
         # so trial k trains the same model whichever worker runs it, and after whatever.
         torch.manual_seed(settings.seed)

@@ -12,8 +12,9 @@ from benchmark.data import prepare
 from benchmark.encoders import load_classifier, load_tokenizer, resolve
 from benchmark.metrics import classification_metrics
 from benchmark.tokenization import TokenizationCache, batches, tokenize_split
-from benchmark.training import (Hyperparameters, LoopSettings, _linear_warmup_decay, autocast_dtype, evaluate,
-                                fine_tune)
+import benchmark.training
+from benchmark.training import (Hyperparameters, LoopSettings, _linear_warmup_decay, _optimizer, autocast_dtype,
+                                evaluate, fine_tune, padding_multiple)
 from tests.conftest import make_texts
 
 CPU = torch.device("cpu")
@@ -157,3 +158,70 @@ def test_micro_batches_with_accumulation_train_the_same_model(topics, bert):
     assert micro_losses == pytest.approx(full_losses, rel=1e-4)
     assert micro_norms == pytest.approx(full_norms, rel=1e-3)
     assert [e.metrics for e in micro.evaluations] == [e.metrics for e in full.evaluations]
+
+
+def test_padding_to_a_multiple_widens_the_batch_but_not_the_real_tokens(topics, bert):
+    split = tokenize_split(load_tokenizer(bert), topics.train, max_length=32)
+    order = np.arange(6)
+    plain, _, plain_tokens = next(batches(split, order, 6, CPU))
+    padded, _, padded_tokens = next(batches(split, order, 6, CPU, pad_to_multiple_of=8))
+    width = plain["input_ids"].shape[1]
+    assert padded["input_ids"].shape[1] == -(-width // 8) * 8
+    assert padded_tokens == plain_tokens
+    assert torch.equal(padded["attention_mask"][:, :width], plain["attention_mask"])
+    assert padded["attention_mask"][:, width:].sum() == 0
+    assert padding_multiple(torch.device("cuda")) == 8 and padding_multiple(CPU) == 1
+
+
+def test_fused_adamw_where_the_device_has_it(topics, bert):
+    model = load_classifier(bert, topics.label_names, dropout=0.0)
+    hp = Hyperparameters(1e-3, 0.0, 0.0, 1.0, 0.01, 8, 1)
+    for fused in (True, False):
+        settings = LoopSettings(1, 1, 0, CPU, None, fused_optimizer=fused)
+        assert bool(_optimizer(model, hp, settings).defaults["fused"]) is fused
+    assert not _optimizer(model, hp, LoopSettings(1, 1, 0, torch.device("mps"), None)).defaults["fused"]
+
+
+def _run(bert, topics, tokenized, settings):
+    hp = Hyperparameters(learning_rate=3e-3, warmup_ratio=0.1, dropout=0.0, max_grad_norm=1.0,
+                         weight_decay=0.01, batch_size=16, num_epochs=2)
+    torch.manual_seed(123)
+    model = load_classifier(bert, topics.label_names, dropout=0.0)
+    steps = []
+    result = fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
+                       steps.append, lambda e: None)
+    return result, steps
+
+
+def test_the_fast_path_computes_what_the_plain_path_computes(topics, bert, monkeypatch):
+    """Fused AdamW, padding to a multiple of 8 and a validation subset at the checkpoints change
+    speed, not the trial: the same losses, and the same final (full-split) metrics."""
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    plain = LoopSettings(eval_every_examples=32, eval_batch_size=32, seed=0, device=CPU, autocast_dtype=None,
+                         fused_optimizer=False)
+    fast = LoopSettings(eval_every_examples=32, eval_batch_size=32, seed=0, device=CPU, autocast_dtype=None,
+                        fused_optimizer=True, pad_to_multiple_of=8, eval_subset_examples=5)
+    evaluated = []
+    real_evaluate = benchmark.training.evaluate
+
+    def recording_evaluate(model, split, settings, num_labels):
+        evaluated.append(split.labels.copy())
+        return real_evaluate(model, split, settings, num_labels)
+
+    monkeypatch.setattr(benchmark.training, "evaluate", recording_evaluate)
+    plain_result, plain_steps = _run(bert, topics, tokenized, plain)
+    plain_sizes = [len(labels) for labels in evaluated]
+    evaluated.clear()
+    fast_result, fast_steps = _run(bert, topics, tokenized, fast)
+
+    assert [s.loss for s in fast_steps] == pytest.approx([s.loss for s in plain_steps], rel=1e-4)
+    assert fast_result.final.metrics == plain_result.final.metrics
+    assert fast_result.final.loss == pytest.approx(plain_result.final.loss, rel=1e-4)
+
+    validation = tokenized.validation.labels
+    assert set(plain_sizes) == {len(validation)}
+    *checkpoints, last = evaluated
+    assert len(last) == len(validation), "the trial's value is measured on the whole split"
+    assert checkpoints and all(len(labels) == 5 for labels in checkpoints)
+    assert all(np.array_equal(labels, checkpoints[0]) for labels in checkpoints), "one fixed subset"
+    assert set(checkpoints[0]) == set(validation), "stratified: every class is in the subset"

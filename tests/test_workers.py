@@ -94,13 +94,15 @@ def _wait_for(predicate, timeout: float, what: str):
     pytest.fail(f"timed out waiting for {what}")
 
 
-def _running_trial(storage: str):
+def _training_trial(storage: str):
+    """A running trial that has reported an evaluation, so every parameter has been sampled
+    (a trial caught earlier may hold only its encoder: a loaded CI machine is slow to get there)."""
     try:
         study = optuna.load_study(study_name="tiny-topics", storage=storage)
     except KeyError:
         return None
     running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    return running[0] if running and running[0].params else None
+    return running[0] if running and running[0].intermediate_values else None
 
 
 def _worker(args: list[str]) -> subprocess.Popen:
@@ -114,8 +116,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_still_finishes(tmp_p
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     args = _args(config, tmp_path / "results", storage, 2)
     victim = _worker(args)
-    killed = _wait_for(lambda: _running_trial(storage), 90, "the first worker to start a trial")
-    time.sleep(1.5)
+    killed = _wait_for(lambda: _training_trial(storage), 90, "the first worker's trial to start training")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
 
@@ -135,8 +136,7 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_tops_up(tmp_path, tiny_encoder
     results = tmp_path / "results"
     args = _args(config, results, storage, 3)
     worker = _worker(args)
-    _wait_for(lambda: _running_trial(storage), 90, "a trial to start")
-    time.sleep(1.0)
+    _wait_for(lambda: _training_trial(storage), 90, "a trial to start training")
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=60) == 130
     assert (results / "leaderboard.csv").exists(), "tables are written on Ctrl-C too"

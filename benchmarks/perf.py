@@ -1,0 +1,419 @@
+"""This harness against Hugging Face `Trainer` and `Trainer.hyperparameter_search`, side by side.
+
+    python -m benchmarks.perf [--quick] [--config search_spaces/default.yaml] [--out results/perf]
+
+Every row is measured in this one run, on this machine, with the same model, data and
+hyperparameters on both sides; the table reports ratios, because absolute times on a
+shared machine are noise. Each search runs in a fresh process, so its memory figures are
+its own. Writes PERF.json (every measurement) and PERF.md (the table).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks.table import Measurement, render_markdown, summarize
+
+# The hyperparameters of the throughput rows: one epoch, mid-range values of the default space.
+THROUGHPUT_HP = dict(learning_rate=5e-5, warmup_ratio=0.1, dropout=0.1, max_grad_norm=1.0, weight_decay=0.01)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How much work each row does; `QUICK` only proves that the script works."""
+
+    throughput_examples: int
+    batch_size: int
+    search_budget_s: float
+    search_train_examples: int
+    matmul_size: int
+
+
+FULL = Plan(throughput_examples=96, batch_size=16, search_budget_s=240, search_train_examples=240, matmul_size=2048)
+# A GPU does in milliseconds what takes a CPU seconds: more work per row, or start-up dominates.
+FULL_CUDA = Plan(throughput_examples=1024, batch_size=32, search_budget_s=90, search_train_examples=1200,
+                 matmul_size=8192)
+QUICK = Plan(throughput_examples=32, batch_size=8, search_budget_s=8, search_train_examples=48, matmul_size=256)
+
+
+# --- the measurements ----------------------------------------------------------------------------
+
+
+def matmul_peak(size: int, dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
+    """FLOP/s of a square matrix multiply, the best of repeated timings."""
+    a = torch.randn(size, size, device=device).to(dtype)
+    b = torch.randn(size, size, device=device).to(dtype)
+    best = float("inf")
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline or best == float("inf"):
+        _synchronize(device)
+        started = time.perf_counter()
+        torch.matmul(a, b)
+        _synchronize(device)
+        best = min(best, time.perf_counter() - started)
+    return 2 * size**3 / best
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def training_flops_per_token(model: torch.nn.Module) -> float:
+    """6 x the parameters a token passes through (forward 2, backward 4); embeddings are
+    look-ups, not multiplies, so they are left out. Attention's own multiplies add a few
+    percent at 128 tokens and are left out too: the estimate errs low."""
+    embedding = sum(module.weight.numel() for module in model.modules() if isinstance(module, torch.nn.Embedding))
+    return 6.0 * (sum(p.numel() for p in model.parameters()) - embedding)
+
+
+def measure_ours(study, encoder_name: str, train, hp, dtype, fused: bool = True) -> tuple[Measurement, float]:
+    from benchmark.encoders import load_classifier
+    from benchmark.training import fine_tune
+    from benchmark.trial import loop_settings
+
+    # One tiny evaluation at the end, which fine_tune always does; its time is subtracted.
+    validation = train.subset(np.arange(min(len(train), 8)))
+    settings = replace(loop_settings(study, seed=0, eval_every_examples=10**9), autocast_dtype=dtype,
+                       fused_optimizer=fused, eval_subset_examples=None)
+    torch.manual_seed(0)
+    model = load_classifier(study.encoders[encoder_name], study.data.label_names, hp.dropout)
+    flops = training_flops_per_token(model)
+    started = time.perf_counter()
+    result = fine_tune(model, train, validation, study.data.num_labels, hp, settings, _ignore, _ignore)
+    seconds = time.perf_counter() - started - result.eval_seconds
+    return Measurement(tokens=result.train_tokens, seconds=seconds, loss=result.final.loss), flops
+
+
+def measure_trainer(study, encoder_name: str, train, hp, bf16: bool, sampling: str, workdir: Path) -> Measurement:
+    from transformers import DataCollatorWithPadding, Trainer
+
+    from benchmark.encoders import load_classifier, load_tokenizer
+
+    encoder = study.encoders[encoder_name]
+    torch.manual_seed(0)
+    model = load_classifier(encoder, study.data.label_names, hp.dropout)
+    args = _trainer_arguments(workdir, study.device, bf16, sampling, batch_size=hp.batch_size,
+                              num_train_epochs=hp.num_epochs, learning_rate=hp.learning_rate,
+                              warmup_steps=hp.warmup_ratio, weight_decay=hp.weight_decay,
+                              max_grad_norm=hp.max_grad_norm, eval_strategy="no", dataloader_drop_last=True)
+    trainer = Trainer(model=model, args=args, train_dataset=_hf_dataset(train),
+                      data_collator=DataCollatorWithPadding(load_tokenizer(encoder)))
+    started = time.perf_counter()
+    output = trainer.train()
+    seconds = time.perf_counter() - started
+    # Trainer drops no example here (the count is a multiple of the batch size), so it
+    # sees exactly the tokens our loop sees.
+    tokens = int(train.lengths.sum()) * hp.num_epochs
+    return Measurement(tokens=tokens, seconds=seconds, loss=float(output.training_loss))
+
+
+def _trainer_arguments(workdir: Path, device: torch.device, bf16: bool, sampling: str, batch_size: int,
+                       **overrides):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(
+        output_dir=str(workdir), per_device_train_batch_size=batch_size, per_device_eval_batch_size=64,
+        bf16=bf16, use_cpu=device.type == "cpu", train_sampling_strategy=sampling,
+        save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
+        seed=0, **overrides,
+    )
+
+
+def _hf_dataset(split):
+    import datasets
+
+    columns = {"input_ids": [ids.tolist() for ids in split.input_ids], "labels": split.labels.tolist()}
+    if split.token_type_ids is not None:
+        columns["token_type_ids"] = [segments.tolist() for segments in split.token_type_ids]
+    return datasets.Dataset.from_dict(columns)
+
+
+def _ignore(_) -> None:
+    pass
+
+
+# --- the searches, each in its own process ---------------------------------------------------------
+
+
+class RssSampler:
+    """The process's resident memory every `interval` seconds, on a background thread."""
+
+    def __init__(self, interval: float = 0.25) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self.readings: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.readings.append((time.time(), self._process.memory_info().rss))
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, moment: float) -> int:
+        """The last reading at or before `moment`."""
+        before = [rss for when, rss in self.readings if when <= moment]
+        return before[-1] if before else self.readings[0][1]
+
+
+def _search_config(config, plan: Plan):
+    """The config's first encoder on its first dataset, with the search's training-set size."""
+    encoder = next(iter(config.encoders))
+    dataset_name, dataset = next(iter(config.datasets.items()))
+    return config.model_copy(update={
+        "encoders": {encoder: config.encoders[encoder]},
+        "datasets": {dataset_name: dataset.model_copy(update={"max_train_examples": plan.search_train_examples})},
+        "comparison": "search",
+        "budget": config.budget.model_copy(update={"n_trials": 10_000, "timeout_s": plan.search_budget_s}),
+    })
+
+
+def search_ours(config, plan: Plan, workdir: str) -> dict:
+    from benchmark.preflight import prepare
+    from benchmark.study import run_study
+
+    config = _search_config(config, plan)
+    url = f"sqlite:///{workdir}/ours.db"
+    prepared = prepare(config, url, ["none"], Path(workdir))
+    study_spec = prepared.studies[0]
+    with RssSampler() as memory:
+        started = time.time()
+        study = run_study(prepared.storage, url, study_spec, config.budget.n_trials, plan.search_budget_s,
+                          config.training.seed)
+        ended = time.time()
+    trials = _finished(study)
+    return {
+        "seconds": ended - started,
+        "trials": [_trial_record(t, started, memory) for t in trials],
+        "rss_peak": max(rss for _, rss in memory.readings),
+    }
+
+
+def search_trainer(config, plan: Plan, workdir: str) -> dict:
+    """`Trainer.hyperparameter_search(backend="optuna")` over the same space, data and budget."""
+    import optuna
+    from transformers import DataCollatorWithPadding, Trainer
+
+    from benchmark.config import CategoricalParam, FloatParam
+    from benchmark.encoders import load_classifier, load_tokenizer
+    from benchmark.metrics import classification_metrics
+    from benchmark.preflight import prepare
+    from benchmark.tokenization import tokenize_split
+    from benchmark.trial import sample_hyperparameters
+
+    config = _search_config(config, plan)
+    prepared = prepare(config, f"sqlite:///{workdir}/unused.db", ["none"], Path(workdir))
+    study_spec = prepared.studies[0]
+    encoder_name = next(iter(config.encoders))
+    encoder = study_spec.encoders[encoder_name]
+    tokenizer = load_tokenizer(encoder)
+    max_length = config.training.max_length
+    train = _hf_dataset(tokenize_split(tokenizer, study_spec.data.train, max_length))
+    validation = _hf_dataset(tokenize_split(tokenizer, study_spec.data.validation, max_length))
+    metric = study_spec.metric
+    dropout_spec = config.search_space.dropout
+
+    def hp_space(trial: optuna.Trial) -> dict:
+        # The same sampling code as our trials, mapped onto TrainingArguments' names.
+        hp = sample_hyperparameters(trial, config.search_space, config.encoders[encoder_name])
+        return {"learning_rate": hp.learning_rate, "warmup_steps": hp.warmup_ratio, "weight_decay": hp.weight_decay,
+                "max_grad_norm": hp.max_grad_norm, "per_device_train_batch_size": hp.batch_size,
+                "num_train_epochs": hp.num_epochs}
+
+    def model_init(trial):
+        if trial is None:  # Trainer builds one model before the search starts
+            dropout = dropout_spec.low if isinstance(dropout_spec, FloatParam) else 0.1
+        elif isinstance(dropout_spec, CategoricalParam):
+            dropout = trial.suggest_categorical("dropout", list(dropout_spec.choices))
+        else:
+            dropout = trial.suggest_float("dropout", dropout_spec.low, dropout_spec.high, log=dropout_spec.log)
+        return load_classifier(encoder, study_spec.data.label_names, dropout)
+
+    def compute_metrics(prediction) -> dict:
+        predictions = np.asarray(prediction.predictions).argmax(-1)
+        return classification_metrics(np.asarray(prediction.label_ids), predictions, study_spec.data.num_labels)
+
+    args = _trainer_arguments(Path(workdir) / "trainer", study_spec.device,
+                              bf16=study_spec.autocast_dtype == torch.bfloat16, sampling="random",
+                              batch_size=16, eval_strategy="epoch")
+    trainer = Trainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=validation,
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
+    storage = f"sqlite:///{workdir}/trainer.db"
+    with RssSampler() as memory:
+        started = time.time()
+        trainer.hyperparameter_search(
+            backend="optuna", direction="maximize", hp_space=hp_space, n_trials=10_000,
+            timeout=plan.search_budget_s, compute_objective=lambda metrics: metrics[f"eval_{metric}"],
+            storage=storage, study_name="trainer", sampler=optuna.samplers.TPESampler(seed=config.training.seed),
+        )
+        ended = time.time()
+    study = optuna.load_study(study_name="trainer", storage=storage)
+    return {
+        "seconds": ended - started,
+        "trials": [_trial_record(t, started, memory) for t in _finished(study)],
+        "rss_peak": max(rss for _, rss in memory.readings),
+    }
+
+
+def _finished(study) -> list:
+    from optuna.trial import TrialState
+
+    return sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)),
+                  key=lambda t: t.datetime_complete)
+
+
+def _trial_record(trial, started: float, memory: RssSampler) -> dict:
+    ended = trial.datetime_complete.timestamp()
+    return {
+        "number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
+        "ended_s": ended - started, "rss": memory.at(ended),
+        **{key: trial.user_attrs[key] for key in ("wall_seconds", "train_seconds", "eval_seconds", "load_seconds")
+           if key in trial.user_attrs},
+    }
+
+
+def _in_fresh_process(function, *args):
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(function, args)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def run(config, plan: Plan, out: Path) -> dict:
+    """Measure every row for `config`'s encoders on its first dataset; write PERF.json/.md."""
+    from benchmark.preflight import prepare
+    from benchmark.tokenization import tokenize_split
+    from benchmark.encoders import load_tokenizer
+    from benchmark.training import Hyperparameters, autocast_dtype
+
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="perf-"))
+    dataset_name = next(iter(config.datasets))
+    prepared = prepare(config.model_copy(update={"datasets": {dataset_name: config.datasets[dataset_name]}}),
+                       f"sqlite:///{workdir}/throughput.db", ["none"], workdir)
+    study = prepared.studies[0]
+    device = study.device
+    hp = Hyperparameters(**THROUGHPUT_HP, batch_size=plan.batch_size, num_epochs=1)
+    # bf16 is trained only where the device runs it natively: without native support (a CPU
+    # without AVX-512 BF16 or AMX) its matmuls fall back to a reference kernel far slower than fp32.
+    native_bf16 = autocast_dtype(device, "auto") == torch.bfloat16
+    precisions = {"fp32": None, **({"bf16": torch.bfloat16} if native_bf16 else {})}
+    report: dict = {
+        "plan": asdict(plan), "device": _describe_device(device), "torch_threads": torch.get_num_threads(),
+        "dataset": dataset_name, "native_bf16": native_bf16, "matmul_peak_flops": {}, "throughput": {},
+        "levers": {},
+    }
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        # A slow fallback is measured on a small matrix, or it would take minutes.
+        size = plan.matmul_size if name in precisions else min(plan.matmul_size, 256)
+        report["matmul_peak_flops"][name] = matmul_peak(size, dtype, device)
+        print(f"matmul peak {name}: {report['matmul_peak_flops'][name] / 1e9:.1f} GFLOP/s", file=sys.stderr)
+
+    for encoder_name, encoder in study.encoders.items():
+        tokenized = tokenize_split(load_tokenizer(encoder), study.data.train, config.training.max_length)
+        train = tokenized.subset(np.arange(min(plan.throughput_examples, len(tokenized)) // plan.batch_size
+                                           * plan.batch_size))
+        rows: dict = {}
+        for precision, dtype in precisions.items():
+            rows[f"ours {precision}"], flops_per_token = measure_ours(study, encoder_name, train, hp, dtype)
+            for sampling in ("random", "group_by_length"):
+                rows[f"trainer {precision} {sampling}"] = measure_trainer(
+                    study, encoder_name, train, hp, precision == "bf16", sampling, workdir / "trainer")
+        # The fused-optimizer lever: the same run with the multi-tensor (foreach) AdamW.
+        rows["ours fp32 foreach-adamw"], _ = measure_ours(study, encoder_name, train, hp, None, fused=False)
+        report["throughput"][encoder_name] = {
+            "flops_per_token": flops_per_token, **{key: asdict(value) for key, value in rows.items()}}
+        for key, value in rows.items():
+            print(f"{encoder_name} {key}: {value.tokens_per_second:.0f} tokens/s", file=sys.stderr, flush=True)
+
+    report["levers"]["eval_subset"] = _eval_subset_lever(study, config)
+    report["search"] = {
+        "budget_s": plan.search_budget_s,
+        "ours": _in_fresh_process(search_ours, config, plan, str(workdir)),
+        "trainer": _in_fresh_process(search_trainer, config, plan, str(workdir)),
+    }
+    summary = summarize(report)
+    report["summary"] = summary
+    (out / "PERF.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
+    (out / "PERF.md").write_text(render_markdown(report, summary))
+    return report
+
+
+def _eval_subset_lever(study, config) -> dict:
+    """Seconds per pruning-checkpoint evaluation: the whole validation split against the subset."""
+    from benchmark.data import stratified_split
+    from benchmark.encoders import load_classifier, load_tokenizer
+    from benchmark.tokenization import tokenize_split
+    from benchmark.training import EVAL_SUBSET_SEED, evaluate
+    from benchmark.trial import loop_settings
+
+    encoder = next(iter(study.encoders.values()))
+    validation = tokenize_split(load_tokenizer(encoder), study.data.validation, config.training.max_length)
+    size = config.training.eval_subset_examples or max(1, len(validation) // 2)
+    _, subset = stratified_split(validation.labels, min(size, len(validation) - 1) / len(validation),
+                                 np.random.default_rng(EVAL_SUBSET_SEED))
+    model = load_classifier(encoder, study.data.label_names, 0.0).to(study.device)
+    settings = loop_settings(study, seed=0)
+    timings = {}
+    for name, split in (("full", validation), ("subset", validation.subset(subset))):
+        started = time.perf_counter()
+        evaluate(model, split, settings, study.data.num_labels)
+        timings[name] = {"examples": len(split), "seconds": time.perf_counter() - started}
+    return timings
+
+
+def _describe_device(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="search_spaces/default.yaml",
+                        help="encoders, first dataset and search space to measure (default: %(default)s)")
+    parser.add_argument("--quick", action="store_true", help="a tiny run that only proves the script works")
+    parser.add_argument("--out", default="results/perf", help="where PERF.json and PERF.md go (default: %(default)s)")
+    args = parser.parse_args(argv)
+    from benchmark.config import load_config
+    from benchmark.errors import BenchmarkError
+
+    try:
+        config = load_config(args.config)
+        plan = QUICK if args.quick else FULL_CUDA if torch.cuda.is_available() else FULL
+        run(config, plan, Path(args.out))
+    except BenchmarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"written to {args.out}/PERF.md and PERF.json", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Pure functions from the measurements of `benchmarks.perf` to ratios, verdicts and the table."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+TARGETS = {
+    "throughput_ratio": 1.3,   # ours / Trainer's best, at least
+    "mfu_bf16": 0.60,          # of the measured bf16 matmul peak, for the largest encoder, at least
+    "overhead_share": 0.05,    # of the search's wall time outside training steps, at most
+    "time_to_peer_best": 0.5,  # of the peer search's wall time, at most
+}
+
+
+@dataclass(frozen=True)
+class Measurement:
+    tokens: int  # real (non-padding) training tokens
+    seconds: float
+    loss: float
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.tokens / self.seconds
+
+
+def best_so_far(trials: list[dict]) -> list[tuple[float, float]]:
+    """(seconds since the search started, best value yet) at each complete trial that improved it."""
+    curve: list[tuple[float, float]] = []
+    for trial in sorted(trials, key=lambda t: t["ended_s"]):
+        if trial["state"] == "complete" and (not curve or trial["value"] > curve[-1][1]):
+            curve.append((trial["ended_s"], trial["value"]))
+    return curve
+
+
+def time_to_reach(curve: list[tuple[float, float]], target: float) -> float | None:
+    return next((when for when, value in curve if value >= target), None)
+
+
+def _tokens_per_second(row: dict) -> float:
+    return row["tokens"] / row["seconds"]
+
+
+def summarize(report: dict) -> dict:
+    """Every row of the table, with its ratio and whether the target was met."""
+    summary: dict = {"throughput": {}, "mfu": {}, "levers": {}}
+    for encoder, rows in report["throughput"].items():
+        precisions = [key.split()[1] for key in rows if key.startswith("ours ") and "foreach" not in key]
+        ours = {key: _tokens_per_second(row) for key, row in rows.items() if key.startswith("ours ") and "foreach" not in key}
+        peer = {key: _tokens_per_second(row) for key, row in rows.items() if key.startswith("trainer ")}
+        best_ours, best_peer = max(ours, key=ours.get), max(peer, key=peer.get)
+        summary["throughput"][encoder] = {
+            "ours": best_ours, "ours_tokens_per_second": ours[best_ours],
+            "trainer": best_peer, "trainer_tokens_per_second": peer[best_peer],
+            "ratio": ours[best_ours] / peer[best_peer],
+            "same_precision_ratios": {
+                precision: ours[f"ours {precision}"] / max(v for k, v in peer.items() if k.split()[1] == precision)
+                for precision in precisions
+            },
+        }
+        summary["mfu"][encoder] = {
+            precision: rows["flops_per_token"] * ours[f"ours {precision}"] / report["matmul_peak_flops"][precision]
+            for precision in precisions
+        }
+        summary["levers"][f"fused AdamW ({encoder}, fp32)"] = (
+            ours["ours fp32"] / _tokens_per_second(rows["ours fp32 foreach-adamw"]))
+        if "bf16" in precisions:
+            summary["levers"][f"bf16 autocast ({encoder})"] = ours["ours bf16"] / ours["ours fp32"]
+    subset = report["levers"]["eval_subset"]
+    summary["levers"]["evaluation on the stratified subset (time per checkpoint)"] = (
+        subset["full"]["seconds"] / subset["subset"]["seconds"])
+    largest = max(report["throughput"], key=lambda e: report["throughput"][e]["flops_per_token"])
+    summary["mfu_target_encoder"] = largest
+    summary["search"] = _search_summary(report["search"])
+    summary["overhead"] = _overhead(report["search"]["ours"])
+    summary["memory"] = {side: _memory(report["search"][side]) for side in ("ours", "trainer")}
+    summary["targets"] = {
+        "throughput_ratio": min(row["ratio"] for row in summary["throughput"].values()),
+        "mfu_bf16": summary["mfu"][largest].get("bf16"),
+        "overhead_share": summary["overhead"]["share"],
+        "time_to_peer_best": summary["search"]["ours_time_share"],
+    }
+    return summary
+
+
+def _search_summary(search: dict) -> dict:
+    ours, peer = best_so_far(search["ours"]["trials"]), best_so_far(search["trainer"]["trials"])
+    peer_best = peer[-1][1] if peer else None
+    reached = time_to_reach(ours, peer_best) if peer_best is not None else None
+    return {
+        "ours_curve": ours, "trainer_curve": peer,
+        "ours_best": ours[-1][1] if ours else None, "trainer_best": peer_best,
+        "ours_trials": len(search["ours"]["trials"]), "trainer_trials": len(search["trainer"]["trials"]),
+        "ours_seconds": search["ours"]["seconds"], "trainer_seconds": search["trainer"]["seconds"],
+        "ours_time_to_trainer_best": reached,
+        "ours_time_share": None if reached is None else reached / search["trainer"]["seconds"],
+    }
+
+
+def _overhead(search: dict) -> dict:
+    """Where the search's wall time went: training steps, and everything else."""
+    trials = search["trials"]
+    train = sum(t.get("train_seconds", 0.0) for t in trials)
+    load = sum(t.get("load_seconds", 0.0) for t in trials)
+    evaluation = sum(t.get("eval_seconds", 0.0) for t in trials)
+    in_trials = sum(t.get("wall_seconds", 0.0) for t in trials)
+    total = search["seconds"]
+    return {
+        "share": (total - train) / total, "train_s": train, "load_s": load, "eval_s": evaluation,
+        "other_in_trials_s": in_trials - train - load - evaluation, "between_trials_s": total - in_trials,
+        "total_s": total,
+    }
+
+
+def _memory(search: dict) -> dict:
+    rss = [t["rss"] for t in search["trials"]]
+    return {
+        "peak_bytes": search["rss_peak"],
+        "growth_bytes": rss[-1] - rss[0] if len(rss) > 1 else 0,
+        "trials": len(rss),
+    }
+
+
+def _met(name: str, value: float | None) -> str:
+    target = TARGETS[name]
+    if value is None:
+        return "missed (not measured: no native bf16)" if name == "mfu_bf16" else "missed (not reached)"
+    at_most = name in ("overhead_share", "time_to_peer_best")
+    met = value <= target if at_most else value >= target
+    return "met" if met else f"missed by {abs(value - target) / target:.0%}"
+
+
+def _value(value: float | None) -> str:
+    return "none complete" if value is None else f"{value:.4f}"
+
+
+def _why_missed(name: str, report: dict, summary: dict) -> str:
+    """The measured reason behind a missed target, in a few words."""
+    if name == "throughput_ratio":
+        worst = min(summary["throughput"], key=lambda e: summary["throughput"][e]["ratio"])
+        row = summary["throughput"][worst]
+        return (f"{worst}: Trainer's best setting is '{row['trainer']}'; at equal precision ours is "
+                + ", ".join(f"{p} {r:.2f}x" for p, r in row["same_precision_ratios"].items()))
+    if name == "mfu_bf16":
+        peak = report["matmul_peak_flops"]
+        encoder = summary["mfu_target_encoder"]
+        fp32 = summary["mfu"][encoder].get("fp32")
+        if not report["native_bf16"]:
+            return (f"this device has no native bf16: its bf16 matmul peak is {peak['bf16'] / 1e9:.1f} GFLOP/s, "
+                    f"{peak['fp32'] / peak['bf16']:.0f}x below fp32, so training runs in fp32"
+                    + ("" if fp32 is None else f" at {fp32:.0%} of the fp32 peak"))
+        return (f"attention, softmax, layer norms and the optimizer step are not matmuls; "
+                f"{encoder} fp32 reaches {fp32:.0%} of the fp32 peak")
+    if name == "overhead_share":
+        overhead = summary["overhead"]
+        parts = {"evaluation": overhead["eval_s"], "model load": overhead["load_s"],
+                 "other in trials": overhead["other_in_trials_s"], "between trials": overhead["between_trials_s"]}
+        largest = max(parts, key=parts.get)
+        return f"the largest part is {largest}: {parts[largest]:.1f} s of {overhead['total_s']:.0f} s"
+    search = summary["search"]
+    return (f"ours reached {_value(search['ours_best'])} in {search['ours_trials']} trials; "
+            f"Trainer's search {_value(search['trainer_best'])} in {search['trainer_trials']}")
+
+
+def _gb(value: float) -> str:
+    return f"{value / 1e9:.2f} GB"
+
+
+def render_markdown(report: dict, summary: dict) -> str:
+    search, overhead, targets = summary["search"], summary["overhead"], summary["targets"]
+    lines = [
+        "# Performance: this harness against Hugging Face Trainer",
+        "",
+        f"Device: {report['device']}, {report['torch_threads']} threads; dataset `{report['dataset']}`; "
+        f"measured matmul peak {report['matmul_peak_flops']['fp32'] / 1e9:.0f} GFLOP/s fp32, "
+        f"{report['matmul_peak_flops']['bf16'] / 1e9:.1f} GFLOP/s bf16{'' if report['native_bf16'] else ' (no native bf16: bf16 rows not trained)'}. All rows from one run of "
+        "`python -m benchmarks.perf`; ratios compare measurements taken side by side.",
+        "",
+        "| row | this harness | peer | ratio | target | verdict |",
+        "|:----|:-------------|:-----|------:|:-------|:--------|",
+    ]
+    for encoder, row in summary["throughput"].items():
+        lines.append(
+            f"| 1. training throughput, {encoder} (real tokens/s) | {row['ours_tokens_per_second']:.0f} ({row['ours']}) | "
+            f"{row['trainer_tokens_per_second']:.0f} ({row['trainer']}) | {row['ratio']:.2f}x | >= 1.3x | "
+            f"{_met('throughput_ratio', row['ratio'])} |")
+    reached = search["ours_time_to_trainer_best"]
+    reached_text = "not reached" if reached is None else f"{reached:.0f} s"
+    share_text = "-" if search["ours_time_share"] is None else f"{search['ours_time_share']:.2f}"
+    lines.append(
+        f"| 2. search: time to reach Trainer.hyperparameter_search's final best ({_value(search['trainer_best'])}) | "
+        f"{reached_text} ({search['ours_trials']} trials, best "
+        f"{_value(search['ours_best'])}) | {search['trainer_seconds']:.0f} s ({search['trainer_trials']} trials) | "
+        f"{share_text} | <= 0.5 | "
+        f"{_met('time_to_peer_best', search['ours_time_share'])} |")
+    for encoder, shares in summary["mfu"].items():
+        for precision, share in shares.items():
+            is_target = encoder == summary["mfu_target_encoder"] and precision == "bf16"
+            lines.append(
+                f"| 3. model FLOPs utilization, {encoder} {precision} | {share:.0%} of the {precision} matmul peak | "
+                f"- | - | {'>= 60%' if is_target else '-'} | {_met('mfu_bf16', share) if is_target else '-'} |")
+    lines.append(
+        f"| 4. overhead: search wall time outside training steps | {overhead['share']:.1%} "
+        f"(load {overhead['load_s']:.1f} s, evaluation {overhead['eval_s']:.1f} s, other in trials "
+        f"{overhead['other_in_trials_s']:.1f} s, between trials {overhead['between_trials_s']:.1f} s, of "
+        f"{overhead['total_s']:.0f} s) | - | - | <= 5% | {_met('overhead_share', overhead['share'])} |")
+    ours_memory, peer_memory = summary["memory"]["ours"], summary["memory"]["trainer"]
+    lines.append(
+        f"| 5. memory: peak RSS, growth from first to last trial | {_gb(ours_memory['peak_bytes'])}, "
+        f"{ours_memory['growth_bytes'] / 2**20:+.0f} MiB over {ours_memory['trials']} trials | "
+        f"{_gb(peer_memory['peak_bytes'])}, {peer_memory['growth_bytes'] / 2**20:+.0f} MiB over "
+        f"{peer_memory['trials']} trials | {ours_memory['peak_bytes'] / peer_memory['peak_bytes']:.2f}x | - | - |")
+    lines += ["", "## Levers (speed-up of this harness's own path with the lever on)", "",
+              "| lever | speed-up |", "|:------|---------:|"]
+    lines += [f"| {name} | {ratio:.2f}x |" for name, ratio in summary["levers"].items()]
+    lines += ["", "## Targets", "", "| target | measured | verdict | why, where missed |",
+              "|:-------|---------:|:--------|:------------------|"]
+    for name, value in targets.items():
+        bound = "<=" if name in ("overhead_share", "time_to_peer_best") else ">="
+        measured = "-" if value is None else f"{value:.2f}"
+        verdict = _met(name, value)
+        why = "-" if verdict == "met" else _why_missed(name, report, summary)
+        lines.append(f"| {name} ({bound} {TARGETS[name]}) | {measured} | {verdict} | {why} |")
+    return "\n".join(lines) + "\n"

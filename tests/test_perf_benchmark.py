@@ -1,0 +1,102 @@
+"""The performance benchmark: a tiny run proves the script works end to end (the measured
+run is `python -m benchmarks.perf`, not a test), and its arithmetic is checked by hand."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmark.config import load_config
+from benchmarks import perf
+from benchmarks.table import best_so_far, render_markdown, summarize, time_to_reach
+from tests.test_study import write_config
+
+
+def test_best_so_far_keeps_improvements_of_complete_trials_only():
+    trials = [
+        {"ended_s": 30.0, "state": "complete", "value": 0.5},
+        {"ended_s": 10.0, "state": "complete", "value": 0.6},
+        {"ended_s": 20.0, "state": "pruned", "value": None},
+        {"ended_s": 40.0, "state": "complete", "value": 0.9},
+    ]
+    curve = best_so_far(trials)
+    assert curve == [(10.0, 0.6), (40.0, 0.9)]
+    assert time_to_reach(curve, 0.6) == 10.0
+    assert time_to_reach(curve, 0.7) == 40.0
+    assert time_to_reach(curve, 0.95) is None
+
+
+def _report(ours_seconds: float, trainer_seconds: float) -> dict:
+    def row(tokens, seconds):
+        return {"tokens": tokens, "seconds": seconds, "loss": 1.0}
+
+    search_side = {
+        "seconds": 100.0, "rss_peak": 3 * 2**30,
+        "trials": [
+            {"ended_s": 40.0, "state": "complete", "value": 0.8, "rss": 2**30, "wall_seconds": 40.0,
+             "train_seconds": 30.0, "eval_seconds": 6.0, "load_seconds": 2.0},
+            {"ended_s": 90.0, "state": "complete", "value": 0.9, "rss": 2**30 + 2**20, "wall_seconds": 50.0,
+             "train_seconds": 45.0, "eval_seconds": 3.0, "load_seconds": 1.0},
+        ],
+    }
+    peer_side = {**search_side, "trials": [
+        {"ended_s": 60.0, "state": "complete", "value": 0.85, "rss": 2**30},
+        {"ended_s": 120.0, "state": "complete", "value": 0.8, "rss": 2**30}]}
+    return {
+        "device": "cpu", "torch_threads": 2, "dataset": "topics", "native_bf16": False,
+        "matmul_peak_flops": {"fp32": 100e9, "bf16": 1.3e9},
+        "throughput": {"enc": {
+            "flops_per_token": 1e6,
+            "ours fp32": row(1000, ours_seconds), "ours fp32 foreach-adamw": row(1000, ours_seconds * 1.1),
+            "trainer fp32 random": row(1000, trainer_seconds),
+            "trainer fp32 group_by_length": row(1000, trainer_seconds * 2),
+        }},
+        "levers": {"eval_subset": {"full": {"examples": 200, "seconds": 4.0},
+                                   "subset": {"examples": 100, "seconds": 2.0}}},
+        "search": {"budget_s": 100, "ours": search_side, "trainer": {**peer_side, "seconds": 125.0}},
+    }
+
+
+def test_summary_ratios_and_verdicts_by_hand():
+    summary = summarize(_report(ours_seconds=1.0, trainer_seconds=1.5))
+    throughput = summary["throughput"]["enc"]
+    assert throughput["ratio"] == pytest.approx(1.5)  # 1000 t/s against 666.7 t/s
+    assert throughput["trainer"] == "trainer fp32 random"
+    assert summary["mfu"]["enc"]["fp32"] == pytest.approx(1e6 * 1000 / 100e9)
+    assert summary["levers"]["fused AdamW (enc, fp32)"] == pytest.approx(1.1)
+    # 100 s of search, 75 s of it in training steps
+    assert summary["overhead"]["share"] == pytest.approx(0.25)
+    assert summary["overhead"]["between_trials_s"] == pytest.approx(10.0)
+    # the peer's best, 0.85, was passed by ours at 90 s, of the peer's 125 s
+    assert summary["search"]["ours_time_to_trainer_best"] == 90.0
+    assert summary["search"]["ours_time_share"] == pytest.approx(0.72)
+    assert summary["memory"]["ours"]["growth_bytes"] == 2**20
+    table = render_markdown(_report(1.0, 1.5), summary)
+    assert "| 1. training throughput, enc (real tokens/s) | 1000 (ours fp32) | 667 (trainer fp32 random) | 1.50x" in table
+    assert "missed by 44%" in table  # 0.72 against at most 0.5
+    # outside training: load 3 s, evaluation 9 s, other in trials 90-75-3-9 = 3 s, between trials 10 s
+    assert "| overhead_share (<= 0.05) | 0.25 | missed by 400% | the largest part is between trials: 10.0 s of 100 s |" in table
+    assert "bf16 matmul peak is 1.3 GFLOP/s, 77x below fp32" in table
+
+
+def test_quick_run_measures_every_row_against_trainer(tmp_path, tiny_encoders, monkeypatch):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert", "roberta")))
+    plan = perf.Plan(throughput_examples=32, batch_size=8, search_budget_s=6, search_train_examples=48,
+                     matmul_size=128)
+    report = perf.run(config, plan, tmp_path / "perf")
+    written = json.loads((tmp_path / "perf" / "PERF.json").read_text())
+    assert set(written["throughput"]) == {"bert", "roberta"}
+    for rows in written["throughput"].values():
+        # Both sides trained on the same 32 examples: the same real tokens
+        assert rows["ours fp32"]["tokens"] == rows["trainer fp32 random"]["tokens"] > 0
+    for side in ("ours", "trainer"):
+        assert written["search"][side]["trials"], side
+    ours_trials = written["search"]["ours"]["trials"]
+    assert all(t["train_seconds"] <= t["wall_seconds"] for t in ours_trials)
+    markdown = (tmp_path / "perf" / "PERF.md").read_text()
+    for row in ("1. training throughput, bert", "2. search", "3. model FLOPs utilization", "4. overhead",
+                "5. memory"):
+        assert row in markdown
+    assert report["summary"]["targets"].keys() == {"throughput_ratio", "mfu_bf16", "overhead_share",
+                                                    "time_to_peer_best"}
