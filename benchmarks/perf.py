@@ -305,9 +305,10 @@ def _in_fresh_process(function, *args):
 
 def run(config, plan: Plan, out: Path) -> dict:
     """Measure every row for `config`'s encoders on its first dataset; write PERF.json/.md."""
+    from benchmark.encoders import load_tokenizer
+    from benchmark.files import write_atomic
     from benchmark.preflight import prepare
     from benchmark.tokenization import tokenize_split
-    from benchmark.encoders import load_tokenizer
     from benchmark.training import Hyperparameters, autocast_dtype
 
     out.mkdir(parents=True, exist_ok=True)
@@ -358,8 +359,8 @@ def run(config, plan: Plan, out: Path) -> dict:
     }
     summary = summarize(report)
     report["summary"] = summary
-    (out / "PERF.json").write_text(json.dumps(report, indent=2, default=float) + "\n")
-    (out / "PERF.md").write_text(render_markdown(report, summary))
+    write_atomic(out / "PERF.json", json.dumps(report, indent=2, default=float) + "\n")
+    write_atomic(out / "PERF.md", render_markdown(report, summary))
     return report
 
 
