@@ -196,12 +196,14 @@ def fine_tune(
     settings: LoopSettings,
     on_step: Callable[[StepLog], None],
     on_evaluation: Callable[[Evaluation], None],
+    result: TrainingResult | None = None,
 ) -> TrainingResult:
     """Train for `hp.num_epochs`, evaluating every `eval_every_examples` and at the end.
 
     Each epoch takes only full batches (a fresh shuffle each time), so the examples seen
     are exactly steps x batch size. `on_evaluation` may raise (Optuna's TrialPruned,
-    say) to stop at once.
+    say) to stop at once; a caller that passes its own `result` still has the timings
+    of a run stopped that way.
     """
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -214,7 +216,7 @@ def fine_tune(
     total_steps = steps_per_epoch * hp.num_epochs
     optimizer = _optimizer(model, hp, settings)
     scheduler = _linear_warmup_decay(optimizer, round(hp.warmup_ratio * total_steps), total_steps)
-    result = TrainingResult()
+    result = result if result is not None else TrainingResult()
     checkpoint_split = validation
     if settings.eval_subset_examples is not None and settings.eval_subset_examples < len(validation):
         _, subset = stratified_split(validation.labels, settings.eval_subset_examples / len(validation),

@@ -16,8 +16,8 @@ from benchmark.data import TextClassificationData
 from benchmark.encoders import Encoder, load_classifier, load_tokenizer
 from benchmark.tokenization import TokenizationCache
 from benchmark.tracking import Tracker
-from benchmark.training import (Evaluation, Hyperparameters, LoopSettings, NonFiniteLoss, StepLog, fine_tune,
-                                padding_multiple)
+from benchmark.training import (Evaluation, Hyperparameters, LoopSettings, NonFiniteLoss, StepLog, TrainingResult,
+                                fine_tune, padding_multiple)
 
 ENCODER_PARAM = "encoder"
 
@@ -84,6 +84,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
     started = time.perf_counter()
     model = None
     tokens_seen = 0  # by every attempt, pruned or not: the cost side of the comparison
+    progress = TrainingResult()  # the timings so far, kept when a trial is pruned or fails
 
     def on_step(log: StepLog) -> None:
         nonlocal tokens_seen
@@ -114,7 +115,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         out_of_memory = None
         try:
             result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels,
-                               hp, settings, on_step, on_evaluation)
+                               hp, settings, on_step, on_evaluation, progress)
         except Exception as error:
             if not is_out_of_memory(error) or hp.batch_size < 2:
                 raise
@@ -129,15 +130,14 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
             release_memory(study.device)
             torch.manual_seed(settings.seed)
             model = load_classifier(encoder, study.data.label_names, hp.dropout)
+            progress = TrainingResult()
             result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels, hp,
-                               replace(settings, micro_batch_size=micro_batch), on_step, on_evaluation)
+                               replace(settings, micro_batch_size=micro_batch), on_step, on_evaluation, progress)
         final = result.final
         for name, value in final.metrics.items():
             trial.set_user_attr(f"validation_{name}", value)
         trial.set_user_attr("validation_loss", final.loss)
         trial.set_user_attr("steps", result.steps)
-        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
-        trial.set_user_attr("eval_seconds", round(result.eval_seconds, 3))
         run.finish("complete", None)
         return final.metrics[study.metric]
     except optuna.TrialPruned as pruned:
@@ -156,6 +156,9 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         raise
     finally:
         trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 3))
+        # Pruned and failed trials too: the overhead and cost figures need every trial's time.
+        trial.set_user_attr("train_seconds", round(progress.train_seconds, 3))
+        trial.set_user_attr("eval_seconds", round(progress.eval_seconds, 3))
         trial.set_user_attr("train_tokens", tokens_seen)
         del model
         release_memory(study.device)

@@ -170,6 +170,10 @@ def test_pruned_trial_is_stored_as_pruned_with_its_reason(tmp_path, tiny_encoder
         assert trial.state == optuna.trial.TrialState.PRUNED
         assert list(trial.intermediate_values) == [48]  # eval_every_examples, whatever the batch size
         assert trial.user_attrs["prune_reason"].startswith("pruned after 48 examples")
+        # its time up to the prune is kept, for the cost and overhead figures
+        attrs = trial.user_attrs
+        assert 0 < attrs["train_seconds"] and 0 < attrs["eval_seconds"]
+        assert attrs["train_seconds"] + attrs["eval_seconds"] <= attrs["wall_seconds"]
 
 
 def test_sampled_dropout_reaches_the_trained_model(tmp_path, tiny_encoders, monkeypatch):
