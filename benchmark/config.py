@@ -187,6 +187,8 @@ class PrunerSpec(_Strict):
     percentile: float = Field(default=50.0, gt=0, lt=100)
     min_resource: int = Field(default=1, ge=1)
     reduction_factor: int = Field(default=3, ge=2)
+    # Compare a trial only with trials of the same encoder (see `pruning.PerEncoderPruner`).
+    per_encoder: bool = True
 
 
 class Budget(_Strict):

@@ -41,7 +41,7 @@ class Plan:
     matmul_size: int
 
 
-FULL = Plan(throughput_examples=96, batch_size=16, search_budget_s=240, search_train_examples=240, matmul_size=2048)
+FULL = Plan(throughput_examples=192, batch_size=16, search_budget_s=240, search_train_examples=240, matmul_size=2048)
 # A GPU does in milliseconds what takes a CPU seconds: more work per row, or start-up dominates.
 FULL_CUDA = Plan(throughput_examples=1024, batch_size=32, search_budget_s=90, search_train_examples=1200,
                  matmul_size=8192)

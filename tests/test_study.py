@@ -18,7 +18,7 @@ from benchmark.config import load_config
 from benchmark.preflight import prepare
 from benchmark.report import REPORT_FILE
 from benchmark.results import RESULT_FILES, trials_frame
-from benchmark.study import FINISHED
+from benchmark.study import FINISHED, settle_memory
 from tests.conftest import make_texts
 
 
@@ -328,8 +328,9 @@ def test_host_memory_does_not_grow_across_twenty_trials(tmp_path, tiny_encoders)
         if torch.cuda.is_available():
             gpu_readings.append(torch.cuda.memory_allocated())
 
-    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=20, callbacks=[measure],
-                   gc_after_trial=True)
+    # as run_study does between trials: collect, then freeze what survived
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=20,
+                   callbacks=[settle_memory, measure])
     warm = readings[4]  # after both encoders' tokenizations are cached and allocators warmed up
     assert max(readings[5:]) <= warm * 1.05, [round(r / 2**20) for r in readings]
     if gpu_readings:  # only where the trials ran on a GPU
