@@ -225,6 +225,8 @@ class TrainingSpec(_Strict):
     # Pruning checkpoints evaluate on this many validation examples (a fixed stratified
     # subset); the final evaluation, the trial's value, always uses the whole split.
     eval_subset_examples: int | None = Field(default=None, gt=0)
+    # Batches of similar lengths (as Trainer's `group_by_length`): less padding per batch.
+    group_by_length: bool = False
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     seed: int = 0
 

@@ -76,6 +76,23 @@ class TokenizationCache:
         return self._entries[key]
 
 
+def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
+                   batches_per_group: int = 50) -> np.ndarray:
+    """`order` rearranged so that each run of `batch_size` holds examples of similar length.
+
+    The shuffled order is cut into groups of `batches_per_group` batches; each group is
+    sorted by length and cut into batches, and the batches are shuffled. A batch is padded
+    to its longest example, so similar lengths waste less compute on padding, while the
+    groups keep the batches as random as the shuffle made them, apart from length.
+    """
+    group_size = batch_size * batches_per_group
+    grouped = [group[np.argsort(-lengths[group], kind="stable")]
+               for group in (order[start:start + group_size] for start in range(0, len(order), group_size))]
+    flat = np.concatenate(grouped) if grouped else order
+    chunks = [flat[start:start + batch_size] for start in range(0, len(flat), batch_size)]
+    return np.concatenate([chunks[i] for i in rng.permutation(len(chunks))]) if chunks else flat
+
+
 def batches(split: TokenizedSplit, order: np.ndarray, batch_size: int, device: torch.device,
             pad_to_multiple_of: int = 1) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int]]:
     """(model inputs, labels, real token count) per batch, padded to the longest in the batch,

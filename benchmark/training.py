@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from benchmark.metrics import classification_metrics
 from benchmark.data import stratified_split
-from benchmark.tokenization import TokenizedSplit, batches
+from benchmark.tokenization import TokenizedSplit, batches, length_grouped
 
 # Devices with a fused AdamW kernel in PyTorch; elsewhere the multi-tensor (foreach) one.
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
@@ -55,6 +55,8 @@ class LoopSettings:
     # Pruning checkpoints are evaluated on this many validation examples (a fixed
     # stratified subset, the same in every trial); the last evaluation on all of them.
     eval_subset_examples: int | None = None
+    # Training batches of similar lengths (see tokenization.length_grouped): less padding.
+    group_by_length: bool = False
 
 
 @dataclass(frozen=True)
@@ -233,9 +235,12 @@ def fine_tune(
         result.evaluations.append(evaluation)
         on_evaluation(evaluation)
 
+    lengths = train.lengths
     step = 0
     for _ in range(hp.num_epochs):
         order = rng.permutation(len(train))[:steps_per_epoch * hp.batch_size]
+        if settings.group_by_length:
+            order = length_grouped(order, lengths, hp.batch_size, rng)
         for inputs, labels, tokens in batches(train, order, hp.batch_size, settings.device,
                                               settings.pad_to_multiple_of):
             started = time.perf_counter()

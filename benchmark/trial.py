@@ -48,6 +48,7 @@ def loop_settings(study: DatasetStudy, seed: int, eval_every_examples: int | Non
         autocast_dtype=study.autocast_dtype,
         pad_to_multiple_of=padding_multiple(study.device),
         eval_subset_examples=training.eval_subset_examples,
+        group_by_length=training.group_by_length,
     )
 
 

@@ -27,6 +27,8 @@ import torch
 from benchmarks.table import Measurement, render_markdown, summarize
 
 # The hyperparameters of the throughput rows: one epoch, mid-range values of the default space.
+# Batch orders on both sides: shuffled, and shuffled in groups of similar length.
+SAMPLINGS = ("random", "group_by_length")
 THROUGHPUT_HP = dict(learning_rate=5e-5, warmup_ratio=0.1, dropout=0.1, max_grad_norm=1.0, weight_decay=0.01)
 
 
@@ -79,7 +81,8 @@ def training_flops_per_token(model: torch.nn.Module) -> float:
     return 6.0 * (sum(p.numel() for p in model.parameters()) - embedding)
 
 
-def measure_ours(study, encoder_name: str, train, hp, dtype, fused: bool = True) -> tuple[Measurement, float]:
+def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str,
+                 fused: bool = True) -> tuple[Measurement, float]:
     from benchmark.encoders import load_classifier
     from benchmark.training import fine_tune
     from benchmark.trial import loop_settings
@@ -87,7 +90,8 @@ def measure_ours(study, encoder_name: str, train, hp, dtype, fused: bool = True)
     # One tiny evaluation at the end, which fine_tune always does; its time is subtracted.
     validation = train.subset(np.arange(min(len(train), 8)))
     settings = replace(loop_settings(study, seed=0, eval_every_examples=10**9), autocast_dtype=dtype,
-                       fused_optimizer=fused, eval_subset_examples=None)
+                       fused_optimizer=fused, eval_subset_examples=None,
+                       group_by_length=sampling == "group_by_length")
     torch.manual_seed(0)
     model = load_classifier(study.encoders[encoder_name], study.data.label_names, hp.dropout)
     flops = training_flops_per_token(model)
@@ -257,7 +261,8 @@ def search_trainer(config, plan: Plan, workdir: str) -> dict:
         return classification_metrics(np.asarray(prediction.label_ids), predictions, study_spec.data.num_labels)
 
     args = _trainer_arguments(Path(workdir) / "trainer", study_spec.device,
-                              bf16=study_spec.autocast_dtype == torch.bfloat16, sampling="random",
+                              bf16=study_spec.autocast_dtype == torch.bfloat16,
+                              sampling="group_by_length" if config.training.group_by_length else "random",
                               batch_size=16, eval_strategy="epoch")
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=validation,
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
@@ -340,12 +345,14 @@ def run(config, plan: Plan, out: Path) -> dict:
                                            * plan.batch_size))
         rows: dict = {}
         for precision, dtype in precisions.items():
-            rows[f"ours {precision}"], flops_per_token = measure_ours(study, encoder_name, train, hp, dtype)
-            for sampling in ("random", "group_by_length"):
+            for sampling in SAMPLINGS:
+                rows[f"ours {precision} {sampling}"], flops_per_token = measure_ours(
+                    study, encoder_name, train, hp, dtype, sampling)
                 rows[f"trainer {precision} {sampling}"] = measure_trainer(
                     study, encoder_name, train, hp, precision == "bf16", sampling, workdir / "trainer")
         # The fused-optimizer lever: the same run with the multi-tensor (foreach) AdamW.
-        rows["ours fp32 foreach-adamw"], _ = measure_ours(study, encoder_name, train, hp, None, fused=False)
+        rows["ours fp32 random foreach-adamw"], _ = measure_ours(study, encoder_name, train, hp, None, "random",
+                                                                 fused=False)
         report["throughput"][encoder_name] = {
             "flops_per_token": flops_per_token, **{key: asdict(value) for key, value in rows.items()}}
         for key, value in rows.items():

@@ -44,27 +44,29 @@ def summarize(report: dict) -> dict:
     """Every row of the table, with its ratio and whether the target was met."""
     summary: dict = {"throughput": {}, "mfu": {}, "levers": {}}
     for encoder, rows in report["throughput"].items():
-        precisions = [key.split()[1] for key in rows if key.startswith("ours ") and "foreach" not in key]
-        ours = {key: _tokens_per_second(row) for key, row in rows.items() if key.startswith("ours ") and "foreach" not in key}
+        ours = {key: _tokens_per_second(row) for key, row in rows.items()
+                if key.startswith("ours ") and "foreach" not in key}
         peer = {key: _tokens_per_second(row) for key, row in rows.items() if key.startswith("trainer ")}
+        precisions = sorted({key.split()[1] for key in ours})
         best_ours, best_peer = max(ours, key=ours.get), max(peer, key=peer.get)
+
+        def best_at(side: dict, precision: str) -> float:
+            return max(v for k, v in side.items() if k.split()[1] == precision)
+
         summary["throughput"][encoder] = {
             "ours": best_ours, "ours_tokens_per_second": ours[best_ours],
             "trainer": best_peer, "trainer_tokens_per_second": peer[best_peer],
             "ratio": ours[best_ours] / peer[best_peer],
-            "same_precision_ratios": {
-                precision: ours[f"ours {precision}"] / max(v for k, v in peer.items() if k.split()[1] == precision)
-                for precision in precisions
-            },
+            "same_precision_ratios": {p: best_at(ours, p) / best_at(peer, p) for p in precisions},
         }
         summary["mfu"][encoder] = {
-            precision: rows["flops_per_token"] * ours[f"ours {precision}"] / report["matmul_peak_flops"][precision]
-            for precision in precisions
-        }
+            p: rows["flops_per_token"] * best_at(ours, p) / report["matmul_peak_flops"][p] for p in precisions}
         summary["levers"][f"fused AdamW ({encoder}, fp32)"] = (
-            ours["ours fp32"] / _tokens_per_second(rows["ours fp32 foreach-adamw"]))
+            ours["ours fp32 random"] / _tokens_per_second(rows["ours fp32 random foreach-adamw"]))
+        summary["levers"][f"length-grouped batches ({encoder}, fp32)"] = (
+            ours["ours fp32 group_by_length"] / ours["ours fp32 random"])
         if "bf16" in precisions:
-            summary["levers"][f"bf16 autocast ({encoder})"] = ours["ours bf16"] / ours["ours fp32"]
+            summary["levers"][f"bf16 autocast ({encoder})"] = best_at(ours, "bf16") / best_at(ours, "fp32")
     subset = report["levers"]["eval_subset"]
     summary["levers"]["evaluation on the stratified subset (time per checkpoint)"] = (
         subset["full"]["seconds"] / subset["subset"]["seconds"])

@@ -11,7 +11,7 @@ from benchmark.config import DatasetSpec, EncoderSpec
 from benchmark.data import prepare
 from benchmark.encoders import load_classifier, load_tokenizer, resolve
 from benchmark.metrics import classification_metrics
-from benchmark.tokenization import TokenizationCache, batches, tokenize_split
+from benchmark.tokenization import TokenizationCache, batches, length_grouped, tokenize_split
 import benchmark.training
 from benchmark.training import (Hyperparameters, LoopSettings, _linear_warmup_decay, _optimizer, autocast_dtype,
                                 evaluate, fine_tune, padding_multiple)
@@ -171,6 +171,51 @@ def test_padding_to_a_multiple_widens_the_batch_but_not_the_real_tokens(topics, 
     assert torch.equal(padded["attention_mask"][:, :width], plain["attention_mask"])
     assert padded["attention_mask"][:, width:].sum() == 0
     assert padding_multiple(torch.device("cuda")) == 8 and padding_multiple(CPU) == 1
+
+
+def test_length_grouped_batches_hold_similar_lengths_from_one_group():
+    lengths = np.array([5, 1, 7, 3, 8, 2, 6, 4])
+    grouped = length_grouped(np.arange(8), lengths, batch_size=2, rng=np.random.default_rng(0), batches_per_group=2)
+    # Groups [0..3] and [4..7], each sorted longest first and cut into batches, batches shuffled.
+    batches_of_two = {tuple(grouped[i:i + 2]) for i in range(0, 8, 2)}
+    assert batches_of_two == {(2, 0), (3, 1), (4, 6), (7, 5)}
+    assert sorted(grouped) == list(range(8))
+
+    def padded_tokens(order):
+        return sum(2 * lengths[order[i:i + 2]].max() for i in range(0, 8, 2))
+
+    assert padded_tokens(grouped) == 2 * (7 + 3 + 8 + 4)  # 44 for 36 real tokens
+    assert padded_tokens(np.arange(8)) == 2 * (5 + 7 + 8 + 6)  # 52 without grouping
+
+
+def test_length_grouped_training_sees_the_same_examples_with_less_padding(topics, bert, monkeypatch):
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    hp = Hyperparameters(learning_rate=3e-3, warmup_ratio=0.1, dropout=0.0, max_grad_norm=1.0,
+                         weight_decay=0.01, batch_size=16, num_epochs=1)
+    trained = []
+    real_batches = benchmark.training.batches
+
+    def recording_batches(split, order, batch_size, *args):
+        if batch_size == hp.batch_size:  # the training batches, not the evaluation's
+            trained.append(order.copy())
+        yield from real_batches(split, order, batch_size, *args)
+
+    monkeypatch.setattr(benchmark.training, "batches", recording_batches)
+    runs = {}
+    for grouped in (False, True):
+        settings = LoopSettings(eval_every_examples=10**6, eval_batch_size=64, seed=0, device=CPU,
+                                autocast_dtype=None, group_by_length=grouped)
+        trained.clear()
+        result = fine_tune(load_classifier(bert, topics.label_names, dropout=0.0), tokenized.train,
+                           tokenized.validation, topics.num_labels, hp, settings, lambda s: None, lambda e: None)
+        (order,) = trained
+        lengths = tokenized.train.lengths[order]
+        padded = sum(len(batch) * batch.max() for batch in np.split(lengths, len(lengths) // hp.batch_size))
+        runs[grouped] = result, order, padded
+    (plain, plain_order, plain_padded), (grouped, grouped_order, grouped_padded) = runs[False], runs[True]
+    assert sorted(grouped_order) == sorted(plain_order), "the epoch's examples, in another order"
+    assert grouped.train_tokens == plain.train_tokens
+    assert grouped_padded < plain_padded
 
 
 def test_fused_adamw_where_the_device_has_it(topics, bert):
