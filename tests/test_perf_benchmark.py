@@ -75,6 +75,8 @@ def test_summary_ratios_and_verdicts_by_hand():
     assert summary["search"]["ours_time_to_trainer_best"] == 90.0
     assert summary["search"]["ours_time_share"] == pytest.approx(0.72)
     assert summary["memory"]["ours"]["growth_bytes"] == 2**20
+    # with two trials, the warm-up reading is the last one
+    assert summary["memory"]["ours"]["growth_after_warmup_bytes"] == 0
     table = render_markdown(_report(1.0, 1.5), summary)
     assert "| 1. training throughput, enc (real tokens/s) | 1000 (ours fp32 group_by_length) | 667 (trainer fp32 random) | 1.50x" in table
     assert "missed by 44%" in table  # 0.72 against at most 0.5
@@ -104,3 +106,13 @@ def test_quick_run_measures_every_row_against_trainer(tmp_path, tiny_encoders, m
         assert row in markdown
     assert report["summary"]["targets"].keys() == {"throughput_ratio", "mfu_bf16", "overhead_share",
                                                     "time_to_peer_best"}
+
+
+def test_memory_growth_is_also_read_after_the_warm_up_trials():
+    from benchmarks.table import _memory
+
+    mib = 2**20
+    trials = [{"rss": r * mib} for r in (100, 150, 180, 200, 205, 210)]
+    memory = _memory({"rss_peak": 250 * mib, "trials": trials})
+    assert memory["growth_bytes"] == 110 * mib  # first to last, allocator warm-up included
+    assert memory["growth_after_warmup_bytes"] == 10 * mib  # from trial 3 (200 MiB) to the last
