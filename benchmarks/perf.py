@@ -26,9 +26,9 @@ import torch
 
 from benchmarks.table import Measurement, render_markdown, summarize
 
-# The hyperparameters of the throughput rows: one epoch, mid-range values of the default space.
 # Batch orders on both sides: shuffled, and shuffled in groups of similar length.
 SAMPLINGS = ("random", "group_by_length")
+# The hyperparameters of the throughput rows: one epoch, mid-range values of the default space.
 THROUGHPUT_HP = dict(learning_rate=5e-5, warmup_ratio=0.1, dropout=0.1, max_grad_norm=1.0, weight_decay=0.01)
 
 
