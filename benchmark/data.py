@@ -7,6 +7,7 @@ source gets the same checks and the same clear errors.
 
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -46,10 +47,21 @@ class TextClassificationData:
     validation: Split
     test: Split
     label_names: tuple[str, ...]  # label id -> original label, recorded with the study
+    duplicates_dropped: int = 0  # repeated texts removed before splitting (see _drop_duplicates)
 
     @property
     def num_labels(self) -> int:
         return len(self.label_names)
+
+    def absent_classes(self) -> dict[str, tuple[str, ...]]:
+        """Per split, the classes of the label set (built from train) it has no example of."""
+        absent = {}
+        for split in SPLITS:
+            present = set(getattr(self, split).labels.tolist())
+            missing = tuple(label for index, label in enumerate(self.label_names) if index not in present)
+            if missing:
+                absent[split] = missing
+        return absent
 
 
 class DatasetSource(Protocol):
@@ -135,7 +147,24 @@ def _read_twitter_sentiment() -> dict[str, pd.DataFrame]:
     return {"train": frame.rename(columns={"sentiment": "label"})[["text", "label"]]}
 
 
-OFFLINE_DATASETS = {"bbc_news": _read_bbc_news, "twitter_sentiment": _read_twitter_sentiment}
+def _read_drug_reviews() -> dict[str, pd.DataFrame]:
+    root = assets.fetch(assets.DRUG_REVIEWS)
+    return {split: _drug_review_table(root / f"drugsCom{file_split}.tsv")
+            for split, file_split in (("train", "Train"), ("test", "Test"))}
+
+
+def _drug_review_table(path: Path) -> pd.DataFrame:
+    frame = pd.read_csv(path, sep="\t", encoding="utf-8")
+    # The scraped reviews keep Drugs.com's HTML entities (didn&#039;t, &amp;, &rsquo;),
+    # which a tokenizer would split into pieces no pretrained vocabulary saw in running
+    # text; and each review is wrapped in one pair of literal quotes, the same for every
+    # class, which only costs tokens.
+    unquoted = frame["review"].str.strip().str.removeprefix('"').str.removesuffix('"')
+    return pd.DataFrame({"text": unquoted.map(html.unescape).str.strip(), "label": frame["rating"]})
+
+
+OFFLINE_DATASETS = {"bbc_news": _read_bbc_news, "twitter_sentiment": _read_twitter_sentiment,
+                    "drug_reviews": _read_drug_reviews}
 
 
 @dataclass(frozen=True)
@@ -169,7 +198,7 @@ def load_dataset(name: str, spec: DatasetSpec, seed: int) -> TextClassificationD
 
 
 def prepare(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, seed: int) -> TextClassificationData:
-    """Check the raw tables, map labels to ids and cut the splits a source lacks."""
+    """Check the raw tables, drop repeated texts, map labels to ids and cut the splits a source lacks."""
     rng = np.random.default_rng(seed)
     chosen = {split: _pick_split(name, frames, spec, split) for split in SPLITS}
     if chosen["train"] is None:
@@ -179,13 +208,24 @@ def prepare(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, seed:
         )
     tables = {split: _check_table(name, split, frames[source_split], spec)
               for split, source_split in chosen.items() if source_split is not None}
+    tables, duplicates = _drop_duplicates(tables)
 
-    label_names = tuple(sorted({str(v) for table in tables.values() for v in table["label"]}))
+    # From train alone: a class the model is never trained on cannot be learned, and
+    # reading the label set off the test split would leak what it holds.
+    label_names = tuple(sorted({str(v) for v in tables["train"]["label"]}))
     if len(label_names) < 2:
         raise BenchmarkError(
-            f"datasets.{name}: column '{spec.label}' has a single class ({', '.join(label_names)}); "
-            f"classification needs at least two"
+            f"datasets.{name}: column '{spec.label}' has a single class ({', '.join(label_names)}) "
+            f"in the train split; classification needs at least two"
         )
+    for split, table in tables.items():
+        unseen = sorted({str(v) for v in table["label"]} - set(label_names))
+        if unseen:
+            raise BenchmarkError(
+                f"datasets.{name}.label: class(es) {', '.join(map(repr, unseen))} occur in the {split} "
+                f"split but never in train, so no model can learn them; drop those rows from the "
+                f"{split} split, or map only train with 'splits: {{train: NAME}}' to cut {split} from it"
+            )
     label_ids = {label: index for index, label in enumerate(label_names)}
     splits = {split: _to_split(table, label_ids) for split, table in tables.items()}
 
@@ -202,8 +242,36 @@ def prepare(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, seed:
 
     for split in SPLITS:
         if len(splits[split]) == 0:
-            raise BenchmarkError(f"datasets.{name}: the {split} split is empty")
-    return TextClassificationData(name=name, label_names=label_names, **splits)
+            raise BenchmarkError(f"datasets.{name}: the {split} split is empty"
+                                 f"{f' after dropping {duplicates} duplicate(s)' if duplicates else ''}")
+    return TextClassificationData(name=name, label_names=label_names, duplicates_dropped=duplicates, **splits)
+
+
+def _drop_duplicates(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], int]:
+    """The tables without repeated texts (equal after case folding and collapsing
+    whitespace; for pairs, both texts), and how many rows that dropped.
+
+    A text in two splits would be scored on examples the model trained on, so held-out
+    splits keep their copy: test first, then validation, then train, and the test split
+    loses only its own repeats. Within a split the first row is kept, also when a copy
+    carries another label: which of two conflicting labels is right cannot be told from
+    the data, and the source's order is a choice that does not depend on the seed.
+    """
+    seen: set[tuple[str, ...]] = set()
+    kept, dropped = {}, 0
+    for split in ("test", "validation", "train"):
+        if split not in tables:
+            continue
+        table = tables[split]
+        columns = [table[column] for column in ("text", "text_pair") if column in table]
+        keep = []
+        for texts in zip(*columns):
+            key = tuple(" ".join(text.split()).casefold() for text in texts)
+            keep.append(key not in seen)
+            seen.add(key)
+        kept[split] = table[keep]
+        dropped += len(table) - int(sum(keep))
+    return {split: kept[split] for split in tables}, dropped
 
 
 def _pick_split(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, split: str) -> str | None:

@@ -2,17 +2,27 @@
 
 Architectures name their dropout settings differently, so `DROPOUT_KEYS` maps each
 model type to every config key that feeds an `nn.Dropout` in its sequence classifier.
+
+A checkpoint is read best the way it was trained to present a sentence: transformers'
+sequence classifiers read the [CLS] token's state, while sentence-transformers
+checkpoints were trained on the mean of the real tokens' states (`pooling: mean`).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import torch
+
 from benchmark import assets
 from benchmark.config import EncoderSpec
 from benchmark.errors import BenchmarkError
+
+# sentence-transformers' pooling modes (keys of `1_Pooling/config.json`) we can build.
+_POOLING_MODES = {"pooling_mode_cls_token": "cls", "pooling_mode_mean_tokens": "mean"}
 
 _BERT_LIKE = ("hidden_dropout_prob", "attention_probs_dropout_prob", "classifier_dropout")
 
@@ -89,6 +99,7 @@ class Encoder:
     model_type: str
     revision: str | None
     trust_remote_code: bool
+    pooling: str  # "cls" or "mean"
 
     @property
     def dropout_keys(self) -> tuple[str, ...]:
@@ -115,13 +126,37 @@ def resolve(name: str, spec: EncoderSpec) -> Encoder:
             f"encoders.{name}: architecture '{config.model_type}' has no dropout mapping; "
             f"supported: {', '.join(sorted(DROPOUT_KEYS))}"
         )
-    encoder = Encoder(name, location, config.model_type, spec.revision, spec.trust_remote_code)
+    encoder = Encoder(name, location, config.model_type, spec.revision, spec.trust_remote_code,
+                      spec.pooling or declared_pooling(name, location))
     try:
         load_tokenizer(encoder)("a first check", "of the tokenizer")
     except Exception as exc:  # e.g. a SentencePiece model without its library
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BenchmarkError(f"encoders.{name}: cannot load the tokenizer of '{location}' ({first_line})") from None
     return encoder
+
+
+def declared_pooling(name: str, location: str) -> str:
+    """The pooling a sentence-transformers checkpoint declares; [CLS] when it declares none.
+
+    Only a local directory is read: a hub id's folder is not reachable without the cache.
+    """
+    path = Path(location) / "1_Pooling" / "config.json"
+    if not path.is_file():
+        return "cls"
+    try:
+        declared = json.loads(path.read_text())
+        enabled = sorted(key for key, value in declared.items() if key.startswith("pooling_mode_") and value)
+    except (OSError, ValueError, AttributeError) as exc:
+        raise BenchmarkError(f"encoders.{name}: cannot read the pooling of {path} ({exc}); "
+                             f"set the encoder's `pooling` (cls or mean)") from None
+    if len(enabled) == 1 and enabled[0] in _POOLING_MODES:
+        return _POOLING_MODES[enabled[0]]
+    # Another head than the one the checkpoint was trained with would be a silent handicap.
+    raise BenchmarkError(
+        f"encoders.{name}: {path} declares the pooling {', '.join(enabled) or 'none'}; only "
+        f"{' or '.join(_POOLING_MODES)} alone can be built: set the encoder's `pooling` (cls or mean)"
+    )
 
 
 def load_tokenizer(encoder: Encoder):
@@ -133,8 +168,8 @@ def load_tokenizer(encoder: Encoder):
 
 
 def load_classifier(encoder: Encoder, label_names: tuple[str, ...], dropout: float):
-    """A sequence classifier with a fresh head and every dropout set to `dropout`."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    """A sequence classifier with a fresh head, the encoder's pooling, and every dropout set to `dropout`."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(
         encoder.location,
@@ -145,9 +180,39 @@ def load_classifier(encoder: Encoder, label_names: tuple[str, ...], dropout: flo
         label2id={label: index for index, label in enumerate(label_names)},
         **{key: dropout for key in encoder.dropout_keys},
     )
-    return AutoModelForSequenceClassification.from_pretrained(
+    mean = encoder.pooling == "mean"
+    model = (AutoModel if mean else AutoModelForSequenceClassification).from_pretrained(
         encoder.location,
         config=config,
         revision=encoder.revision,
         trust_remote_code=encoder.trust_remote_code,
     )
+    return MeanPoolingClassifier(model, dropout) if mean else model
+
+
+class MeanPoolingClassifier(torch.nn.Module):
+    """A backbone's last hidden states averaged over the real (unmasked) tokens, then
+    dropout and a fresh linear head: a drop-in for transformers' sequence classifiers."""
+
+    def __init__(self, backbone, dropout: float):
+        super().__init__()
+        self.backbone = backbone
+        self.config = backbone.config
+        self.dropout = torch.nn.Dropout(dropout)
+        self.classifier = torch.nn.Linear(self.config.hidden_size, self.config.num_labels)
+        # Drawn as transformers draws its heads' linear layers, so a head's start is no confound.
+        torch.nn.init.normal_(self.classifier.weight, std=getattr(self.config, "initializer_range", 0.02))
+        torch.nn.init.zeros_(self.classifier.bias)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor | None = None, labels: torch.Tensor | None = None):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
+        # Pooled in fp32: bf16's 8-bit mantissa is coarse for a sum over dozens of tokens.
+        mask = attention_mask.unsqueeze(-1).float()
+        pooled = (hidden.float() * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+        logits = self.classifier(self.dropout(pooled))
+        loss = None if labels is None else torch.nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)

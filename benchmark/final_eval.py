@@ -18,14 +18,21 @@ from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.encoders import load_classifier, load_tokenizer
 from benchmark.errors import BenchmarkError
+from benchmark.metrics import classification_metrics
 from benchmark.study import DATASET_ATTR, METRIC_ATTR
 from benchmark.tokenization import tokenize_split
-from benchmark.training import Evaluation, Hyperparameters, StepLog, evaluate, fine_tune
+from benchmark.training import Evaluation, Hyperparameters, StepLog, fine_tune, predict
 from benchmark.trial import ENCODER_PARAM, DatasetStudy, loop_settings, release_memory
 
 FINAL_OF_ATTR = "final_evaluation_of"
 SEED_ATTR = "seed"
 SOURCE_TRIAL_ATTR = "source_trial"
+# Every test prediction is kept in the storage, so the paired comparison is rebuilt from it:
+# the run's predicted label ids and the final study's true ones, in the test split's order.
+PREDICTIONS_ATTR = "test_predictions"
+TEST_LABELS_ATTR = "test_labels"
+# What the last --final-eval asked for, so that the tables can say which runs are missing.
+SEEDS_REQUESTED_ATTR = "seeds_requested"
 # Far from the search's training seeds (the data seed plus the trial number).
 SEED_OFFSET = 1_000_000
 
@@ -63,6 +70,15 @@ def evaluation_candidates(storage: optuna.storages.BaseStorage, dataset_study: D
             f"datasets.{name}: the config now gives splits of {sizes}, but study '{search.study_name}' "
             f"searched on {searched}; run --final-eval with the config (and --seed) the search used"
         )
+    final_name = final_study_name(search.study_name)
+    if final_name in optuna.get_all_study_names(storage):
+        # The stored predictions are compared example by example, so the test split must not move.
+        scored = optuna.load_study(study_name=final_name, storage=storage).user_attrs.get(TEST_LABELS_ATTR)
+        if scored is not None and scored != data.test.labels.tolist():
+            raise BenchmarkError(
+                f"datasets.{name}: the test split's labels differ from those study '{final_name}' scored; "
+                f"run --final-eval with the config (and --seed) the search used"
+            )
     candidates = {encoder: trial for encoder, trial in best_trial_per_encoder(search).items()
                   if encoder in dataset_study.encoders}
     if not candidates:
@@ -79,8 +95,12 @@ def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: Da
     final.set_user_attr(FINAL_OF_ATTR, search_name)
     final.set_user_attr(DATASET_ATTR, name)
     final.set_user_attr(METRIC_ATTR, dataset_study.metric)
+    final.set_user_attr(TEST_LABELS_ATTR, dataset_study.data.test.labels.tolist())
+    final.set_user_attr(SEEDS_REQUESTED_ATTR, seeds)
+    # A run stored before predictions were kept is run again: the comparison needs them.
     done = {(t.user_attrs[SOURCE_TRIAL_ATTR], t.user_attrs[SEED_ATTR])
-            for t in final.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+            for t in final.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if PREDICTIONS_ATTR in t.user_attrs}
     for encoder_name, source in candidates.items():
         todo = [seed for seed in range(seeds) if (source.number, seed) not in done]
         if not todo:
@@ -91,13 +111,15 @@ def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: Da
                               dataset_study.config.training.max_length)
         for seed in todo:
             started = time.perf_counter()
-            validation_loss, validation, test_loss, scores = _train_and_test(dataset_study, source, test, seed)
+            validation_loss, validation, test_loss, predictions = _train_and_test(dataset_study, source, test, seed)
+            scores = classification_metrics(test.labels, predictions, dataset_study.data.num_labels)
             metric = dataset_study.metric
             final.add_trial(optuna.trial.create_trial(
                 state=TrialState.COMPLETE, value=scores[metric], params=source.params,
                 distributions=source.distributions,
                 user_attrs={
                     SEED_ATTR: seed, SOURCE_TRIAL_ATTR: source.number, "test_loss": test_loss,
+                    PREDICTIONS_ATTR: predictions.tolist(),
                     **{f"test_{key}": value for key, value in scores.items()},
                     "validation_loss": validation_loss,
                     **{f"validation_{key}": value for key, value in validation.items()},
@@ -123,8 +145,8 @@ def _train_and_test(dataset_study: DatasetStudy, source: FrozenTrial, test, seed
     try:
         result = fine_tune(model, tokenized.train, tokenized.validation, dataset_study.data.num_labels, hp,
                            settings, _ignore, _ignore)
-        test_loss, scores = evaluate(model, test, settings, dataset_study.data.num_labels)
-        return result.final.loss, result.final.metrics, test_loss, scores
+        test_loss, predictions = predict(model, test, settings)
+        return result.final.loss, result.final.metrics, test_loss, predictions
     finally:
         del model
         release_memory(dataset_study.device)

@@ -9,11 +9,14 @@ import numpy as np
 import pandas as pd
 
 from benchmark import stats
+from benchmark.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, TFIDF_LOGREG
 
 PARAM_PREFIX = "param_"
 TRIALS_PREFIX = "trials: "
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 SIGNIFICANCE_LEVEL = 0.05
+# Bootstrap resamples of the final evaluation: the smallest p-value it can show is 2 / 2001.
+FINAL_RESAMPLES = 2000
 
 
 def dataset_columns(trials: pd.DataFrame) -> dict[str, str]:
@@ -31,13 +34,17 @@ def best_per_encoder(trials: pd.DataFrame) -> pd.DataFrame:
     return complete.groupby(["study", "encoder"], as_index=False)["value"].max()
 
 
-def encoder_leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
+def encoder_leaderboard(trials: pd.DataFrame, references: pd.DataFrame | None = None) -> pd.DataFrame:
     """A row per encoder: per dataset its best validation value and how many trials it
     got (complete or pruned), then the mean rank and the mean normalized score.
 
     Rank 1 is best within a dataset; ties share the mean rank. The normalized score puts
     a dataset's worst encoder at 0 and its best at 1 (all at 1 when they tie). Both cover
     only the datasets an encoder has a complete trial on, and `datasets` says how many.
+
+    With `references` (see `results.references_frame`), `reference_flags` says where an
+    encoder does not clear a reference baseline, and a row per baseline follows the
+    encoders with its validation values; those rows take no rank and no normalized score.
     """
     best = best_per_encoder(trials)
     if best.empty:
@@ -60,7 +67,96 @@ def encoder_leaderboard(trials: pd.DataFrame) -> pd.DataFrame:
     table["datasets"] = per_encoder["rank"].count()
     table = table.reset_index().sort_values(["mean_rank", "encoder"], ignore_index=True)
     table.columns.name = None
-    return table
+    if references is None:
+        return table
+    flags = reference_flags(trials, references)
+    table["reference_flags"] = ["; ".join(f"{row.dataset}: {_flag_words(row)}"
+                                          for row in flags[flags["encoder"] == encoder].itertuples())
+                                for encoder in table["encoder"]]
+    return _with_reference_rows(table, references, columns)
+
+
+def _with_reference_rows(table: pd.DataFrame, references: pd.DataFrame, columns: dict[str, str]) -> pd.DataFrame:
+    values = reference_values(references[references["study"].isin(columns)], "validation")
+    rows = values.pivot(index="reference", columns="study", values="value").rename(columns=columns)
+    rows = rows[[dataset for dataset in rows.columns if dataset in table.columns]]
+    if rows.empty:
+        return table
+    # Object columns keep the encoders' counts integers beside the reference rows' blanks.
+    counts = [column for column in table.columns if column.startswith(TRIALS_PREFIX)] + ["datasets"]
+    table = table.astype({column: object for column in counts})
+    rows = rows.rename_axis("encoder").reset_index().assign(reference_flags="")
+    rows.columns.name = None
+    return pd.concat([table, rows], ignore_index=True)
+
+
+def reference_values(references: pd.DataFrame, split: str) -> pd.DataFrame:
+    """Each reference baseline's value on `split` in its study's metric: columns study,
+    reference, value, examples, train_examples."""
+    rows = references[references["split"] == split]
+    values = [row[row["metric"]] for _, row in rows.iterrows()]
+    return rows.assign(value=pd.Series(values, index=rows.index, dtype=float))[
+        ["study", "reference", "value", "examples", "train_examples"]]
+
+
+FLAG_COLUMNS = ["dataset", "encoder", "metric", "best_value", "complete_trials", "majority", "tfidf_logreg",
+                "validation_examples", "train_examples", "at_chance", "not_above_tfidf"]
+
+
+def reference_flags(trials: pd.DataFrame, references: pd.DataFrame) -> pd.DataFrame:
+    """The encoders whose best validation value on a dataset does not clear a reference
+    baseline's on the same validation split: `at_chance` when it is at or below the
+    majority class's, `not_above_tfidf` when at or below TF-IDF + logistic regression's."""
+    values = reference_values(references, "validation")
+    by_study = values.pivot(index="study", columns="reference", values="value")
+    sizes = values.groupby("study")[["examples", "train_examples"]].first()
+    columns = dataset_columns(trials) if not trials.empty else {}
+    complete = trials[trials["state"] == "COMPLETE"].groupby(["study", "encoder"]).size()
+    rows = []
+    for row in (best_per_encoder(trials).itertuples() if not trials.empty else ()):
+        if row.study not in by_study.index:
+            continue
+        majority = by_study.at[row.study, REFERENCE_NAMES[MAJORITY]]
+        tfidf = by_study.at[row.study, REFERENCE_NAMES[TFIDF_LOGREG]]
+        if row.value > majority and row.value > tfidf:
+            continue
+        rows.append({
+            "dataset": columns[row.study], "encoder": row.encoder,
+            "metric": trials.loc[trials["study"] == row.study, "metric"].iloc[0], "best_value": row.value,
+            "complete_trials": int(complete[row.study, row.encoder]), "majority": majority, "tfidf_logreg": tfidf,
+            "validation_examples": int(sizes.at[row.study, "examples"]),
+            "train_examples": int(sizes.at[row.study, "train_examples"]),
+            "at_chance": bool(row.value <= majority), "not_above_tfidf": bool(row.value <= tfidf),
+        })
+    return pd.DataFrame(rows, columns=FLAG_COLUMNS)
+
+
+def _flag_words(flag) -> str:
+    words = ["at chance"] * flag.at_chance + [f"not above {BASELINE_NAMES[TFIDF_LOGREG]}"] * flag.not_above_tfidf
+    return " and ".join(words)
+
+
+def reference_flag_sentences(flags: pd.DataFrame) -> list[str]:
+    """One sentence per flagged encoder and dataset, with the numbers and what they rest on."""
+    return [
+        f"{flag.dataset}: {flag.encoder} is {_flag_words(flag)}: its best validation {flag.metric} is "
+        f"{flag.best_value:.4f} (best of {flag.complete_trials} complete trial{'s' * (flag.complete_trials != 1)}), "
+        f"against {flag.majority:.4f} for the {BASELINE_NAMES[MAJORITY]} and {flag.tfidf_logreg:.4f} for "
+        f"{BASELINE_NAMES[TFIDF_LOGREG]} "
+        f"(fitted on the same {flag.train_examples} training examples, scored on the same "
+        f"{flag.validation_examples} validation examples)"
+        for flag in flags.itertuples()
+    ]
+
+
+def with_reference_test_scores(final: pd.DataFrame, references: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
+    """The final table with each dataset's reference baselines' test values as columns
+    (named like their leaderboard rows), beside the encoders' test scores."""
+    columns = dataset_columns(trials) if not trials.empty else {}
+    values = reference_values(references[references["study"].isin(columns)], "test")
+    wide = values.pivot(index="study", columns="reference", values="value").rename(index=columns)
+    wide = wide.rename_axis(index="dataset", columns=None).reset_index()
+    return final.merge(wide, on="dataset", how="left") if not wide.empty else final
 
 
 def dataset_summary(trials: pd.DataFrame) -> pd.DataFrame:
@@ -87,8 +183,19 @@ def dataset_summary(trials: pd.DataFrame) -> pd.DataFrame:
             "failed": int((group["state"] == "FAIL").sum()),
             "trial_seconds": round(float(group["duration_s"].sum()), 1),
             "wall_seconds": round((group["datetime_complete"].max() - group["datetime_start"].min()).total_seconds(), 1),
+            "cut_short_by_timeout": timeout_stop_text(group["timeout_stop"].iloc[0]) if "timeout_stop" in group else "",
         })
     return pd.DataFrame(rows)
+
+
+def timeout_stop_text(stop: object) -> str:
+    """The study attribute `timeout_stop` (see `study.run_study`) in words; "" when the
+    study reached its `n_trials`."""
+    if not isinstance(stop, dict):
+        return ""
+    counts = ", ".join(f"{encoder} {count}" for encoder, count in stop["per_encoder"].items())
+    return (f"stopped by the {stop['timeout_s']:g} s timeout after {stop['finished']} of {stop['n_trials']} "
+            f"trials ({counts})")
 
 
 def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -120,15 +227,24 @@ def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
 
 
 def search_scores(trials: pd.DataFrame) -> pd.DataFrame:
-    """Every finished trial's validation value: the final one, or for a pruned trial the
-    last one it reported (Optuna stores that as its value); failed trials scored nothing."""
-    return trials[trials["state"].isin(FINISHED_STATES) & trials["value"].notna()]
+    """Every complete trial's final validation value, on the full validation split.
+
+    Pruned trials never enter: their value is the last checkpoint's, scored on a subset
+    of the validation split after partial training (for a NaN prune, before it diverged),
+    and Dodge et al.'s estimator assumes final scores of complete runs. Failed trials
+    scored nothing."""
+    return trials[(trials["state"] == "COMPLETE") & trials["value"].notna()]
 
 
 def expected_performance(trials: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Expected best validation value after n = 1..N trials, per dataset and encoder, with a
     95% bootstrap band (Dodge et al. 2019): a budget-aware comparison, where one encoder's
-    best-of-nine does not meet another's best-of-one."""
+    best-of-nine does not meet another's best-of-one.
+
+    The curves rest on the complete trials only (`complete_trials`), and the trials are
+    those this search drew: under TPE and pruning the curve is the empirical one of this
+    search, not the one random search would give.
+    """
     columns = dataset_columns(trials) if not trials.empty else {}
     frames = []
     for (study, encoder), group in search_scores(trials).groupby(["study", "encoder"], sort=True):
@@ -137,72 +253,172 @@ def expected_performance(trials: pd.DataFrame, resamples: int = 1000, seed: int 
         frames.append(pd.DataFrame({
             "dataset": columns[study], "study": study, "encoder": encoder, "n": np.arange(1, len(values) + 1),
             "expected_max": stats.expected_max_curve(values), "band_low": low, "band_high": high,
-            "trials": len(values),
+            "complete_trials": len(values),
         }))
     if not frames:
         return pd.DataFrame(columns=["dataset", "study", "encoder", "n", "expected_max", "band_low",
-                                     "band_high", "trials"])
+                                     "band_high", "complete_trials"])
     return pd.concat(frames, ignore_index=True)
 
 
-def final_evaluation(runs: pd.DataFrame, confidence: float = 0.95) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The final runs (one row per encoder, dataset and seed, scored on the test split)
-    summarized per encoder with a t confidence interval, and compared pairwise within
-    each dataset with Welch's t-test.
+VERDICT_STRENGTH_COLUMNS = ["dataset", "complete_per_encoder", "top_two_bands_overlap", "search_verdict"]
+TOO_FEW_TRIALS = 2  # complete trials per encoder at or below which a comparison is not read
 
-    `indistinguishable_from_best` marks the encoders whose mean the test cannot tell
-    from the best mean's at the 5% level (the best encoder included).
+
+def verdict_strength(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Per dataset: how many complete trials each encoder's best rests on, and whether the
+    top two encoders' expected-performance bands (see `expected_performance`) still
+    overlap at the budget spent.
+
+    The bands are compared at n = the smaller of the two encoders' complete trials: the
+    same budget for both, so the encoder that got more trials is not credited with a
+    best-of-more, and both curves are defined there.
     """
-    summary_rows, pair_rows = [], []
-    for dataset, group in runs.groupby("dataset", sort=True):
-        samples = {encoder: g["value"].to_numpy(dtype=float) for encoder, g in group.groupby("encoder")}
-        samples = {encoder: values for encoder, values in samples.items() if len(values) >= 2}
-        if not samples:
-            continue
-        ranked = sorted(samples, key=lambda encoder: (-samples[encoder].mean(), encoder))
-        tests = {}
-        for i, a in enumerate(ranked):
-            for b in ranked[i + 1:]:
-                result = stats.welch_test(samples[a], samples[b])
-                tests[a, b] = result
-                pair_rows.append({"dataset": dataset, "encoder_a": a, "encoder_b": b,
-                                  "mean_a": samples[a].mean(), "mean_b": samples[b].mean(),
-                                  "t": result.t, "df": result.df, "p_value": result.p_value,
-                                  "significant": result.p_value < SIGNIFICANCE_LEVEL})
-        for encoder in ranked:
-            interval = stats.mean_interval(samples[encoder], confidence)
-            rows = group[group["encoder"] == encoder]
-            best_test = tests.get((ranked[0], encoder))
-            summary_rows.append({
-                "dataset": dataset, "encoder": encoder, "metric": rows["metric"].iloc[0],
-                "seeds": len(samples[encoder]), "mean": interval.mean, "std": interval.std,
-                "ci_low": interval.low, "ci_high": interval.high,
-                "source_trial": int(rows["source_trial"].iloc[0]),
-                "indistinguishable_from_best": best_test is None or best_test.p_value >= SIGNIFICANCE_LEVEL,
+    rows = []
+    columns = dataset_columns(trials) if not trials.empty else {}
+    for study, group in trials.groupby("study", sort=True):
+        complete = group[group["state"] == "COMPLETE"]
+        counts = complete.groupby("encoder").size().reindex(sorted(group["encoder"].dropna().unique()), fill_value=0)
+        best = complete.groupby("encoder")["value"].max()
+        ranked = sorted(best.index, key=lambda encoder: (-best[encoder], encoder))
+        overlap, verdict = "", "no two encoders have a complete trial to compare"
+        if len(ranked) >= 2:
+            a, b = ranked[:2]
+            n = int(min(counts[a], counts[b]))
+            bands = curves[(curves["study"] == study) & (curves["n"] == n)].set_index("encoder")
+            overlapping = bool(bands.loc[a, "band_low"] <= bands.loc[b, "band_high"]
+                               and bands.loc[b, "band_low"] <= bands.loc[a, "band_high"])
+            overlap = f"{'yes' if overlapping else 'no'} at n={n}"
+            if n <= TOO_FEW_TRIALS:
+                verdict = (f"too few trials to compare: {a} rests on {counts[a]} and {b} on {counts[b]} complete "
+                           "trial(s); run more trials before reading a ranking")
+            elif overlapping:
+                verdict = (f"{a} and {b} overlap at n={n} complete trials each: more trials, not a choice between "
+                           "them, is what the data supports")
+            else:
+                verdict = (f"{a} ahead of {b}: their expected-performance bands are apart at n={n} complete "
+                           "trials each")
+        rows.append({"dataset": columns[study],
+                     "complete_per_encoder": ", ".join(f"{encoder} {count}" for encoder, count in counts.items()),
+                     "top_two_bands_overlap": overlap, "search_verdict": verdict})
+    return pd.DataFrame(rows, columns=VERDICT_STRENGTH_COLUMNS)
+
+
+FINAL_COLUMNS = ["dataset", "encoder", "metric", "seeds", "seeds_requested", "test_examples", "mean", "ci_low",
+                 "ci_high", "source_trial", "not_shown_worse_than_best", "missing"]
+PAIRWISE_COLUMNS = ["dataset", "encoder_a", "encoder_b", "metric", "difference", "ci_low", "ci_high", "p_value",
+                    "p_holm", "significant_after_holm", "pairs", "test_examples", "seeds_a", "seeds_b"]
+VERDICT_COLUMNS = ["dataset", "final_verdict", "final_not_shown_worse_than_best", "final_missing"]
+
+
+def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[str, np.ndarray],
+                     resamples: int = FINAL_RESAMPLES, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The final runs' test predictions, summarized per encoder and compared pairwise per dataset.
+
+    `expected` has a row per encoder that the final evaluation should have run (`dataset`,
+    `encoder`, `metric`, `source_trial`, `seeds_requested`); `runs` a row per run of those
+    (`dataset`, `encoder`, `seed`, `predictions`); `labels` each dataset's test labels.
+    Means, 95% intervals and two-sided p-values come from `stats.paired_bootstrap` (test
+    examples and seeds resampled together); p-values are Holm-adjusted over every pair of
+    encoders in a dataset.
+
+    `not_shown_worse_than_best`: the encoder's adjusted p against the top-mean encoder is at
+    least 0.05 (the top one included). The best was chosen after the fact, and this is no
+    proof of equivalence: the test set and seeds could not tell them apart, nothing more.
+    Where an encoder has no run or fewer seeds than requested, `missing` says so and the
+    dataset gets no verdict (the adjusted p-values and this column stay empty): the missing
+    runs could change it.
+    """
+    final_rows, pair_rows = [], []
+    for dataset, plan in expected.groupby("dataset", sort=True):
+        truth = np.asarray(labels[dataset])
+        metric, requested = plan["metric"].iloc[0], int(plan["seeds_requested"].max())
+        mine = runs[runs["dataset"] == dataset].sort_values("seed")
+        predictions = {encoder: np.stack(list(group["predictions"])) for encoder, group in mine.groupby("encoder")}
+        missing = {row.encoder: _missing(len(predictions.get(row.encoder, ())), requested)
+                   for row in plan.itertuples()}
+        complete = not any(missing.values())
+        estimates, differences = {}, {}
+        if predictions:
+            draws = stats.draw_resamples(len(truth), {name: len(rows) for name, rows in sorted(predictions.items())},
+                                         resamples, seed)
+            estimates, differences = stats.paired_bootstrap(truth, dict(sorted(predictions.items())), metric, draws)
+        adjusted = dict(zip(differences, stats.holm([d.p_value for d in differences.values()])))
+        for (a, b), difference in differences.items():
+            pair_rows.append({
+                "dataset": dataset, "encoder_a": a, "encoder_b": b, "metric": metric,
+                "difference": difference.value, "ci_low": difference.low, "ci_high": difference.high,
+                "p_value": difference.p_value, "p_holm": adjusted[a, b] if complete else np.nan,
+                "significant_after_holm": adjusted[a, b] < SIGNIFICANCE_LEVEL if complete else None,
+                "pairs": len(differences), "test_examples": len(truth),
+                "seeds_a": len(predictions[a]), "seeds_b": len(predictions[b]),
             })
-    final = pd.DataFrame(summary_rows, columns=[
-        "dataset", "encoder", "metric", "seeds", "mean", "std", "ci_low", "ci_high", "source_trial",
-        "indistinguishable_from_best"])
-    pairwise = pd.DataFrame(pair_rows, columns=[
-        "dataset", "encoder_a", "encoder_b", "mean_a", "mean_b", "t", "df", "p_value", "significant"])
-    return final, pairwise
+        order = [*estimates, *(name for name in sorted(missing) if name not in estimates)]
+        sources = plan.set_index("encoder")["source_trial"]
+        top = next(iter(estimates), None)
+        for encoder in order:
+            estimate = estimates.get(encoder)
+            not_worse = None
+            if complete and estimate is not None:
+                not_worse = encoder == top or bool(adjusted[top, encoder] >= SIGNIFICANCE_LEVEL)
+            final_rows.append({
+                "dataset": dataset, "encoder": encoder, "metric": metric,
+                "seeds": len(predictions.get(encoder, ())), "seeds_requested": requested,
+                "test_examples": len(truth),
+                "mean": np.nan if estimate is None else estimate.value,
+                "ci_low": np.nan if estimate is None else estimate.low,
+                "ci_high": np.nan if estimate is None else estimate.high,
+                "source_trial": int(sources[encoder]), "not_shown_worse_than_best": not_worse,
+                "missing": missing[encoder],
+            })
+    return pd.DataFrame(final_rows, columns=FINAL_COLUMNS), pd.DataFrame(pair_rows, columns=PAIRWISE_COLUMNS)
+
+
+def _missing(seeds: int, requested: int) -> str:
+    if seeds == 0:
+        return "not evaluated"
+    return f"{requested - seeds} of {requested} seeds missing" if seeds < requested else ""
 
 
 def top_encoder_verdicts(final: pd.DataFrame, pairwise: pd.DataFrame) -> pd.DataFrame:
-    """Per dataset: the encoders tied for first on the test split, and whether the best
-    one differs significantly from the runner-up."""
+    """Per dataset, one line that says what the final evaluation shows and what it rests on,
+    the encoders not shown worse than the best, and the runs still missing."""
     rows = []
     for dataset, group in final.groupby("dataset", sort=True):
-        top = group[group["indistinguishable_from_best"]]["encoder"].tolist()
-        ranked = group["encoder"].tolist()  # `final_evaluation` lists them best first
-        if len(ranked) < 2:
-            verdict = "only one encoder evaluated"
+        evaluated = group[group["seeds"] > 0]  # `final_evaluation` lists them best first
+        seeds = evaluated["seeds"].unique()
+        rests_on = (f"{seeds[0]} seed{'s' if seeds[0] != 1 else ''} each" if len(seeds) == 1 else
+                    "seeds " + ", ".join(f"{row.encoder} {row.seeds}" for row in evaluated.itertuples()))
+        header = f"{dataset} (test split, {group['test_examples'].iloc[0]} examples x {rests_on})"
+        missing = "; ".join(f"{row.encoder}: {row.missing}" for row in group.itertuples() if row.missing)
+        not_worse = group[group["not_shown_worse_than_best"] == True]["encoder"].tolist()  # noqa: E712 (None: no verdict)
+        if missing:
+            verdict = f"{header}: incomplete ({missing}); no verdict until --final-eval finishes"
+        elif len(evaluated) < 2:
+            verdict = f"{header}: only {evaluated['encoder'].iloc[0]} evaluated, nothing to compare"
         else:
-            pair = pairwise[(pairwise["dataset"] == dataset) & (pairwise["encoder_a"] == ranked[0])
-                            & (pairwise["encoder_b"] == ranked[1])].iloc[0]
-            verdict = f"{'yes' if pair['significant'] else 'no'} (p={pair['p_value']:.3g})"
-        rows.append({"dataset": dataset, "final_top_encoders": ", ".join(top), "final_top_differ": verdict})
-    return pd.DataFrame(rows, columns=["dataset", "final_top_encoders", "final_top_differ"])
+            top, second = evaluated["encoder"].iloc[:2]
+            pair = pairwise[(pairwise["dataset"] == dataset) & (pairwise["encoder_a"] == top)
+                            & (pairwise["encoder_b"] == second)].iloc[0]
+            outcome = f"{top} higher" if pair["significant_after_holm"] else "not shown different"
+            verdict = (f"{header}: {top} - {second} = {pair['difference']:+.3f} {pair['metric']} "
+                       f"[95% CI {pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}], Holm-adjusted p = "
+                       f"{pair['p_holm']:.2g} over {pair['pairs']} pair{'s' if pair['pairs'] != 1 else ''}: {outcome}")
+            if len(evaluated) > 2:
+                verdict += f"; not shown worse than {top}: {', '.join(not_worse)}"
+        rows.append({"dataset": dataset, "final_verdict": verdict,
+                     "final_not_shown_worse_than_best": ", ".join(not_worse), "final_missing": missing})
+    return pd.DataFrame(rows, columns=VERDICT_COLUMNS)
+
+
+def final_predictions(runs: pd.DataFrame, labels: dict[str, np.ndarray]) -> pd.DataFrame:
+    """Every test-split prediction of every final run, one row per run and test example."""
+    frames = [pd.DataFrame({"dataset": run.dataset, "encoder": run.encoder, "seed": run.seed,
+                            "source_trial": run.source_trial, "example": np.arange(len(run.predictions)),
+                            "label": labels[run.dataset], "prediction": run.predictions})
+              for run in runs.sort_values(["dataset", "encoder", "seed"]).itertuples()]
+    columns = ["dataset", "encoder", "seed", "source_trial", "example", "label", "prediction"]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=columns)
 
 
 def _plain(value: object) -> object:
@@ -211,4 +427,7 @@ def _plain(value: object) -> object:
 
 
 def to_markdown(table: pd.DataFrame, float_format: str = ".4f") -> str:
-    return table.to_markdown(index=False, floatfmt=float_format) + "\n"
+    # Missing values (a reference row's rank, say) print blank rather than "nan"; tabulate
+    # leaves only None blank.
+    shown = table.astype(object).where(table.notna(), None)
+    return shown.to_markdown(index=False, floatfmt=float_format) + "\n"

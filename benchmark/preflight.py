@@ -7,16 +7,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
-import torch
 
-from benchmark import data, encoders
+from benchmark import data, encoders, precision
 from benchmark.config import BenchmarkConfig
 from benchmark.errors import BenchmarkError
 from benchmark.storage import open_storage
 from benchmark.study import DATA_SEED_ATTR, study_name
 from benchmark.tokenization import TokenizationCache
 from benchmark.tracking import Tracker, make_tracker
-from benchmark.training import autocast_dtype, pick_device
+from benchmark.training import pick_device
 from benchmark.trial import DatasetStudy
 
 
@@ -50,15 +49,12 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     for name, spec in config.encoders.items():
         print(f"encoder {name}: resolving", file=sys.stderr, flush=True)
         resolved[name] = encoders.resolve(name, spec)
+        print(f"encoder {name}: {resolved[name].model_type}, {resolved[name].pooling} pooling "
+              f"({'set in the config' if spec.pooling else 'the checkpoint default'})", file=sys.stderr, flush=True)
     device = pick_device()
-    dtype = autocast_dtype(device, config.training.precision)
-    print(f"device: {device}, autocast: {dtype or 'off (fp32)'}", file=sys.stderr)
-    if dtype == torch.bfloat16 and autocast_dtype(device, "auto") is None:
-        print(f"warning: {config.source_file or 'the config'}: training.precision is bf16, but this {device.type} "
-              f"has no native bf16; its matmuls fall back to kernels far slower than fp32 "
-              f"(precision: auto picks fp32 here)", file=sys.stderr)
+    print(f"device: {device}", file=sys.stderr)
     tokenization = TokenizationCache()
-    studies = []
+    datasets = {}
     for name, spec in config.datasets.items():
         loaded = data.load_dataset(name, spec, seed)
         if len(loaded.train) < max(config.batch_sizes()):
@@ -67,9 +63,24 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
                 f"the largest search_space.batch_size ({max(config.batch_sizes())})"
             )
         print(f"dataset {name}: {loaded.num_labels} classes, train {len(loaded.train)}, "
-              f"validation {len(loaded.validation)}, test {len(loaded.test)}", file=sys.stderr, flush=True)
-        studies.append(DatasetStudy(study_name(config, name), config, loaded, spec.metric, resolved,
-                                    tokenization, tracker, device, dtype))
+              f"validation {len(loaded.validation)}, test {len(loaded.test)}, "
+              f"{loaded.duplicates_dropped} duplicates dropped", file=sys.stderr, flush=True)
+        # A warning, not an error: a rare class can miss a small split of a real dataset.
+        for split, classes in loaded.absent_classes().items():
+            effect = ("the model never trains on them" if split == "train" else
+                      f"its {spec.metric} cannot reward them (macro-F1 averages over the classes found in "
+                      f"the split's labels or predictions)")
+            print(f"warning: datasets.{name}: the {split} split has no example of class(es) "
+                  f"{', '.join(map(repr, classes))}; {effect}", file=sys.stderr, flush=True)
+        datasets[name] = loaded
+    # After every input check: bad input fails before this costs a few training steps. At
+    # the largest batch the search can sample, where the choice matters most.
+    chosen = precision.decide(config.training.precision, resolved.values(),
+                              max(loaded.num_labels for loaded in datasets.values()), max(config.batch_sizes()),
+                              config.training.max_length, device)
+    print(chosen.describe(), file=sys.stderr, flush=True)
+    studies = [DatasetStudy(study_name(config, name), config, loaded, config.datasets[name].metric, resolved,
+                            tokenization, tracker, device, chosen) for name, loaded in datasets.items()]
     return Prepared(storage, tracker, studies)
 
 

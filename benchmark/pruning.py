@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable
 
 import optuna
 from optuna.pruners import BasePruner
-from optuna.trial import FrozenTrial, TrialState
+from optuna.trial import FrozenTrial
 
 from benchmark.config import PrunerSpec
+from benchmark.encoder_view import encoder_view
 from benchmark.trial import ENCODER_PARAM
 
 
@@ -51,23 +52,4 @@ class PerEncoderPruner(BasePruner):
     def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
         encoder = trial.params.get(ENCODER_PARAM)
         pruner = self._pruners.setdefault(encoder, self._make_pruner())
-        # The view goes through the storage, not `study.get_trials`: Hyperband builds its
-        # bracket studies on `study._storage`, so only a filtered storage reaches them.
-        view = optuna.Study(study.study_name, _OneEncoderStorage(study._storage, encoder), study.sampler, pruner)
-        return pruner.prune(view, trial)
-
-
-class _OneEncoderStorage:
-    """A study's storage in which the study holds only one encoder's trials; writes pass through."""
-
-    def __init__(self, storage: optuna.storages.BaseStorage, encoder: object) -> None:
-        self._storage = storage
-        self._encoder = encoder
-
-    def get_all_trials(self, study_id: int, deepcopy: bool = True,
-                       states: Container[TrialState] | None = None) -> list[FrozenTrial]:
-        trials = self._storage.get_all_trials(study_id, deepcopy=deepcopy, states=states)
-        return [t for t in trials if t.params.get(ENCODER_PARAM) == self._encoder]
-
-    def __getattr__(self, name: str):
-        return getattr(self._storage, name)
+        return pruner.prune(encoder_view(study, {encoder}, study.sampler, pruner), trial)

@@ -7,6 +7,7 @@ plotly.js is inlined once, so it opens offline and can be mailed around.
 
 from __future__ import annotations
 
+import base64
 import html
 import io
 import math
@@ -26,14 +27,26 @@ from optuna.visualization import plot_optimization_history, plot_parallel_coordi
 from plotly.colors import hex_to_rgb, qualitative
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
+from scikit_posthocs import critical_difference_diagram
 
+from benchmark import ranking
 from benchmark.files import write_atomic
+from benchmark.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, REFERENCE_PREFIX, TFIDF_LOGREG
+from benchmark.leaderboard import FINAL_RESAMPLES, reference_flag_sentences
 from benchmark.study import SURPLUS_ATTR
 from benchmark.trial import ENCODER_PARAM
 
 REPORT_FILE = "report.html"
 EXPECTED_PERFORMANCE_PNG = "expected_performance.png"
 FINAL_EVALUATION_PNG = "final_evaluation.png"
+CRITICAL_DIFFERENCE_PNG = "critical_difference.png"
+
+FINAL_METHOD = (
+    f"Means, 95% intervals and p-values come from {FINAL_RESAMPLES:,} bootstrap resamples that draw test "
+    "examples and seeds together, the same examples for every encoder (a paired comparison); a difference is "
+    "a minus b in metric points. p_holm is Holm-adjusted over every pair of encoders of the dataset. The best "
+    "encoder is picked after the fact; \"not shown worse than the best\" means its adjusted p against the best "
+    "is 0.05 or more, which is no proof that the two are equivalent. A dataset with missing runs gets no verdict.")
 
 PALETTE = qualitative.Plotly + qualitative.D3
 FIGURE_HEIGHT_PX = 460
@@ -88,26 +101,42 @@ def table_html(table: pd.DataFrame | None, empty_sentence: str) -> str:
 
 
 def final_display(final: pd.DataFrame) -> pd.DataFrame:
-    """The final evaluation as read: mean ± std and the 95% confidence interval."""
-    shown = final[["dataset", "encoder", "metric", "seeds"]].copy()
-    shown["mean ± std"] = [f"{m:.4f} ± {s:.4f}" for m, s in zip(final["mean"], final["std"])]
-    shown["95% CI"] = [f"[{low:.4f}, {high:.4f}]" for low, high in zip(final["ci_low"], final["ci_high"])]
+    """The final evaluation as read: what each mean rests on, its 95% bootstrap interval, and
+    what is missing."""
+    shown = final[["dataset", "encoder", "metric"]].copy()
+    shown["seeds"] = [f"{seeds} of {requested}" for seeds, requested in zip(final["seeds"], final["seeds_requested"])]
+    shown["test examples"] = final["test_examples"]
+    shown["mean"] = final["mean"]
+    shown["95% CI (bootstrap)"] = ["–" if math.isnan(low) else f"[{low:.4f}, {high:.4f}]"
+                                   for low, high in zip(final["ci_low"], final["ci_high"])]
     shown["source trial"] = final["source_trial"]
-    shown["indistinguishable from best"] = final["indistinguishable_from_best"].map({True: "yes", False: "no"})
+    shown["not shown worse than the best"] = final["not_shown_worse_than_best"].map(
+        lambda value: "–" if value is None or value != value else ("yes" if value else "no"))
+    shown["missing"] = final["missing"]
+    for column in REFERENCE_NAMES.values():
+        if column in final:
+            shown[f"{column} (test)"] = final[column]
     return shown
 
 
-def top_encoders_sentence(dataset: pd.Series) -> str:
-    """Whether the final evaluation tells the dataset's top encoders apart."""
-    verdict = _text(dataset.get("final_top_differ"))
-    name = html.escape(str(dataset["dataset"]))
-    if not verdict:
-        return f"{name}: no final evaluation yet."
-    top = html.escape(_text(dataset.get("final_top_encoders")))
-    answer, _, detail = verdict.partition(" ")  # "yes (p=0.003)"
-    can = "can" if answer == "yes" else "cannot"
-    sentence = f"On {name}, the top encoders ({top}) {can} be told apart"
-    return f"{sentence} {html.escape(detail)}." if detail else f"{sentence}."
+def reference_notes(references: pd.DataFrame | None, flags: pd.DataFrame | None) -> str:
+    """What the leaderboard's reference rows are, and each encoder that does not clear them."""
+    if references is None or references.empty or flags is None:
+        return ""
+    about = (f"The rows marked {REFERENCE_PREFIX.strip()} are two baselines fitted on the same training split and "
+             f"scored on the same validation split as the encoders, at fixed settings: the "
+             f"{BASELINE_NAMES[MAJORITY]}, and {BASELINE_NAMES[TFIDF_LOGREG]} (TF-IDF of words and word pairs, "
+             f"logistic regression). They take no rank and no normalized score.")
+    verdicts = [f"{sentence}." for sentence in reference_flag_sentences(flags)] or [
+        "Every encoder's best validation value clears both reference rows on every dataset it has a complete "
+        "trial on."]
+    return "".join(f"<p>{html.escape(text)}</p>" for text in [about, *verdicts])
+
+
+def final_verdict_sentence(dataset: pd.Series) -> str:
+    """The dataset's final verdict line, or that it has none yet."""
+    verdict = _text(dataset.get("final_verdict"))
+    return html.escape(verdict or f"{dataset['dataset']}: no final evaluation yet.")
 
 
 def _rows(table: pd.DataFrame | None) -> list[pd.Series]:
@@ -213,9 +242,27 @@ def _expected_traces(figure: go.Figure, row: int, column: int, curves: pd.DataFr
     figure.update_xaxes(title_text="trials (n)", row=row, col=column)
 
 
+EXPECTED_PERFORMANCE_NOTE = (
+    "Each curve is the expected best validation score of n trials drawn from one encoder's complete trials on "
+    "one dataset, with a 95% bootstrap band; how many complete trials it rests on is in each panel's title and "
+    "in the complete_trials column of expected_performance.csv. Pruned trials never enter (their value is a "
+    "checkpoint's, on a subset of the validation split), nor do failed ones. The trials are the ones this search "
+    "drew: under TPE and pruning the curve is the empirical one of this search, not the one random search "
+    "would give.")
+
+
+def expected_performance_titles(curves: pd.DataFrame) -> dict[str, str]:
+    """Dataset -> its panel title, saying how many complete trials each curve rests on."""
+    counts = curves.groupby(["dataset", "encoder"], sort=True)["complete_trials"].first()
+    return {dataset: f"{dataset} (complete trials: {', '.join(f'{e} {c}' for e, c in group.droplevel(0).items())})"
+            for dataset, group in counts.groupby(level=0)}
+
+
 def expected_performance_figure(curves: pd.DataFrame, colours: Colours) -> go.Figure:
     figure = dataset_panels(curves, _expected_traces, colours, "expected best validation score")
-    return figure.update_layout(title="Expected validation performance after n trials")
+    titles = expected_performance_titles(curves)
+    figure.for_each_annotation(lambda annotation: annotation.update(text=titles.get(annotation.text, annotation.text)))
+    return figure.update_layout(title="Expected validation performance after n complete trials")
 
 
 def _expected_panel(ax: Axes, curves: pd.DataFrame, colours: Colours) -> None:
@@ -227,13 +274,74 @@ def _expected_panel(ax: Axes, curves: pd.DataFrame, colours: Colours) -> None:
 
 
 def expected_performance_png(curves: pd.DataFrame, colours: Colours) -> Figure:
-    return panels_png(curves, _expected_panel, colours, "expected best validation score")
+    figure = panels_png(curves, _expected_panel, colours, "expected best validation score")
+    titles = expected_performance_titles(curves)
+    for ax in figure.axes:
+        ax.set_title(titles.get(ax.get_title(), ax.get_title()), fontsize="medium")
+    figure.suptitle("Expected validation performance after n complete trials")
+    return figure
+
+
+def search_verdict_sentences(datasets: pd.DataFrame | None) -> list[str]:
+    """Per dataset, what the search's expected-performance bands support."""
+    return [f"{row['dataset']}: {row['search_verdict']}." for row in _rows(datasets) if _text(row.get("search_verdict"))]
+
+
+def timeout_sentences(datasets: pd.DataFrame | None) -> list[str]:
+    """Per dataset cut short by its timeout, a warning that its comparison rests on fewer trials."""
+    return [f"{row['dataset']}: {row['cut_short_by_timeout']}; it compares fewer trials than planned."
+            for row in _rows(datasets) if _text(row.get("cut_short_by_timeout"))]
+
+
+# Ranking across datasets
+
+def critical_difference_png(ranks: pd.DataFrame, tests: pd.DataFrame) -> Figure | None:
+    """scikit-posthocs' critical-difference diagram of the mean ranks: encoders joined by a
+    bar are not told apart by the post-hoc test. None when nothing was tested."""
+    significance = ranking.tested_significance(tests)
+    if significance is None:
+        return None
+    figure = Figure(figsize=(8, 1 + 0.45 * len(ranks)), layout="constrained")
+    ax = figure.subplots()
+    critical_difference_diagram(ranks.set_index("encoder")["mean_rank"], significance, ax=ax,
+                                alpha=ranking.ALPHA, label_fmt_left="{label} ({rank:.2f})  ",
+                                label_fmt_right="  ({rank:.2f}) {label}")
+    test = tests[tests["encoder_a"].notna()]["test"].iloc[0]
+    ax.set_title(f"Mean rank over {int(ranks['datasets'].iloc[0])} datasets (1 = best)\nbars join encoders the "
+                 f"{test} test does not tell apart at p < {ranking.ALPHA}", fontsize="medium")
+    return figure
+
+
+def png_data_uri(figure: Figure) -> str:
+    image = io.BytesIO()
+    figure.savefig(image, format="png", dpi=110)
+    return "data:image/png;base64," + base64.b64encode(image.getvalue()).decode("ascii")
+
+
+def ranking_section(tables: dict[str, pd.DataFrame]) -> str:
+    ranks, tests = tables.get("ranking"), tables.get("ranking_tests")
+    parts = ['<section id="ranking"><h2>Ranking across datasets</h2>']
+    if ranks is None or ranks.empty or tests is None:
+        parts.append(_note("No ranking yet: no encoder has a complete trial on every dataset."))
+        return "\n".join([*parts, "</section>"])
+    parts += [f"<p>{html.escape(ranking.ranking_verdict(tests))}</p>",
+              _note("Each dataset ranks the encoders that have a complete trial on every dataset by their best "
+                    "validation value (1 = best). With three datasets or more, Friedman's test (three encoders or "
+                    "more, then Nemenyi's post-hoc test) or Wilcoxon's signed-rank test (two encoders) says whether "
+                    "the ranking is real; both from scipy and scikit-posthocs."),
+              table_html(ranks, ""),
+              table_html(tests.drop(columns=["encoder_a", "encoder_b"], errors="ignore"),
+                         "No test: fewer than two encoders to compare.")]
+    figure = critical_difference_png(ranks, tests)
+    if figure is not None:
+        parts.append(f'<img id="critical-difference" alt="critical-difference diagram" src="{png_data_uri(figure)}">')
+    return "\n".join([*parts, "</section>"])
 
 
 # Final evaluation
 
 def _final_traces(figure: go.Figure, row: int, column: int, final: pd.DataFrame, colours: Colours) -> None:
-    for encoder in final.itertuples():
+    for encoder in final[final["seeds"] > 0].itertuples():
         figure.add_scatter(
             x=[encoder.encoder], y=[encoder.mean], mode="markers", name=encoder.encoder,
             legendgroup=encoder.encoder, marker=dict(color=colours[encoder.encoder], size=10),
@@ -244,11 +352,12 @@ def _final_traces(figure: go.Figure, row: int, column: int, final: pd.DataFrame,
 
 
 def final_figure(final: pd.DataFrame, colours: Colours) -> go.Figure:
-    figure = dataset_panels(final, _final_traces, colours, "test score (mean, 95% CI)")
-    return figure.update_layout(title="Final evaluation over seeds")
+    figure = dataset_panels(final, _final_traces, colours, "test score (mean, 95% bootstrap CI)")
+    return figure.update_layout(title="Final evaluation over seeds and test examples")
 
 
 def _final_panel(ax: Axes, final: pd.DataFrame, colours: Colours) -> None:
+    final = final[final["seeds"] > 0]
     for i, encoder in enumerate(final.sort_values("encoder").itertuples()):
         ax.errorbar([i], [encoder.mean], yerr=[[encoder.mean - encoder.ci_low], [encoder.ci_high - encoder.mean]],
                     fmt="o", capsize=5, color=colours[encoder.encoder], label=encoder.encoder)
@@ -257,7 +366,7 @@ def _final_panel(ax: Axes, final: pd.DataFrame, colours: Colours) -> None:
 
 
 def final_evaluation_png(final: pd.DataFrame, colours: Colours) -> Figure:
-    return panels_png(final, _final_panel, colours, "test score (mean, 95% CI)")
+    return panels_png(final, _final_panel, colours, "test score (mean, 95% bootstrap CI)")
 
 
 # Per dataset
@@ -363,9 +472,10 @@ def final_section(tables: dict[str, pd.DataFrame], colours: Colours) -> str:
                            "to retrain the best configurations over several seeds and test them."))
         return "\n".join([*parts, "</section>"])
     parts += [table_html(final_display(final), ""), figure_div(final_figure(final, colours), "final-evaluation"),
-              "<h3>Pairwise significance</h3>",
+              "<h3>Pairwise comparison on the same test examples</h3>",
               table_html(tables.get("pairwise"), "No pairwise comparison: each dataset has one encoder evaluated."),
-              *(f"<p>{top_encoders_sentence(row)}</p>" for row in _rows(tables.get("datasets"))),
+              _note(FINAL_METHOD),
+              *(f"<p>{final_verdict_sentence(row)}</p>" for row in _rows(tables.get("datasets"))),
               "</section>"]
     return "\n".join(parts)
 
@@ -377,13 +487,18 @@ def report_html(tables: dict[str, pd.DataFrame], studies: dict[str, optuna.Study
         "<h1>Encoder benchmark report</h1>",
         '<section id="leaderboards"><h2>Leaderboards</h2><h3>Encoders</h3>',
         table_html(tables.get("leaderboard"), "No complete trial yet, so no encoder leaderboard."),
+        reference_notes(tables.get("references"), tables.get("reference_flags")),
         "<h3>Datasets</h3>", table_html(datasets, "No study in the storage yet."),
+        *(f"<p><strong>{html.escape(sentence)}</strong></p>" for sentence in timeout_sentences(datasets)),
         "<h3>Costs</h3>", table_html(tables.get("costs"), "No cost figures yet."),
         "</section>",
         '<section id="expected-performance-section"><h2>Expected validation performance</h2>',
         _note("No complete trial yet, so no expected validation performance.") if curves is None or curves.empty
         else figure_div(expected_performance_figure(curves, colours), "expected-performance"),
+        _note(EXPECTED_PERFORMANCE_NOTE),
+        *(f"<p>{html.escape(sentence)}</p>" for sentence in search_verdict_sentences(datasets)),
         "</section>",
+        ranking_section(tables),
         *(dataset_section(i, row, studies[row["dataset"]], tables.get("costs"), colours)
           for i, row in enumerate(_rows(datasets))),
         final_section(tables, colours),
@@ -417,4 +532,9 @@ def write_report(storage: optuna.storages.BaseStorage | str, tables: dict[str, p
         if table is not None and not table.empty:
             write_png(results_dir / file_name, build(table, colours))
             written.append(results_dir / file_name)
+    ranks, tests = tables.get("ranking"), tables.get("ranking_tests")
+    diagram = None if ranks is None or ranks.empty or tests is None else critical_difference_png(ranks, tests)
+    if diagram is not None:
+        write_png(results_dir / CRITICAL_DIFFERENCE_PNG, diagram)
+        written.append(results_dir / CRITICAL_DIFFERENCE_PNG)
     return written

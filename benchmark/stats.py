@@ -2,18 +2,22 @@
 
 - `expected_max_curve`: expected best validation score after n trials (Dodge et al.
   2019, "Show Your Work"), with `bootstrap_band` around it;
-- `mean_interval` and `welch_test`: the final evaluation's seeds, summarized and compared;
+- `paired_bootstrap` and `holm`: the final evaluation's test predictions, summarized and
+  compared encoder against encoder on the same test examples;
 - `pareto_front`: quality against cost.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import stats as scipy_stats
+from statsmodels.stats.multitest import multipletests
+
+from benchmark import metrics
+
+METRICS = {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "mcc": metrics.mcc}
 
 
 def expected_max_curve(values: Sequence[float], n_max: int | None = None) -> np.ndarray:
@@ -44,44 +48,107 @@ def bootstrap_band(values: Sequence[float], n_max: int | None = None, confidence
 
 
 @dataclass(frozen=True)
-class MeanInterval:
-    mean: float
-    std: float  # sample standard deviation (n - 1)
+class Draws:
+    """The resamples of one bootstrap: `examples` (resamples x test examples) holds test-example
+    indices shared by every encoder, which pairs the comparison; `seeds[name]` (resamples x
+    that encoder's seeds) holds indices into its seeds."""
+    examples: np.ndarray
+    seeds: Mapping[str, np.ndarray]
+
+
+def draw_resamples(test_examples: int, seeds: Mapping[str, int], resamples: int, seed: int = 0) -> Draws:
+    """Examples and, per encoder, seeds drawn with replacement, each resample as large as the original."""
+    rng = np.random.default_rng(seed)
+    examples = rng.integers(0, test_examples, size=(resamples, test_examples))
+    return Draws(examples, {name: rng.integers(0, count, size=(resamples, count)) for name, count in seeds.items()})
+
+
+@dataclass(frozen=True)
+class Estimate:
+    value: float  # on every test example, averaged over every seed
     low: float
     high: float
 
 
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> MeanInterval:
-    """The mean with Student's t confidence interval (needs two values or more)."""
-    data = np.asarray(values, dtype=float)
-    if data.size < 2:
-        raise ValueError("a confidence interval needs at least two values")
-    mean, std = float(data.mean()), float(data.std(ddof=1))
-    half = scipy_stats.t.ppf((1 + confidence) / 2, data.size - 1) * std / math.sqrt(data.size)
-    return MeanInterval(mean, std, mean - half, mean + half)
-
-
 @dataclass(frozen=True)
-class WelchResult:
-    t: float
-    df: float
-    p_value: float  # two-sided
+class Difference:
+    value: float  # metric(a) - metric(b), in metric points
+    low: float
+    high: float
+    p_value: float  # two-sided, see `bootstrap_p_value`
 
 
-def welch_test(a: Sequence[float], b: Sequence[float]) -> WelchResult:
-    """Welch's t-test of equal means, without assuming equal variances."""
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if a.size < 2 or b.size < 2:
-        raise ValueError("Welch's test needs at least two values per sample")
-    var_a, var_b = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    difference = a.mean() - b.mean()
-    if var_a + var_b == 0:
-        # Both samples constant: identical means cannot be told apart; different ones always can.
-        return WelchResult(0.0 if difference == 0 else math.copysign(math.inf, difference), math.inf,
-                           1.0 if difference == 0 else 0.0)
-    t = difference / math.sqrt(var_a + var_b)
-    df = (var_a + var_b) ** 2 / (var_a ** 2 / (a.size - 1) + var_b ** 2 / (b.size - 1))
-    return WelchResult(float(t), float(df), float(2 * scipy_stats.t.sf(abs(t), df)))
+def paired_bootstrap(labels: np.ndarray, predictions: Mapping[str, np.ndarray], metric: str, draws: Draws,
+                     confidence: float = 0.95) -> tuple[dict[str, Estimate], dict[tuple[str, str], Difference]]:
+    """Each encoder's score and every difference between two encoders, with percentile intervals
+    from a bootstrap that resamples test examples and seeds together.
+
+    `predictions[name]` holds an encoder's predicted label ids, one row per seed, one column
+    per test example (in `labels`' order). A score is the mean over seeds of `metric` on the
+    test examples; in a resample, the mean over the drawn seeds of `metric` on the drawn
+    examples. Every encoder is scored on the same drawn examples, so a difference compares
+    predictions of the same texts; its seeds are drawn separately, as the encoders were
+    retrained separately. Intervals are percentiles of resampled scores, so they stay within
+    the metric's range. Both dicts list the encoders best score first (ties in the given
+    order), and each pair (a, b) has a ahead of b, so every difference is >= 0.
+    """
+    labels = np.asarray(labels)
+    num_labels = 1 + max(int(labels.max()), *(int(np.max(rows)) for rows in predictions.values()))
+    observed = {name: _score(labels, np.asarray(rows), metric, num_labels) for name, rows in predictions.items()}
+    resampled = {name: _resampled_scores(labels, np.asarray(rows), metric, num_labels, draws.examples,
+                                         draws.seeds[name])
+                 for name, rows in predictions.items()}
+    tail = (1 - confidence) / 2 * 100
+    estimates = {name: Estimate(observed[name], *map(float, np.percentile(resampled[name], [tail, 100 - tail])))
+                 for name in predictions}
+    names = sorted(predictions, key=lambda name: -observed[name])
+    estimates = {name: estimates[name] for name in names}
+    differences = {}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            resampled_difference = resampled[a] - resampled[b]
+            low, high = np.percentile(resampled_difference, [tail, 100 - tail])
+            differences[a, b] = Difference(observed[a] - observed[b], float(low), float(high),
+                                           bootstrap_p_value(resampled_difference))
+    return estimates, differences
+
+
+def bootstrap_p_value(resampled_differences: np.ndarray) -> float:
+    """Two-sided p-value of "no difference": p = min(1, 2 min(#{d* <= 0} + 1, #{d* >= 0} + 1) / (R + 1))
+    over the R resampled differences d*. Twice the smaller tail at zero is the largest level
+    whose percentile interval still covers zero; the +1 (the observed sample counted as a
+    resample) keeps p above zero, as R resamples cannot show less than 1 / (R + 1)."""
+    d = np.asarray(resampled_differences)
+    tails = min(int((d <= 0).sum()), int((d >= 0).sum())) + 1
+    return min(1.0, 2 * tails / (d.size + 1))
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm's step-down adjustment for a family of tests (statsmodels' implementation)."""
+    if len(p_values) == 0:
+        return np.array([])
+    return multipletests(np.asarray(p_values, dtype=float), method="holm")[1]
+
+
+def _score(labels: np.ndarray, predictions: np.ndarray, metric: str, num_labels: int) -> float:
+    return float(np.mean([METRICS[metric](metrics.confusion_matrix(labels, row, num_labels))
+                          for row in predictions]))
+
+
+def _resampled_scores(labels: np.ndarray, predictions: np.ndarray, metric: str, num_labels: int,
+                      examples: np.ndarray, seeds: np.ndarray) -> np.ndarray:
+    """Per resample: the mean over its drawn seeds of the metric on its drawn examples."""
+    resamples = len(examples)
+    cells = num_labels * num_labels
+    # Every resample's confusion matrix at once: one bincount over (resample, label, prediction) codes.
+    offsets = (np.arange(resamples) * cells)[:, None]
+    label_codes = labels[examples] * num_labels + offsets
+    per_seed = np.empty((resamples, len(predictions)))
+    for column, row in enumerate(predictions):
+        counts = np.bincount((label_codes + row[examples]).ravel(), minlength=resamples * cells)
+        matrices = counts.reshape(resamples, num_labels, num_labels)
+        per_seed[:, column] = [METRICS[metric](matrix) for matrix in matrices]
+    return np.take_along_axis(per_seed, seeds, axis=1).mean(axis=1)
 
 
 def pareto_front(quality: Sequence[float], cost: Sequence[float]) -> list[bool]:

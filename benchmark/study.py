@@ -15,8 +15,11 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmark.config import BenchmarkConfig, SamplerSpec
+from benchmark import baselines
+from benchmark.config import BenchmarkConfig
+from benchmark.leaderboard import timeout_stop_text
 from benchmark.pruning import make_pruner
+from benchmark.sampling import PerEncoderSampler, make_sampler
 from benchmark.storage import mask_password
 from benchmark.tracking import StudyInfo
 from benchmark.trial import ENCODER_PARAM, DatasetStudy, run_trial
@@ -34,16 +37,6 @@ def study_name(config: BenchmarkConfig, dataset: str) -> str:
     return f"{config.name}-{dataset}"
 
 
-def make_sampler(spec: SamplerSpec, seed: int) -> optuna.samplers.BaseSampler:
-    if spec.type == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    # `group` lets the multivariate TPE model the conditional (per-encoder) ranges.
-    return optuna.samplers.TPESampler(
-        seed=seed, n_startup_trials=spec.n_startup_trials, multivariate=spec.multivariate,
-        group=spec.multivariate,
-    )
-
-
 WORKER_ENV = "ENCODER_BENCHMARK_WORKER"
 
 
@@ -53,6 +46,13 @@ def worker_offset() -> int:
     if index is None:
         return 0
     return 1_000_003 * (int(index) + 1) + zlib.crc32(socket.gethostname().encode())
+
+
+def study_sampler(study: optuna.Study, config: BenchmarkConfig, encoders: list[str], seed: int) -> PerEncoderSampler:
+    """In the balanced comparison each trial gets the encoder with the fewest trials so far;
+    in search mode the sampler picks it."""
+    fixed_encoder = (lambda: next_balanced_encoder(study, encoders)) if config.comparison == "balanced" else None
+    return make_sampler(config.sampler, seed, encoders, fixed_encoder)
 
 
 def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy, seed: int) -> optuna.Study:
@@ -66,7 +66,8 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
     )
     # Offset by the trials already there, so a resumed study does not replay the first
     # run's random draws, and by the worker, so workers started together draw apart.
-    study.sampler = make_sampler(config.sampler, seed + len(study.get_trials(deepcopy=False)) + worker_offset())
+    study.sampler = study_sampler(study, config, list(dataset_study.encoders),
+                                  seed + len(study.get_trials(deepcopy=False)) + worker_offset())
     data = dataset_study.data
     study.set_user_attr(BENCHMARK_ATTR, config.name)
     study.set_user_attr(DATASET_ATTR, data.name)
@@ -74,6 +75,18 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
     study.set_user_attr(DATA_SEED_ATTR, config.training.seed)
     study.set_user_attr("label_names", list(data.label_names))
     study.set_user_attr("split_sizes", {split: len(getattr(data, split)) for split in ("train", "validation", "test")})
+    study.set_user_attr("duplicates_dropped", data.duplicates_dropped)
+    # This run's choice; a study topped up on another machine may hold trials of another
+    # (each trial's own `precision` attribute says which).
+    chosen = dataset_study.precision
+    study.set_user_attr("precision", chosen.choice)
+    study.set_user_attr("precision_timings", chosen.seconds_per_step)
+    study.set_user_attr("precision_decided", chosen.basis)
+    # The leaderboards' reference rows, computed once per study (seconds on a CPU). The test
+    # split is scored here only as a reference number for the final table: nothing of the
+    # search reads it.
+    if not baselines.is_current(study.user_attrs.get(baselines.REFERENCE_ATTR), data):
+        study.set_user_attr(baselines.REFERENCE_ATTR, baselines.reference_baselines(data))
     return study
 
 
@@ -141,6 +154,7 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
     if finished >= n_trials:
         print(f"[{name}] already has {finished} finished trials (target {n_trials}); nothing to run",
               file=sys.stderr)
+        mark_timeout_stop(study, name, n_trials, timeout_s, list(dataset_study.encoders))
         return study
     print(f"[{name}] running up to {n_trials - finished} trial(s) toward {n_trials}", file=sys.stderr)
     tracker_callbacks = dataset_study.tracker.start_study(StudyInfo(
@@ -150,10 +164,10 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
     callbacks = [settle_memory, progress_printer(name, dataset_study.metric, n_trials), *tracker_callbacks]
     encoders = list(dataset_study.encoders)
     per_encoder = dataset_study.config.trials_per_encoder(n_trials)
-    sampler = study.sampler
 
     def objective(trial: optuna.Trial) -> float:
-        # Asked first (run_trial asks again and gets the same answer), so the guard knows it.
+        # Asked first (run_trial asks again and gets the same answer), so the guard knows it;
+        # the sampler chose it before the trial started (see `sampling.PerEncoderSampler`).
         encoder = trial.suggest_categorical(ENCODER_PARAM, encoders)
         _guard_against_surplus(trial, n_trials, encoder, per_encoder)
         return run_trial(trial, dataset_study)
@@ -168,13 +182,31 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
         if finished + running >= n_trials:
             time.sleep(_WAIT_FOR_OTHERS_S)
             continue
-        if per_encoder is not None:
-            # The encoder is fixed for the next trial; the sampler still picks the rest.
-            study.sampler = optuna.samplers.PartialFixedSampler(
-                {ENCODER_PARAM: next_balanced_encoder(study, encoders)}, sampler)
         # A failed trial is recorded as failed; it never ends the study.
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+    mark_timeout_stop(study, name, n_trials, timeout_s, encoders)
     return study
+
+
+TIMEOUT_STOP_ATTR = "timeout_stop"
+
+
+def mark_timeout_stop(study: optuna.Study, name: str, n_trials: int, timeout_s: float | None,
+                      encoders: list[str]) -> None:
+    """Say so, and record it on the study, when the timeout left it short of `n_trials`;
+    clear the mark once a later run has filled it. A study cut short compares fewer trials
+    than planned, and nothing else in the tables would show it."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if not t.user_attrs.get(SURPLUS_ATTR)]
+    if len(trials) >= n_trials:
+        if study.user_attrs.get(TIMEOUT_STOP_ATTR) is not None:
+            study.set_user_attr(TIMEOUT_STOP_ATTR, None)
+        return
+    counts = Counter(t.params.get(ENCODER_PARAM) for t in trials)
+    stop = {"finished": len(trials), "n_trials": n_trials, "timeout_s": timeout_s,
+            "per_encoder": {encoder: counts[encoder] for encoder in encoders}}
+    study.set_user_attr(TIMEOUT_STOP_ATTR, stop)
+    print(f"[{name}] {timeout_stop_text(stop)}: the comparison rests on fewer trials than planned; "
+          "run the same command again to top the study up", file=sys.stderr, flush=True)
 
 
 def settle_memory(study: optuna.Study, trial: FrozenTrial) -> None:

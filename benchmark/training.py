@@ -57,6 +57,8 @@ class LoopSettings:
     eval_subset_examples: int | None = None
     # Training batches of similar lengths (see tokenization.length_grouped): less padding.
     group_by_length: bool = False
+    # Checkpoints every `eval_every_examples`, or at 1, 2, 4, ... times it (see checkpoint_steps).
+    eval_schedule: str = "fixed"
 
 
 @dataclass(frozen=True)
@@ -108,19 +110,6 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
-    """bf16 where the device runs it natively (`auto`), always (`bf16`) or never (`fp32`)."""
-    if precision == "fp32":
-        return None
-    if precision == "bf16":
-        return torch.bfloat16
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
-    if device.type == "cpu":
-        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    return None
-
-
 def padding_multiple(device: torch.device) -> int:
     """Batch widths are rounded up to this: 8 suits a GPU's tensor cores and bounds the number of
     distinct shapes its kernel caches see; on a CPU any padding is wasted work."""
@@ -154,9 +143,36 @@ def _linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, to
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def checkpoint_steps(steps_per_epoch: int, epochs: int, batch_size: int, every_examples: int,
+                     schedule: str) -> list[int]:
+    """The steps after which a run evaluates: every `every_examples` (`fixed`) or at 1, 2, 4, ...
+    times it (`geometric`), and always at the last step.
+
+    Counted in examples, so every batch size that divides `every_examples` checkpoints after
+    the same numbers of examples, which is what the pruner compares trials at. The geometric
+    points are Hyperband's rungs for a reduction factor of 2, and a run of n intervals pays
+    for about log2(n) checkpoint evaluations instead of n.
+    """
+    total = steps_per_epoch * epochs
+    interval = max(1, every_examples // batch_size)
+    if schedule == "fixed":
+        steps = list(range(interval, total + 1, interval))
+    elif schedule == "geometric":
+        steps = [interval * 2**k for k in range(total.bit_length()) if interval * 2**k <= total]
+    else:
+        raise ValueError(f"unknown checkpoint schedule {schedule!r}; expected 'fixed' or 'geometric'")
+    return steps if steps and steps[-1] == total else steps + [total]
+
+
 def evaluate(model: torch.nn.Module, split: TokenizedSplit, settings: LoopSettings,
              num_labels: int) -> tuple[float, dict[str, float]]:
     """Mean loss and metrics over the whole split."""
+    loss, predictions = predict(model, split, settings)
+    return loss, classification_metrics(split.labels, predictions, num_labels)
+
+
+def predict(model: torch.nn.Module, split: TokenizedSplit, settings: LoopSettings) -> tuple[float, np.ndarray]:
+    """Mean loss over the whole split and the predicted label ids, in the split's order."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")  # similar lengths together: less padding
     predictions = np.empty(len(split), dtype=np.int64)
@@ -170,7 +186,7 @@ def evaluate(model: torch.nn.Module, split: TokenizedSplit, settings: LoopSettin
             predictions[order[position:position + len(labels)]] = logits.argmax(-1).cpu().numpy()
             position += len(labels)
     model.train()
-    return loss_sum / len(split), classification_metrics(split.labels, predictions, num_labels)
+    return loss_sum / len(split), predictions
 
 
 def _accumulate_gradients(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
@@ -200,7 +216,7 @@ def fine_tune(
     on_evaluation: Callable[[Evaluation], None],
     result: TrainingResult | None = None,
 ) -> TrainingResult:
-    """Train for `hp.num_epochs`, evaluating every `eval_every_examples` and at the end.
+    """Train for `hp.num_epochs`, evaluating at `checkpoint_steps` (the last step among them).
 
     Each epoch takes only full batches (a fresh shuffle each time), so the examples seen
     are exactly steps x batch size. `on_evaluation` may raise (Optuna's TrialPruned,
@@ -214,8 +230,9 @@ def fine_tune(
     steps_per_epoch = len(train) // hp.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {hp.batch_size} exceeds the {len(train)} training examples")
-    eval_every_steps = max(1, settings.eval_every_examples // hp.batch_size)
     total_steps = steps_per_epoch * hp.num_epochs
+    checkpoints = set(checkpoint_steps(steps_per_epoch, hp.num_epochs, hp.batch_size,
+                                       settings.eval_every_examples, settings.eval_schedule))
     optimizer = _optimizer(model, hp, settings)
     scheduler = _linear_warmup_decay(optimizer, round(hp.warmup_ratio * total_steps), total_steps)
     result = result if result is not None else TrainingResult()
@@ -258,6 +275,6 @@ def fine_tune(
                 raise NonFiniteLoss(step, loss_value)
             on_step(StepLog(step, loss_value, scheduler.get_last_lr()[0], float(grad_norm),
                             tokens / elapsed if elapsed > 0 else 0.0, tokens))
-            if step % eval_every_steps == 0 or step == total_steps:
+            if step in checkpoints:
                 run_evaluation(step)
     return result

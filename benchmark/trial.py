@@ -7,6 +7,7 @@ import os
 import socket
 import time
 from dataclasses import asdict, dataclass, replace
+from typing import TYPE_CHECKING
 
 import optuna
 import torch
@@ -18,6 +19,9 @@ from benchmark.tokenization import TokenizationCache
 from benchmark.tracking import Tracker
 from benchmark.training import (Evaluation, Hyperparameters, LoopSettings, NonFiniteLoss, StepLog, TrainingResult,
                                 fine_tune, padding_multiple)
+
+if TYPE_CHECKING:  # benchmark.precision imports this module (release_memory)
+    from benchmark.precision import Precision
 
 ENCODER_PARAM = "encoder"
 
@@ -34,7 +38,11 @@ class DatasetStudy:
     tokenization: TokenizationCache
     tracker: Tracker
     device: torch.device
-    autocast_dtype: torch.dtype | None
+    precision: Precision
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        return self.precision.autocast_dtype
 
 
 def loop_settings(study: DatasetStudy, seed: int, eval_every_examples: int | None = None) -> LoopSettings:
@@ -49,6 +57,7 @@ def loop_settings(study: DatasetStudy, seed: int, eval_every_examples: int | Non
         pad_to_multiple_of=padding_multiple(study.device),
         eval_subset_examples=training.eval_subset_examples,
         group_by_length=training.group_by_length,
+        eval_schedule=training.eval_schedule,
     )
 
 
@@ -74,8 +83,9 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
     hp = sample_hyperparameters(trial, study.config.search_space, study.config.encoders[encoder_name])
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     trial.set_user_attr("model_type", encoder.model_type)
+    trial.set_user_attr("pooling", encoder.pooling)
     trial.set_user_attr("device", str(study.device))
-    trial.set_user_attr("precision", str(study.autocast_dtype or torch.float32).removeprefix("torch."))
+    trial.set_user_attr("precision", study.precision.choice)
     run = study.tracker.start_trial(
         study.study_name, trial.number, {ENCODER_PARAM: encoder_name, **asdict(hp)},
         {"study": study.study_name, "dataset": study.data.name, "encoder": encoder_name},

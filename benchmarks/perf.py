@@ -30,6 +30,11 @@ from benchmarks.table import Measurement, render_markdown, summarize
 SAMPLINGS = ("random", "group_by_length")
 # The hyperparameters of the throughput rows: one epoch, mid-range values of the default space.
 THROUGHPUT_HP = dict(learning_rate=5e-5, warmup_ratio=0.1, dropout=0.1, max_grad_norm=1.0, weight_decay=0.01)
+# Under torch.compile, batch widths are rounded up to a multiple of this: a few shapes to
+# compile for (max_length / 16), not one per batch width.
+COMPILE_PAD = 16
+# A compiled run's first steps compile; its steady state is read from the steps after them.
+COMPILE_WARM_STEPS = 2
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,11 @@ def training_flops_per_token(model: torch.nn.Module) -> float:
     return 6.0 * (sum(p.numel() for p in model.parameters()) - embedding)
 
 
-def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str,
-                 fused: bool = True) -> tuple[Measurement, float]:
+def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str, fused: bool = True,
+                 attention: str | None = None, compiled: bool = False,
+                 steps: list | None = None) -> tuple[Measurement, float]:
+    """One fine-tune in our loop; `attention` swaps the model's attention implementation,
+    `compiled` runs it under torch.compile (compilation counted), `steps` collects the StepLogs."""
     from benchmark.encoders import load_classifier
     from benchmark.training import fine_tune
     from benchmark.trial import loop_settings
@@ -95,13 +103,49 @@ def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str,
     torch.manual_seed(0)
     model = load_classifier(study.encoders[encoder_name], study.data.label_names, hp.dropout)
     flops = training_flops_per_token(model)
+    if attention is not None:
+        _transformer(model).set_attn_implementation(attention)
     started = time.perf_counter()
-    result = fine_tune(model, train, validation, study.data.num_labels, hp, settings, _ignore, _ignore)
+    if compiled:
+        settings = replace(settings, pad_to_multiple_of=COMPILE_PAD)
+        model.compile()
+    on_step = _ignore if steps is None else steps.append
+    result = fine_tune(model, train, validation, study.data.num_labels, hp, settings, on_step, _ignore)
     seconds = time.perf_counter() - started - result.eval_seconds
     return Measurement(tokens=result.train_tokens, seconds=seconds, loss=result.final.loss), flops
 
 
+def _transformer(model: torch.nn.Module):
+    """The transformers model inside a classifier (ours may wrap one for mean pooling)."""
+    return next(module for module in model.modules() if hasattr(module, "set_attn_implementation"))
+
+
 def measure_trainer(study, encoder_name: str, train, hp, bf16: bool, sampling: str, workdir: Path) -> Measurement:
+    """Trainer with our settings: the same hyperparameters, precision and batch order."""
+    args = _trainer_arguments(workdir, study.device, bf16, sampling, batch_size=hp.batch_size,
+                              num_train_epochs=hp.num_epochs, learning_rate=hp.learning_rate,
+                              warmup_steps=hp.warmup_ratio, weight_decay=hp.weight_decay,
+                              max_grad_norm=hp.max_grad_norm, eval_strategy="no", dataloader_drop_last=True)
+    return _train_with_trainer(study, encoder_name, train, hp, args)
+
+
+def measure_default_trainer(study, encoder_name: str, train, hp, workdir: Path) -> Measurement:
+    """Trainer as users run it: TrainingArguments' defaults (fp32, shuffled batches, no warm-up
+    or weight decay) apart from what the task needs."""
+    args = default_trainer_arguments(workdir, batch_size=hp.batch_size, num_epochs=hp.num_epochs,
+                                     learning_rate=hp.learning_rate)
+    return _train_with_trainer(study, encoder_name, train, hp, args)
+
+
+def default_trainer_arguments(workdir: Path, batch_size: int, num_epochs: int, learning_rate: float):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(output_dir=str(workdir), num_train_epochs=num_epochs,
+                             per_device_train_batch_size=batch_size, learning_rate=learning_rate,
+                             eval_strategy="no", save_strategy="no", report_to="none")
+
+
+def _train_with_trainer(study, encoder_name: str, train, hp, args) -> Measurement:
     from transformers import DataCollatorWithPadding, Trainer
 
     from benchmark.encoders import load_classifier, load_tokenizer
@@ -109,10 +153,6 @@ def measure_trainer(study, encoder_name: str, train, hp, bf16: bool, sampling: s
     encoder = study.encoders[encoder_name]
     torch.manual_seed(0)
     model = load_classifier(encoder, study.data.label_names, hp.dropout)
-    args = _trainer_arguments(workdir, study.device, bf16, sampling, batch_size=hp.batch_size,
-                              num_train_epochs=hp.num_epochs, learning_rate=hp.learning_rate,
-                              warmup_steps=hp.warmup_ratio, weight_decay=hp.weight_decay,
-                              max_grad_norm=hp.max_grad_norm, eval_strategy="no", dataloader_drop_last=True)
     trainer = Trainer(model=model, args=args, train_dataset=_hf_dataset(train),
                       data_collator=DataCollatorWithPadding(load_tokenizer(encoder)))
     started = time.perf_counter()
@@ -314,7 +354,7 @@ def run(config, plan: Plan, out: Path) -> dict:
     from benchmark.files import write_atomic
     from benchmark.preflight import prepare
     from benchmark.tokenization import tokenize_split
-    from benchmark.training import Hyperparameters, autocast_dtype
+    from benchmark.training import Hyperparameters
 
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="perf-"))
@@ -324,15 +364,23 @@ def run(config, plan: Plan, out: Path) -> dict:
     study = prepared.studies[0]
     device = study.device
     hp = Hyperparameters(**THROUGHPUT_HP, batch_size=plan.batch_size, num_epochs=1)
-    # bf16 is trained only where the device runs it natively: without native support (a CPU
-    # without AVX-512 BF16 or AMX) its matmuls fall back to a reference kernel far slower than fp32.
-    native_bf16 = autocast_dtype(device, "auto") == torch.bfloat16
+    # bf16 is trained only where `precision: auto` measured it faster than fp32 (prepare did,
+    # unless the config forces a precision): elsewhere it is slower, or even a fallback kernel
+    # far slower than fp32 (a CPU without AVX-512 BF16 or AMX).
+    native_bf16 = study.precision.choice == "bf16"
     precisions = {"fp32": None, **({"bf16": torch.bfloat16} if native_bf16 else {})}
     report: dict = {
         "plan": asdict(plan), "device": _describe_device(device), "torch_threads": torch.get_num_threads(),
         "dataset": dataset_name, "native_bf16": native_bf16, "matmul_peak_flops": {}, "throughput": {},
         "levers": {},
+        "precision": {"choice": study.precision.choice, "seconds_per_step": study.precision.seconds_per_step,
+                      "described": study.precision.describe()},
+        # The path a trial takes: the lever rows and the target against default Trainer use it.
+        "configured": {"precision": study.precision.choice,
+                       "sampling": "group_by_length" if config.training.group_by_length else "random"},
     }
+    configured = "ours {precision} {sampling}".format(**report["configured"])
+    configured_dtype = precisions[study.precision.choice]
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         # A slow fallback is measured on a small matrix, or it would take minutes.
         size = plan.matmul_size if name in precisions else min(plan.matmul_size, 256)
@@ -353,12 +401,27 @@ def run(config, plan: Plan, out: Path) -> dict:
         # The fused-optimizer lever: the same run with the multi-tensor (foreach) AdamW.
         rows["ours fp32 random foreach-adamw"], _ = measure_ours(study, encoder_name, train, hp, None, "random",
                                                                  fused=False)
+        rows["trainer-defaults"] = measure_default_trainer(study, encoder_name, train, hp, workdir / "trainer")
+        sampling = report["configured"]["sampling"]
+        attention = _attention_implementation(study, encoder_name)
+        if attention == "sdpa":  # against the implementation it replaces
+            rows[f"{configured} eager-attention"], _ = measure_ours(study, encoder_name, train, hp, configured_dtype,
+                                                                    sampling, attention="eager")
+        steps: list = []
+        rows[f"{configured} compiled"], _ = measure_ours(study, encoder_name, train, hp, configured_dtype, sampling,
+                                                         compiled=True, steps=steps)
+        steady = steps[COMPILE_WARM_STEPS:]
+        rows[f"{configured} compiled steady"] = Measurement(
+            tokens=sum(s.tokens for s in steady), seconds=sum(s.tokens / s.tokens_per_second for s in steady),
+            loss=rows[f"{configured} compiled"].loss)
         report["throughput"][encoder_name] = {
-            "flops_per_token": flops_per_token, **{key: asdict(value) for key, value in rows.items()}}
+            "flops_per_token": flops_per_token, "attention": attention,
+            **{key: asdict(value) for key, value in rows.items()}}
         for key, value in rows.items():
             print(f"{encoder_name} {key}: {value.tokens_per_second:.0f} tokens/s", file=sys.stderr, flush=True)
 
     report["levers"]["eval_subset"] = _eval_subset_lever(study, config)
+    report["levers"]["eval_schedule"] = _eval_schedule_lever(study, config, plan)
     report["search"] = {
         "budget_s": plan.search_budget_s,
         "ours": _in_fresh_process(search_ours, config, plan, str(workdir)),
@@ -369,6 +432,43 @@ def run(config, plan: Plan, out: Path) -> dict:
     write_atomic(out / "PERF.json", json.dumps(report, indent=2, default=float) + "\n")
     write_atomic(out / "PERF.md", render_markdown(report, summary))
     return report
+
+
+def _attention_implementation(study, encoder_name: str) -> str:
+    """What transformers picks for the model by default: "sdpa" where the architecture has it."""
+    from benchmark.encoders import load_classifier
+
+    model = load_classifier(study.encoders[encoder_name], study.data.label_names, 0.0)
+    return _transformer(model).config._attn_implementation
+
+
+def _eval_schedule_lever(study, config, plan: Plan) -> dict:
+    """The longest trial the space allows (the most epochs at the smallest batch size, on the
+    search's training set), once per checkpoint schedule: seconds training and evaluating."""
+    from benchmark.encoders import load_classifier, load_tokenizer
+    from benchmark.tokenization import tokenize_split
+    from benchmark.training import Hyperparameters, fine_tune
+    from benchmark.trial import loop_settings
+
+    encoder_name, encoder = next(iter(study.encoders.items()))
+    epochs_spec = config.search_space.num_epochs
+    epochs = int(max(getattr(epochs_spec, "choices", None) or (epochs_spec.high,)))
+    override = config.encoders[encoder_name].overrides.get("num_epochs")
+    epochs = int(override.high) if override else epochs
+    hp = Hyperparameters(**THROUGHPUT_HP, batch_size=min(config.batch_sizes()), num_epochs=epochs)
+    tokenized = tokenize_split(load_tokenizer(encoder), study.data.train, config.training.max_length)
+    train = tokenized.subset(np.arange(min(plan.search_train_examples, len(tokenized))))
+    validation = tokenize_split(load_tokenizer(encoder), study.data.validation, config.training.max_length)
+    timings = {"encoder": encoder_name, "epochs": epochs, "batch_size": hp.batch_size,
+               "train_examples": len(train), "eval_every_examples": config.training.eval_every_examples}
+    for schedule in ("fixed", "geometric"):
+        settings = replace(loop_settings(study, seed=0), eval_schedule=schedule)
+        torch.manual_seed(0)
+        model = load_classifier(encoder, study.data.label_names, hp.dropout)
+        result = fine_tune(model, train, validation, study.data.num_labels, hp, settings, _ignore, _ignore)
+        timings[schedule] = {"checkpoints": len(result.evaluations), "train_seconds": result.train_seconds,
+                             "eval_seconds": result.eval_seconds}
+    return timings
 
 
 def _eval_subset_lever(study, config) -> dict:

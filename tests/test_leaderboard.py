@@ -10,8 +10,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from scipy import stats as scipy_stats
-
 from benchmark.leaderboard import (
     cost_table,
     dataset_columns,
@@ -19,8 +17,12 @@ from benchmark.leaderboard import (
     encoder_leaderboard,
     expected_performance,
     final_evaluation,
+    reference_flag_sentences,
+    reference_flags,
     to_markdown,
     top_encoder_verdicts,
+    verdict_strength,
+    with_reference_test_scores,
 )
 from benchmark.results import FINAL_RUN_COLUMNS, TRIAL_COLUMNS
 
@@ -252,59 +254,286 @@ def test_cost_table(trials):
     assert math.isnan(reviews.loc["e3", "best_value"])
 
 
-def test_expected_performance_counts_pruned_trials_at_their_last_value(trials):
+def test_expected_performance_rests_on_complete_trials_only(trials):
     # news e1 [0.80, 0.82]: n=1 0.81, n=2 0.80/4 + 0.82*3/4 = 0.815
-    # news e3 [0.70, 0.99 pruned]: n=1 0.845, n=2 0.70/4 + 0.99*3/4 = 0.9175
-    # news e2 [0.85] (its failed trial scored nothing)
+    # news e3 [0.70] only: its pruned 0.99 (a checkpoint subset's score) never enters
+    # news e2 [0.85] (its failed trial scored nothing); reviews e3 has no complete trial: no curve
     table = expected_performance(trials, resamples=200)
     news = table[table["dataset"] == "news"]
     e1, e2, e3 = (news[news["encoder"] == name] for name in ("e1", "e2", "e3"))
     assert e1["expected_max"].tolist() == pytest.approx([0.81, 0.815])
-    assert e3["expected_max"].tolist() == pytest.approx([0.845, 0.9175])
+    assert e3["expected_max"].tolist() == pytest.approx([0.70])
+    assert e3["band_high"].max() == pytest.approx(0.70)
     assert e2["expected_max"].tolist() == pytest.approx([0.85])
-    assert e1["n"].tolist() == [1, 2] and e1["trials"].tolist() == [2, 2]
+    assert e1["n"].tolist() == [1, 2] and e1["complete_trials"].tolist() == [2, 2]
+    assert e3["complete_trials"].tolist() == [1]
+    reviews = table[table["dataset"] == "reviews"]
+    assert sorted(reviews["encoder"].unique()) == ["e1", "e2"]
     assert (table["band_low"] <= table["expected_max"] + 1e-12).all()
     assert (table["expected_max"] <= table["band_high"] + 1e-12).all()
     assert expected_performance(trials.iloc[0:0]).empty
 
 
-def _runs(dataset, encoder, values, source_trial=3):
-    return [{"study": f"bench-{dataset}", "dataset": dataset, "metric": "accuracy", "encoder": encoder,
-             "seed": seed, "source_trial": source_trial, "value": value} for seed, value in enumerate(values)]
+def test_a_pruned_high_value_never_lifts_the_curve():
+    rows = [_trial("b-d", "d", "accuracy", 0, "COMPLETE", 0.60, "e1", 0, 1, {}),
+            _trial("b-d", "d", "accuracy", 1, "PRUNED", 0.99, "e1", 1, 1, {}),
+            _trial("b-d", "d", "accuracy", 2, "COMPLETE", 0.70, "e1", 2, 1, {})]
+    curve = expected_performance(_frame(rows), resamples=50)
+    # [0.60, 0.70]: n=1 0.65, n=2 0.60/4 + 0.70*3/4 = 0.675; with the 0.99 it would reach 0.99 * 5/9 + ...
+    assert curve["expected_max"].tolist() == pytest.approx([0.65, 0.675])
+    assert curve["band_high"].max() == pytest.approx(0.70)
 
 
-def test_final_evaluation_intervals_and_pairwise_tests():
-    strong, weak = [0.80, 0.82, 0.85, 0.79, 0.84], [0.75, 0.78, 0.74, 0.77, 0.76]
-    close = [0.81, 0.79, 0.86, 0.80, 0.83]  # mean 0.818, just under strong's 0.82
-    runs = pd.DataFrame(
-        _runs("news", "weak", weak) + _runs("news", "strong", strong)
-        + _runs("reviews", "strong", strong) + _runs("reviews", "close", close)
-        + _runs("reviews", "lonely", [0.99]),  # one seed: no interval, left out
-        columns=FINAL_RUN_COLUMNS)
-    final, pairwise = final_evaluation(runs)
+def test_verdict_strength_from_the_fixture(trials):
+    strength = verdict_strength(trials, expected_performance(trials, resamples=200)).set_index("dataset")
+    news = strength.loc["news"]
+    # complete: e1 2, e2 1, e3 1 (its 0.99 was pruned). Top two by best value: e2 0.85, e1 0.82,
+    # compared at n = min(1, 2) = 1: e2's band is [0.85, 0.85], e1's lies within [0.80, 0.82].
+    assert news["complete_per_encoder"] == "e1 2, e2 1, e3 1"
+    assert news["top_two_bands_overlap"] == "no at n=1"
+    assert news["search_verdict"].startswith("too few trials to compare: e2 rests on 1 and e1 on 2 complete")
+    reviews = strength.loc["reviews"]
+    # e1 and e2 tie on 0.60 (name breaks it); n=2: e1's band [0.58, 0.60] meets e2's [0.55, 0.60]
+    assert reviews["complete_per_encoder"] == "e1 2, e2 2, e3 0"
+    assert reviews["top_two_bands_overlap"] == "yes at n=2"
+    assert reviews["search_verdict"].startswith("too few trials to compare")
+
+
+@pytest.mark.parametrize(("second", "overlap", "verdict"), [
+    ([0.50, 0.51, 0.52], "no at n=3", "a ahead of b: their expected-performance bands are apart at n=3"),
+    ([0.89, 0.905, 0.915], "yes at n=3",
+     "a and b overlap at n=3 complete trials each: more trials, not a choice between them, is what the data supports"),
+])
+def test_verdict_strength_overlap_at_the_budget_spent(second, overlap, verdict):
+    # a [0.90, 0.91, 0.92]; at n=3 its band spans about [0.91, 0.92]: b's either lies far
+    # below it or reaches into it
+    rows = [_trial("b-d", "d", "accuracy", i, "COMPLETE", v, "a", i, 1, {}) for i, v in enumerate([0.90, 0.91, 0.92])]
+    rows += [_trial("b-d", "d", "accuracy", 3 + i, "COMPLETE", v, "b", 3 + i, 1, {}) for i, v in enumerate(second)]
+    frame = _frame(rows)
+    row = verdict_strength(frame, expected_performance(frame, resamples=300)).iloc[0]
+    assert row["complete_per_encoder"] == "a 3, b 3"
+    assert row["top_two_bands_overlap"] == overlap
+    assert row["search_verdict"].startswith(verdict)
+
+
+def test_a_study_cut_short_by_its_timeout_says_so(trials):
+    stop = {"finished": 3, "n_trials": 8, "timeout_s": 480.0, "per_encoder": {"minilm-l6": 2, "mpnet-base": 1}}
+    marked = trials.assign(timeout_stop=[stop if study == "bench-news" else None for study in trials["study"]])
+    summary = dataset_summary(marked).set_index("dataset")
+    assert summary.loc["news", "cut_short_by_timeout"] == (
+        "stopped by the 480 s timeout after 3 of 8 trials (minilm-l6 2, mpnet-base 1)")
+    assert summary.loc["reviews", "cut_short_by_timeout"] == ""
+
+
+LABELS = np.array([0, 1] * 20)  # 40 test examples
+
+
+def _expected(dataset, encoders, seeds_requested=3, metric="accuracy"):
+    return pd.DataFrame([{"dataset": dataset, "encoder": encoder, "metric": metric, "source_trial": number,
+                          "seeds_requested": seeds_requested} for number, encoder in enumerate(encoders)])
+
+
+def _runs(dataset, encoder, *predictions):
+    return [{"dataset": dataset, "encoder": encoder, "seed": seed, "predictions": np.asarray(row)}
+            for seed, row in enumerate(predictions)]
+
+
+RIGHT = LABELS
+HALF = np.where(np.arange(40) < 20, LABELS, 1 - LABELS)  # right on the first 20 examples only
+
+
+def test_final_evaluation_compares_encoders_on_the_same_examples():
+    # news: strong is right everywhere (3 seeds), weak on the first 20 examples (3 seeds):
+    #   accuracy 1.0 and 0.5, difference 0.5; weak is behind in every resample that draws an
+    #   example from the last 20 (all but 2^-40 of them), so p = 2 (0 + 1) / 2001.
+    # reviews: a and b are right everywhere in every seed (every resampled difference is 0,
+    #   p = 1), c is half right. Holm over the 3 pairs: raw 1, 2/2001, 2/2001 -> 1, 6/2001, 6/2001.
+    expected = pd.concat([_expected("news", ["weak", "strong"]), _expected("reviews", ["c", "b", "a"])])
+    runs = pd.DataFrame(_runs("news", "weak", HALF, HALF, HALF) + _runs("news", "strong", RIGHT, RIGHT, RIGHT)
+                        + _runs("reviews", "a", RIGHT, RIGHT, RIGHT) + _runs("reviews", "b", RIGHT, RIGHT, RIGHT)
+                        + _runs("reviews", "c", HALF, HALF, HALF))
+    final, pairwise = final_evaluation(expected, runs, {"news": LABELS, "reviews": LABELS}, resamples=2000)
     assert final[["dataset", "encoder"]].values.tolist() == [
-        ["news", "strong"], ["news", "weak"], ["reviews", "strong"], ["reviews", "close"]]
-    strong_news = final.iloc[0]
-    reference = scipy_stats.t.interval(0.95, 4, loc=np.mean(strong), scale=scipy_stats.sem(strong))
-    assert (strong_news["ci_low"], strong_news["ci_high"]) == pytest.approx(reference)
-    assert strong_news["mean"] == pytest.approx(0.82) and strong_news["seeds"] == 5
-    assert strong_news["source_trial"] == 3
+        ["news", "strong"], ["news", "weak"], ["reviews", "a"], ["reviews", "b"], ["reviews", "c"]]
+    assert final["mean"].tolist() == pytest.approx([1.0, 0.5, 1.0, 1.0, 0.5])
+    assert (final[["seeds", "seeds_requested", "test_examples"]] == [3, 3, 40]).all().all()
+    assert final["source_trial"].tolist() == [1, 0, 2, 1, 0]
+    assert ((final["ci_low"] >= 0) & (final["ci_low"] <= final["mean"] + 1e-12)
+            & (final["mean"] <= final["ci_high"] + 1e-12) & (final["ci_high"] <= 1)).all()
+    assert (final.iloc[0]["ci_low"], final.iloc[0]["ci_high"]) == (1.0, 1.0)
+    assert final["not_shown_worse_than_best"].tolist() == [True, False, True, True, False]
+    assert (final["missing"] == "").all()
 
-    news_test = scipy_stats.ttest_ind(strong, weak, equal_var=False)
-    reviews_test = scipy_stats.ttest_ind(strong, close, equal_var=False)
-    assert pairwise["p_value"].tolist() == pytest.approx([news_test.pvalue, reviews_test.pvalue])
-    assert news_test.pvalue < 0.05 < reviews_test.pvalue
-    assert pairwise["significant"].tolist() == [True, False]
-    assert final["indistinguishable_from_best"].tolist() == [True, False, True, True]
+    assert pairwise[["dataset", "encoder_a", "encoder_b"]].values.tolist() == [
+        ["news", "strong", "weak"], ["reviews", "a", "b"], ["reviews", "a", "c"], ["reviews", "b", "c"]]
+    assert pairwise["difference"].tolist() == pytest.approx([0.5, 0.0, 0.5, 0.5])
+    assert pairwise["p_value"].tolist() == pytest.approx([2 / 2001, 1.0, 2 / 2001, 2 / 2001])
+    assert pairwise["p_holm"].tolist() == pytest.approx([2 / 2001, 1.0, 6 / 2001, 6 / 2001])
+    assert pairwise["significant_after_holm"].tolist() == [True, False, True, True]
+    assert pairwise["pairs"].tolist() == [1, 3, 3, 3]
+    assert (pairwise.loc[1, "ci_low"], pairwise.loc[1, "ci_high"]) == (0.0, 0.0)
+    assert (pairwise["ci_low"] <= pairwise["difference"] + 1e-12).all()
+    assert (pairwise["difference"] <= pairwise["ci_high"] + 1e-12).all()
 
     verdicts = top_encoder_verdicts(final, pairwise).set_index("dataset")
-    assert verdicts.loc["news", "final_top_encoders"] == "strong"
-    assert verdicts.loc["news", "final_top_differ"] == f"yes (p={news_test.pvalue:.3g})"
-    assert verdicts.loc["reviews", "final_top_encoders"] == "strong, close"
-    assert verdicts.loc["reviews", "final_top_differ"] == f"no (p={reviews_test.pvalue:.3g})"
+    news = pairwise.iloc[0]
+    assert verdicts.loc["news", "final_verdict"] == (
+        f"news (test split, 40 examples x 3 seeds each): strong - weak = +0.500 accuracy "
+        f"[95% CI {news['ci_low']:+.3f}, {news['ci_high']:+.3f}], Holm-adjusted p = 0.001 over 1 pair: strong higher")
+    assert verdicts.loc["reviews", "final_verdict"] == (
+        "reviews (test split, 40 examples x 3 seeds each): a - b = +0.000 accuracy [95% CI +0.000, +0.000], "
+        "Holm-adjusted p = 1 over 3 pairs: not shown different; not shown worse than a: a, b")
+    assert verdicts.loc["reviews", "final_not_shown_worse_than_best"] == "a, b"
+    assert verdicts.loc["news", "final_missing"] == ""
+
+
+def test_an_interrupted_final_evaluation_draws_no_verdict():
+    # ghost was never evaluated and weak has 2 of its 3 seeds: either could change the verdict.
+    expected = _expected("news", ["weak", "strong", "ghost"])
+    runs = pd.DataFrame(_runs("news", "weak", HALF, HALF) + _runs("news", "strong", RIGHT, RIGHT, RIGHT))
+    final, pairwise = final_evaluation(expected, runs, {"news": LABELS}, resamples=200)
+    assert final["encoder"].tolist() == ["strong", "weak", "ghost"]
+    assert final["seeds"].tolist() == [3, 2, 0]
+    assert final["missing"].tolist() == ["", "1 of 3 seeds missing", "not evaluated"]
+    assert final["not_shown_worse_than_best"].tolist() == [None, None, None]
+    assert math.isnan(final.iloc[2]["mean"]) and final.iloc[2]["source_trial"] == 2
+    # The difference and its interval stand; no adjusted p-value or significance is claimed.
+    assert pairwise["difference"].tolist() == pytest.approx([0.5])
+    assert math.isnan(pairwise.iloc[0]["p_holm"]) and pairwise.iloc[0]["significant_after_holm"] is None
+    verdict = top_encoder_verdicts(final, pairwise).iloc[0]
+    assert verdict["final_verdict"] == (
+        "news (test split, 40 examples x seeds strong 3, weak 2): incomplete (weak: 1 of 3 seeds missing; "
+        "ghost: not evaluated); no verdict until --final-eval finishes")
+    assert verdict["final_not_shown_worse_than_best"] == ""
+
+
+def test_final_evaluation_of_one_encoder_compares_nothing():
+    final, pairwise = final_evaluation(_expected("news", ["solo"], seeds_requested=2),
+                                       pd.DataFrame(_runs("news", "solo", RIGHT, HALF)), {"news": LABELS}, resamples=100)
+    assert pairwise.empty and final["mean"].tolist() == pytest.approx([0.75])
+    assert final["not_shown_worse_than_best"].tolist() == [True]
+    assert top_encoder_verdicts(final, pairwise).iloc[0]["final_verdict"] == (
+        "news (test split, 40 examples x 2 seeds each): only solo evaluated, nothing to compare")
 
 
 def test_final_evaluation_without_runs():
-    final, pairwise = final_evaluation(pd.DataFrame(columns=FINAL_RUN_COLUMNS))
+    expected = pd.DataFrame(columns=["dataset", "encoder", "metric", "source_trial", "seeds_requested"])
+    final, pairwise = final_evaluation(expected, pd.DataFrame(columns=FINAL_RUN_COLUMNS), {})
     assert final.empty and pairwise.empty
     assert top_encoder_verdicts(final, pairwise).empty
+
+
+def test_predictions_round_trip_through_the_storage(tmp_path):
+    """A search study and its final study, stored as the harness stores them, rebuilt into
+    final_predictions.csv and the final tables by write_leaderboards."""
+    import optuna
+    from optuna.distributions import CategoricalDistribution
+
+    from benchmark import final_eval
+    from benchmark.results import PREDICTIONS_FILE, write_leaderboards
+    from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR
+
+    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    distributions = {"encoder": CategoricalDistribution(["x", "y"])}
+    search = optuna.create_study(storage=storage, study_name="b-news", direction="maximize")
+    for name, value in ((BENCHMARK_ATTR, "b"), (DATASET_ATTR, "news"), (METRIC_ATTR, "accuracy")):
+        search.set_user_attr(name, value)
+    for encoder, value in (("x", 0.9), ("y", 0.8), ("x", 0.95)):  # x's best is trial 2
+        search.add_trial(optuna.trial.create_trial(value=value, params={"encoder": encoder},
+                                                   distributions=distributions))
+    final = optuna.create_study(storage=storage, study_name=final_eval.final_study_name("b-news"),
+                                direction="maximize")
+    labels = [0, 1, 1, 0]
+    for name, value in ((final_eval.FINAL_OF_ATTR, "b-news"), (DATASET_ATTR, "news"), (METRIC_ATTR, "accuracy"),
+                        (final_eval.TEST_LABELS_ATTR, labels), (final_eval.SEEDS_REQUESTED_ATTR, 2)):
+        final.set_user_attr(name, value)
+    runs = [("x", 2, 0, [0, 1, 1, 0]), ("x", 2, 1, [0, 1, 1, 1]), ("y", 1, 0, [1, 1, 1, 1]),
+            ("x", 0, 0, [1, 0, 0, 1])]  # the last: a run of x's earlier best, which no longer counts
+    for encoder, source, seed, predictions in runs:
+        final.add_trial(optuna.trial.create_trial(
+            value=float(np.mean(np.equal(predictions, labels))), params={"encoder": encoder},
+            distributions=distributions,
+            user_attrs={final_eval.SEED_ATTR: seed, final_eval.SOURCE_TRIAL_ATTR: source,
+                        final_eval.PREDICTIONS_ATTR: predictions}))
+
+    tables = write_leaderboards(storage, tmp_path)
+    written = pd.read_csv(tmp_path / PREDICTIONS_FILE)
+    assert list(written.columns) == ["dataset", "encoder", "seed", "source_trial", "example", "label", "prediction"]
+    assert written[["encoder", "seed", "source_trial"]].drop_duplicates().values.tolist() == [
+        ["x", 0, 2], ["x", 1, 2], ["y", 0, 1]]
+    assert written["label"].tolist() == labels * 3 and written["example"].tolist() == [0, 1, 2, 3] * 3
+    assert written["prediction"].tolist() == [0, 1, 1, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    # x: accuracy 1 and 3/4 -> 0.875; y: 1/2 (seed 1 missing).
+    assert tables["final"][["encoder", "seeds", "missing"]].values.tolist() == [
+        ["x", 2, ""], ["y", 1, "1 of 2 seeds missing"]]
+    assert tables["final"]["mean"].tolist() == pytest.approx([0.875, 0.5])
+    assert tables["pairwise"]["difference"].tolist() == pytest.approx([0.375])
+    assert tables["datasets"].iloc[0]["final_verdict"].startswith(
+        "news (test split, 4 examples x seeds x 2, y 1): incomplete (y: 1 of 2 seeds missing)")
+    assert pd.read_csv(tmp_path / "final.csv")["seeds"].tolist() == [2, 1]
+
+
+def _references(values) -> pd.DataFrame:
+    """values: (study, metric, reference name, split, value); 200 validation and 400 training examples."""
+    from benchmark.results import REFERENCE_COLUMNS
+
+    rows = [{"study": study, "dataset": study.removeprefix("bench-"), "metric": metric, "reference": name,
+             "split": split, "examples": 200, "train_examples": 400,
+             **{m: (value if m == metric else -1.0) for m in ("accuracy", "macro_f1", "mcc")}}
+            for study, metric, name, split, value in values]
+    return pd.DataFrame(rows, columns=REFERENCE_COLUMNS)
+
+
+MAJORITY, TFIDF = "(reference) majority class", "(reference) tf-idf + logreg"
+REFERENCES = [
+    ("bench-news", "accuracy", MAJORITY, "validation", 0.70), ("bench-news", "accuracy", TFIDF, "validation", 0.82),
+    ("bench-news", "accuracy", MAJORITY, "test", 0.68), ("bench-news", "accuracy", TFIDF, "test", 0.80),
+    ("bench-reviews", "macro_f1", MAJORITY, "validation", 0.30),
+    ("bench-reviews", "macro_f1", TFIDF, "validation", 0.59),
+]
+
+
+def test_reference_rows_are_listed_but_never_ranked_and_flag_the_encoders(trials):
+    # Best validation values (see test_encoder_leaderboard): news e2 0.85, e1 0.82, e3 0.70;
+    # reviews e1 0.60, e2 0.60. news: e3 ties the majority class (0.70): at chance, and below
+    # tf-idf (0.82) too; e1 ties tf-idf: not above it. reviews: both clear 0.30 and 0.59.
+    references = _references(REFERENCES)
+    table = encoder_leaderboard(trials, references)
+    plain = encoder_leaderboard(trials)
+    assert table["encoder"].tolist() == ["e2", "e1", "e3", MAJORITY, TFIDF]
+    encoders = table.iloc[:3]
+    for column in plain.columns:
+        assert encoders[column].tolist() == pytest.approx(plain[column].tolist(), nan_ok=True), column
+    assert encoders["reference_flags"].tolist() == [
+        "", "news: not above tf-idf + logreg", "news: at chance and not above tf-idf + logreg"]
+    rows = table.iloc[3:]
+    assert rows["news"].tolist() == pytest.approx([0.70, 0.82])
+    assert rows["reviews"].tolist() == pytest.approx([0.30, 0.59])
+    for column in ("mean_rank", "normalized_score", "datasets", "trials: news"):
+        assert rows[column].isna().all(), column
+
+    flags = reference_flags(trials, references)
+    assert flags[["dataset", "encoder", "best_value", "complete_trials", "at_chance", "not_above_tfidf"]] \
+        .values.tolist() == [["news", "e1", 0.82, 2, False, True], ["news", "e3", 0.70, 1, True, True]]
+    assert reference_flag_sentences(flags)[1] == (
+        "news: e3 is at chance and not above tf-idf + logreg: its best validation accuracy is 0.7000 "
+        "(best of 1 complete trial), against 0.7000 for the majority class and 0.8200 for tf-idf + logreg "
+        "(fitted on the same 400 training examples, scored on the same 200 validation examples)")
+
+    text = to_markdown(table)
+    assert "nan" not in text
+    cells = {line.split("|")[1].strip(): [cell.strip() for cell in line.split("|")[1:-1]]
+             for line in text.splitlines()}
+    trials_cell, rank_cell = cells["encoder"].index("trials: news"), cells["encoder"].index("mean_rank")
+    assert cells["e3"][trials_cell] == "2"  # an integer still, beside the reference rows' blanks
+    assert cells[MAJORITY][trials_cell] == "" and cells[MAJORITY][rank_cell] == ""
+
+
+def test_final_table_gets_the_reference_test_scores(trials):
+    final = pd.DataFrame({"dataset": ["news", "news", "reviews"], "encoder": ["e2", "e1", "e1"],
+                          "mean": [0.84, 0.81, 0.6]})
+    table = with_reference_test_scores(final, _references(REFERENCES), trials)
+    assert table[MAJORITY].tolist()[:2] == pytest.approx([0.68, 0.68])
+    assert table[TFIDF].tolist()[:2] == pytest.approx([0.80, 0.80])
+    assert table[[MAJORITY, TFIDF]].iloc[2].isna().all()  # no test score stored for reviews
+    assert table["mean"].tolist() == [0.84, 0.81, 0.6]

@@ -3,6 +3,7 @@ and the page as a headless Chromium renders it."""
 
 from __future__ import annotations
 
+import html
 import os
 import re
 import shutil
@@ -70,11 +71,15 @@ def storage(tmp_path_factory) -> str:
     return url
 
 
+TOPICS_VERDICT = ("topics (test split, 400 examples x 5 seeds each): roberta - bert = +0.039 accuracy "
+                  "[95% CI +0.015, +0.062], Holm-adjusted p = 0.003 over 1 pair: roberta higher")
+
+
 def full_tables(storage: str) -> dict[str, pd.DataFrame]:
     """Tables in the shapes `results` builds, with values that agree with the storage."""
     curve = lambda dataset, encoder, best: [  # noqa: E731
         {"dataset": dataset, "encoder": encoder, "n": n, "expected_max": best - 0.04 / n,
-         "band_low": best - 0.08 / n, "band_high": best, "trials": 3} for n in (1, 2, 3)]
+         "band_low": best - 0.08 / n, "band_high": best, "complete_trials": 3} for n in (1, 2, 3)]
     return {
         "leaderboard": pd.DataFrame({
             "encoder": ["roberta", "bert"], "pairs": [np.nan, 0.61], "topics": [0.84, 0.81],
@@ -85,7 +90,8 @@ def full_tables(storage: str) -> dict[str, pd.DataFrame]:
             "best_value": [0.61, 0.84], "best_encoder": ["bert", "roberta"], "best_trial": [0, 3],
             "best_params": ['{"dropout": 0.1}', '{"dropout": 0.2}'], "complete": [1, 4], "pruned": [1, 1],
             "failed": [0, 0], "trial_seconds": [12.5, 1234.5], "wall_seconds": [20.0, 1500.0],
-            "final_top_encoders": ["", "roberta, bert"], "final_top_differ": ["", "yes (p=0.003)"]}),
+            "final_verdict": ["", TOPICS_VERDICT], "final_not_shown_worse_than_best": ["", "roberta"],
+            "final_missing": ["", ""]}),
         "costs": pd.DataFrame({
             "dataset": ["pairs", "topics", "topics"], "encoder": ["bert", "bert", "roberta"],
             "trials": [1, 3, 2], "complete": [1, 2, 2], "pruned": [0, 1, 0], "failed": [0, 0, 0],
@@ -95,11 +101,14 @@ def full_tables(storage: str) -> dict[str, pd.DataFrame]:
             curve("topics", "bert", 0.81) + curve("topics", "roberta", 0.84) + curve("pairs", "bert", 0.61)),
         "final": pd.DataFrame({
             "dataset": ["topics", "topics"], "encoder": ["roberta", "bert"], "metric": ["accuracy"] * 2,
-            "seeds": [5, 5], "mean": [0.8312, 0.7923], "std": [0.0101, 0.0154], "ci_low": [0.8187, 0.7732],
-            "ci_high": [0.8437, 0.8114], "source_trial": [3, 0], "indistinguishable_from_best": [True, False]}),
+            "seeds": [5, 5], "seeds_requested": [5, 5], "test_examples": [400, 400], "mean": [0.8312, 0.7923],
+            "ci_low": [0.8187, 0.7732], "ci_high": [0.8437, 0.8114], "source_trial": [3, 0],
+            "not_shown_worse_than_best": [True, False], "missing": ["", ""]}),
         "pairwise": pd.DataFrame({
-            "dataset": ["topics"], "encoder_a": ["roberta"], "encoder_b": ["bert"], "mean_a": [0.8312],
-            "mean_b": [0.7923], "t": [4.72], "df": [7.9], "p_value": [0.003], "significant": [True]}),
+            "dataset": ["topics"], "encoder_a": ["roberta"], "encoder_b": ["bert"], "metric": ["accuracy"],
+            "difference": [0.0389], "ci_low": [0.0151], "ci_high": [0.0622], "p_value": [0.003], "p_holm": [0.003],
+            "significant_after_holm": [True], "pairs": [1], "test_examples": [400], "seeds_a": [5],
+            "seeds_b": [5]}),
         "trials": trials_frame(storage),
     }
 
@@ -129,11 +138,13 @@ def test_page_holds_tables_figures_and_sections(written):
     assert sorted(figure_ids(page)) == sorted(FIGURES)
     assert page.count('<table class="dataframe report">') == 5
     for cell in ("<th>trials: topics</th>", "<td>1,234.5</td>", "<td>12.50</td>", "<td>0.8400</td>",
-                 "<td>3.50e-04</td>", "<td>0.8312 ± 0.0101</td>", "<td>[0.8187, 0.8437]</td>", "<th>p_value</th>"):
+                 "<td>3.50e-04</td>", "<td>5 of 5</td>", "<td>[0.8187, 0.8437]</td>", "<th>p_holm</th>",
+                 "<th>not shown worse than the best</th>"):
         assert cell in page, cell
     assert '<h2>Dataset topics</h2>' in page and '<h2>Dataset pairs</h2>' in page
     assert ("Parameter importances need at least two complete trials; this study has 1." in page)
-    assert "On topics, the top encoders (roberta, bert) can be told apart (p=0.003)." in page
+    assert f"<p>{TOPICS_VERDICT}</p>" in page
+    assert "which is no proof that the two are equivalent" in page
     assert "pairs: no final evaluation yet." in page
     assert "ghost" not in page
 
@@ -185,7 +196,8 @@ def test_png_panels_share_one_legend_of_every_encoder(storage):
         [legend] = figure.legends
         assert [text.get_text() for text in legend.get_texts()] == ["bert", "roberta"]
     panels = report.expected_performance_png(tables["expected_performance"], colours).axes
-    assert [ax.get_title() for ax in panels if ax.get_visible()] == ["pairs", "topics"]
+    assert [ax.get_title() for ax in panels if ax.get_visible()] == [
+        "pairs (complete trials: bert 3)", "topics (complete trials: bert 3, roberta 3)"]
 
 
 def test_missing_pieces_are_said_not_drawn(tmp_path):
@@ -207,17 +219,33 @@ def test_final_evaluation_pending_says_how_to_run_it(storage, tmp_path):
     assert [path.name for path in paths] == ["report.html", "expected_performance.png"]
     page = paths[0].read_text()
     assert "run `python run_benchmark.py --final-eval`" in page
-    assert "final-evaluation" not in figure_ids(page) and "Pairwise significance" not in page
+    assert "final-evaluation" not in figure_ids(page) and "Pairwise comparison" not in page
 
 
-@pytest.mark.parametrize(("top", "differ", "sentence"), [
-    ("minilm, mpnet", "yes (p=0.003)", "On x, the top encoders (minilm, mpnet) can be told apart (p=0.003)."),
-    ("minilm, mpnet", "no (p=0.41)", "On x, the top encoders (minilm, mpnet) cannot be told apart (p=0.41)."),
-    ("", "", "x: no final evaluation yet."),
+def test_an_unevaluated_encoder_is_listed_not_drawn(storage):
+    tables = full_tables(storage)
+    final = tables["final"].assign(seeds=[5, 0], mean=[0.8312, float("nan")], ci_low=[0.8187, float("nan")],
+                                   ci_high=[0.8437, float("nan")], not_shown_worse_than_best=[None, None],
+                                   missing=["", "not evaluated"])
+    shown = report.final_display(final)
+    assert shown.iloc[1][["seeds", "95% CI (bootstrap)", "not shown worse than the best", "missing"]].tolist() == [
+        "0 of 5", "–", "–", "not evaluated"]
+    colours = report.encoder_colours(ENCODERS)
+    assert [trace.name for trace in report.final_figure(final, colours).data] == ["roberta"]
+    [panel] = [ax for ax in report.final_evaluation_png(final, colours).axes if ax.get_visible()]
+    assert [label.get_text() for label in panel.get_xticklabels()] == ["roberta"]
+
+
+@pytest.mark.parametrize(("verdict", "sentence"), [
+    ("x (test split, 9 examples x 2 seeds each): a - b = +0.100 accuracy [95% CI -0.1, +0.3], Holm-adjusted p = 0.5 "
+     "over 1 pair: not shown different",
+     "x (test split, 9 examples x 2 seeds each): a - b = +0.100 accuracy [95% CI -0.1, +0.3], Holm-adjusted p = 0.5 "
+     "over 1 pair: not shown different"),
+    ("x <b>", "x &lt;b&gt;"),
+    ("", "x: no final evaluation yet."),
 ])
-def test_top_encoders_sentence(top, differ, sentence):
-    row = pd.Series({"dataset": "x", "final_top_encoders": top, "final_top_differ": differ})
-    assert report.top_encoders_sentence(row) == sentence
+def test_final_verdict_sentence(verdict, sentence):
+    assert report.final_verdict_sentence(pd.Series({"dataset": "x", "final_verdict": verdict})) == sentence
 
 
 def test_a_single_varying_parameter_has_no_importances():
@@ -260,3 +288,74 @@ def test_chromium_renders_every_figure(written, tmp_path):
     unrendered = [div_id for div_id, chunk in zip(ids, chunks) if 'class="main-svg"' not in chunk]
     assert unrendered == []
     assert distinct_colours(image.imread(shot)) > 50
+
+
+def test_reference_notes_state_the_flags_in_words():
+    from benchmark.leaderboard import FLAG_COLUMNS
+
+    references = pd.DataFrame({"study": ["tiny-topics"], "reference": ["(reference) majority class"]})
+    flags = pd.DataFrame([["topics", "bert", "accuracy", 0.5, 2, 0.5, 0.7, 200, 400, True, True]],
+                         columns=FLAG_COLUMNS)
+    notes = report.reference_notes(references, flags)
+    assert "They take no rank and no normalized score." in notes
+    assert ("topics: bert is at chance and not above tf-idf + logreg: its best validation accuracy is 0.5000 "
+            "(best of 2 complete trials), against 0.5000 for the majority class and 0.7000 for tf-idf + logreg "
+            "(fitted on the same 400 training examples, scored on the same 200 validation examples).") in notes
+    cleared = report.reference_notes(references, flags.iloc[:0])
+    assert "Every encoder&#x27;s best validation value clears both reference rows" in cleared
+    assert report.reference_notes(pd.DataFrame(), flags) == ""  # a storage from before the reference rows
+
+
+def ranked_tables(storage: str, encoders: int) -> dict[str, pd.DataFrame]:
+    """`full_tables` plus a ranking over three datasets, built as `results` builds it."""
+    from benchmark import ranking
+
+    scores = pd.DataFrame({"bert": [0.81, 0.61, 0.70], "roberta": [0.84, 0.66, 0.75], "electra": [0.70, 0.50, 0.60]},
+                          index=["pairs", "topics", "third"]).iloc[:, :encoders]
+    return {**full_tables(storage), "ranking": ranking.mean_ranks(scores), "ranking_tests": ranking.ranking_tests(scores)}
+
+
+@pytest.mark.parametrize("encoders", [2, 3])
+def test_ranking_section_and_critical_difference_png(storage, tmp_path, encoders):
+    paths = report.write_report(storage, ranked_tables(storage, encoders), tmp_path)
+    assert tmp_path / "critical_difference.png" in paths
+    pixels = image.imread(tmp_path / "critical_difference.png")
+    assert pixels.shape[1] > 400 and distinct_colours(pixels) > 20
+    page = paths[0].read_text()
+    assert '<h2>Ranking across datasets</h2>' in page and 'id="critical-difference"' in page
+    # roberta beats bert on all 3 datasets (and electra, last everywhere, when it takes part)
+    expected = ("Across 3 datasets, roberta and bert cannot be told apart (Wilcoxon signed-rank p = 0.25;"
+                if encoders == 2 else "Across 3 datasets, Friedman's test finds the encoders' ranks differ (p = 0.0498")
+    assert html.escape(expected) in page  # Friedman with perfectly consistent ranks: chi2 = 6, p = e^-3
+
+
+def test_verdict_strength_and_timeout_lines_in_the_report(storage):
+    tables = full_tables(storage)
+    tables["datasets"] = tables["datasets"].assign(
+        cut_short_by_timeout=["", "stopped by the 480 s timeout after 3 of 8 trials (bert 2, roberta 1)"],
+        search_verdict=["no two encoders have a complete trial to compare",
+                        "roberta and bert overlap at n=3 complete trials each: more trials, not a choice between "
+                        "them, is what the data supports"])
+    page = report.report_html(tables, report.load_studies(storage, tables["datasets"]), report.encoder_colours(ENCODERS))
+    assert ("topics: stopped by the 480 s timeout after 3 of 8 trials (bert 2, roberta 1); it compares fewer "
+            "trials than planned.") in page
+    assert "topics: roberta and bert overlap at n=3 complete trials each: more trials, not a choice" in page
+    assert "not the one random search would give" in page
+
+
+def test_chromium_draws_the_critical_difference_diagram(storage, tmp_path):
+    """The diagram is an embedded PNG: Chromium must decode it from the page's own markup."""
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide chromium (.ci/run installs Debian's package)")
+        pytest.skip("no chromium binary on PATH (CI installs Debian's chromium)")
+    section = report.ranking_section(ranked_tables(storage, 3))
+    [tag] = re.findall(r'<img id="critical-difference"[^>]*>', section)
+    probe = tmp_path / "probe.html"
+    probe.write_text(f"<html><body>{tag}<script>window.onload = () => document.body.dataset.size = "
+                     "document.getElementById('critical-difference').naturalWidth + 'x' + "
+                     "document.getElementById('critical-difference').naturalHeight;</script></body></html>")
+    dom = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=5000",
+                          "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=180, check=True).stdout
+    width, height = map(int, re.search(r'data-size="(\d+)x(\d+)"', dom).groups())
+    assert width > 400 and height > 100

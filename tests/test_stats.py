@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
-from scipy import stats as scipy_stats
 
-from benchmark.stats import bootstrap_band, expected_max_curve, mean_interval, pareto_front, welch_test
+from benchmark.metrics import METRIC_NAMES
+from benchmark.stats import (
+    Draws,
+    bootstrap_band,
+    draw_resamples,
+    expected_max_curve,
+    holm,
+    paired_bootstrap,
+    pareto_front,
+)
 
 
 def test_expected_max_curve_by_hand():
@@ -43,39 +49,78 @@ def test_bootstrap_band_brackets_the_curve_and_collapses_on_constant_values():
     assert flat_low.tolist() == flat_high.tolist() == [0.5, 0.5, 0.5]
 
 
-def test_mean_interval_by_hand_and_against_scipy():
-    values = [0.80, 0.82, 0.85, 0.79, 0.84]
-    # mean 0.82; squared deviations sum to 0.0026, so std = sqrt(0.0026/4) = 0.025495;
-    # t(0.975, 4) = 2.776445, half-width = 2.776445 * 0.025495 / sqrt(5) = 0.031656
-    interval = mean_interval(values)
-    assert interval.mean == pytest.approx(0.82)
-    assert interval.std == pytest.approx(0.0254951, rel=1e-5)
-    assert (interval.low, interval.high) == pytest.approx((0.788344, 0.851656), rel=1e-5)
-    reference = scipy_stats.t.interval(0.95, 4, loc=np.mean(values), scale=scipy_stats.sem(values))
-    assert (interval.low, interval.high) == pytest.approx(reference)
-    wide = mean_interval(values, confidence=0.99)
-    assert wide.low < interval.low and wide.high > interval.high
-    with pytest.raises(ValueError):
-        mean_interval([0.8])
+def test_paired_bootstrap_by_hand():
+    # Test labels [0, 1, 1]; a (1 seed) is right on examples 0 and 1; b's seed 0 on example 0
+    # only, its seed 1 on examples 1 and 2. Accuracy: a 2/3, b (1/3 + 2/3) / 2 = 1/2.
+    labels = np.array([0, 1, 1])
+    predictions = {"b": np.array([[0, 0, 0], [1, 1, 1]]), "a": np.array([[0, 1, 0]])}
+    # Four resamples, by hand:       a            b seed 0, seed 1    b's drawn seeds -> b     a - b
+    #   examples [0, 1, 1]           1            1/3, 2/3            [0, 0] -> 1/3          2/3
+    #   examples [0, 0, 1]           1            2/3, 1/3            [1, 0] -> 1/2          1/2
+    #   examples [1, 2, 2]           1/3          0,   1              [0, 0] -> 0            1/3
+    #   examples [0, 1, 2]           2/3          1/3, 2/3            [1, 1] -> 2/3          0
+    draws = Draws(examples=np.array([[0, 1, 1], [0, 0, 1], [1, 2, 2], [0, 1, 2]]),
+                  seeds={"a": np.zeros((4, 1), dtype=int), "b": np.array([[0, 0], [1, 0], [0, 0], [1, 1]])})
+    estimates, differences = paired_bootstrap(labels, predictions, "accuracy", draws)
+    assert list(estimates) == ["a", "b"] and list(differences) == [("a", "b")]  # best first
+    # numpy's percentiles of 4 sorted values interpolate at positions 0.075 and 2.925:
+    #   a - b sorted [0, 1/3, 1/2, 2/3]: 0 + 0.075/3 = 0.025 and 1/2 + 0.925/6 = 0.654167
+    #   a sorted [1/3, 2/3, 1, 1]: 1/3 + 0.075/3 = 0.358333 and 1;  b as a - b
+    # p: #(d <= 0) = 1, #(d >= 0) = 4 -> 2 (1 + 1) / (4 + 1) = 0.8
+    difference = differences["a", "b"]
+    assert difference.value == pytest.approx(1 / 6)
+    assert (difference.low, difference.high) == pytest.approx((0.025, 0.5 + 0.925 / 6))
+    assert difference.p_value == pytest.approx(0.8)
+    assert (estimates["a"].value, estimates["a"].low, estimates["a"].high) == pytest.approx((2 / 3, 0.358333, 1.0),
+                                                                                            rel=1e-5)
+    assert (estimates["b"].value, estimates["b"].low, estimates["b"].high) == pytest.approx((0.5, 0.025, 0.654167),
+                                                                                            rel=1e-5)
 
 
-@pytest.mark.parametrize("a, b", [
-    ([0.80, 0.82, 0.85, 0.79, 0.84], [0.75, 0.78, 0.74, 0.77, 0.76]),  # clearly apart
-    ([0.80, 0.82, 0.85, 0.79, 0.84], [0.81, 0.79, 0.86, 0.80, 0.83]),  # overlapping
-    ([0.91, 0.90, 0.95], [0.70, 0.99, 0.85, 0.60, 0.93, 0.88]),  # unequal sizes and variances
-])
-def test_welch_test_against_scipy(a, b):
-    result = welch_test(a, b)
-    reference = scipy_stats.ttest_ind(a, b, equal_var=False)
-    assert result.t == pytest.approx(reference.statistic)
-    assert result.p_value == pytest.approx(reference.pvalue)
-    assert result.df == pytest.approx(reference.df)
+def _noisy(labels: np.ndarray, accuracy: float, seeds: int, rng: np.random.Generator) -> np.ndarray:
+    wrong = rng.random((seeds, labels.size)) > accuracy
+    return np.where(wrong, (labels + rng.integers(1, 3, size=(seeds, labels.size))) % 3, labels)
 
 
-def test_welch_test_of_constant_samples():
-    assert welch_test([0.5, 0.5], [0.5, 0.5]).p_value == 1.0
-    apart = welch_test([0.6, 0.6], [0.5, 0.5])
-    assert apart.p_value == 0.0 and apart.t == math.inf
+@pytest.mark.parametrize("metric", METRIC_NAMES)
+def test_paired_bootstrap_intervals_stay_in_range_and_tell_a_clear_gap(metric):
+    rng = np.random.default_rng(7)
+    labels = rng.integers(0, 3, size=60)
+    predictions = {"weak": _noisy(labels, 0.4, 2, rng), "strong": _noisy(labels, 0.95, 3, rng),
+                   "perfect": np.tile(labels, (2, 1))}
+    draws = draw_resamples(60, {name: len(rows) for name, rows in predictions.items()}, resamples=500, seed=1)
+    estimates, differences = paired_bootstrap(labels, predictions, metric, draws)
+    assert list(estimates) == ["perfect", "strong", "weak"]
+    floor = -1.0 if metric == "mcc" else 0.0
+    for estimate in estimates.values():  # up to rounding: mcc computes 1 as 1.0000000000000002
+        assert floor - 1e-12 <= estimate.low <= estimate.value <= estimate.high <= 1.0 + 1e-12
+    perfect = estimates["perfect"]
+    assert (perfect.value, perfect.low, perfect.high) == pytest.approx((1.0, 1.0, 1.0))
+    gap = differences["strong", "weak"]
+    assert gap.low > 0 and gap.p_value == pytest.approx(2 / 501)  # every resample has strong ahead
+    again = paired_bootstrap(labels, predictions, metric, draw_resamples(60, {"weak": 2, "strong": 3, "perfect": 2},
+                                                                         resamples=500, seed=1))
+    assert again[1] == differences  # seeded: the same draws give the same numbers
+
+
+def test_identical_predictions_are_not_shown_different():
+    labels = np.array([0, 1, 2, 1, 0])
+    same = np.array([[0, 1, 1, 1, 2], [0, 2, 2, 1, 0]])
+    draws = draw_resamples(5, {"x": 2, "y": 2}, resamples=200, seed=3)
+    # Same predictions, but each encoder's seeds drawn separately: differences straddle zero.
+    _, differences = paired_bootstrap(labels, {"x": same, "y": same}, "macro_f1", draws)
+    difference = differences["x", "y"]
+    assert difference.value == 0 and difference.low <= 0 <= difference.high and difference.p_value == 1.0
+    one_seed = draw_resamples(5, {"x": 1, "y": 1}, resamples=50)
+    _, constant = paired_bootstrap(labels, {"x": same[:1], "y": same[:1]}, "accuracy", one_seed)
+    assert constant["x", "y"].p_value == 1.0 and (constant["x", "y"].low, constant["x", "y"].high) == (0, 0)
+
+
+def test_holm_by_hand():
+    # Sorted 0.01, 0.03, 0.04 times 3, 2, 1 = 0.03, 0.06, 0.04; kept monotone: 0.03, 0.06, 0.06
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert holm([0.5]) == pytest.approx([0.5])
+    assert holm([]).size == 0
 
 
 def test_pareto_front():

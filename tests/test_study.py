@@ -18,7 +18,7 @@ from benchmark.config import load_config
 from benchmark.preflight import prepare
 from benchmark.report import REPORT_FILE
 from benchmark.results import RESULT_FILES, trials_frame
-from benchmark.study import FINISHED, settle_memory
+from benchmark.study import FINISHED, open_study, settle_memory
 from tests.conftest import make_texts
 
 
@@ -102,13 +102,18 @@ def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_en
     assert (datasets["complete"] + datasets["pruned"]).tolist() == [4, 4]
     # The balanced comparison (the default): two trials for each of the two encoders.
     assert trials_csv.groupby(["study", "encoder"]).size().tolist() == [2, 2, 2, 2]
-    assert board[["trials: topics", "trials: topic_pairs"]].values.tolist() == [[2, 2], [2, 2]]
+    assert board.loc[["bert", "roberta"], ["trials: topics", "trials: topic_pairs"]].values.tolist() == [[2, 2], [2, 2]]
+    # The reference rows come from the baselines stored with each study, and take no rank.
+    stored = optuna.load_study(study_name="tiny-topic_pairs", storage=storage).user_attrs["reference_baselines"]
+    assert board.loc["(reference) tf-idf + logreg", "topic_pairs"] == pytest.approx(
+        stored["tfidf_logreg"]["validation"]["macro_f1"])
+    assert board.loc["(reference) majority class", ["mean_rank", "normalized_score"]].isna().all()
 
     # The final evaluation: each encoder's best trial, retrained with 2 seeds, on the test split.
     assert run_cli("--final-eval", "--config", str(config), "--results-dir", str(results), "--seeds", "2") == 0
     captured = capsys.readouterr()
     assert "final bert (trial" in captured.err
-    assert "topics: on the test split, the best two encoders differ significantly: " in captured.out
+    assert "topics (test split, " in captured.out and "topic_pairs (test split, " in captured.out
     final_study = optuna.load_study(study_name="tiny-topics-final", storage=storage)
     runs = final_study.get_trials()
     assert sorted((t.params["encoder"], t.user_attrs["seed"]) for t in runs) == sorted(
@@ -119,8 +124,16 @@ def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_en
         assert source.value == best[("tiny-topics", run.params["encoder"])]
         assert run.params == source.params  # the best configuration, retrained as it was
         assert run.value == run.user_attrs["test_accuracy"]  # scored on the test split
+        labels = final_study.user_attrs["test_labels"]
+        predictions = run.user_attrs["test_predictions"]
+        assert len(predictions) == len(labels)  # every test prediction is kept
+        assert run.value == pytest.approx(sum(p == y for p, y in zip(predictions, labels)) / len(labels))
     final = pd.read_csv(results / "final.csv")
     assert set(final["dataset"]) == {"topics", "topic_pairs"} and (final["seeds"] == 2).all()
+    written = pd.read_csv(results / "final_predictions.csv")
+    topics = written[written["dataset"] == "topics"]
+    assert len(topics) == len(runs) * len(labels)
+    assert topics.groupby(["encoder", "seed"])["label"].apply(list).map(lambda y: y == labels).all()
     # A second run finds every seed done and trains nothing.
     assert run_cli("--final-eval", "--config", str(config), "--results-dir", str(results), "--seeds", "2") == 0
     assert "final " not in capsys.readouterr().err
@@ -153,6 +166,23 @@ def test_topping_up_with_another_seed_is_refused(tmp_path, tiny_encoders, capsys
     assert run_cli(*common) == 0
     assert run_cli(*common, "--seed", "7") == 2
     assert "seed 0" in capsys.readouterr().err
+
+
+def test_one_backbone_with_two_heads_is_two_encoders(tmp_path, tiny_encoders, capsys):
+    config = write_config(tmp_path, tiny_encoders)
+    path = str(tiny_encoders["bert"])
+    raw = yaml.safe_load(config.read_text())
+    raw["encoders"] = {"bert-cls": {"source": "local", "path": path, "pooling": "cls"},
+                       "bert-mean": {"source": "local", "path": path, "pooling": "mean"}}
+    config.write_text(yaml.safe_dump(raw))
+    assert run_cli("--study", "--config", str(config), "--results-dir", str(tmp_path / "r"),
+                   "--datasets", "topics", "--n-trials", "2") == 0
+    err = capsys.readouterr().err
+    assert "encoder bert-cls: bert, cls pooling (set in the config)" in err
+    assert "encoder bert-mean: bert, mean pooling (set in the config)" in err
+    study = optuna.load_study(study_name="tiny-topics", storage=f"sqlite:///{tmp_path / 'r' / 'optuna.db'}")
+    heads = {t.params["encoder"]: t.user_attrs["pooling"] for t in study.get_trials(states=FINISHED)}
+    assert heads == {"bert-cls": "cls", "bert-mean": "mean"}
 
 
 def _dataset_study(tmp_path, tiny_encoders, encoders=("electra",)):
@@ -386,3 +416,24 @@ def test_final_eval_refuses_a_missing_study_or_changed_data_before_training(tmp_
     assert "searched on {'train': 97" in err
     assert run_cli("--final-eval", *common, "--seeds", "1") == 2
     assert "--seeds must be at least 2" in capsys.readouterr().err
+
+
+def test_preflight_reports_dropped_duplicates_and_absent_classes_and_the_study_keeps_the_count(
+        tmp_path, tiny_encoders, capsys):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",))).restricted(["topics"], None)
+    topics = make_texts(120, seed=3)
+    repeats = topics.iloc[:3].assign(text=lambda f: "  " + f["text"].str.upper())
+    lone = pd.DataFrame({"text": ["a lone weather report"], "label": ["weather"]})
+    pd.concat([topics, repeats, lone]).to_csv(tmp_path / "topics.csv", index=False)
+
+    prepared = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
+    err = capsys.readouterr().err
+    # 121 rows left: test round(0.1 * 121) = 12, validation round(0.1 * 109) = 11, and the
+    # single 'weather' row cannot be in two splits, so it stays in train.
+    assert "dataset topics: 4 classes, train 98, validation 11, test 12, 3 duplicates dropped" in err
+    for split in ("validation", "test"):
+        assert f"warning: datasets.topics: the {split} split has no example of class(es) 'weather'; " \
+               f"its accuracy cannot reward them" in err
+    assert "the train split has no example" not in err
+    study = open_study(prepared.storage, prepared.studies[0], seed=0)
+    assert study.user_attrs["duplicates_dropped"] == 3

@@ -13,8 +13,8 @@ from benchmark.encoders import load_classifier, load_tokenizer, resolve
 from benchmark.metrics import classification_metrics
 from benchmark.tokenization import TokenizationCache, batches, length_grouped, tokenize_split
 import benchmark.training
-from benchmark.training import (Hyperparameters, LoopSettings, _linear_warmup_decay, _optimizer, autocast_dtype,
-                                evaluate, fine_tune, padding_multiple)
+from benchmark.training import (Hyperparameters, LoopSettings, _linear_warmup_decay, _optimizer,
+                                checkpoint_steps, evaluate, fine_tune, padding_multiple)
 from tests.conftest import make_texts
 
 CPU = torch.device("cpu")
@@ -129,14 +129,6 @@ def test_tokenizer_runs_once_per_dataset_tokenizer_and_length(topics, bert):
     cache.get(topics, bert.location, 16, loader)
     assert len(loads) == 2
     assert max(len(ids) for ids in cache.get(topics, bert.location, 16, loader).train.input_ids) <= 16
-
-
-def test_autocast_choice():
-    assert autocast_dtype(CPU, "fp32") is None
-    assert autocast_dtype(CPU, "bf16") is torch.bfloat16
-    assert autocast_dtype(torch.device("mps"), "auto") is None
-    expected = torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else None
-    assert autocast_dtype(CPU, "auto") is expected
 
 
 def test_micro_batches_with_accumulation_train_the_same_model(topics, bert):
@@ -270,3 +262,55 @@ def test_the_fast_path_computes_what_the_plain_path_computes(topics, bert, monke
     assert checkpoints and all(len(labels) == 5 for labels in checkpoints)
     assert all(np.array_equal(labels, checkpoints[0]) for labels in checkpoints), "one fixed subset"
     assert set(checkpoints[0]) == set(validation), "stratified: every class is in the subset"
+
+
+def test_checkpoint_steps_by_hand():
+    # 10 steps an epoch, 3 epochs, batch 16, every 32 examples = every 2 steps
+    assert checkpoint_steps(10, 3, 16, 32, "fixed") == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]
+    assert checkpoint_steps(10, 3, 16, 32, "geometric") == [2, 4, 8, 16, 30]
+    # the last power of two is the last step: not evaluated twice
+    assert checkpoint_steps(4, 2, 8, 8, "geometric") == [1, 2, 4, 8]
+    # an interval longer than the run: only the end
+    assert checkpoint_steps(5, 1, 32, 192, "geometric") == [5]
+    assert checkpoint_steps(5, 1, 32, 192, "fixed") == [5]
+    # default.yaml on bbc_news: 240 examples, 3 epochs, every 192 examples
+    assert checkpoint_steps(15, 3, 16, 192, "fixed") == [12, 24, 36, 45]
+    assert checkpoint_steps(15, 3, 16, 192, "geometric") == [12, 24, 45]
+    assert checkpoint_steps(7, 3, 32, 192, "geometric") == [6, 12, 21]
+    with pytest.raises(ValueError, match="'hourly'"):
+        checkpoint_steps(10, 1, 16, 32, "hourly")
+
+
+@pytest.mark.parametrize("schedule", ["fixed", "geometric"])
+def test_every_batch_size_reaches_the_pruner_at_the_same_example_counts(schedule):
+    """The pruner compares trials at `Evaluation.examples` = step x batch size: every
+    checkpoint before the last falls on the same example counts whatever the batch size."""
+    train_examples, every = 384, 48  # 1152 examples in 3 epochs: 24 intervals
+    seen = {}
+    for batch_size in (8, 16, 24, 48):
+        steps_per_epoch = train_examples // batch_size
+        steps = checkpoint_steps(steps_per_epoch, 3, batch_size, every, schedule)
+        assert steps[-1] == 3 * steps_per_epoch
+        seen[batch_size] = [step * batch_size for step in steps[:-1]]
+    expected = ([48 * k for k in range(1, 24)] if schedule == "fixed" else [48, 96, 192, 384, 768])
+    assert all(examples == expected for examples in seen.values()), seen
+
+
+def test_fine_tune_follows_the_geometric_schedule_at_any_batch_size(topics, bert):
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    settings = LoopSettings(eval_every_examples=16, eval_batch_size=32, seed=0, device=CPU, autocast_dtype=None,
+                            eval_schedule="geometric")
+    reported = {}
+    for batch_size in (8, 16):
+        hp = Hyperparameters(learning_rate=1e-4, warmup_ratio=0.0, dropout=0.0, max_grad_norm=1.0,
+                             weight_decay=0.0, batch_size=batch_size, num_epochs=2)
+        torch.manual_seed(0)
+        model = load_classifier(bert, topics.label_names, dropout=0.0)
+        evaluations = []
+        fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
+                  lambda _: None, evaluations.append)
+        assert evaluations[-1].last and evaluations[-1].examples == 2 * (len(tokenized.train) // batch_size) * batch_size
+        reported[batch_size] = [e.examples for e in evaluations[:-1]]
+    # 4 batches of 16 an epoch (8 steps, every step 16 examples), 9 of 8 (18 steps, every 2 steps 16)
+    assert (len(tokenized.train) // 16, len(tokenized.train) // 8) == (4, 9)
+    assert reported == {8: [16, 32, 64, 128], 16: [16, 32, 64]}

@@ -1,0 +1,97 @@
+"""Reference baselines for the leaderboards: the majority class, and TF-IDF with logistic
+regression. Each is fitted on the training split the encoders train on and scored, with
+the harness's own metrics, on the same validation and test splits.
+
+A fine-tuned encoder that does not clear the majority class has learned nothing usable;
+one that does not beat a bag of n-grams fitted in seconds does not earn its cost. The
+settings are fixed and documented, never tuned, so the rows mean the same on every
+dataset and no test score steers them.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from benchmark.data import Split, TextClassificationData
+from benchmark.metrics import classification_metrics
+
+REFERENCE_ATTR = "reference_baselines"
+MAJORITY = "majority"
+TFIDF_LOGREG = "tfidf_logreg"
+# How the leaderboards name the rows; the prefix keeps them apart from any encoder name.
+REFERENCE_PREFIX = "(reference) "
+BASELINE_NAMES = {MAJORITY: "majority class", TFIDF_LOGREG: "tf-idf + logreg"}
+REFERENCE_NAMES = {key: f"{REFERENCE_PREFIX}{name}" for key, name in BASELINE_NAMES.items()}
+SCORED_SPLITS = ("validation", "test")
+
+# lbfgs is deterministic, so the rows need no seed: the same data gives the same numbers.
+SETTINGS = ("TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1); "
+            "LogisticRegression(C=1.0, max_iter=1000, solver='lbfgs')")
+
+# Joins a pair's two texts. A bag of n-grams has no segment embeddings, so without a
+# boundary the last word of the text and the first of the pair would make a bigram; this
+# one is a word to the vectorizer's token pattern, so no bigram spans the two texts.
+PAIR_SEPARATOR = " __pair__ "
+
+
+def documents(split: Split) -> list[str]:
+    if split.text_pairs is None:
+        return list(split.texts)
+    return [text + PAIR_SEPARATOR + pair for text, pair in zip(split.texts, split.text_pairs)]
+
+
+def majority_class(labels: np.ndarray) -> int:
+    """The most frequent training label; a tie goes to the lowest label id."""
+    return int(np.bincount(labels).argmax())
+
+
+def majority_scores(data: TextClassificationData) -> dict[str, dict[str, float]]:
+    predicted = majority_class(data.train.labels)
+    return {split: classification_metrics(getattr(data, split).labels,
+                                          np.full(len(getattr(data, split)), predicted), data.num_labels)
+            for split in SCORED_SPLITS}
+
+
+def tfidf_logreg_scores(data: TextClassificationData) -> dict[str, dict[str, float]]:
+    # Imported here: the leaderboards read this module's names, and only a study fits models.
+    from sklearn.feature_extraction.text import TfidfVectorizer
+    from sklearn.linear_model import LogisticRegression
+
+    vectorizer = TfidfVectorizer(sublinear_tf=True, ngram_range=(1, 2), min_df=1)
+    model = LogisticRegression(C=1.0, max_iter=1000, solver="lbfgs")
+    model.fit(vectorizer.fit_transform(documents(data.train)), data.train.labels)
+    scores = {}
+    for split in SCORED_SPLITS:
+        part = getattr(data, split)
+        predicted = model.predict(vectorizer.transform(documents(part)))
+        scores[split] = classification_metrics(part.labels, predicted, data.num_labels)
+    return scores
+
+
+def split_sizes(data: TextClassificationData) -> dict[str, int]:
+    return {split: len(getattr(data, split)) for split in ("train", *SCORED_SPLITS)}
+
+
+def reference_baselines(data: TextClassificationData) -> dict:
+    """Both baselines' metrics per scored split, with what they rest on: the JSON-ready
+    value of the study's `reference_baselines` user attribute."""
+    return {
+        MAJORITY: {**majority_scores(data), "class": data.label_names[majority_class(data.train.labels)]},
+        TFIDF_LOGREG: tfidf_logreg_scores(data),
+        "split_sizes": split_sizes(data),
+        "settings": SETTINGS,
+    }
+
+
+def is_current(recorded: dict | None, data: TextClassificationData) -> bool:
+    """Whether a stored attribute was computed on splits of these sizes, with these settings."""
+    return (recorded is not None and recorded.get("split_sizes") == split_sizes(data)
+            and recorded.get("settings") == SETTINGS)
+
+
+def reference_rows(recorded: dict) -> list[dict]:
+    """The stored attribute as table rows: one per baseline and scored split."""
+    sizes = recorded["split_sizes"]
+    return [{"reference": REFERENCE_NAMES[name], "split": split, "examples": sizes[split],
+             "train_examples": sizes["train"], **recorded[name][split]}
+            for name in REFERENCE_NAMES for split in SCORED_SPLITS]

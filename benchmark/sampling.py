@@ -1,0 +1,119 @@
+"""The study's sampler, built from the config: each trial's encoder is chosen first, and
+its other parameters are proposed from that encoder's trials only."""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution
+from optuna.samplers import BaseSampler
+from optuna.trial import FrozenTrial, TrialState
+
+from benchmark.config import SamplerSpec
+from benchmark.encoder_view import encoder_view
+from benchmark.trial import ENCODER_PARAM
+
+
+def make_sampler(spec: SamplerSpec, seed: int, encoders: Sequence[str],
+                 fixed_encoder: Callable[[], str] | None) -> PerEncoderSampler:
+    """`fixed_encoder` names each trial's encoder (the balanced comparison); without it, a
+    sampler of the config's type picks the encoder from all of the study's trials."""
+    return PerEncoderSampler(lambda role_seed: _optuna_sampler(spec, role_seed), seed, encoders, fixed_encoder)
+
+
+def _optuna_sampler(spec: SamplerSpec, seed: int) -> BaseSampler:
+    if spec.type == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    # One encoder's trials all have the same parameters and ranges, so the multivariate
+    # TPE models them jointly without `group`.
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials,
+                                      multivariate=spec.multivariate)
+
+
+def _role_seed(seed: int, *role: str) -> int:
+    """The seed of one of the study's samplers, from the run's seed and the sampler's role:
+    it does not change when encoders are added, removed or reordered."""
+    return int(np.random.SeedSequence([seed, *(zlib.crc32(part.encode()) for part in role)]).generate_state(1)[0])
+
+
+class PerEncoderSampler(BaseSampler):
+    """Chooses each trial's encoder, then proposes the trial's other parameters from that
+    encoder's trials only, within that encoder's ranges.
+
+    One sampler over the whole study fits one model to every encoder's trials: the TPE
+    proposing MPNet's learning rate would learn from MiniLM's trials, and where an encoder
+    overrides a range, a proposal drawn from the other encoder's range falls back to
+    independent sampling. Here each encoder has a sampler of its own, which reads the study
+    through a view holding only that encoder's trials. Parameter names stay those of the
+    search space, so Optuna's plots and the dashboard read the study as before.
+    """
+
+    def __init__(self, make_sampler: Callable[[int], BaseSampler], seed: int, encoders: Sequence[str],
+                 fixed_encoder: Callable[[], str] | None) -> None:
+        self._make_sampler = make_sampler
+        self._seed = seed
+        self._encoders = CategoricalDistribution(list(encoders))
+        self._fixed_encoder = fixed_encoder
+        self._encoder_sampler = make_sampler(_role_seed(seed))
+        self._samplers: dict[str, BaseSampler] = {}
+        # Each trial's encoder, from `before_trial` (before the trial suggests anything, when
+        # Optuna may already ask for the relative sample) to `after_trial`.
+        self._trial_encoders: dict[int, str] = {}
+
+    def reseed_rng(self) -> None:
+        for sampler in (self._encoder_sampler, *self._samplers.values()):
+            sampler.reseed_rng()
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        encoder = self._choose_encoder(study, trial)
+        self._trial_encoders[trial._trial_id] = encoder
+        self._sampler(encoder).before_trial(self._view(study, encoder), trial)
+
+    def _choose_encoder(self, study: optuna.Study, trial: FrozenTrial) -> str:
+        # A trial queued with its parameters (a dead worker's trial, retried) keeps its encoder.
+        queued = trial.system_attrs.get("fixed_params", {}).get(ENCODER_PARAM)
+        if queued is not None:
+            return queued
+        if self._fixed_encoder is not None:
+            return self._fixed_encoder()
+        # Only the compared encoders' trials: one run with `--encoders` can leave trials of
+        # encoders that this run's encoder distribution cannot hold.
+        compared = encoder_view(study, self._encoders.choices, self._encoder_sampler, study.pruner)
+        return self._encoder_sampler.sample_independent(compared, trial, ENCODER_PARAM, self._encoders)
+
+    def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        encoder = self._trial_encoders[trial._trial_id]
+        space = self._sampler(encoder).infer_relative_search_space(self._view(study, encoder), trial)
+        # Within one encoder's trials the encoder never varies; it was chosen in `before_trial`.
+        space.pop(ENCODER_PARAM, None)
+        return space
+
+    def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
+                        search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
+        encoder = self._trial_encoders[trial._trial_id]
+        return self._sampler(encoder).sample_relative(self._view(study, encoder), trial, search_space)
+
+    def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
+                           param_distribution: BaseDistribution) -> Any:
+        encoder = self._trial_encoders[trial._trial_id]
+        if param_name == ENCODER_PARAM:
+            return encoder
+        return self._sampler(encoder).sample_independent(self._view(study, encoder), trial, param_name,
+                                                         param_distribution)
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
+                    values: Sequence[float] | None) -> None:
+        encoder = self._trial_encoders.pop(trial._trial_id)
+        self._sampler(encoder).after_trial(self._view(study, encoder), trial, state, values)
+
+    def _sampler(self, encoder: str) -> BaseSampler:
+        if encoder not in self._samplers:
+            self._samplers[encoder] = self._make_sampler(_role_seed(self._seed, encoder))
+        return self._samplers[encoder]
+
+    def _view(self, study: optuna.Study, encoder: str) -> optuna.Study:
+        return encoder_view(study, {encoder}, self._sampler(encoder), study.pruner)

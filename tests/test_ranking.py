@@ -1,0 +1,95 @@
+"""The cross-dataset ranking, checked against scikit-posthocs' documented example and by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats as scipy_stats
+
+from benchmark import ranking
+from tests.test_leaderboard import _frame, _trial
+
+# scikit-posthocs' tutorial ("Block design"): 4 blocks (here datasets) x 4 groups (encoders).
+# It gives Friedman chi2 = 8.7, p = 0.03355726870553798, and Nemenyi p-values
+# w-x 0.220908, w-y 0.823993, w-z 0.031375, x-y 0.670273, x-z 0.823993, y-z 0.220908.
+DOCS = pd.DataFrame([[8.82, 11.8, 10.37, 12.08], [8.92, 9.58, 10.59, 11.89],
+                     [8.27, 11.46, 10.24, 11.6], [8.83, 13.25, 8.33, 11.51]],
+                    index=["d1", "d2", "d3", "d4"], columns=["w", "x", "y", "z"])
+
+
+def test_friedman_and_nemenyi_reproduce_the_documented_example():
+    tests = ranking.ranking_tests(DOCS).set_index("comparison")
+    omnibus = tests.loc["all encoders"]
+    assert omnibus["test"] == "Friedman"
+    assert omnibus["statistic"] == pytest.approx(8.7)
+    assert omnibus["p_value"] == pytest.approx(0.03355726870553798)
+    assert omnibus["effect_size"] == pytest.approx(8.7 / (4 * 3))  # Kendall's W = chi2 / (n (k - 1))
+    # Higher scores rank first: z (1+1+1+2)/4 = 1.25, x 2.0, y 3.0, w 3.75
+    ranks = ranking.mean_ranks(DOCS)
+    assert ranks["encoder"].tolist() == ["z", "x", "y", "w"]
+    assert ranks["mean_rank"].tolist() == pytest.approx([1.25, 2.0, 3.0, 3.75])
+    assert tests.loc["z vs w", "p_value"] == pytest.approx(0.031375, abs=2e-4)
+    assert tests.loc["x vs w", "p_value"] == pytest.approx(0.220908, abs=2e-4)
+    assert tests.loc["z vs y", "p_value"] == pytest.approx(0.220908, abs=2e-4)
+    # The other three the docs print from an older studentized-range approximation
+    # (0.823993, 0.670273); the current library's exact distribution gives about 0.02 more.
+    assert tests.loc["z vs x", "p_value"] == pytest.approx(0.823993, abs=0.025)
+    assert tests.loc["x vs y", "p_value"] == pytest.approx(0.670273, abs=0.025)
+    assert list(tests.index) == ["all encoders", "z vs x", "z vs y", "z vs w", "x vs y", "x vs w", "y vs w"]
+
+
+def test_nemenyi_interval_is_the_mean_rank_difference_plus_minus_the_critical_difference():
+    # Demšar (2006), table 5: q_0.05 = 2.569 for k = 4; CD = 2.569 * sqrt(4 * 5 / (6 * 4))
+    distance = ranking.critical_difference(4, 4)
+    assert distance == pytest.approx(2.569 * math.sqrt(20 / 24), abs=1e-3)
+    tests = ranking.ranking_tests(DOCS).set_index("comparison")
+    pair = tests.loc["z vs w"]
+    assert pair["effect_size"] == pytest.approx(2.5)
+    assert (pair["ci_low"], pair["ci_high"]) == pytest.approx((2.5 - distance, 2.5 + distance))
+    # The interval and the p-value agree: it leaves out 0 exactly where p < 0.05.
+    pairs = tests[tests["test"] == "Nemenyi"]
+    assert ((pairs["ci_low"] > 0) == (pairs["p_value"] < 0.05)).all()
+    assert ranking.ranking_verdict(ranking.ranking_tests(DOCS)) == (
+        "Across 4 datasets, Friedman's test finds the encoders' ranks differ (p = 0.0336, Kendall's W = 0.73); "
+        "Nemenyi's test tells apart: z vs w.")
+
+
+def test_two_encoders_get_wilcoxon_and_the_floor_few_datasets_put_on_p():
+    scores = pd.DataFrame({"a": [0.90, 0.80, 0.70], "b": [0.85, 0.78, 0.60]}, index=["d1", "d2", "d3"])
+    [row] = ranking.ranking_tests(scores).to_dict("records")
+    # a wins on all 3: the exact two-sided p is 2 / 2^3 = 0.25, the smallest 3 pairs allow
+    assert row["test"] == "Wilcoxon signed-rank" and row["comparison"] == "a vs b"
+    assert row["p_value"] == pytest.approx(0.25)
+    assert ranking.smallest_wilcoxon_p(3) == 0.25 and ranking.fewest_datasets_for(0.05) == 6
+    differences = np.array([0.05, 0.02, 0.10])
+    low, high = scipy_stats.t.interval(0.95, 2, loc=differences.mean(), scale=scipy_stats.sem(differences))
+    assert (row["effect_size"], row["ci_low"], row["ci_high"]) == pytest.approx((differences.mean(), low, high))
+    assert "cannot go below p = 0.25; p < 0.05 needs at least 6 datasets" in row["note"]
+    assert ranking.ranking_verdict(ranking.ranking_tests(scores)).startswith(
+        "Across 3 datasets, a and b cannot be told apart (Wilcoxon signed-rank p = 0.25;")
+
+
+def test_fewer_than_three_datasets_show_mean_ranks_untested():
+    scores = pd.DataFrame({"a": [0.9, 0.8], "b": [0.7, 0.85], "c": [0.6, 0.5]}, index=["d1", "d2"])
+    assert ranking.mean_ranks(scores)["mean_rank"].tolist() == pytest.approx([1.5, 1.5, 3.0])
+    tests = ranking.ranking_tests(scores)
+    assert tests["test"].tolist() == ["none"] and math.isnan(tests["p_value"].iloc[0])
+    assert ranking.ranking_verdict(tests) == (
+        "Mean ranks over 2 dataset(s) only: a tested ranking needs at least 3 datasets; this comparison has 2, "
+        "so only the mean ranks are shown.")
+    assert ranking.significance_matrix(scores) is None
+
+
+def test_only_encoders_complete_on_every_dataset_are_ranked():
+    rows = [_trial(f"b-{d}", d, "accuracy", i, "COMPLETE", v, e, i, 1, {})
+            for d, values in {"x": {"e1": 0.9, "e2": 0.8, "e3": 0.7}, "y": {"e1": 0.6, "e2": 0.65}}.items()
+            for i, (e, v) in enumerate(values.items())]
+    rows.append(_trial("b-y", "y", "accuracy", 9, "PRUNED", 0.99, "e3", 9, 1, {}))  # pruned: not complete
+    trials = _frame(rows)
+    matrix = ranking.score_matrix(trials)
+    assert list(matrix.columns) == ["e1", "e2"] and list(matrix.index) == ["x", "y"]
+    assert matrix.loc["y", "e2"] == pytest.approx(0.65)
+    assert ranking.left_out(trials, matrix) == ["e3"]
