@@ -115,12 +115,16 @@ def _masked(url: str) -> str:
 
 def _print_tables(tables: dict, results_dir: Path) -> None:
     from benchmark.leaderboard import reference_flag_sentences, to_markdown
-    from benchmark.report import REPORT_FILE
+    from benchmark.ranking import ranking_verdict
+    from benchmark.report import REPORT_FILE, search_verdict_sentences, timeout_sentences
     from benchmark.results import PREDICTIONS_FILE, TABLES
 
     print(to_markdown(tables["leaderboard"]))
     for sentence in reference_flag_sentences(tables["reference_flags"]):
         print(sentence)
+    for sentence in [*timeout_sentences(tables["datasets"]), *search_verdict_sentences(tables["datasets"])]:
+        print(sentence)
+    print(ranking_verdict(tables["ranking_tests"]))
     if not tables["final"].empty:
         print(to_markdown(tables["final"]))
         for row in tables["datasets"].itertuples():

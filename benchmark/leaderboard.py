@@ -339,10 +339,10 @@ def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[st
                    for row in plan.itertuples()}
         complete = not any(missing.values())
         estimates, differences = {}, {}
-        if predictions:
-            draws = stats.draw_resamples(len(truth), {name: len(rows) for name, rows in sorted(predictions.items())},
+        if predictions:  # keyed in name order (groupby sorts), so ties rank by name
+            draws = stats.draw_resamples(len(truth), {name: len(rows) for name, rows in predictions.items()},
                                          resamples, seed)
-            estimates, differences = stats.paired_bootstrap(truth, dict(sorted(predictions.items())), metric, draws)
+            estimates, differences = stats.paired_bootstrap(truth, predictions, metric, draws)
         adjusted = dict(zip(differences, stats.holm([d.p_value for d in differences.values()])))
         for (a, b), difference in differences.items():
             pair_rows.append({
@@ -391,7 +391,7 @@ def top_encoder_verdicts(final: pd.DataFrame, pairwise: pd.DataFrame) -> pd.Data
                     "seeds " + ", ".join(f"{row.encoder} {row.seeds}" for row in evaluated.itertuples()))
         header = f"{dataset} (test split, {group['test_examples'].iloc[0]} examples x {rests_on})"
         missing = "; ".join(f"{row.encoder}: {row.missing}" for row in group.itertuples() if row.missing)
-        not_worse = group[group["not_shown_worse_than_best"] == True]["encoder"].tolist()  # noqa: E712 (None: no verdict)
+        not_worse = group[group["not_shown_worse_than_best"].eq(True)]["encoder"].tolist()  # None: no verdict
         if missing:
             verdict = f"{header}: incomplete ({missing}); no verdict until --final-eval finishes"
         elif len(evaluated) < 2:

@@ -126,7 +126,9 @@ def reference_notes(references: pd.DataFrame | None, flags: pd.DataFrame | None)
     about = (f"The rows marked {REFERENCE_PREFIX.strip()} are two baselines fitted on the same training split and "
              f"scored on the same validation split as the encoders, at fixed settings: the "
              f"{BASELINE_NAMES[MAJORITY]}, and {BASELINE_NAMES[TFIDF_LOGREG]} (TF-IDF of words and word pairs, "
-             f"logistic regression). They take no rank and no normalized score.")
+             f"logistic regression). They take no rank and no normalized score. An encoder's value is the best "
+             f"of its trials on the same validation split, so a small margin above a reference row is no proof "
+             f"that it does better.")
     verdicts = [f"{sentence}." for sentence in reference_flag_sentences(flags)] or [
         "Every encoder's best validation value clears both reference rows on every dataset it has a complete "
         "trial on."]

@@ -60,8 +60,8 @@ class PerEncoderSampler(BaseSampler):
         self._fixed_encoder = fixed_encoder
         self._encoder_sampler = make_sampler(_role_seed(seed))
         self._samplers: dict[str, BaseSampler] = {}
-        # Each trial's encoder, from `before_trial` (before the trial suggests anything, when
-        # Optuna may already ask for the relative sample) to `after_trial`.
+        # Each trial's encoder by trial number, from `before_trial` (before the trial suggests
+        # anything, when Optuna may already ask for the relative sample) to `after_trial`.
         self._trial_encoders: dict[int, str] = {}
 
     def reseed_rng(self) -> None:
@@ -70,7 +70,7 @@ class PerEncoderSampler(BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         encoder = self._choose_encoder(study, trial)
-        self._trial_encoders[trial._trial_id] = encoder
+        self._trial_encoders[trial.number] = encoder
         self._sampler(encoder).before_trial(self._view(study, encoder), trial)
 
     def _choose_encoder(self, study: optuna.Study, trial: FrozenTrial) -> str:
@@ -86,20 +86,20 @@ class PerEncoderSampler(BaseSampler):
         return self._encoder_sampler.sample_independent(compared, trial, ENCODER_PARAM, self._encoders)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        encoder = self._trial_encoders[trial._trial_id]
+        encoder = self._trial_encoders[trial.number]
         space = self._sampler(encoder).infer_relative_search_space(self._view(study, encoder), trial)
-        # Within one encoder's trials the encoder never varies; it was chosen in `before_trial`.
+        # The encoder was chosen in `before_trial`; its own sampler must not propose another.
         space.pop(ENCODER_PARAM, None)
         return space
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        encoder = self._trial_encoders[trial._trial_id]
+        encoder = self._trial_encoders[trial.number]
         return self._sampler(encoder).sample_relative(self._view(study, encoder), trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        encoder = self._trial_encoders[trial._trial_id]
+        encoder = self._trial_encoders[trial.number]
         if param_name == ENCODER_PARAM:
             return encoder
         return self._sampler(encoder).sample_independent(self._view(study, encoder), trial, param_name,
@@ -107,7 +107,7 @@ class PerEncoderSampler(BaseSampler):
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
-        encoder = self._trial_encoders.pop(trial._trial_id)
+        encoder = self._trial_encoders.pop(trial.number)
         self._sampler(encoder).after_trial(self._view(study, encoder), trial, state, values)
 
     def _sampler(self, encoder: str) -> BaseSampler:

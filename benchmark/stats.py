@@ -99,10 +99,9 @@ def paired_bootstrap(labels: np.ndarray, predictions: Mapping[str, np.ndarray], 
                                          draws.seeds[name])
                  for name, rows in predictions.items()}
     tail = (1 - confidence) / 2 * 100
-    estimates = {name: Estimate(observed[name], *map(float, np.percentile(resampled[name], [tail, 100 - tail])))
-                 for name in predictions}
     names = sorted(predictions, key=lambda name: -observed[name])
-    estimates = {name: estimates[name] for name in names}
+    estimates = {name: Estimate(observed[name], *map(float, np.percentile(resampled[name], [tail, 100 - tail])))
+                 for name in names}
     differences = {}
     for i, a in enumerate(names):
         for b in names[i + 1:]:
@@ -115,9 +114,9 @@ def paired_bootstrap(labels: np.ndarray, predictions: Mapping[str, np.ndarray], 
 
 def bootstrap_p_value(resampled_differences: np.ndarray) -> float:
     """Two-sided p-value of "no difference": p = min(1, 2 min(#{d* <= 0} + 1, #{d* >= 0} + 1) / (R + 1))
-    over the R resampled differences d*. Twice the smaller tail at zero is the largest level
-    whose percentile interval still covers zero; the +1 (the observed sample counted as a
-    resample) keeps p above zero, as R resamples cannot show less than 1 / (R + 1)."""
+    over the R resampled differences d*. Twice the smaller tail at zero is the smallest level
+    alpha whose (1 - alpha) percentile interval leaves zero out; the +1 (the observed sample
+    counted as a resample) keeps p above zero, as R resamples cannot show less than 1 / (R + 1)."""
     d = np.asarray(resampled_differences)
     tails = min(int((d <= 0).sum()), int((d >= 0).sum())) + 1
     return min(1.0, 2 * tails / (d.size + 1))

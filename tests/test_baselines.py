@@ -116,9 +116,11 @@ def test_stored_rows_reach_the_leaderboard_from_the_storage():
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(storage=storage, study_name="bench-toy", direction="maximize")
     for name, value in ((BENCHMARK_ATTR, "bench"), (DATASET_ATTR, "toy"), (METRIC_ATTR, "macro_f1"),
-                        (REFERENCE_ATTR, reference_baselines(MAJORITY_DATA))):
+                        (REFERENCE_ATTR, reference_baselines(SENTIMENT))):
         study.set_user_attr(name, value)
-    # e1 at 1/3 ties the majority class's validation macro-F1 (1/3): at chance. e2 at 0.9 clears both.
+    # The majority class (a 3-3 tie in training, so id 0, negative) scores macro-F1 1/3 on
+    # the 2 + 2 validation texts; tf-idf separates them, 1.0. e1 at 1/3 ties the majority
+    # class: at chance. e2 at 0.9 clears it, but not tf-idf.
     for encoder, value in (("e1", 1 / 3), ("e2", 0.9)):
         study.add_trial(optuna.trial.create_trial(value=value, params={"encoder": encoder},
                                                   distributions={"encoder": optuna.distributions.
@@ -129,13 +131,23 @@ def test_stored_rows_reach_the_leaderboard_from_the_storage():
     majority = table.loc["(reference) majority class"]
     assert majority["toy"] == pytest.approx(1 / 3)
     assert np.isnan(majority["mean_rank"]) and np.isnan(majority["normalized_score"])
-    # Tf-idf on five identical texts learns nothing but the majority: it predicts A too.
-    assert table.loc["(reference) tf-idf + logreg", "toy"] == pytest.approx(1 / 3)
+    assert table.loc["(reference) tf-idf + logreg", "toy"] == pytest.approx(1.0)
     assert table.loc["e2", "mean_rank"] == 1.0 and table.loc["e1", "mean_rank"] == 2.0
     assert table.loc["e1", "reference_flags"] == "toy: at chance and not above tf-idf + logreg"
-    assert table.loc["e2", "reference_flags"] == ""
+    assert table.loc["e2", "reference_flags"] == "toy: not above tf-idf + logreg"
     flags = reference_flags(trials, references)
-    assert flags[["encoder", "validation_examples", "train_examples"]].values.tolist() == [["e1", 4, 5]]
-    test_rows = references[references["split"] == "test"]
-    assert test_rows["accuracy"].tolist() == pytest.approx([1 / 3, 1 / 3])
-    assert test_rows["examples"].tolist() == [3, 3]
+    assert flags[["encoder", "at_chance", "validation_examples", "train_examples"]].values.tolist() == [
+        ["e1", True, 4, 6], ["e2", False, 4, 6]]
+    test_rows = references[references["split"] == "test"].set_index("reference")
+    # The test split (1 positive, 1 negative): majority accuracy 1/2, tf-idf 1.
+    assert test_rows["accuracy"].to_dict() == pytest.approx(
+        {"(reference) majority class": 0.5, "(reference) tf-idf + logreg": 1.0})
+    assert test_rows["examples"].tolist() == [2, 2]
+
+
+def test_texts_without_words_are_a_clear_error():
+    from benchmark.errors import BenchmarkError
+
+    no_words = replace(SENTIMENT, train=_split(["a", "b", "?", "c", "!", "d"], [1, 1, 1, 0, 0, 0]))
+    with pytest.raises(BenchmarkError, match=r"datasets\.toy: the training texts hold no word"):
+        tfidf_logreg_scores(no_words)

@@ -326,6 +326,15 @@ def test_eval_interval_must_be_a_multiple_of_every_batch_size(tmp_path):
     assert "training.eval_every_examples: 40 is not a multiple of batch size 16" in message
 
 
+def test_eval_schedule_is_fixed_unless_asked_and_names_the_key_when_unknown(tmp_path):
+    data = _valid()
+    assert load_config(_write(tmp_path, data)).training.eval_schedule == "fixed"
+    data["training"]["eval_schedule"] = "geometric"
+    assert load_config(_write(tmp_path, data)).training.eval_schedule == "geometric"
+    data["training"]["eval_schedule"] = "hourly"
+    assert "training.eval_schedule: Input should be 'fixed' or 'geometric'" in _error(_write(tmp_path, data))
+
+
 def test_eval_interval_checks_int_ranges_and_per_encoder_overrides(tmp_path):
     data = _valid()
     data["search_space"]["batch_size"] = {"type": "int", "low": 4, "high": 8}

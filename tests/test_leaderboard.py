@@ -408,8 +408,9 @@ def test_an_interrupted_final_evaluation_draws_no_verdict():
 
 
 def test_final_evaluation_of_one_encoder_compares_nothing():
-    final, pairwise = final_evaluation(_expected("news", ["solo"], seeds_requested=2),
-                                       pd.DataFrame(_runs("news", "solo", RIGHT, HALF)), {"news": LABELS}, resamples=100)
+    runs = pd.DataFrame(_runs("news", "solo", RIGHT, HALF))
+    final, pairwise = final_evaluation(_expected("news", ["solo"], seeds_requested=2), runs, {"news": LABELS},
+                                       resamples=100)
     assert pairwise.empty and final["mean"].tolist() == pytest.approx([0.75])
     assert final["not_shown_worse_than_best"].tolist() == [True]
     assert top_encoder_verdicts(final, pairwise).iloc[0]["final_verdict"] == (

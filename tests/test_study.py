@@ -414,6 +414,14 @@ def test_final_eval_refuses_a_missing_study_or_changed_data_before_training(tmp_
     err = capsys.readouterr().err
     assert "datasets.topics: the config now gives splits of {'train': 50" in err
     assert "searched on {'train': 97" in err
+    # Stored predictions are compared example by example: a test split that moved is refused too.
+    storage = f"sqlite:///{tmp_path / 'r' / 'optuna.db'}"
+    moved = optuna.create_study(storage=storage, study_name="tiny-topics-final", direction="maximize")
+    moved.set_user_attr(final_eval.TEST_LABELS_ATTR, [0, 1])
+    write_config(tmp_path, tiny_encoders, encoders=("bert",))  # the search's config again
+    assert run_cli("--final-eval", *common) == 2
+    assert "datasets.topics: the test split's labels differ from those study 'tiny-topics-final' scored" \
+        in capsys.readouterr().err
     assert run_cli("--final-eval", *common, "--seeds", "1") == 2
     assert "--seeds must be at least 2" in capsys.readouterr().err
 
@@ -437,3 +445,30 @@ def test_preflight_reports_dropped_duplicates_and_absent_classes_and_the_study_k
     assert "the train split has no example" not in err
     study = open_study(prepared.storage, prepared.studies[0], seed=0)
     assert study.user_attrs["duplicates_dropped"] == 3
+
+
+def test_a_timeout_short_of_n_trials_is_said_and_recorded_then_cleared(tmp_path, tiny_encoders, monkeypatch, capsys):
+    import time as time_module
+
+    from benchmark import study as study_module
+
+    dataset_study = _dataset_study(tmp_path, tiny_encoders, encoders=("bert", "roberta"))
+    clock = [0.0]
+    monkeypatch.setattr(time_module, "monotonic", lambda: clock[0])
+
+    def hundred_second_trial(trial, _):
+        clock[0] += 100.0  # each trial takes 100 s of the fake clock
+        return 0.5
+
+    monkeypatch.setattr(study_module, "run_trial", hundred_second_trial)
+    storage = optuna.storages.InMemoryStorage()
+    # Trials start at t = 0, 100 and 200 (< 250); the one due at t = 300 never starts: 3 of 6.
+    study = study_module.run_study(storage, "memory", dataset_study, n_trials=6, timeout_s=250, seed=0)
+    assert study.user_attrs["timeout_stop"] == {"finished": 3, "n_trials": 6, "timeout_s": 250,
+                                                "per_encoder": {"bert": 2, "roberta": 1}}
+    assert ("[topics] stopped by the 250 s timeout after 3 of 6 trials (bert 2, roberta 1): the comparison rests on "
+            "fewer trials than planned") in capsys.readouterr().err
+    # A later run without the deadline fills the study and clears the mark.
+    study = study_module.run_study(storage, "memory", dataset_study, n_trials=6, timeout_s=None, seed=0)
+    assert study.user_attrs["timeout_stop"] is None
+    assert "stopped by the" not in capsys.readouterr().err

@@ -14,7 +14,7 @@ from benchmark.metrics import classification_metrics
 from benchmark.tokenization import TokenizationCache, batches, length_grouped, tokenize_split
 import benchmark.training
 from benchmark.training import (Hyperparameters, LoopSettings, _linear_warmup_decay, _optimizer,
-                                checkpoint_steps, evaluate, fine_tune, padding_multiple)
+                                checkpoint_steps, evaluate, fine_tune, padding_multiple, predict)
 from tests.conftest import make_texts
 
 CPU = torch.device("cpu")
@@ -75,6 +75,9 @@ def test_evaluate_matches_a_plain_full_batch_forward(topics, bert):
     assert loss == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-4)
     expected = classification_metrics(labels.numpy(), logits.argmax(-1).numpy(), topics.num_labels)
     assert metrics == expected
+    # The final evaluation keeps these: in the split's order, though evaluated sorted by length.
+    predict_loss, predictions = predict(model, split, settings)
+    assert predict_loss == loss and predictions.tolist() == logits.argmax(-1).tolist()
 
 
 def _train(bert, topics, cache, seed=0, epochs=2):
