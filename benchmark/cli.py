@@ -6,8 +6,12 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from benchmark.errors import BenchmarkError
+
+if TYPE_CHECKING:  # like every module that needs torch, imported only where used
+    from benchmark.precision import Precision
 
 DEFAULT_CONFIG = Path("search_spaces/default.yaml")
 
@@ -166,7 +170,7 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
     tables = None
     try:
         if args.workers > 1:
-            _run_workers(args.workers, argv)
+            _run_workers(args.workers, argv, prepared.studies[0].precision)
         else:
             for dataset_study in prepared.studies:
                 run_study(prepared.storage, url, dataset_study, n_trials, timeout, seed)
@@ -197,17 +201,19 @@ def _final_eval(args: argparse.Namespace) -> None:
     _print_tables(tables, args.results_dir)
 
 
-def _run_workers(count: int, argv: list[str]) -> None:
-    """Start `count` copies of this command as single workers on the same storage."""
+def _run_workers(count: int, argv: list[str], chosen: Precision) -> None:
+    """Start `count` copies of this command as single workers on the same storage, training
+    in the precision measured here."""
     import os
     import subprocess
 
+    from benchmark.precision import for_workers
     from benchmark.study import WORKER_ENV
 
     gpus = _visible_gpus()
     workers = []
     for index in range(count):
-        env = dict(os.environ, **{WORKER_ENV: str(index)})
+        env = dict(os.environ, **{WORKER_ENV: str(index)}, **for_workers(chosen))
         if len(gpus) > 1:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         # A later --workers wins over the user's, so each child is a single worker.

@@ -227,12 +227,17 @@ class TrainingSpec(_Strict):
     # `geometric`: checkpoints at 1, 2, 4, ... x eval_every_examples (and at the end), so a
     # longer trial pays for fewer evaluations; `fixed`: every eval_every_examples.
     eval_schedule: Literal["fixed", "geometric"] = "fixed"
+    # torch.compile (inductor) each trial's model, batch widths padded to a multiple of 16.
+    # Off by default: the first trial of each architecture in a process pays the compilation
+    # (minutes on a 2-core CPU), which later ones repay only in a long study (see README).
+    compile: bool = False
     eval_batch_size: int = Field(default=64, gt=0)
     # Pruning checkpoints evaluate on this many validation examples (a fixed stratified
     # subset); the final evaluation, the trial's value, always uses the whole split.
     eval_subset_examples: int | None = Field(default=None, gt=0)
     # Batches of similar lengths (as Trainer's `group_by_length`): less padding per batch.
     group_by_length: bool = False
+    # `auto`: whichever trains faster here, timed before the first trial (benchmark/precision.py).
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     seed: int = 0
 

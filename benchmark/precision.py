@@ -8,10 +8,12 @@ batch shape in each candidate precision, and the fastest wins.
 
 from __future__ import annotations
 
+import json
+import os
 import statistics
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +36,9 @@ GIVE_UP_RATIO = 3.0
 # at a candidate that a 100x-slow fallback needs.
 WARM_UP_EXAMPLES = 1
 FORCED = "forced by training.precision"
+# Workers started by `--workers` train in the precision their parent measured: measuring in
+# each at once, slowed by one another, could even set workers of one study apart.
+INHERITED_ENV = "ENCODER_BENCHMARK_PRECISION"
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,8 @@ def decide(setting: str, encoders: Iterable[Encoder], num_labels: int, batch_siz
     """`training.precision`: fp32 or bf16 as forced, or (`auto`) the measured fastest."""
     if setting != "auto":
         return Precision(setting)
+    if INHERITED_ENV in os.environ:
+        return inherited(os.environ[INHERITED_ENV])
     names = candidates(device)
     if names == ["fp32"]:
         return Precision("fp32", decided=f"the only candidate on {device.type}")
@@ -113,6 +120,17 @@ def decide(setting: str, encoders: Iterable[Encoder], num_labels: int, batch_siz
                 bounded.add(name)
     return Precision(choose(totals), totals, "measured", (batch_size, max_length), len(encoders),
                      tuple(name for name in names if name in bounded))
+
+
+def for_workers(chosen: Precision) -> dict[str, str]:
+    """The environment that hands `chosen` to the worker processes (see `inherited`)."""
+    return {INHERITED_ENV: json.dumps(asdict(chosen))}
+
+
+def inherited(value: str) -> Precision:
+    fields = json.loads(value)  # JSON has no tuples
+    shape = fields["shape"] and tuple(fields["shape"])
+    return Precision(**{**fields, "shape": shape, "lower_bounds": tuple(fields["lower_bounds"])})
 
 
 def measure_encoder(encoder: Encoder, num_labels: int, batch_size: int, max_length: int,

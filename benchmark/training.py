@@ -59,6 +59,8 @@ class LoopSettings:
     group_by_length: bool = False
     # Checkpoints every `eval_every_examples`, or at 1, 2, 4, ... times it (see checkpoint_steps).
     eval_schedule: str = "fixed"
+    # The model runs under torch.compile (pad_to_multiple_of should then be padding_multiple's).
+    compile: bool = False
 
 
 @dataclass(frozen=True)
@@ -110,10 +112,16 @@ def pick_device() -> torch.device:
     return torch.device("cpu")
 
 
-def padding_multiple(device: torch.device) -> int:
+# Under torch.compile, batch widths are rounded up to a multiple of this: a few shapes to
+# compile for (max_length / 16), not one per batch width.
+COMPILE_PAD = 16
+
+
+def padding_multiple(device: torch.device, compiled: bool = False) -> int:
     """Batch widths are rounded up to this: 8 suits a GPU's tensor cores and bounds the number of
-    distinct shapes its kernel caches see; on a CPU any padding is wasted work."""
-    return 8 if device.type == "cuda" else 1
+    distinct shapes its kernel caches see; on a CPU any padding is wasted work, but for a
+    compiled model (COMPILE_PAD)."""
+    return max(8 if device.type == "cuda" else 1, COMPILE_PAD if compiled else 1)
 
 
 def _autocast(settings: LoopSettings):
@@ -227,6 +235,9 @@ def fine_tune(
     rng = np.random.default_rng(settings.seed)
     model.to(settings.device)
     model.train()
+    if settings.compile:
+        # In place; a later model of the same class in this process reuses the compiled code.
+        model.compile()
     steps_per_epoch = len(train) // hp.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"batch size {hp.batch_size} exceeds the {len(train)} training examples")

@@ -54,10 +54,11 @@ def loop_settings(study: DatasetStudy, seed: int, eval_every_examples: int | Non
         seed=seed,
         device=study.device,
         autocast_dtype=study.autocast_dtype,
-        pad_to_multiple_of=padding_multiple(study.device),
+        pad_to_multiple_of=padding_multiple(study.device, training.compile),
         eval_subset_examples=training.eval_subset_examples,
         group_by_length=training.group_by_length,
         eval_schedule=training.eval_schedule,
+        compile=training.compile,
     )
 
 

@@ -92,6 +92,18 @@ def test_only_fp32_where_the_device_has_no_bf16_candidate(tiny, monkeypatch):
     assert decide("auto", tiny, 3, 8, 16, torch.device("mps")).choice == "fp32"
 
 
+def test_workers_train_in_the_precision_their_parent_measured(tiny, monkeypatch):
+    parent = Precision("bf16", {"fp32": 2.0, "bf16": 1.0}, "measured", (8, 16), 2)
+    for name, value in precision.for_workers(parent).items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(precision, "measure_encoder", lambda *args: pytest.fail("a worker measured again"))
+    assert decide("auto", tiny, 3, 8, 16, CPU) == parent
+    unmeasured = Precision("fp32", decided="the only candidate on mps")
+    monkeypatch.setenv(precision.INHERITED_ENV, precision.for_workers(unmeasured)[precision.INHERITED_ENV])
+    assert decide("auto", tiny, 3, 8, 16, CPU) == unmeasured
+    assert decide("fp32", tiny, 3, 8, 16, CPU) == Precision("fp32")  # the config still forces
+
+
 def test_a_real_measurement_times_both_candidates(tiny):
     measured = measure_encoder(tiny[0], 3, 4, 16, CPU, ["fp32", "bf16"])
     assert set(measured) == {"fp32", "bf16"}

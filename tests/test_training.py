@@ -317,3 +317,20 @@ def test_fine_tune_follows_the_geometric_schedule_at_any_batch_size(topics, bert
     # 4 batches of 16 an epoch (8 steps, every step 16 examples), 9 of 8 (18 steps, every 2 steps 16)
     assert (len(tokenized.train) // 16, len(tokenized.train) // 8) == (4, 9)
     assert reported == {8: [16, 32, 64, 128], 16: [16, 32, 64]}
+
+
+def test_the_compile_setting_compiles_the_model_once_and_pads_to_a_few_shapes(topics, bert, monkeypatch):
+    # widths 1..64 become 16, 32, 48, 64: four shapes to compile for
+    assert padding_multiple(CPU, compiled=True) == 16 and padding_multiple(torch.device("cuda"), compiled=True) == 16
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    hp = Hyperparameters(learning_rate=1e-4, warmup_ratio=0.0, dropout=0.0, max_grad_norm=1.0,
+                         weight_decay=0.0, batch_size=16, num_epochs=1)
+    for compile_it in (False, True):
+        model = load_classifier(bert, topics.label_names, dropout=0.0)
+        compiled = []
+        monkeypatch.setattr(model, "compile", lambda: compiled.append(True))
+        settings = LoopSettings(eval_every_examples=16, eval_batch_size=32, seed=0, device=CPU, autocast_dtype=None,
+                                compile=compile_it, pad_to_multiple_of=padding_multiple(CPU, compile_it))
+        fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
+                  lambda _: None, lambda _: None)
+        assert compiled == [True] * compile_it

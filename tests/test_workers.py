@@ -15,6 +15,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
+from benchmark.precision import Precision
 from benchmark.results import trials_frame
 from benchmark.storage import open_storage
 from benchmark.study import FINISHED
@@ -164,8 +165,9 @@ def test_three_workers_give_the_tables_one_worker_gives(tmp_path, tiny_encoders,
     fixed = {name: {"type": "categorical", "choices": [value]} for name, value in
              {"learning_rate": 1e-3, "warmup_ratio": 0.1, "dropout": 0.0, "max_grad_norm": 1.0,
               "weight_decay": 0.0, "batch_size": 16, "num_epochs": 1}.items()}
+    # A fixed precision: `auto` measures in each run, and two runs could choose apart.
     config = write_config(tmp_path, tiny_encoders, encoders=("bert",), search_space=fixed,
-                          pruner={"type": "none"})
+                          pruner={"type": "none"}, training__precision="fp32")
     single = f"sqlite:///{tmp_path / 'single.db'}"
     assert main(_args(config, tmp_path / "one", single, 6)) == 0
     assert main([*_args(config, tmp_path / "three", storage_url, 6), "--workers", "3"]) == 0
@@ -196,12 +198,12 @@ def test_each_local_worker_gets_its_own_gpu(monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", FakeWorker)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    cli._run_workers(3, ["--study", "--workers", "3"])
+    cli._run_workers(3, ["--study", "--workers", "3"], Precision("fp32"))
     assert [gpu for _, gpu in started] == ["2", "5", "2"]
     assert all(command[-2:] == ["--workers", "1"] for command, _ in started)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     started.clear()
-    cli._run_workers(2, ["--study"])
+    cli._run_workers(2, ["--study"], Precision("fp32"))
     assert [gpu for _, gpu in started] == ["0", "0"], "one GPU: the workers share it, as inherited"
 
 
