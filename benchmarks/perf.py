@@ -445,9 +445,10 @@ def _eval_schedule_lever(study, config, plan: Plan) -> dict:
     override = config.encoders[encoder_name].overrides.get("num_epochs")
     epochs = int(override.high) if override else epochs
     hp = Hyperparameters(**THROUGHPUT_HP, batch_size=min(config.batch_sizes()), num_epochs=epochs)
-    tokenized = tokenize_split(load_tokenizer(encoder), study.data.train, config.training.max_length)
+    tokenizer = load_tokenizer(encoder)
+    tokenized = tokenize_split(tokenizer, study.data.train, config.training.max_length)
     train = tokenized.subset(np.arange(min(plan.search_train_examples, len(tokenized))))
-    validation = tokenize_split(load_tokenizer(encoder), study.data.validation, config.training.max_length)
+    validation = tokenize_split(tokenizer, study.data.validation, config.training.max_length)
     timings = {"encoder": encoder_name, "epochs": epochs, "batch_size": hp.batch_size,
                "train_examples": len(train), "eval_every_examples": config.training.eval_every_examples}
     for schedule in ("fixed", "geometric"):
