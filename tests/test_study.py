@@ -206,6 +206,25 @@ def test_pruned_trial_is_stored_as_pruned_with_its_reason(tmp_path, tiny_encoder
         assert attrs["train_seconds"] + attrs["eval_seconds"] <= attrs["wall_seconds"]
 
 
+def test_geometric_checkpoints_reach_the_pruner_at_the_same_examples_whatever_the_batch_size(tmp_path,
+                                                                                           tiny_encoders):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("electra",),
+                                      training__eval_every_examples=16, training__eval_schedule="geometric"))
+    dataset_study = prepare(config.restricted(["topics"], None), f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"],
+                            tmp_path).studies[0]
+    study = optuna.create_study(direction="maximize")
+    for batch_size in (8, 16):
+        study.enqueue_trial({"batch_size": batch_size, "num_epochs": 2})
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=2)
+    train = len(dataset_study.data.train)
+    for trial in study.trials:
+        batch_size = trial.params["batch_size"]
+        total = 2 * (train // batch_size) * batch_size  # full batches only
+        # 1, 2, 4, 8, ... x 16 examples, then the end of training
+        assert list(trial.intermediate_values) == [n for n in (16, 32, 64, 128, 256) if n < total] + [total]
+    assert {trial.params["batch_size"] for trial in study.trials} == {8, 16}
+
+
 def test_sampled_dropout_reaches_the_trained_model(tmp_path, tiny_encoders, monkeypatch):
     dataset_study = _dataset_study(tmp_path, tiny_encoders, encoders=("albert", "deberta-v2"))
     seen = []
