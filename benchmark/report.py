@@ -393,6 +393,39 @@ def learning_curves_figure(study: optuna.Study, metric: str, colours: Colours) -
     return _one_legend_entry_per_encoder(figure)
 
 
+def proposals_figure(study: optuna.Study, colours: Colours) -> go.Figure:
+    """Each sampled numeric hyperparameter against the trial number, a series per encoder:
+    each encoder's proposals come from its own trials (see `sampling.PerEncoderSampler`),
+    so each series should close in on its own region once its sampler has a model."""
+    trials = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+              if not t.user_attrs.get(SURPLUS_ATTR)]
+    names = sorted({name for t in trials for name, value in t.params.items()
+                    if name != ENCODER_PARAM and isinstance(value, (int, float))})
+    rows, columns = _grid(len(names))
+    figure = make_subplots(rows=rows, cols=columns, subplot_titles=names)
+    for index, name in enumerate(names):
+        row, column = divmod(index, columns)
+        log = any(isinstance(t.distributions.get(name), optuna.distributions.FloatDistribution)
+                  and t.distributions[name].log for t in trials)
+        for encoder in sorted({str(t.params.get(ENCODER_PARAM)) for t in trials}):
+            own = [t for t in trials if str(t.params.get(ENCODER_PARAM)) == encoder and name in t.params]
+            figure.add_scatter(
+                x=[t.number for t in own], y=[t.params[name] for t in own], mode="lines+markers", name=encoder,
+                legendgroup=encoder, line=dict(color=colours.get(encoder, "#888888")),
+                marker_symbol=["circle" if t.state == TrialState.COMPLETE else "x" for t in own],
+                hovertemplate=f"trial %{{x}}: %{{y:.4g}}<extra>{encoder}</extra>", row=row + 1, col=column + 1)
+        figure.update_yaxes(type="log" if log else "linear", row=row + 1, col=column + 1)
+        figure.update_xaxes(title_text="trial", dtick=1, row=row + 1, col=column + 1)
+    figure.update_layout(height=max(FIGURE_HEIGHT_PX, 300 * rows), legend_title_text="encoder",
+                         title="Proposals per encoder (x: pruned)")
+    return _one_legend_entry_per_encoder(figure)
+
+
+PROPOSALS_NOTE = ("Each encoder's hyperparameters are proposed from that encoder's own trials only, within its own "
+                  "ranges: one encoder's results never steer another's search. Its first trials (the sampler's "
+                  "n_startup_trials, counted per encoder) are drawn at random.")
+
+
 def importance_obstacle(study: optuna.Study) -> str | None:
     """Why parameter importances cannot be computed for `study`, or None when they can."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -452,6 +485,8 @@ def dataset_section(index: int, dataset: pd.Series, study: optuna.Study, costs: 
     parts.append(_note(obstacle) if obstacle else importances_html(study, metric, f"{prefix}-importances"))
     parts += ["<h3>Parallel coordinates</h3>",
               figure_div(plot_parallel_coordinate(study, target_name=metric), f"{prefix}-parallel"),
+              "<h3>Proposals per encoder</h3>", _note(PROPOSALS_NOTE),
+              figure_div(proposals_figure(study, colours), f"{prefix}-proposals"),
               "<h3>Learning curves</h3>",
               figure_div(learning_curves_figure(study, metric, colours), f"{prefix}-curves"),
               "<h3>Quality versus cost</h3>"]

@@ -33,8 +33,8 @@ STEPS = (48, 96, 144)
 
 # Figures the full page draws; dataset 0 is `pairs`: one complete trial, so no importances.
 FIGURES = {"expected-performance", "final-evaluation",
-           *(f"dataset-0-{kind}" for kind in ("history", "parallel", "curves", "cost")),
-           *(f"dataset-1-{kind}" for kind in ("history", "importances", "parallel", "curves", "cost"))}
+           *(f"dataset-0-{kind}" for kind in ("history", "parallel", "proposals", "curves", "cost")),
+           *(f"dataset-1-{kind}" for kind in ("history", "importances", "parallel", "proposals", "curves", "cost"))}
 
 
 def add_trial(study: optuna.Study, encoder: str, state: TrialState, curve: list[float], **user_attrs) -> None:
@@ -178,6 +178,23 @@ def test_learning_curves_dash_pruned_trials(storage):
     dashes = [trace.line.dash for trace in figure.data]
     assert dashes == ["solid", "solid", "dash", "solid", "solid"]
     assert list(figure.data[2].x) == [48, 96]
+
+
+def test_proposals_figure_has_a_series_per_encoder_and_parameter(storage):
+    study = report.load_studies(storage, full_tables(storage)["datasets"])["topics"]
+    figure = report.proposals_figure(study, report.encoder_colours(ENCODERS))
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    series = {(trace.name, trace.xaxis): trace for trace in figure.data}
+    # One panel per numeric parameter (dropout, learning_rate), one series per encoder in each.
+    assert sorted(series) == [("bert", "x"), ("bert", "x2"), ("roberta", "x"), ("roberta", "x2")]
+    for encoder in ENCODERS:
+        own = [t for t in finished if t.params["encoder"] == encoder]
+        assert list(series[encoder, "x"].x) == [t.number for t in own]
+        assert list(series[encoder, "x"].y) == [t.params["dropout"] for t in own]
+        assert list(series[encoder, "x2"].y) == [t.params["learning_rate"] for t in own]
+        assert list(series[encoder, "x2"].marker.symbol) == [
+            "circle" if t.state == TrialState.COMPLETE else "x" for t in own]
+    assert figure.layout.yaxis2.type == "log" and figure.layout.yaxis.type == "linear"
 
 
 def test_pngs_are_real_images(written):
