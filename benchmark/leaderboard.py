@@ -175,7 +175,9 @@ def dataset_summary(trials: pd.DataFrame) -> pd.DataFrame:
             "study": study,
             "metric": group["metric"].iloc[0],
             "best_value": None if best is None else best["value"],
-            "best_encoder": None if best is None else best["encoder"],
+            # Every encoder that reaches the best value: naming one of a tie would pick a winner.
+            "best_encoder": None if best is None else ", ".join(
+                sorted(set(complete.loc[complete["value"] == best["value"], "encoder"]))),
             "best_trial": None if best is None else int(best["number"]),
             "best_params": json.dumps(params, sort_keys=True),
             "complete": int((group["state"] == "COMPLETE").sum()),

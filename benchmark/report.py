@@ -401,6 +401,8 @@ def proposals_figure(study: optuna.Study, colours: Colours) -> go.Figure:
               if not t.user_attrs.get(SURPLUS_ATTR)]
     names = sorted({name for t in trials for name, value in t.params.items()
                     if name != ENCODER_PARAM and isinstance(value, (int, float))})
+    if not names:
+        return go.Figure(layout=dict(title="Proposals per encoder: no finished trial with a sampled number yet"))
     rows, columns = _grid(len(names))
     figure = make_subplots(rows=rows, cols=columns, subplot_titles=names)
     for index, name in enumerate(names):

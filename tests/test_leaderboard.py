@@ -146,9 +146,10 @@ def test_dataset_summary(trials):
 
     reviews = summary.loc["reviews"]
     assert reviews["metric"] == "macro_f1"
-    # 0.60 ties between trial 0 (e1) and trial 3 (e2): the first one, trial 0, is the best
+    # 0.60 ties between trial 0 (e1) and trial 3 (e2): both encoders are named, and the
+    # first trial, 0, gives the parameters
     assert reviews["best_value"] == pytest.approx(0.60)
-    assert reviews["best_encoder"] == "e1" and reviews["best_trial"] == 0
+    assert reviews["best_encoder"] == "e1, e2" and reviews["best_trial"] == 0
     assert json.loads(reviews["best_params"]) == {"batch_size": 16, "dropout": 0.1, "learning_rate": 1e-4}
     assert (reviews["complete"], reviews["pruned"], reviews["failed"]) == (4, 1, 1)
     # 7 + 8 + 2 + 9 + 0.5 + 6 = 32.5; wall from t=100 to t=150 + 6 = 56

@@ -197,6 +197,13 @@ def test_proposals_figure_has_a_series_per_encoder_and_parameter(storage):
     assert figure.layout.yaxis2.type == "log" and figure.layout.yaxis.type == "linear"
 
 
+def test_proposals_figure_of_a_study_without_finished_trials_is_empty():
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
+    figure = report.proposals_figure(study, report.encoder_colours(ENCODERS))
+    assert not figure.data and "no finished trial" in figure.layout.title.text
+
+
 def test_pngs_are_real_images(written):
     _, paths = written
     for path in paths[1:]:
