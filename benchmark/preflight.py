@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,10 +76,13 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
         datasets[name] = loaded
     # After every input check: bad input fails before this costs a few training steps. At
     # the largest batch the search can sample, where the choice matters most.
+    started = time.perf_counter()
     chosen = precision.decide(config.training.precision, resolved.values(),
                               max(loaded.num_labels for loaded in datasets.values()), max(config.batch_sizes()),
                               config.training.max_length, device)
-    print(chosen.describe(), file=sys.stderr, flush=True)
+    # What the measurement itself cost, so a user can weigh it against the run.
+    cost = f"; the measurement took {time.perf_counter() - started:.0f} s" if chosen.seconds_per_step else ""
+    print(chosen.describe() + cost, file=sys.stderr, flush=True)
     studies = [DatasetStudy(study_name(config, name), config, loaded, config.datasets[name].metric, resolved,
                             tokenization, tracker, device, chosen) for name, loaded in datasets.items()]
     return Prepared(storage, tracker, studies)
