@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -14,6 +16,7 @@ if TYPE_CHECKING:  # like every module that needs torch, imported only where use
     from benchmark.precision import Precision
 
 DEFAULT_CONFIG = Path("search_spaces/default.yaml")
+MAX_SEED = 2**32 - 1
 
 
 def _names(text: str) -> list[str]:
@@ -37,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "score it on the held-out test split, and compare the encoders; resumes if cut short")
     mode.add_argument("--leaderboard", action="store_true",
                       help="rebuild every leaderboard file and the report from the storage alone, training nothing")
+    mode.add_argument("--check", action="store_true",
+                      help="check the config, datasets, encoders and storage as a run would, then print the "
+                           "studies, trials and an estimate of the time; trains and writes nothing")
     parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG,
                         help="search-space YAML file (default: %(default)s)")
     parser.add_argument("--datasets", type=_names, metavar="A,B",
@@ -70,29 +76,56 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout), ("--workers", args.workers)):
-        if value is not None and value <= 0:
-            print(f"error: {flag} must be positive, got {value}", file=sys.stderr)
-            return 2
-    if args.seeds < 2:
-        print(f"error: --seeds must be at least 2 (a confidence interval needs two runs), got {args.seeds}",
-              file=sys.stderr)
+    problem = _flag_problem(args)
+    if problem:
+        print(f"error: {problem}", file=sys.stderr)
         return 2
+    previous_sigterm = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.study:
             _study(args, argv)
         elif args.final_eval:
             _final_eval(args)
+        elif args.check:
+            _check(args)
         else:
             _leaderboard(args)
     except BenchmarkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished trials are kept in the storage; run the same command to top up",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        terminated = isinstance(interrupt, Terminated)
+        print(f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}: finished trials are kept in the storage; "
+              "run the same command to top up", file=sys.stderr)
+        return 128 + signal.SIGTERM if terminated else 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)
     return 0
+
+
+def _flag_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with a numeric flag, in words, or None."""
+    for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout), ("--workers", args.workers)):
+        # `not value > 0` is also true of NaN, which compares false with everything.
+        if value is not None and not (math.isfinite(value) and value > 0):
+            return f"{flag} must be a positive number, got {value}"
+    if args.seeds < 2:
+        return (f"--seeds must be at least 2 per encoder, got {args.seeds}: the paired bootstrap resamples "
+                "each encoder's seeds, and one seed shows none of their spread")
+    if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        return f"--seed must lie in 0..{MAX_SEED} (a 32-bit unsigned seed, as training.seed), got {args.seed}"
+    return None
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (kill, Slurm, Kubernetes): stopped exactly as Ctrl-C stops a run."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM (sent to the whole process group, then forwarded to the
+    # workers by their parent) must not cut short the tables being written.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated()
 
 
 def _storage_url(args: argparse.Namespace) -> str:
@@ -102,13 +135,35 @@ def _storage_url(args: argparse.Namespace) -> str:
 
 
 def _leaderboard(args: argparse.Namespace) -> None:
-    from benchmark.results import write_leaderboards
-    from benchmark.storage import open_storage
+    """Read only: nothing is created in the storage's place, and no table is written before
+    the storage is known to hold a benchmark study."""
+    import optuna
 
-    tables = write_leaderboards(open_storage(_storage_url(args)), args.results_dir)
-    if tables["trials"].empty:
-        raise BenchmarkError(f"--storage: no benchmark study found in {_masked(_storage_url(args))}")
-    _print_tables(tables, args.results_dir)
+    from benchmark.results import benchmark_trial_count, write_leaderboards
+    from benchmark.storage import open_existing_storage
+
+    url = _storage_url(args)
+    storage = open_existing_storage(url)
+    if storage is None or benchmark_trial_count(storage) == 0:
+        raise BenchmarkError(f"--storage: no benchmark study with a trial in {_masked(url)}; check the URL "
+                             "(--leaderboard creates no storage)")
+    _check_results_dir(args.results_dir)
+    # Optuna announces every in-memory study the report builds for its plots.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    _print_tables(write_leaderboards(storage, args.results_dir), args.results_dir)
+
+
+def _check_results_dir(directory: Path) -> None:
+    """Before any training: a directory that cannot take the tables would lose the run's summary."""
+    import tempfile
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as error:
+        raise BenchmarkError(f"--results-dir: cannot write to {directory} ({error.strerror or error}); "
+                             "choose another directory or fix its permissions") from None
 
 
 def _masked(url: str) -> str:
@@ -120,13 +175,14 @@ def _masked(url: str) -> str:
 def _print_tables(tables: dict, results_dir: Path) -> None:
     from benchmark.leaderboard import reference_flag_sentences, to_markdown
     from benchmark.ranking import ranking_verdict
-    from benchmark.report import REPORT_FILE, search_verdict_sentences, timeout_sentences
+    from benchmark.report import REPORT_FILE, search_verdict_sentences, stopped_sentences, timeout_sentences
     from benchmark.results import PREDICTIONS_FILE, TABLES
 
     print(to_markdown(tables["leaderboard"]))
     for sentence in reference_flag_sentences(tables["reference_flags"]):
         print(sentence)
-    for sentence in [*timeout_sentences(tables["datasets"]), *search_verdict_sentences(tables["datasets"])]:
+    for sentence in [*timeout_sentences(tables["datasets"]), *stopped_sentences(tables["datasets"]),
+                     *search_verdict_sentences(tables["datasets"])]:
         print(sentence)
     print(ranking_verdict(tables["ranking_tests"]))
     if not tables["final"].empty:
@@ -146,51 +202,77 @@ def _config(args: argparse.Namespace):
     return config.model_copy(update={"training": config.training.model_copy(update={"seed": seed})})
 
 
-def _study(args: argparse.Namespace, argv: list[str]) -> None:
-    from benchmark import preflight
-    from benchmark.results import RESULT_FILES, write_leaderboards
-    from benchmark.study import run_study
-
-    config = _config(args)
-    seed = config.training.seed
+def _n_trials(args: argparse.Namespace, config) -> int:
     n_trials = args.n_trials or config.budget.n_trials
     problem = config.unbalanced_budget(n_trials)
     if problem:
         flag = "--n-trials" if args.n_trials else f"{config.source_file}: budget.n_trials (with --encoders)"
         raise BenchmarkError(f"{flag}: {problem}")
+    return n_trials
+
+
+def _check(args: argparse.Namespace) -> None:
+    config = _config(args)
+    n_trials = _n_trials(args, config)
+    from benchmark.check import run_check  # torch: only once the config is known good
+
+    run_check(config, _storage_url(args), n_trials, args.results_dir)
+
+
+def _study(args: argparse.Namespace, argv: list[str]) -> None:
+    config = _config(args)
+    seed = config.training.seed
+    n_trials = _n_trials(args, config)
+    # Only now the heavy imports (torch, transformers): a config error answers at once.
+    from benchmark import preflight
+    from benchmark.report import REPORT_FILES
+    from benchmark.results import RESULT_FILES, write_leaderboards
+    from benchmark.study import every_encoder_stopped, run_study
+
     timeout = args.timeout or config.budget.timeout_s
     url = _storage_url(args)
     # Everything that can be wrong with the input fails here, before any training (and
     # before any worker starts: they find the offline assets already fetched).
     # With several workers each one streams to the trackers itself.
     trackers = ["none"] if args.workers > 1 else args.tracker
+    _check_results_dir(args.results_dir)
     prepared = preflight.prepare(config, url, trackers, args.results_dir)
     print(f"storage: {_masked(url)}  (optuna-dashboard {_masked(url)})", file=sys.stderr)
     started = time.perf_counter()
     tables = None
+    halted = []  # the studies in which every encoder was stopped by failing trials
     try:
         if args.workers > 1:
             _run_workers(args.workers, argv, prepared.studies[0].precision)
         else:
             for dataset_study in prepared.studies:
-                run_study(prepared.storage, url, dataset_study, n_trials, timeout, seed)
+                study = run_study(prepared.storage, url, dataset_study, n_trials, timeout, seed)
+                reasons = every_encoder_stopped(study, list(dataset_study.encoders))
+                halted += [f"{dataset_study.data.name} ({reasons})"] if reasons else []
         print(f"studies done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     finally:
         # Also on Ctrl-C: the tables then show every trial that finished.
         tables = write_leaderboards(prepared.storage, args.results_dir)
+        attachments = [args.results_dir / name for name in (*RESULT_FILES, *REPORT_FILES)]
         for dataset_study in prepared.studies:
-            prepared.tracker.end_study(dataset_study.study_name, [args.results_dir / name for name in RESULT_FILES])
+            prepared.tracker.end_study(dataset_study.study_name, [path for path in attachments if path.is_file()])
         prepared.tracker.close()
     _print_tables(tables, args.results_dir)
+    if halted:
+        raise BenchmarkError(
+            f"every encoder was stopped by failed trials in a row in {'; '.join(halted)}; fix the cause "
+            f"and run the same command again (it retries them)")
 
 
 def _final_eval(args: argparse.Namespace) -> None:
+    config = _config(args)
     from benchmark import preflight
     from benchmark.final_eval import evaluation_candidates, run_final_evaluation
     from benchmark.results import write_leaderboards
 
-    config = _config(args)
     url = _storage_url(args)
+    _check_studies_exist(config, url)
+    _check_results_dir(args.results_dir)
     prepared = preflight.prepare(config, url, ["none"], args.results_dir)
     candidates = [evaluation_candidates(prepared.storage, study) for study in prepared.studies]
     try:
@@ -199,6 +281,22 @@ def _final_eval(args: argparse.Namespace) -> None:
     finally:
         tables = write_leaderboards(prepared.storage, args.results_dir)
     _print_tables(tables, args.results_dir)
+
+
+def _check_studies_exist(config, url: str) -> None:
+    """--final-eval retrains what a search found: with no search there, fail before loading
+    anything, and create no storage in place of a mistyped one."""
+    import optuna
+
+    from benchmark.storage import open_existing_storage
+    from benchmark.study import study_name
+
+    storage = open_existing_storage(url)
+    stored = set(optuna.get_all_study_names(storage)) if storage is not None else set()
+    missing = [study_name(config, name) for name in config.datasets if study_name(config, name) not in stored]
+    if missing:
+        raise BenchmarkError(f"--final-eval: no study {', '.join(missing)} in {_masked(url)}; run --study first "
+                             "(or check --storage)")
 
 
 def _run_workers(count: int, argv: list[str], chosen: Precision) -> None:
@@ -222,8 +320,12 @@ def _run_workers(count: int, argv: list[str], chosen: Precision) -> None:
     print(f"started {count} workers (pids {', '.join(str(w.pid) for w in workers)})", file=sys.stderr)
     try:
         codes = [worker.wait() for worker in workers]
-    except KeyboardInterrupt:
-        # Ctrl-C reached the workers too (same process group); let them stop cleanly.
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C reached the workers too (same process group); a SIGTERM sent to this
+        # process alone did not. Either way, let them stop cleanly.
+        if isinstance(interrupt, Terminated):
+            for worker in workers:
+                worker.send_signal(signal.SIGTERM)
         for worker in workers:
             worker.wait()
         raise

@@ -5,29 +5,74 @@ Everything past `load_config` works with these models; no raw dicts travel furth
 
 from __future__ import annotations
 
+import codecs
+import re
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from benchmark.errors import BenchmarkError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # No NaN or infinity: every comparison with NaN is false, so it would pass each range check.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+# Names end up in file names, study names and Markdown table cells.
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+NAME_RULE = "letters, digits, '_', '-' and '.', starting with a letter or digit"
+
+
+def _resolve_path(path: Path, info: ValidationInfo) -> Path:
+    """A relative path in a config file is relative to that file's directory, not the cwd."""
+    base = (info.context or {}).get("config_dir")
+    if base is None:
+        return path
+    path = path.expanduser()
+    return path if path.is_absolute() else base / path
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve_path)]
+
+
+def _check_source_keys(spec: BaseModel, used_by: dict[str, set[str]]) -> None:
+    """Refuse a key the spec's source ignores: a `path` on a hub encoder would go unnoticed."""
+    for key in sorted(spec.model_fields_set - used_by[spec.source]):
+        users = [source for source, keys in used_by.items() if key in keys]
+        if users:
+            raise ValueError(f"'{key}' is used only by source {' or '.join(map(repr, users))}, "
+                             f"not by '{spec.source}'; remove it or change the source")
 
 
 # --- search-space parameters -------------------------------------------------
 
 
+def _check_order(low: float, high: float, log: bool) -> None:
+    if low > high:
+        raise ValueError(f"low ({low}) is above high ({high})")
+    if log and low <= 0:
+        raise ValueError(f"the range is log-scale, so low must be > 0, got {low}")
+
+
 class _Range(_Strict):
     @model_validator(mode="after")
     def _check_range(self):
-        if self.low > self.high:
-            raise ValueError(f"low ({self.low}) is above high ({self.high})")
-        if self.log and self.low <= 0:
-            raise ValueError(f"a log-scale range needs low > 0, got {self.low}")
+        _check_order(self.low, self.high, self.log)
         return self
 
 
@@ -35,14 +80,14 @@ class FloatParam(_Range):
     type: Literal["float"]
     low: float
     high: float
-    log: bool = False
+    log: StrictBool = False
 
 
 class IntParam(_Range):
     type: Literal["int"]
-    low: int
-    high: int
-    log: bool = False
+    low: StrictInt
+    high: StrictInt
+    log: StrictBool = False
 
 
 class CategoricalParam(_Strict):
@@ -51,6 +96,50 @@ class CategoricalParam(_Strict):
 
 
 ParamSpec = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
+
+# Far above any batch that fits in memory, and small enough that the batch sizes a range
+# allows can be listed (see `BenchmarkConfig.batch_sizes`).
+MAX_BATCH_SIZE = 65536
+
+# What each parameter may sample, whether its range comes from search_space or an override.
+# A range is checked at its bounds, which is enough since every rule is an interval.
+_ALLOWED_VALUES = {
+    "learning_rate": (lambda v: v > 0, "positive numbers"),
+    "warmup_ratio": (lambda v: 0 <= v < 1, "numbers in [0, 1)"),
+    "dropout": (lambda v: 0 <= v < 1, "numbers in [0, 1)"),
+    # A norm of 0 clips every gradient to zero: the model would not train.
+    "max_grad_norm": (lambda v: v > 0, "positive numbers"),
+    "weight_decay": (lambda v: v >= 0, "non-negative numbers"),
+    "batch_size": (lambda v: isinstance(v, int) and 1 <= v <= MAX_BATCH_SIZE,
+                   f"positive integers up to {MAX_BATCH_SIZE}"),
+    "num_epochs": (lambda v: isinstance(v, int) and v >= 1, "positive integers"),
+}
+
+# What PyYAML (YAML 1.1) reads as a string although it is a number: `1e-5`, `2E3`.
+_E_NOTATION = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?)(\d+)$")
+
+
+def check_param(name: str, spec: FloatParam | IntParam | CategoricalParam) -> None:
+    """Raise ValueError unless `spec` samples only values that parameter `name` can take."""
+    if isinstance(spec, CategoricalParam):
+        values = spec.choices
+    else:
+        _check_order(spec.low, spec.high, spec.log)
+        if isinstance(spec, IntParam) and not all(isinstance(v, int) for v in (spec.low, spec.high)):
+            raise ValueError(f"an int parameter needs integer low and high, got {spec.low} and {spec.high}")
+        if isinstance(spec, FloatParam) and name in ("batch_size", "num_epochs"):
+            raise ValueError("must be an int or categorical parameter")
+        values = (spec.low, spec.high)
+    allowed, description = _ALLOWED_VALUES[name]
+    for value in values:
+        number = isinstance(value, str) and _E_NOTATION.match(value)
+        if number:
+            mantissa, sign, exponent = number.groups()
+            mantissa += "" if "." in mantissa else ".0"
+            raise ValueError(f"the choice {value!r} is text, not a number: YAML reads e-notation as a "
+                             f"number only with a dot and a signed exponent; write {mantissa}e{sign or '+'}{exponent}")
+        if isinstance(value, (str, bool)) or not allowed(value):
+            raise ValueError(f"values must be {description}, got {value!r}")
 
 
 class SearchSpace(_Strict):
@@ -64,30 +153,11 @@ class SearchSpace(_Strict):
     batch_size: ParamSpec
     num_epochs: ParamSpec
 
-    @model_validator(mode="after")
-    def _check_bounds(self) -> SearchSpace:
-        for name in ("warmup_ratio", "dropout"):
-            for value in _param_values(getattr(self, name)):
-                if not 0.0 <= float(value) < 1.0:
-                    raise ValueError(f"{name}: values must lie in [0, 1), got {value}")
-        for name in ("batch_size", "num_epochs"):
-            spec = getattr(self, name)
-            if isinstance(spec, FloatParam):
-                raise ValueError(f"{name}: must be an int or categorical parameter")
-            for value in _param_values(spec):
-                if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                    raise ValueError(f"{name}: values must be positive integers, got {value!r}")
-        for name in ("learning_rate", "max_grad_norm", "weight_decay"):
-            for value in _param_values(getattr(self, name)):
-                if isinstance(value, (str, bool)) or float(value) < 0:
-                    raise ValueError(f"{name}: values must be non-negative numbers, got {value!r}")
-        return self
-
-
-def _param_values(spec: FloatParam | IntParam | CategoricalParam) -> tuple:
-    if isinstance(spec, CategoricalParam):
-        return spec.choices
-    return (spec.low, spec.high)
+    @field_validator("*")
+    @classmethod
+    def _check_values(cls, spec, info: ValidationInfo):
+        check_param(info.field_name, spec)
+        return spec
 
 
 # --- encoders ----------------------------------------------------------------
@@ -100,8 +170,10 @@ class RangeOverride(_Strict):
     the bounds may differ between encoders.
     """
 
-    low: float
-    high: float
+    # An int parameter's override must be integers (checked with the search space), so a
+    # whole number stays an int rather than becoming a float.
+    low: Union[StrictInt, float]
+    high: Union[StrictInt, float]
 
 
 class EncoderSpec(_Strict):
@@ -115,9 +187,9 @@ class EncoderSpec(_Strict):
 
     source: Literal["offline", "hub", "local"]
     id: str | None = None
-    path: Path | None = None
+    path: ConfigPath | None = None
     revision: str | None = None
-    trust_remote_code: bool = False
+    trust_remote_code: StrictBool = False
     pooling: Literal["cls", "mean"] | None = None
     overrides: dict[str, RangeOverride] = Field(default_factory=dict)
 
@@ -127,9 +199,7 @@ class EncoderSpec(_Strict):
             raise ValueError("source 'local' needs 'path'")
         if self.source == "hub" and not self.id:
             raise ValueError("source 'hub' needs 'id'")
-        for low_high in self.overrides.values():
-            if low_high.low > low_high.high:
-                raise ValueError(f"override low ({low_high.low}) is above high ({low_high.high})")
+        _check_source_keys(self, {"offline": {"id"}, "hub": {"id", "revision"}, "local": {"path"}})
         return self
 
 
@@ -155,15 +225,27 @@ class DatasetSpec(_Strict):
     source: Literal["offline", "hub", "file"]
     id: str | None = None
     subset: str | None = None
-    path: Path | None = None
+    path: ConfigPath | None = None
     text: str = "text"
     text_pair: str | None = None
     label: str = "label"
     splits: dict[Literal["train", "validation", "test"], str] = Field(default_factory=dict)
     split_fractions: SplitFractions = SplitFractions()
     metric: Metric = "accuracy"
-    max_train_examples: int | None = Field(default=None, gt=0)
-    max_validation_examples: int | None = Field(default=None, gt=0)
+    max_train_examples: StrictInt | None = Field(default=None, gt=0)
+    max_validation_examples: StrictInt | None = Field(default=None, gt=0)
+    max_test_examples: StrictInt | None = Field(default=None, gt=0)
+    encoding: str = "utf-8"  # of a CSV, TSV or JSON(L) file
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, encoding: str) -> str:
+        try:
+            codecs.lookup(encoding)
+        except LookupError:
+            raise ValueError(f"unknown encoding {encoding!r}; use a Python codec name such as "
+                             f"utf-8, latin-1, cp1252 or utf-16") from None
+        return encoding
 
     @model_validator(mode="after")
     def _check_source_fields(self) -> DatasetSpec:
@@ -171,6 +253,12 @@ class DatasetSpec(_Strict):
             raise ValueError("source 'file' needs 'path'")
         if self.source == "hub" and not self.id:
             raise ValueError("source 'hub' needs 'id'")
+        _check_source_keys(self, {"offline": {"id"}, "hub": {"id", "subset"}, "file": {"path", "encoding"}})
+        columns = {"text": self.text, "text_pair": self.text_pair, "label": self.label}
+        for key, other in (("text_pair", "text"), ("label", "text"), ("label", "text_pair")):
+            if columns[key] is not None and columns[key] == columns[other]:
+                raise ValueError(f"'{key}' and '{other}' both name the column {columns[key]!r}; "
+                                 f"each must name a column of its own")
         return self
 
 
@@ -179,25 +267,25 @@ class DatasetSpec(_Strict):
 
 class SamplerSpec(_Strict):
     type: Literal["tpe", "random"] = "tpe"
-    n_startup_trials: int = Field(default=4, ge=0)
-    multivariate: bool = True
+    n_startup_trials: StrictInt = Field(default=4, ge=0)
+    multivariate: StrictBool = True
 
 
 class PrunerSpec(_Strict):
     type: Literal["median", "percentile", "hyperband", "successive_halving", "none"] = "median"
-    n_startup_trials: int = Field(default=2, ge=0)
-    n_warmup_steps: int = Field(default=0, ge=0)
+    n_startup_trials: StrictInt = Field(default=2, ge=0)
+    n_warmup_steps: StrictInt = Field(default=0, ge=0)
     percentile: float = Field(default=50.0, gt=0, lt=100)
-    min_resource: int = Field(default=1, ge=1)
-    reduction_factor: int = Field(default=3, ge=2)
+    min_resource: StrictInt = Field(default=1, ge=1)
+    reduction_factor: StrictInt = Field(default=3, ge=2)
     # Compare a trial only with trials of the same encoder (see `pruning.PerEncoderPruner`).
-    per_encoder: bool = True
+    per_encoder: StrictBool = True
 
 
 class Budget(_Strict):
     """Per dataset study: top up to `n_trials`, starting no new trial after `timeout_s`."""
 
-    n_trials: int = Field(default=10, gt=0)
+    n_trials: StrictInt = Field(default=10, gt=0)
     timeout_s: float | None = Field(default=None, gt=0)
 
 
@@ -208,9 +296,9 @@ class HeartbeatSpec(_Strict):
     worker to start a trial, which queues the same parameters again, up to `max_retries`.
     """
 
-    interval_s: int = Field(default=20, gt=0)
-    grace_s: int = Field(default=90, gt=0)
-    max_retries: int = Field(default=2, ge=0)
+    interval_s: StrictInt = Field(default=20, gt=0)
+    grace_s: StrictInt = Field(default=90, gt=0)
+    max_retries: StrictInt = Field(default=2, ge=0)
 
     @model_validator(mode="after")
     def _check_grace(self) -> HeartbeatSpec:
@@ -220,32 +308,33 @@ class HeartbeatSpec(_Strict):
 
 
 class TrainingSpec(_Strict):
-    max_length: int = Field(default=128, gt=8)
+    max_length: StrictInt = Field(default=128, gt=8)
     # Counted in training examples, not steps, so that trials with different batch sizes
     # are compared by the pruner after seeing the same amount of data.
-    eval_every_examples: int = Field(default=960, gt=0)
+    eval_every_examples: StrictInt = Field(default=960, gt=0)
     # `geometric`: checkpoints at 1, 2, 4, ... x eval_every_examples (and at the end), so a
     # longer trial pays for fewer evaluations; `fixed`: every eval_every_examples.
     eval_schedule: Literal["fixed", "geometric"] = "fixed"
     # torch.compile (inductor) each trial's model, batch widths padded to a multiple of 16.
     # Off by default: the first trial of each architecture in a process pays the compilation
     # (minutes on a 2-core CPU), which later ones repay only in a long study (see README).
-    compile: bool = False
-    eval_batch_size: int = Field(default=64, gt=0)
+    compile: StrictBool = False
+    eval_batch_size: StrictInt = Field(default=64, gt=0)
     # Pruning checkpoints evaluate on this many validation examples (a fixed stratified
     # subset); the final evaluation, the trial's value, always uses the whole split.
-    eval_subset_examples: int | None = Field(default=None, gt=0)
+    eval_subset_examples: StrictInt | None = Field(default=None, gt=0)
     # Batches of similar lengths (as Trainer's `group_by_length`): less padding per batch.
-    group_by_length: bool = False
+    group_by_length: StrictBool = False
     # `auto`: whichever trains faster here, timed before the first trial (benchmark/precision.py).
     precision: Literal["auto", "bf16", "fp32"] = "auto"
-    seed: int = 0
+    # NumPy and the samplers take 32-bit unsigned seeds.
+    seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1)
 
 
 class BenchmarkConfig(_Strict):
     """One search-space file: what to compare, over which data, with what budget."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.\-]+$")
+    name: str
     encoders: dict[str, EncoderSpec] = Field(min_length=1)
     datasets: dict[str, DatasetSpec] = Field(min_length=1)
     search_space: SearchSpace
@@ -259,6 +348,41 @@ class BenchmarkConfig(_Strict):
     comparison: Literal["balanced", "search"] = "balanced"
     heartbeat: HeartbeatSpec = HeartbeatSpec()
     source_file: Path | None = None
+    # The config file's encoders, kept by `restricted` (see `file_encoders`).
+    _file_encoders: tuple[str, ...] = PrivateAttr(default=())
+
+    @property
+    def file_encoders(self) -> tuple[str, ...]:
+        """Every encoder of the config file, also after `--encoders` narrowed `encoders`: a
+        new study offers them all as its `encoder` choices, which Optuna fixes for good."""
+        return self._file_encoders or tuple(self.encoders)
+
+    @field_validator("name", "encoders", "datasets")
+    @classmethod
+    def _check_names(cls, value: str | dict, info: ValidationInfo) -> str | dict:
+        for name in [value] if info.field_name == "name" else value:
+            if not NAME_PATTERN.match(name):
+                hint = " (set 'name:' when the file name has other characters)" if info.field_name == "name" else ""
+                raise ValueError(f"{name!r} is not a valid name: use only {NAME_RULE}{hint}")
+        return value
+
+    @model_validator(mode="after")
+    def _check_overrides(self) -> BenchmarkConfig:
+        # Checked before `_check_eval_interval`, which enumerates the overridden batch sizes.
+        for encoder_name, encoder in self.encoders.items():
+            for param_name, override in encoder.overrides.items():
+                where = f"encoders.{encoder_name}.overrides.{param_name}"
+                if param_name not in SearchSpace.model_fields:
+                    raise ValueError(f"{where}: unknown parameter; search_space has "
+                                     f"{', '.join(SearchSpace.model_fields)}")
+                spec = getattr(self.search_space, param_name)
+                if isinstance(spec, CategoricalParam):
+                    raise ValueError(f"{where}: only numeric search_space parameters can be overridden")
+                try:
+                    check_param(param_name, spec.model_copy(update={"low": override.low, "high": override.high}))
+                except ValueError as exc:
+                    raise ValueError(f"{where}: {exc}") from None
+        return self
 
     @model_validator(mode="after")
     def _check_balanced_budget(self) -> BenchmarkConfig:
@@ -282,9 +406,11 @@ class BenchmarkConfig(_Strict):
         interval = self.training.eval_every_examples
         uneven = [size for size in self.batch_sizes() if interval % size]
         if uneven:
+            # A wide int range has thousands: name a few.
+            listed = ", ".join(map(str, uneven[:5])) + (f" and {len(uneven) - 5} more" if len(uneven) > 5 else "")
             raise ValueError(
                 f"training.eval_every_examples: {interval} is not a multiple of batch size "
-                f"{', '.join(map(str, uneven))}; every batch size must divide it, so that all trials "
+                f"{listed}; every batch size must divide it, so that all trials "
                 f"are evaluated after the same numbers of examples"
             )
         return self
@@ -295,27 +421,10 @@ class BenchmarkConfig(_Strict):
         if isinstance(spec, CategoricalParam):
             return sorted(set(spec.choices))
         bounds = [(spec.low, spec.high)] + [
-            (int(o.low), int(o.high)) for e in self.encoders.values()
+            (o.low, o.high) for e in self.encoders.values()
             for name, o in e.overrides.items() if name == "batch_size"
         ]
         return sorted({size for low, high in bounds for size in range(low, high + 1)})
-
-    @model_validator(mode="after")
-    def _check_overrides(self) -> BenchmarkConfig:
-        for encoder_name, encoder in self.encoders.items():
-            for param_name, override in encoder.overrides.items():
-                spec = getattr(self.search_space, param_name, None)
-                if not isinstance(spec, (FloatParam, IntParam)):
-                    raise ValueError(
-                        f"encoders.{encoder_name}.overrides.{param_name}: only numeric "
-                        f"search_space parameters can be overridden"
-                    )
-                if spec.log and override.low <= 0:
-                    raise ValueError(
-                        f"encoders.{encoder_name}.overrides.{param_name}: {param_name} is "
-                        f"log-scale, so low must be > 0"
-                    )
-        return self
 
     def restricted(self, datasets: list[str] | None, encoders: list[str] | None) -> BenchmarkConfig:
         """The same config limited to the named datasets and encoders (from the command line)."""
@@ -331,7 +440,9 @@ class BenchmarkConfig(_Strict):
                     f"{self.source_file or 'the config'} defines: {', '.join(known)}"
                 )
             update[key] = {name: known[name] for name in names}
-        return self.model_copy(update=update)
+        narrowed = self.model_copy(update=update)
+        narrowed._file_encoders = self.file_encoders
+        return narrowed
 
 
 def load_config(path: str | Path) -> BenchmarkConfig:
@@ -340,17 +451,57 @@ def load_config(path: str | Path) -> BenchmarkConfig:
     if not path.is_file():
         raise BenchmarkError(f"{path}: config file not found")
     try:
-        raw = yaml.safe_load(path.read_text())
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BenchmarkError(f"{path}: config file cannot be read: {exc.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise BenchmarkError(
+            f"{path}: not UTF-8 text (byte 0x{data[exc.start]:02x} on line {line}); save the file as UTF-8"
+        ) from None
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        raise BenchmarkError(f"{path}: malformed YAML: {exc}") from None
+        raise BenchmarkError(f"{path}: malformed YAML: {_yaml_problem(exc)}") from None
     if not isinstance(raw, dict):
         raise BenchmarkError(f"{path}: the top level must be a mapping of keys")
     raw.setdefault("name", path.stem)
     try:
-        config = BenchmarkConfig.model_validate(raw)
+        config = BenchmarkConfig.model_validate(raw, context={"config_dir": path.parent})
     except ValidationError as exc:
         raise BenchmarkError(f"{path}: {_describe(exc)}") from None
     return config.model_copy(update={"source_file": path})
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of a repeated key and drops the others without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<:` may repeat and be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key, which SafeLoader refuses with its own message
+                continue
+            if first is not key_node.start_mark:
+                raise yaml.constructor.ConstructorError(
+                    problem=f"the key {key!r} appears twice, on line {first.line + 1} and on line "
+                            f"{key_node.start_mark.line + 1}; keep one")
+        return super().construct_mapping(node, deep)
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's message on one line, with line numbers but not its `<unicode string>`."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return " ".join(str(exc).split())
+    parts = [f"{text} (line {mark.line + 1}, column {mark.column + 1})" if mark else text
+             for text, mark in ((exc.context, exc.context_mark), (exc.problem, exc.problem_mark)) if text]
+    return "; ".join(parts)
 
 
 def _describe(exc: ValidationError) -> str:

@@ -8,6 +8,9 @@ source gets the same checks and the same clear errors.
 from __future__ import annotations
 
 import html
+import io
+import json
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -104,32 +107,95 @@ class HubSource:
 class FileSource:
     path: Path
     dataset_name: str
+    encoding: str = "utf-8"
 
     def load(self) -> dict[str, pd.DataFrame]:
-        if not self.path.is_file():
-            raise BenchmarkError(f"datasets.{self.dataset_name}.path: file not found: {self.path}")
+        key = f"datasets.{self.dataset_name}.path"
         readers = {
-            ".csv": pd.read_csv,
-            ".tsv": lambda p: pd.read_csv(p, sep="\t"),
-            ".jsonl": lambda p: pd.read_json(p, lines=True),
-            ".json": lambda p: pd.read_json(p, lines=not _starts_with(p, "[")),
-            ".parquet": pd.read_parquet,
+            ".csv": lambda: _read_csv(self._text()),
+            ".tsv": lambda: _read_csv(self._text(), sep="\t"),
+            ".jsonl": lambda: _json_lines(self._text()),
+            ".json": lambda: _json_document(self._text()),
+            ".parquet": lambda: pd.read_parquet(self.path),
         }
-        reader = readers.get(self.path.suffix.lower())
-        if reader is None:
-            raise BenchmarkError(
-                f"datasets.{self.dataset_name}.path: {self.path} has suffix '{self.path.suffix}'; "
-                f"use one of {', '.join(readers)}"
-            )
+        if self.path.is_dir():
+            raise BenchmarkError(f"{key}: {self.path} is a directory; give the data file in it "
+                                 f"({', '.join(readers)})")
+        if not self.path.is_file():
+            raise BenchmarkError(f"{key}: file not found: {self.path}")
+        suffix = self.path.suffix.lower()
+        if suffix not in readers:
+            raise BenchmarkError(f"{key}: {self.path} has suffix '{self.path.suffix}'; use one of {', '.join(readers)}")
+        if self.path.stat().st_size == 0:
+            raise BenchmarkError(f"{key}: {self.path} is empty")
         try:
-            return {"train": reader(self.path)}
-        except Exception as exc:
-            raise BenchmarkError(f"{self.path}: could not be read: {exc}") from None
+            frame = readers[suffix]()
+        except BenchmarkError:  # a decoding error, already explained
+            raise
+        except Exception as exc:  # each reader raises its own types; all mean "not this format"
+            first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise BenchmarkError(f"{key}: {self.path} could not be read: {first_line}") from None
+        return {"train": frame}
+
+    def _text(self) -> str:
+        raw = self.path.read_bytes()
+        try:
+            # A byte-order mark would otherwise stick to the first column's name.
+            return raw.decode(self.encoding).removeprefix("\ufeff")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            raise BenchmarkError(
+                f"datasets.{self.dataset_name}.encoding: {self.path} is not valid {self.encoding} at byte "
+                f"{exc.start} (line {line}: {exc.reason}); set `encoding:` in the dataset entry to the "
+                f"file's encoding (e.g. latin-1, cp1252 or utf-16)"
+            ) from None
 
 
-def _starts_with(path: Path, character: str) -> bool:
-    with path.open() as handle:
-        return handle.read(4096).lstrip().startswith(character)
+def _read_csv(text: str, sep: str = ",") -> pd.DataFrame:
+    # Only an empty cell is missing: "NA", "null" or "None" are texts (and labels) like any other.
+    return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""])
+
+
+_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}
+
+
+def _json_lines(text: str) -> pd.DataFrame:
+    """One record per line, read without pandas' type guessing (which turns "1" into 1)."""
+    records = []
+    # Not str.splitlines: it also breaks at U+2028 and others, which JSON strings may hold.
+    for number, line in enumerate(text.split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"line {number}: not valid JSON ({exc.msg} at column {exc.colno}); "
+                             f"a JSON Lines file holds one object per line") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"line {number}: expected an object per line, found {_JSON_TYPES[type(record)]}")
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _json_document(text: str) -> pd.DataFrame:
+    """A `.json` file: an array of records, or JSON Lines under another suffix."""
+    try:
+        document = json.loads(text)
+    except json.JSONDecodeError as exc:
+        if text.lstrip().startswith("["):
+            raise ValueError(f"line {exc.lineno}: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        return _json_lines(text)  # reports the first line that is not an object
+    expected = 'an array of records ([{"text": ..., "label": ...}, ...]) or one object per line'
+    if isinstance(document, dict):
+        keys = ", ".join(map(repr, list(document)[:5])) + (", ..." if len(document) > 5 else "")
+        raise ValueError(f"expected {expected}; found one object with the keys {keys or 'none'}")
+    if not isinstance(document, list):
+        raise ValueError(f"expected {expected}; found {_JSON_TYPES[type(document)]}")
+    for index, record in enumerate(document):
+        if not isinstance(record, dict):
+            raise ValueError(f"expected {expected}; element {index} of the array is {_JSON_TYPES[type(record)]}")
+    return pd.DataFrame.from_records(document)
 
 
 def _read_bbc_news() -> dict[str, pd.DataFrame]:
@@ -186,7 +252,7 @@ def source_for(name: str, spec: DatasetSpec) -> DatasetSource:
     if spec.source == "hub":
         return HubSource(spec.id, spec.subset, name)
     if spec.source == "file":
-        return FileSource(spec.path, name)
+        return FileSource(spec.path, name, spec.encoding)
     return OfflineSource(spec.id or name, name)
 
 
@@ -229,13 +295,16 @@ def prepare(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, seed:
     label_ids = {label: index for index, label in enumerate(label_names)}
     splits = {split: _to_split(table, label_ids) for split, table in tables.items()}
 
+    _check_splittable(name, spec, splits["train"].labels, label_names, [s for s in ("test", "validation")
+                                                                        if s not in splits])
     for missing, fraction in (("test", spec.split_fractions.test), ("validation", spec.split_fractions.validation)):
         if missing not in splits:
             rest, taken = stratified_split(splits["train"].labels, fraction, rng)
             splits[missing] = splits["train"].subset(taken)
             splits["train"] = splits["train"].subset(rest)
 
-    for split, limit in (("train", spec.max_train_examples), ("validation", spec.max_validation_examples)):
+    for split, limit in (("train", spec.max_train_examples), ("validation", spec.max_validation_examples),
+                         ("test", spec.max_test_examples)):
         if limit is not None and len(splits[split]) > limit:
             _, kept = stratified_split(splits[split].labels, limit / len(splits[split]), rng)
             splits[split] = splits[split].subset(kept)
@@ -245,6 +314,26 @@ def prepare(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, seed:
             raise BenchmarkError(f"datasets.{name}: the {split} split is empty"
                                  f"{f' after dropping {duplicates} duplicate(s)' if duplicates else ''}")
     return TextClassificationData(name=name, label_names=label_names, duplicates_dropped=duplicates, **splits)
+
+
+def _check_splittable(name: str, spec: DatasetSpec, labels: np.ndarray, label_names: tuple[str, ...],
+                      cut: list[str]) -> None:
+    """Every class must reach train and each split cut from it: a class seen only in a
+    held-out split scores zero there whatever the encoder, and says nothing about it."""
+    if not cut:
+        return
+    needed = 1 + len(cut)
+    counts = np.bincount(labels, minlength=len(label_names))
+    rare = np.flatnonzero(counts < needed)
+    if rare.size == 0:
+        return
+    rarest = rare[np.argsort(counts[rare], kind="stable")]
+    shown = ", ".join(f"{label_names[i]!r} ({counts[i]})" for i in rarest[:5]) + (", ..." if rare.size > 5 else "")
+    raise BenchmarkError(
+        f"datasets.{name}.label: {rare.size} of the {len(label_names)} classes of column '{spec.label}' have "
+        f"fewer than {needed} examples, one for train and one for each split cut from it "
+        f"({' and '.join(cut)}): {shown}; drop or merge the rare classes"
+    )
 
 
 def _drop_duplicates(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], int]:
@@ -305,14 +394,14 @@ def _check_table(name: str, split: str, frame: pd.DataFrame, spec: DatasetSpec) 
     for key, column in [("text", spec.text), ("text_pair", spec.text_pair)]:
         if column is None:
             continue
-        values = table["text" if key == "text" else "text_pair"]
-        bad = values.map(lambda v: not isinstance(v, str))
+        values = table[key]
+        # A blank text is as empty to the model as a missing one: [CLS] [SEP] and a label.
+        bad = values.map(lambda v: not isinstance(v, str) or not v.strip())
         if bad.any():
-            first = values[bad].iloc[0]
             raise BenchmarkError(
-                f"datasets.{name}.{key}: column '{column}' in the {split} split has "
-                f"{int(bad.sum())} non-text value(s), the first being {first!r} "
-                f"(row {int(bad.idxmax())})"
+                f"datasets.{name}.{key}: column '{column}' has {int(bad.sum())} empty or non-text "
+                f"value(s), the first being {values[bad].iloc[0]!r} ({_rows(spec, split, values.index[bad])}); "
+                f"fill in or remove those rows"
             )
     unlabeled = table["label"].isna()
     if unlabeled.all():
@@ -321,12 +410,57 @@ def _check_table(name: str, split: str, frame: pd.DataFrame, spec: DatasetSpec) 
             f"(hidden test labels?); map another split with 'splits'"
         )
     table = table[~unlabeled]
+    _check_labels(name, split, table["label"], spec)
     labels = table["label"]
     # A missing label turns an integer column into floats (0.0, 1.0); they are the same
     # classes as another split's 0 and 1.
     if pd.api.types.is_float_dtype(labels) and (labels == labels.round()).all():
         table = table.assign(label=labels.astype("int64"))
     return table
+
+
+def _label_kind(value) -> str:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, (bool, np.bool_)):
+        return "boolean"
+    return "number" if isinstance(value, numbers.Number) else type(value).__name__
+
+
+def _check_labels(name: str, split: str, labels: pd.Series, spec: DatasetSpec) -> None:
+    """Labels become classes through their text, so values that would merge or split
+    classes unseen are refused: 1 and "1" (one class, two spellings), "pos" and " pos"
+    (two classes), and a blank cell (a class of its own)."""
+    key = f"datasets.{name}.label: column '{spec.label}'"
+    kinds = labels.map(_label_kind)
+    odd = ~kinds.isin(["text", "number", "boolean"])
+    if odd.any():
+        raise BenchmarkError(f"{key} holds {kinds[odd].iloc[0]} values such as {labels[odd].iloc[0]!r} "
+                             f"({_rows(spec, split, labels.index[odd])}); a label is one text or number per row")
+    if kinds.nunique() > 1:
+        examples = ", ".join(f"{kind} {labels[kinds == kind].iloc[0]!r} "
+                             f"({_rows(spec, split, labels.index[kinds == kind][:1])})" for kind in sorted(set(kinds)))
+        raise BenchmarkError(f"{key} mixes label types: {examples}; 1 and \"1\" would become one class, "
+                             f"so write every label the same way (all quoted or none)")
+    if kinds.iloc[0] != "text":
+        return
+    blank = labels.str.strip() == ""
+    if blank.any():
+        raise BenchmarkError(f"{key} has {int(blank.sum())} blank label(s) ({_rows(spec, split, labels.index[blank])}); "
+                             f"label those rows, or leave the cell empty (null in JSON) to drop them as unlabeled")
+    spellings: dict[str, list[str]] = {}
+    for label in sorted(set(labels)):
+        spellings.setdefault(label.strip(), []).append(label)
+    clash = next((found for found in spellings.values() if len(found) > 1), None)
+    if clash:
+        raise BenchmarkError(f"{key} has labels that differ only in surrounding spaces: "
+                             f"{', '.join(map(repr, clash))}; they would be separate classes, so strip the spaces")
+
+
+def _rows(spec: DatasetSpec, split: str, index: pd.Index) -> str:
+    """Rows numbered from 1 as a user counts them in the file (a header not counted)."""
+    shown = ", ".join(str(int(i) + 1) for i in index[:5]) + (", ..." if len(index) > 5 else "")
+    return f"{'row' if len(index) == 1 else 'rows'} {shown} of {spec.path if spec.source == 'file' else f'the {split} split'}"
 
 
 def _to_split(table: pd.DataFrame, label_ids: dict[str, int]) -> Split:

@@ -100,6 +100,7 @@ class Encoder:
     revision: str | None
     trust_remote_code: bool
     pooling: str  # "cls" or "mean"
+    max_tokens: int | None  # the longest input its position embeddings hold; None: no limit
 
     @property
     def dropout_keys(self) -> tuple[str, ...]:
@@ -127,13 +128,33 @@ def resolve(name: str, spec: EncoderSpec) -> Encoder:
             f"supported: {', '.join(sorted(DROPOUT_KEYS))}"
         )
     encoder = Encoder(name, location, config.model_type, spec.revision, spec.trust_remote_code,
-                      spec.pooling or declared_pooling(name, location))
+                      spec.pooling or declared_pooling(name, location), max_tokens(config))
     try:
         load_tokenizer(encoder)("a first check", "of the tokenizer")
     except Exception as exc:  # e.g. a SentencePiece model without its library
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BenchmarkError(f"encoders.{name}: cannot load the tokenizer of '{location}' ({first_line})") from None
     return encoder
+
+
+# Architectures whose position ids start after the padding id (transformers'
+# `create_position_ids_from_input_ids`): the first padding_idx + 1 positions hold no token.
+# Their embeddings take the padding id from the config, but MPNet's fix it at 1.
+_PADDING_IDX = {"roberta": lambda config: config.pad_token_id, "xlm-roberta": lambda config: config.pad_token_id,
+                "camembert": lambda config: config.pad_token_id, "mpnet": lambda config: 1}
+
+
+def max_tokens(config) -> int | None:
+    """The longest input (special tokens included) that the model's position embeddings
+    can index; longer inputs fail inside the embedding layer. None where positions are
+    relative only (DeBERTa without `position_biased_input`)."""
+    positions = getattr(config, "max_position_embeddings", None)
+    if positions is None or not getattr(config, "position_biased_input", True):
+        return None
+    padding_idx = _PADDING_IDX.get(config.model_type)
+    if padding_idx is not None:
+        positions -= padding_idx(config) + 1
+    return positions
 
 
 def declared_pooling(name: str, location: str) -> str:

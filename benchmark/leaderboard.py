@@ -4,6 +4,7 @@ and of the final-evaluation runs (see `results.final_runs_frame`)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -14,6 +15,9 @@ from benchmark.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, TFIDF
 PARAM_PREFIX = "param_"
 TRIALS_PREFIX = "trials: "
 FINISHED_STATES = ("COMPLETE", "PRUNED")
+# The trials table's state of a trial stopped by Ctrl-C or SIGTERM (FAIL in Optuna, see
+# `results.trials_frame`).
+INTERRUPTED_STATE = "INTERRUPTED"
 SIGNIFICANCE_LEVEL = 0.05
 # Bootstrap resamples of the final evaluation: the smallest p-value it can show is 2 / 2001.
 FINAL_RESAMPLES = 2000
@@ -183,11 +187,26 @@ def dataset_summary(trials: pd.DataFrame) -> pd.DataFrame:
             "complete": int((group["state"] == "COMPLETE").sum()),
             "pruned": int((group["state"] == "PRUNED").sum()),
             "failed": int((group["state"] == "FAIL").sum()),
+            # Stopped by Ctrl-C or SIGTERM: neither a result nor a failure of the configuration.
+            "interrupted": int((group["state"] == INTERRUPTED_STATE).sum()),
+            # Running now (or their worker died and the heartbeat has not yet said so) or queued:
+            # the other columns will change.
+            "running": int(group["state"].isin(["RUNNING", "WAITING"]).sum()),
             "trial_seconds": round(float(group["duration_s"].sum()), 1),
+            # From the first start to the last finish; NaN while no trial has finished.
             "wall_seconds": round((group["datetime_complete"].max() - group["datetime_start"].min()).total_seconds(), 1),
             "cut_short_by_timeout": timeout_stop_text(group["timeout_stop"].iloc[0]) if "timeout_stop" in group else "",
+            "stopped_encoders": stopped_text(group["stopped_encoders"].iloc[0]) if "stopped_encoders" in group else "",
         })
     return pd.DataFrame(rows)
+
+
+def stopped_text(stopped: object) -> str:
+    """The study attribute `stopped_encoders` (see `study.stop_failing_encoders`) in words;
+    "" when no encoder was stopped."""
+    if not isinstance(stopped, dict):
+        return ""
+    return "; ".join(f"{encoder} stopped after {reason}" for encoder, reason in stopped.items())
 
 
 def timeout_stop_text(stop: object) -> str:
@@ -309,7 +328,7 @@ def verdict_strength(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame
 FINAL_COLUMNS = ["dataset", "encoder", "metric", "seeds", "seeds_requested", "test_examples", "mean", "ci_low",
                  "ci_high", "source_trial", "not_shown_worse_than_best", "missing"]
 PAIRWISE_COLUMNS = ["dataset", "encoder_a", "encoder_b", "metric", "difference", "ci_low", "ci_high", "p_value",
-                    "p_holm", "significant_after_holm", "pairs", "test_examples", "seeds_a", "seeds_b"]
+                    "p_holm", "significant_after_holm", "pairs", "test_examples", "seeds_a", "seeds_b", "missing"]
 VERDICT_COLUMNS = ["dataset", "final_verdict", "final_not_shown_worse_than_best", "final_missing"]
 
 
@@ -329,7 +348,8 @@ def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[st
     proof of equivalence: the test set and seeds could not tell them apart, nothing more.
     Where an encoder has no run or fewer seeds than requested, `missing` says so and the
     dataset gets no verdict (the adjusted p-values and this column stay empty): the missing
-    runs could change it.
+    runs could change it. Each pair's `missing` lists the dataset's missing runs, since they
+    would join the pairs that Holm adjusts over.
     """
     final_rows, pair_rows = [], []
     for dataset, plan in expected.groupby("dataset", sort=True):
@@ -346,6 +366,8 @@ def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[st
                                          resamples, seed)
             estimates, differences = stats.paired_bootstrap(truth, predictions, metric, draws)
         adjusted = dict(zip(differences, stats.holm([d.p_value for d in differences.values()])))
+        order = [*estimates, *(name for name in sorted(missing) if name not in estimates)]
+        missing_text = missing_runs_text((encoder, missing[encoder]) for encoder in order)
         for (a, b), difference in differences.items():
             pair_rows.append({
                 "dataset": dataset, "encoder_a": a, "encoder_b": b, "metric": metric,
@@ -353,9 +375,8 @@ def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[st
                 "p_value": difference.p_value, "p_holm": adjusted[a, b] if complete else np.nan,
                 "significant_after_holm": adjusted[a, b] < SIGNIFICANCE_LEVEL if complete else None,
                 "pairs": len(differences), "test_examples": len(truth),
-                "seeds_a": len(predictions[a]), "seeds_b": len(predictions[b]),
+                "seeds_a": len(predictions[a]), "seeds_b": len(predictions[b]), "missing": missing_text,
             })
-        order = [*estimates, *(name for name in sorted(missing) if name not in estimates)]
         sources = plan.set_index("encoder")["source_trial"]
         top = next(iter(estimates), None)
         for encoder in order:
@@ -382,17 +403,27 @@ def _missing(seeds: int, requested: int) -> str:
     return f"{requested - seeds} of {requested} seeds missing" if seeds < requested else ""
 
 
+def missing_runs_text(missing: Iterable[tuple[str, str]]) -> str:
+    """(encoder, its `missing` entry) pairs as one text, naming only those with runs missing."""
+    return "; ".join(f"{encoder}: {text}" for encoder, text in missing if text)
+
+
 def top_encoder_verdicts(final: pd.DataFrame, pairwise: pd.DataFrame) -> pd.DataFrame:
     """Per dataset, one line that says what the final evaluation shows and what it rests on,
     the encoders not shown worse than the best, and the runs still missing."""
     rows = []
     for dataset, group in final.groupby("dataset", sort=True):
         evaluated = group[group["seeds"] > 0]  # `final_evaluation` lists them best first
+        missing = missing_runs_text(zip(group["encoder"], group["missing"]))
         seeds = evaluated["seeds"].unique()
-        rests_on = (f"{seeds[0]} seed{'s' if seeds[0] != 1 else ''} each" if len(seeds) == 1 else
-                    "seeds " + ", ".join(f"{row.encoder} {row.seeds}" for row in evaluated.itertuples()))
-        header = f"{dataset} (test split, {group['test_examples'].iloc[0]} examples x {rests_on})"
-        missing = "; ".join(f"{row.encoder}: {row.missing}" for row in group.itertuples() if row.missing)
+        # "each" only where every encoder has them: one not evaluated has none.
+        if len(seeds) == 1 and not missing:
+            rests_on = f" x {seeds[0]} seed{'s' if seeds[0] != 1 else ''} each"
+        elif evaluated.empty:
+            rests_on = ", no run finished yet"
+        else:
+            rests_on = " x seeds " + ", ".join(f"{row.encoder} {row.seeds}" for row in evaluated.itertuples())
+        header = f"{dataset} (test split, {group['test_examples'].iloc[0]} examples{rests_on})"
         not_worse = group[group["not_shown_worse_than_best"].eq(True)]["encoder"].tolist()  # None: no verdict
         if missing:
             verdict = f"{header}: incomplete ({missing}); no verdict until --final-eval finishes"

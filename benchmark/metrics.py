@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 METRIC_NAMES = ("accuracy", "macro_f1", "mcc")
+# The values each metric can take: an interval of a score, or of a difference of two, is cut to
+# what the quantity can reach.
+METRIC_RANGES = {"accuracy": (0.0, 1.0), "macro_f1": (0.0, 1.0), "mcc": (-1.0, 1.0)}
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> np.ndarray:

@@ -54,6 +54,8 @@ class Precision:
     # Candidates stopped after their one-example warm-up step (GIVE_UP_RATIO): their seconds
     # are a lower bound on a batch step.
     lower_bounds: tuple[str, ...] = ()
+    # Per encoder, seconds per step of `choice` at `shape`: what `--check` estimates a run from.
+    per_encoder: dict[str, float] | None = None
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -112,14 +114,27 @@ def decide(setting: str, encoders: Iterable[Encoder], num_labels: int, batch_siz
     encoders = list(encoders)
     totals = dict.fromkeys(names, 0.0)
     bounded: set[str] = set()
+    by_encoder = {}
     for encoder in encoders:
-        for name, (seconds, lower_bound) in measure_encoder(encoder, num_labels, batch_size, max_length,
-                                                            device, names).items():
+        by_encoder[encoder.name] = measure_encoder(encoder, num_labels, batch_size, max_length, device, names)
+        for name, (seconds, lower_bound) in by_encoder[encoder.name].items():
             totals[name] += seconds
             if lower_bound:
                 bounded.add(name)
-    return Precision(choose(totals), totals, "measured", (batch_size, max_length), len(encoders),
-                     tuple(name for name in names if name in bounded))
+    choice = choose(totals)
+    return Precision(choice, totals, "measured", (batch_size, max_length), len(encoders),
+                     tuple(name for name in names if name in bounded),
+                     {encoder: measured[choice][0] for encoder, measured in by_encoder.items()})
+
+
+def step_seconds(chosen: Precision, encoders: Iterable[Encoder], num_labels: int, batch_size: int, max_length: int,
+                 device: torch.device) -> dict[str, float]:
+    """Per encoder, seconds per training step in the chosen precision at `batch_size` x
+    `max_length`: the measurement's own where `decide` measured, else timed now the same way."""
+    if chosen.per_encoder is not None and chosen.shape == (batch_size, max_length):
+        return dict(chosen.per_encoder)
+    return {encoder.name: measure_encoder(encoder, num_labels, batch_size, max_length, device,
+                                          [chosen.choice])[chosen.choice][0] for encoder in encoders}
 
 
 def for_workers(chosen: Precision) -> dict[str, str]:
@@ -148,7 +163,7 @@ def measure_encoder(encoder: Encoder, num_labels: int, batch_size: int, max_leng
     measured: dict[str, tuple[float, bool]] = {}
     try:
         for name in names:
-            limit = None if name == "fp32" else GIVE_UP_RATIO * measured["fp32"][0]
+            limit = GIVE_UP_RATIO * measured["fp32"][0] if name != "fp32" and "fp32" in measured else None
             # One example cannot take longer than the batch: past the limit, the batch is too.
             seconds = _timed_step(model, warm_up, labels[:WARM_UP_EXAMPLES], device, CANDIDATES[name])
             if limit is not None and seconds > limit:

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import optuna
+import torch
 
 from benchmark import data, encoders, precision
 from benchmark.config import BenchmarkConfig
+from benchmark.data import TextClassificationData
+from benchmark.encoders import Encoder
 from benchmark.errors import BenchmarkError
+from benchmark.precision import Precision
 from benchmark.storage import open_storage
-from benchmark.study import DATA_SEED_ATTR, study_name
+from benchmark.study import DATA_SEED_ATTR, ENCODER_CHOICES_ATTR, study_name
 from benchmark.tokenization import TokenizationCache
 from benchmark.tracking import Tracker, make_tracker
 from benchmark.training import pick_device
-from benchmark.trial import DatasetStudy
+from benchmark.trial import ENCODER_PARAM, INTERRUPTED_TRIAL_LOG, DatasetStudy
 
 
 @dataclass
@@ -36,25 +41,53 @@ def quiet_libraries() -> None:
     # TPE's `group` option is stable in practice but still flagged experimental.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    logging.getLogger("optuna.study._optimize").addFilter(INTERRUPTED_TRIAL_LOG)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
+
+
+@dataclass
+class Inputs:
+    """What every trial of every study needs, checked and loaded: the same for `--check` and a run."""
+
+    encoders: dict[str, Encoder]
+    datasets: dict[str, TextClassificationData]
+    device: torch.device
+    precision: Precision
 
 
 def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path) -> Prepared:
     quiet_libraries()
     tracker = make_tracker(tracker_names, results_dir)
     storage = open_storage(storage_url, config.heartbeat)
+    check_seed_matches(storage, config)
+    choices = encoder_choices(storage, config)
+    inputs = load_inputs(config)
+    tokenization = TokenizationCache()
+    studies = [DatasetStudy(study_name(config, name), config, loaded, config.datasets[name].metric, inputs.encoders,
+                            tokenization, tracker, inputs.device, inputs.precision, choices[name])
+               for name, loaded in inputs.datasets.items()]
+    return Prepared(storage, tracker, studies)
+
+
+def load_inputs(config: BenchmarkConfig) -> Inputs:
+    """Resolve every encoder, load and split every dataset, pick the device and the precision;
+    trains nothing but the precision measurement's few steps and writes nothing."""
     seed = config.training.seed
-    _check_seed_matches(storage, config, seed)
     resolved = {}
     for name, spec in config.encoders.items():
         print(f"encoder {name}: resolving", file=sys.stderr, flush=True)
         resolved[name] = encoders.resolve(name, spec)
+        limit = resolved[name].max_tokens
+        if limit is not None and config.training.max_length > limit:
+            raise BenchmarkError(
+                f"training.max_length: {config.training.max_length} tokens is more than encoders.{name} can "
+                f"read ({limit}, from its config's max_position_embeddings); set training.max_length to at most {limit}"
+            )
         print(f"encoder {name}: {resolved[name].model_type}, {resolved[name].pooling} pooling "
               f"({'set in the config' if spec.pooling else 'the checkpoint default'})", file=sys.stderr, flush=True)
     device = pick_device()
     print(f"device: {device}", file=sys.stderr)
-    tokenization = TokenizationCache()
     datasets = {}
     for name, spec in config.datasets.items():
         loaded = data.load_dataset(name, spec, seed)
@@ -83,13 +116,12 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     # What the measurement itself cost, so a user can weigh it against the run.
     cost = f"; the measurement took {time.perf_counter() - started:.0f} s" if chosen.seconds_per_step else ""
     print(chosen.describe() + cost, file=sys.stderr, flush=True)
-    studies = [DatasetStudy(study_name(config, name), config, loaded, config.datasets[name].metric, resolved,
-                            tokenization, tracker, device, chosen) for name, loaded in datasets.items()]
-    return Prepared(storage, tracker, studies)
+    return Inputs(resolved, datasets, device, chosen)
 
 
-def _check_seed_matches(storage: optuna.storages.BaseStorage, config: BenchmarkConfig, seed: int) -> None:
+def check_seed_matches(storage: optuna.storages.BaseStorage, config: BenchmarkConfig) -> None:
     """A study topped up with another seed would mix trials scored on different splits."""
+    seed = config.training.seed
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     for name in config.datasets:
         summary = existing.get(study_name(config, name))
@@ -101,3 +133,33 @@ def _check_seed_matches(storage: optuna.storages.BaseStorage, config: BenchmarkC
                 f"--seed: study '{summary.study_name}' was run with seed {recorded}, which fixes its "
                 f"data splits; top it up with --seed {recorded} or use another storage"
             )
+
+
+def encoder_choices(storage: optuna.storages.BaseStorage, config: BenchmarkConfig) -> dict[str, tuple[str, ...]]:
+    """Per dataset, its study's `encoder` choices. Optuna refuses a categorical whose choices
+    change within a study, so a new study gets every encoder of the config file (a run with
+    `--encoders` samples only some of them), and an existing one keeps those it was created
+    with: a later run may compare fewer, and is refused before training if it adds one."""
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    choices = {}
+    for name in config.datasets:
+        recorded = None
+        if study_name(config, name) in existing:
+            study = optuna.load_study(study_name=study_name(config, name), storage=storage)
+            # Studies from before the attribute: the choices their first trial recorded.
+            recorded = study.user_attrs.get(ENCODER_CHOICES_ATTR) or next(
+                (t.distributions[ENCODER_PARAM].choices for t in study.get_trials(deepcopy=False)
+                 if ENCODER_PARAM in t.distributions), None)
+        if recorded is None:
+            choices[name] = config.file_encoders
+            continue
+        added = [encoder for encoder in config.encoders if encoder not in recorded]
+        if added:
+            raise BenchmarkError(
+                f"encoders: study '{study_name(config, name)}' was created with the encoders "
+                f"{', '.join(recorded)}, and an Optuna study cannot take another choice of `encoder`, so "
+                f"{', '.join(added)} cannot join it; compare {', '.join(added)} in a new study (another "
+                f"`name` in {config.source_file or 'the config'}, or another --storage)"
+            )
+        choices[name] = tuple(recorded)
+    return choices

@@ -17,6 +17,7 @@ import scikit_posthocs as posthocs
 from scipy import stats as scipy_stats
 
 from benchmark.leaderboard import best_per_encoder, dataset_columns
+from benchmark.metrics import METRIC_RANGES
 
 MIN_DATASETS = 3  # fewer blocks than this and no rank test can say anything
 ALPHA = 0.05
@@ -36,6 +37,14 @@ def score_matrix(trials: pd.DataFrame) -> pd.DataFrame:
     matrix = matrix.dropna(axis=1).sort_index()
     matrix.index.name, matrix.columns.name = "dataset", None
     return matrix
+
+
+def dataset_metrics(trials: pd.DataFrame) -> dict[str, str]:
+    """Each dataset's metric, under the score matrix's dataset names."""
+    if trials.empty:
+        return {}
+    names = dataset_columns(trials)
+    return {names[study]: metric for study, metric in trials.groupby("study")["metric"].first().items()}
 
 
 def left_out(trials: pd.DataFrame, matrix: pd.DataFrame) -> list[str]:
@@ -83,14 +92,20 @@ def critical_difference(encoders: int, datasets: int, alpha: float = ALPHA) -> f
     return q_alpha * math.sqrt(encoders * (encoders + 1) / (6 * datasets))
 
 
-def ranking_tests(matrix: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
+def ranking_tests(matrix: pd.DataFrame, metrics: dict[str, str], alpha: float = ALPHA) -> pd.DataFrame:
     """The tests of the ranking: an omnibus row, then one row per pair of encoders.
 
     Three encoders or more: Friedman's test, with Kendall's W as its effect size, then
     Nemenyi's post-hoc test, whose effect is the difference of mean ranks with its
     simultaneous interval (the difference ± the critical difference). Two encoders:
     Wilcoxon's signed-rank test, with the mean difference of their best values and its
-    t interval over the datasets. Fewer than three datasets: no test, and a note why.
+    t interval over the datasets (`metrics`: each dataset's metric). Fewer than three
+    datasets: no test, and a note why.
+
+    Each interval is cut to what its quantity can reach: ±(encoders - 1) rank places, and
+    for the mean difference, the mean over the datasets of their metric's span (±1 where
+    every metric lies in [0, 1]). With few datasets, ± t s/√n alone reaches past them, and
+    the true value never lies there.
     """
     datasets, encoders = matrix.shape
     if encoders < 2:
@@ -110,10 +125,12 @@ def ranking_tests(matrix: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
         floor = smallest_wilcoxon_p(datasets)
         note = (f"with {datasets} datasets the two-sided test cannot go below p = {floor:.3g}; "
                 f"p < {alpha} needs at least {fewest_datasets_for(alpha)} datasets") if floor >= alpha else ""
+        reach = float(np.mean([high - low for low, high in (METRIC_RANGES[metrics[d]] for d in matrix.index)]))
         return pd.DataFrame([_row(f"{a} vs {b}", "Wilcoxon signed-rank", encoder_a=a, encoder_b=b,
                                   p_value=significance.loc[a, b],
                                   effect="mean difference of best values", effect_size=mean,
-                                  ci_low=mean - half, ci_high=mean + half, datasets=datasets, note=note)],
+                                  ci_low=max(mean - half, -reach), ci_high=min(mean + half, reach),
+                                  datasets=datasets, note=note)],
                             columns=TEST_COLUMNS)
     friedman = scipy_stats.friedmanchisquare(*matrix.to_numpy().T)
     rows = [_row("all encoders", "Friedman", statistic=friedman.statistic, p_value=friedman.pvalue,
@@ -125,7 +142,8 @@ def ranking_tests(matrix: pd.DataFrame, alpha: float = ALPHA) -> pd.DataFrame:
             difference = ranks[b] - ranks[a]  # how many rank places a is ahead of b
             rows.append(_row(f"{a} vs {b}", "Nemenyi", encoder_a=a, encoder_b=b, p_value=significance.loc[a, b],
                              effect="mean rank difference", effect_size=difference,
-                             ci_low=difference - distance, ci_high=difference + distance, datasets=datasets))
+                             ci_low=max(difference - distance, 1 - encoders),
+                             ci_high=min(difference + distance, encoders - 1), datasets=datasets))
     return pd.DataFrame(rows, columns=TEST_COLUMNS)
 
 

@@ -10,36 +10,45 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
 import math
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
 from pathlib import Path
 
 import optuna
 import pandas as pd
 import plotly.graph_objects as go
+from matplotlib import rc_context
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from optuna.search_space import intersection_search_space
 from optuna.trial import TrialState
 from optuna.visualization import plot_optimization_history, plot_parallel_coordinate, plot_param_importances
-from plotly.colors import hex_to_rgb, qualitative
+from plotly.colors import hex_to_rgb, make_colorscale, qualitative, sample_colorscale, sequential
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from scikit_posthocs import critical_difference_diagram
 
-from benchmark import ranking
+from benchmark import provenance, ranking
 from benchmark.files import write_atomic
 from benchmark.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, REFERENCE_PREFIX, TFIDF_LOGREG
 from benchmark.leaderboard import FINAL_RESAMPLES, reference_flag_sentences
-from benchmark.study import SURPLUS_ATTR
+from benchmark.study import DATA_SEED_ATTR, SURPLUS_ATTR
 from benchmark.trial import ENCODER_PARAM
 
 REPORT_FILE = "report.html"
 EXPECTED_PERFORMANCE_PNG = "expected_performance.png"
 FINAL_EVALUATION_PNG = "final_evaluation.png"
 CRITICAL_DIFFERENCE_PNG = "critical_difference.png"
+# Each PNG also as SVG, which scales on a slide or in a paper.
+FIGURE_FORMATS = ("png", "svg")
+# What the trackers' study runs carry (those written); a new figure file belongs here too.
+REPORT_FILES = (REPORT_FILE, *(str(Path(png).with_suffix(f".{ext}")) for png in (
+    EXPECTED_PERFORMANCE_PNG, FINAL_EVALUATION_PNG, CRITICAL_DIFFERENCE_PNG) for ext in FIGURE_FORMATS))
 
 FINAL_METHOD = (
     f"Means, 95% intervals and p-values come from {FINAL_RESAMPLES:,} bootstrap resamples that draw test "
@@ -54,10 +63,11 @@ PANEL_COLUMNS = 3
 Colours = dict[str, str]
 
 CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; padding: 0 1.5em; color: #222; }
 h1, h2, h3 { font-weight: 600; }
 section { margin-bottom: 3em; }
-table.report { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; display: block; overflow-x: auto; }
+div.table-scroll { overflow-x: auto; max-width: 100%; }
+table.report { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 table.report th, table.report td { padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }
 table.report th { background: #f4f4f4; }
 table.report td:first-child, table.report th:first-child { text-align: left; }
@@ -70,6 +80,8 @@ def without_surplus(study: optuna.Study) -> optuna.Study:
     trained) are bare failed trials: no figure draws them, and every other trial keeps
     its number, which Optuna's plots index by and the leaderboards name trials by."""
     copy = optuna.create_study(study_name=study.study_name, directions=study.directions)
+    for name, value in study.user_attrs.items():  # the header's provenance and the importances' notes
+        copy.set_user_attr(name, value)
     copy.add_trials([optuna.trial.create_trial(state=TrialState.FAIL) if trial.user_attrs.get(SURPLUS_ATTR) else trial
                      for trial in study.get_trials(deepcopy=False)])
     return copy
@@ -95,9 +107,87 @@ def format_number(value: float) -> str:
 
 
 def table_html(table: pd.DataFrame | None, empty_sentence: str) -> str:
+    """The table in a container that scrolls sideways, so a wide one never runs off the page."""
     if table is None or table.empty:
         return _note(empty_sentence)
-    return table.to_html(index=False, border=0, classes="report", float_format=format_number, na_rep="–")
+    return ('<div class="table-scroll">'
+            + table.to_html(index=False, border=0, classes="report", float_format=format_number, na_rep="–")
+            + "</div>")
+
+
+METRIC_LABELS = {"accuracy": "accuracy", "macro_f1": "macro-F1", "mcc": "MCC"}
+
+
+def metric_label(metric: object) -> str:
+    return METRIC_LABELS.get(str(metric), str(metric))
+
+
+def dataset_metrics(datasets: pd.DataFrame | None) -> dict[str, str]:
+    """Dataset -> the metric its study ranks by, as headers and axes name it."""
+    return {row["dataset"]: metric_label(row["metric"]) for row in _rows(datasets) if "metric" in row}
+
+
+def leaderboard_display(leaderboard: pd.DataFrame | None, metrics: dict[str, str]) -> pd.DataFrame | None:
+    """The encoder leaderboard, each dataset's column naming the metric its values are in."""
+    if leaderboard is None:
+        return None
+    return leaderboard.rename(columns={dataset: f"{dataset}: best validation {metric}"
+                                       for dataset, metric in metrics.items()})
+
+
+def value_display(table: pd.DataFrame | None, datasets: pd.DataFrame | None) -> pd.DataFrame | None:
+    """A table with a `best_value` per row (datasets, costs), the metric it is in beside it;
+    `best_params` go to their own table (see `best_params_table`)."""
+    if table is None or "best_value" not in table:
+        return table
+    shown = with_metric(table.drop(columns=["best_params"], errors="ignore"), datasets)
+    return shown.rename(columns={"best_value": "best validation value"})
+
+
+def with_metric(table: pd.DataFrame, datasets: pd.DataFrame | None) -> pd.DataFrame:
+    """`table` with a `metric` column (from the datasets table), before `best_value` if it has one."""
+    if "metric" in table:
+        return table
+    shown = table.copy()
+    at = int(shown.columns.get_loc("best_value")) if "best_value" in shown else len(shown.columns)
+    shown.insert(at, "metric", shown["dataset"].map({row["dataset"]: row["metric"] for row in _rows(datasets)}))
+    return shown
+
+
+def format_param(value: object) -> str:
+    """A hyperparameter as a slide shows it: a small float (a learning rate) in scientific
+    notation with two significant digits, any other float with three."""
+    if isinstance(value, float):
+        return f"{value:.1e}" if value != 0 and abs(value) < 1e-2 else f"{value:.3g}"
+    return str(value)
+
+
+def best_params_table(datasets: pd.DataFrame | None) -> pd.DataFrame:
+    """Per dataset with a complete trial: its best trial's parameters, a column each."""
+    rows = [{"dataset": row["dataset"], "metric": row["metric"], "best validation value": row["best_value"],
+             "best encoder": row["best_encoder"], "trial": int(row["best_trial"]),
+             **{name: format_param(value) for name, value in sorted(json.loads(row["best_params"]).items())}}
+            for row in _rows(datasets) if pd.notna(row.get("best_trial"))]
+    return pd.DataFrame(rows)
+
+
+STATE_WORDS = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed"}
+
+
+def trial_counts(trials: pd.DataFrame) -> str:
+    """'N trials: c complete, p pruned, f failed', plus any other state that occurs."""
+    counts = trials["state"].value_counts()
+    others = {state: state.lower() for state in counts.index if state not in STATE_WORDS}
+    return f"{len(trials)} trials: " + ", ".join(
+        f"{counts.get(state, 0)} {word}" for state, word in {**STATE_WORDS, **others}.items())
+
+
+def rests_on(trials: pd.DataFrame | None, what: str) -> str:
+    """A note saying how many trials of how many studies a table or figure rests on."""
+    if trials is None or trials.empty:
+        return ""
+    return _note(f"{what} {trials['study'].nunique()} stud{'ies' if trials['study'].nunique() != 1 else 'y'}, "
+                 f"{trial_counts(trials)}.")
 
 
 def final_display(final: pd.DataFrame) -> pd.DataFrame:
@@ -184,15 +274,22 @@ def _grid(panels: int) -> tuple[int, int]:
 TraceAdder = Callable[[go.Figure, int, int, pd.DataFrame, Colours], None]
 
 
+def panel_metric(panel: pd.DataFrame) -> str:
+    """The metric a dataset's panel plots, from the frame's `metric` column (see `with_metric`)."""
+    return metric_label(panel["metric"].iloc[0]) if "metric" in panel and panel["metric"].notna().any() else "score"
+
+
 def dataset_panels(frame: pd.DataFrame, add_traces: TraceAdder, colours: Colours, y_title: str) -> go.Figure:
-    """A plotly panel per dataset of `frame`, one legend entry per encoder."""
+    """A plotly panel per dataset of `frame`, one legend entry per encoder; `y_title` names
+    each panel's axis, its `{metric}` filled in with the panel's (datasets differ)."""
     datasets = sorted(frame["dataset"].unique())
     rows, columns = _grid(len(datasets))
     figure = make_subplots(rows=rows, cols=columns, subplot_titles=datasets)
     for i, dataset in enumerate(datasets):
         row, column = divmod(i, columns)
-        add_traces(figure, row + 1, column + 1, frame[frame["dataset"] == dataset], colours)
-    figure.update_yaxes(title_text=y_title, col=1)
+        panel = frame[frame["dataset"] == dataset]
+        add_traces(figure, row + 1, column + 1, panel, colours)
+        figure.update_yaxes(title_text=y_title.format(metric=panel_metric(panel)), row=row + 1, col=column + 1)
     figure.update_layout(height=max(FIGURE_HEIGHT_PX, 360 * rows), legend_title_text="encoder")
     return _one_legend_entry_per_encoder(figure)
 
@@ -210,26 +307,35 @@ PanelDrawer = Callable[[Axes, pd.DataFrame, Colours], None]
 
 
 def panels_png(frame: pd.DataFrame, draw: PanelDrawer, colours: Colours, y_label: str) -> Figure:
-    """A matplotlib panel per dataset of `frame`; the plotly page's PNG counterpart."""
+    """A matplotlib panel per dataset of `frame`; the plotly page's PNG counterpart (`y_label` as
+    `dataset_panels`' `y_title`)."""
     datasets = sorted(frame["dataset"].unique())
     rows, columns = _grid(len(datasets))
     # A bare Figure renders through Agg without pyplot, so no display backend is ever tried.
     figure = Figure(figsize=(5 * columns, 4 * rows), layout="constrained")
     axes = figure.subplots(rows, columns, squeeze=False).ravel()
     for ax, dataset in zip(axes, datasets):
-        draw(ax, frame[frame["dataset"] == dataset], colours)
+        panel = frame[frame["dataset"] == dataset]
+        draw(ax, panel, colours)
         ax.set_title(dataset)
+        ax.set_ylabel(y_label.format(metric=panel_metric(panel)))
         ax.grid(alpha=0.3)
     for ax in axes[len(datasets):]:
         ax.set_visible(False)
-    for ax in axes[::columns]:
-        ax.set_ylabel(y_label)
     entries = {label: handle for ax in axes for handle, label in zip(*ax.get_legend_handles_labels())}
     figure.legend(entries.values(), entries.keys(), loc="outside right upper", title="encoder")
     return figure
 
 
 # Expected validation performance (Dodge et al. 2019, "Show Your Work")
+
+NO_CURVE_YET = "1 complete trial, no curve to draw yet"
+
+
+def single_trial_encoders(curves: pd.DataFrame) -> list[str]:
+    """The encoders of one panel whose curve is a single point."""
+    return sorted(encoder for encoder, curve in curves.groupby("encoder") if len(curve) == 1)
+
 
 def _expected_traces(figure: go.Figure, row: int, column: int, curves: pd.DataFrame, colours: Colours) -> None:
     for encoder, curve in curves.groupby("encoder", sort=True):
@@ -239,9 +345,16 @@ def _expected_traces(figure: go.Figure, row: int, column: int, curves: pd.DataFr
                            hoverinfo="skip", **common)
         figure.add_scatter(y=curve["band_low"], mode="lines", line_width=0, fill="tonexty",
                            fillcolor=_rgba(colour, 0.2), showlegend=False, hoverinfo="skip", **common)
-        figure.add_scatter(y=curve["expected_max"], mode="lines+markers", name=encoder,
-                           line_color=colour, **common)
-    figure.update_xaxes(title_text="trials (n)", row=row, col=column)
+        figure.add_scatter(y=curve["expected_max"], mode="lines+markers" if len(curve) > 1 else "markers",
+                           name=encoder, line_color=colour, marker_size=7 if len(curve) > 1 else 12, **common)
+    single = single_trial_encoders(curves)
+    if single:
+        figure.add_annotation(text=f"{', '.join(single)}: {NO_CURVE_YET}", xref="x domain", yref="y domain",
+                              x=0.5, y=0.02, showarrow=False, row=row, col=column)
+    # Integer ticks (n counts trials), about ten at most.
+    last = int(curves["n"].max())
+    figure.update_xaxes(title_text="trials (n)", tickformat="d", tick0=1, dtick=max(1, math.ceil(last / 10)),
+                        range=[0.5, last + 0.5], row=row, col=column)
 
 
 EXPECTED_PERFORMANCE_NOTE = (
@@ -261,7 +374,7 @@ def expected_performance_titles(curves: pd.DataFrame) -> dict[str, str]:
 
 
 def expected_performance_figure(curves: pd.DataFrame, colours: Colours) -> go.Figure:
-    figure = dataset_panels(curves, _expected_traces, colours, "expected best validation score")
+    figure = dataset_panels(curves, _expected_traces, colours, "expected best validation {metric}")
     titles = expected_performance_titles(curves)
     figure.for_each_annotation(lambda annotation: annotation.update(text=titles.get(annotation.text, annotation.text)))
     return figure.update_layout(title="Expected validation performance after n complete trials")
@@ -270,13 +383,18 @@ def expected_performance_figure(curves: pd.DataFrame, colours: Colours) -> go.Fi
 def _expected_panel(ax: Axes, curves: pd.DataFrame, colours: Colours) -> None:
     for encoder, curve in curves.groupby("encoder", sort=True):
         ax.fill_between(curve["n"], curve["band_low"], curve["band_high"], color=colours[encoder], alpha=0.2)
-        ax.plot(curve["n"], curve["expected_max"], color=colours[encoder], marker=".", label=encoder)
+        ax.plot(curve["n"], curve["expected_max"], color=colours[encoder], marker="." if len(curve) > 1 else "o",
+                label=encoder)
+    single = single_trial_encoders(curves)
+    if single:
+        ax.text(0.5, 0.03, f"{', '.join(single)}: {NO_CURVE_YET}", transform=ax.transAxes, ha="center",
+                fontsize="small")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("trials (n)")
 
 
 def expected_performance_png(curves: pd.DataFrame, colours: Colours) -> Figure:
-    figure = panels_png(curves, _expected_panel, colours, "expected best validation score")
+    figure = panels_png(curves, _expected_panel, colours, "expected best validation {metric}")
     titles = expected_performance_titles(curves)
     for ax in figure.axes:
         ax.set_title(titles.get(ax.get_title(), ax.get_title()), fontsize="medium")
@@ -293,6 +411,14 @@ def timeout_sentences(datasets: pd.DataFrame | None) -> list[str]:
     """Per dataset cut short by its timeout, a warning that its comparison rests on fewer trials."""
     return [f"{row['dataset']}: {row['cut_short_by_timeout']}; it compares fewer trials than planned."
             for row in _rows(datasets) if _text(row.get("cut_short_by_timeout"))]
+
+
+def stopped_sentences(datasets: pd.DataFrame | None) -> list[str]:
+    """Per dataset in which encoders were stopped by failing trials, which and why: their
+    comparison rests on the trials they finished before."""
+    return [f"{row['dataset']}: {row['stopped_encoders']}; a stopped encoder is compared on the trials it "
+            f"finished before, and the next run retries it." for row in _rows(datasets)
+            if _text(row.get("stopped_encoders"))]
 
 
 # Ranking across datasets
@@ -354,7 +480,7 @@ def _final_traces(figure: go.Figure, row: int, column: int, final: pd.DataFrame,
 
 
 def final_figure(final: pd.DataFrame, colours: Colours) -> go.Figure:
-    figure = dataset_panels(final, _final_traces, colours, "test score (mean, 95% bootstrap CI)")
+    figure = dataset_panels(final, _final_traces, colours, "test {metric} (mean, 95% bootstrap CI)")
     return figure.update_layout(title="Final evaluation over seeds and test examples")
 
 
@@ -368,28 +494,39 @@ def _final_panel(ax: Axes, final: pd.DataFrame, colours: Colours) -> None:
 
 
 def final_evaluation_png(final: pd.DataFrame, colours: Colours) -> Figure:
-    return panels_png(final, _final_panel, colours, "test score (mean, 95% bootstrap CI)")
+    return panels_png(final, _final_panel, colours, "test {metric} (mean, 95% bootstrap CI)")
 
 
 # Per dataset
 
+PRUNED_LEGEND = "pruned (dashed, x)"
+
+
 def learning_curves_figure(study: optuna.Study, metric: str, colours: Colours) -> go.Figure:
-    """Validation metric against training examples seen, a line per trial; pruned ones dashed."""
+    """Validation metric against training examples seen, a line per trial; pruned ones dashed
+    with x markers, so that one pruned at its first checkpoint (a single point) shows as pruned."""
     figure = go.Figure()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if not trial.intermediate_values:
             continue
         encoder = str(trial.params.get(ENCODER_PARAM))
         steps = sorted(trial.intermediate_values)
-        dash = "dash" if trial.state == TrialState.PRUNED else "solid"
+        pruned = trial.state == TrialState.PRUNED
+        outcome = f"pruned at {steps[-1]} examples: {trial.user_attrs.get('prune_reason') or 'no reason stored'}" \
+            if pruned else "complete"
         figure.add_scatter(
             x=steps, y=[trial.intermediate_values[step] for step in steps], mode="lines+markers",
-            name=encoder, legendgroup=encoder, line=dict(color=colours.get(encoder, "#888888"), dash=dash),
-            hovertemplate=(f"trial {trial.number} ({trial.state.name.lower()})<br>"
+            name=encoder, legendgroup=encoder, line=dict(color=colours.get(encoder, "#888888"),
+                                                         dash="dash" if pruned else "solid"),
+            marker=dict(symbol="x" if pruned else "circle", size=10 if pruned else 6),
+            hovertemplate=(f"trial {trial.number} ({html.escape(outcome)})<br>"
                            f"%{{x}} examples: %{{y:.4f}}<extra>{encoder}</extra>"),
         )
-    figure.update_layout(title="Learning curves (dashed: pruned)", xaxis_title="training examples seen",
-                         yaxis_title=f"validation {metric}", legend_title_text="encoder")
+    if any(trace.marker.symbol == "x" for trace in figure.data):
+        figure.add_scatter(x=[None], y=[None], mode="lines+markers", name=PRUNED_LEGEND,
+                           line=dict(color="#888888", dash="dash"), marker=dict(symbol="x", size=10))
+    figure.update_layout(title="Learning curves (dashed, x: pruned)", xaxis_title="training examples seen",
+                         yaxis_title=f"validation {metric_label(metric)}", legend_title_text="encoder")
     return _one_legend_entry_per_encoder(figure)
 
 
@@ -428,27 +565,99 @@ PROPOSALS_NOTE = ("Each encoder's hyperparameters are proposed from that encoder
                   "n_startup_trials, counted per encoder) are drawn at random.")
 
 
-def importance_obstacle(study: optuna.Study) -> str | None:
-    """Why parameter importances cannot be computed for `study`, or None when they can."""
+MIN_IMPORTANCE_TRIALS = 10
+MIN_TRIALS_PER_LEVEL = 2
+IMPORTANCE_RULE = (
+    f"Importances are Optuna's fANOVA: a random forest fitted to the complete trials, each parameter's share of "
+    f"the variance of the validation value. They are drawn only with at least {MIN_IMPORTANCE_TRIALS} complete "
+    f"trials (with fewer the forest mostly fits noise), and only for parameters that every complete trial shares, "
+    f"that vary between them, and whose every categorical value is on at least {MIN_TRIALS_PER_LEVEL} of them "
+    f"(a value seen once gives its share to one trial's luck); a constant parameter explains nothing and is not "
+    f"drawn.")
+
+
+def importance_parameters(study: optuna.Study) -> list[str]:
+    """The parameters whose importance `IMPORTANCE_RULE` lets the report draw."""
     complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-    if len(complete) < 2:
-        return f"Parameter importances need at least two complete trials; this study has {len(complete)}."
-    shared = intersection_search_space(complete)
-    varying = [name for name in shared if len({repr(trial.params[name]) for trial in complete}) > 1]
-    if len(varying) < 2:
-        return ("Parameter importances need more than one parameter that all complete trials share and that "
-                f"varies between them; this study has {len(varying)} ({', '.join(varying) or 'none'}).")
+    if not complete:
+        return []
+    names = []
+    for name, distribution in intersection_search_space(complete).items():
+        counts = Counter(repr(trial.params[name]) for trial in complete)
+        categorical = isinstance(distribution, optuna.distributions.CategoricalDistribution)
+        if len(counts) > 1 and not (categorical and min(counts.values()) < MIN_TRIALS_PER_LEVEL):
+            names.append(name)
+    return sorted(names)
+
+
+def importance_obstacle(study: optuna.Study) -> str | None:
+    """Why parameter importances are not drawn for `study`, or None when they are."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    if len(complete) < MIN_IMPORTANCE_TRIALS:
+        return (f"No parameter importances: they need at least {MIN_IMPORTANCE_TRIALS} complete trials; "
+                f"this study has {len(complete)}.")
+    names = importance_parameters(study)
+    if len(names) < 2:
+        return ("No parameter importances: they need at least two parameters that all complete trials share and "
+                f"that vary between them; this study has {len(names)} ({', '.join(names) or 'none'}).")
     return None
 
 
-def importances_html(study: optuna.Study, metric: str, div_id: str) -> str:
-    """The importances plot, with Optuna's caveats about them (few trials, say) shown under
-    it rather than lost in a log."""
+def encoder_importance_note(study: optuna.Study) -> str:
+    """What the encoder's bar means: in a balanced comparison the encoder is assigned, not
+    sampled, so its share is the spread between encoders, not a tuning choice."""
+    comparison = study.user_attrs.get(provenance.COMPARISON_ATTR)
+    how = {"balanced": "In this balanced comparison the encoder is assigned in turn, not sampled: ",
+           "search": "In this search the sampler chose the encoder, drawing the better ones more often: "}.get(
+        comparison, "")
+    return (f"{how}the encoder's bar is the share of the variance of the validation value that lies between "
+            "encoders; it says how much the choice of encoder matters here, not which one is better (see the "
+            "leaderboards).")
+
+
+def importances_figure(study: optuna.Study, metric: str) -> tuple[go.Figure, list[str]]:
+    """The importances of `importance_parameters`, and Optuna's caveats about them."""
     with warnings.catch_warnings(record=True) as caveats:
         warnings.simplefilter("always")
-        figure = plot_param_importances(study, target_name=metric)
-    notes = dict.fromkeys(str(caveat.message) for caveat in caveats)
-    return figure_div(figure, div_id) + "".join(_note(f"Optuna: {note}") for note in notes)
+        figure = plot_param_importances(study, params=importance_parameters(study), target_name=metric_label(metric))
+    return figure, list(dict.fromkeys(str(caveat.message) for caveat in caveats))
+
+
+def importances_html(study: optuna.Study, metric: str, div_id: str) -> str:
+    """The importances plot, with what it rests on and Optuna's caveats shown under it rather
+    than lost in a log."""
+    figure, caveats = importances_figure(study, metric)
+    notes = [IMPORTANCE_RULE, *([encoder_importance_note(study)] if ENCODER_PARAM in importance_parameters(study)
+                                else []), *(f"Optuna: {caveat}" for caveat in caveats)]
+    return figure_div(figure, div_id) + "".join(_note(note) for note in notes)
+
+
+PARALLEL_SCALE = make_colorscale(sequential.Blues[3:])  # Blues short of its near-white end
+
+
+def parallel_coordinate_figure(study: optuna.Study, metric: str) -> go.Figure:
+    """Optuna's parallel coordinates, its lines coloured on a scale that never reaches the white
+    background (Optuna's Blues draws the worst trial white on white), each tick label once."""
+    figure = plot_parallel_coordinate(study, target_name=metric_label(metric))
+    scales = [trace for trace in figure.data if trace.marker is not None and trace.marker.showscale]
+    reverse = any(trace.marker.reversescale for trace in scales)
+    for trace in scales:
+        trace.marker.colorscale = PARALLEL_SCALE
+    for trace in figure.data:
+        if trace.mode == "lines" and trace.customdata is not None:
+            # A trace per trial; its first point sits on the objective's axis, scaled to 0..1
+            # between the worst and best value, which is also where its colour lies on the scale.
+            position = 1 - trace.y[0] if reverse else trace.y[0]
+            trace.line.color = sample_colorscale(PARALLEL_SCALE, [position])[0]
+    # Optuna labels a log axis at its minimum and at each power of ten, which repeat when the
+    # minimum lies just below one (9.99e-05 and 1e-04 both print 0.0001).
+    seen: set[tuple[object, str]] = set()
+    labels = []
+    for annotation in figure.layout.annotations:
+        if (annotation.x, annotation.text) not in seen:
+            seen.add((annotation.x, annotation.text))
+            labels.append(annotation)
+    return figure.update_layout(annotations=labels)
 
 
 def cost_figure(costs: pd.DataFrame, metric: str, colours: Colours) -> go.Figure:
@@ -465,7 +674,7 @@ def cost_figure(costs: pd.DataFrame, metric: str, colours: Colours) -> go.Figure
                         line=dict(color="#222222", width=2 if row.pareto else 0)),
         )
     figure.update_layout(title="Quality versus cost (outlined: Pareto-optimal)", xaxis_title="device hours",
-                         yaxis_title=f"best validation {metric}", legend_title_text="encoder")
+                         yaxis_title=f"best validation {metric_label(metric)}", legend_title_text="encoder")
     return figure
 
 
@@ -481,12 +690,12 @@ def dataset_section(index: int, dataset: pd.Series, study: optuna.Study, costs: 
     parts = [f'<section id="{prefix}"><h2>Dataset {html.escape(name)}</h2>',
              f"<p>Study <code>{html.escape(str(dataset['study']))}</code>, metric {html.escape(metric)}.</p>",
              "<h3>Optimization history</h3>",
-             figure_div(plot_optimization_history(study, target_name=metric), f"{prefix}-history"),
+             figure_div(plot_optimization_history(study, target_name=metric_label(metric)), f"{prefix}-history"),
              "<h3>Parameter importances</h3>"]
     obstacle = importance_obstacle(study)
     parts.append(_note(obstacle) if obstacle else importances_html(study, metric, f"{prefix}-importances"))
     parts += ["<h3>Parallel coordinates</h3>",
-              figure_div(plot_parallel_coordinate(study, target_name=metric), f"{prefix}-parallel"),
+              figure_div(parallel_coordinate_figure(study, metric), f"{prefix}-parallel"),
               "<h3>Proposals per encoder</h3>", _note(PROPOSALS_NOTE),
               figure_div(proposals_figure(study, colours), f"{prefix}-proposals"),
               "<h3>Learning curves</h3>",
@@ -519,21 +728,86 @@ def final_section(tables: dict[str, pd.DataFrame], colours: Colours) -> str:
     return "\n".join(parts)
 
 
-def report_html(tables: dict[str, pd.DataFrame], studies: dict[str, optuna.Study], colours: Colours) -> str:
+def _tally(values: Iterable[object]) -> str:
+    """'cpu' when every trial agrees, 'cuda:0 (4), cpu (2)' when not."""
+    counts = Counter(str(value) for value in values if value is not None)
+    if len(counts) <= 1:
+        return next(iter(counts), provenance.UNKNOWN)
+    return ", ".join(f"{value} ({count})" for value, count in counts.most_common())
+
+
+SHA256_SHOWN = 16  # hex digits; the study attribute keeps all 64
+
+
+def provenance_table(studies: dict[str, optuna.Study], trials: pd.DataFrame | None) -> pd.DataFrame:
+    """Per dataset: the config, seed, device, precision and package versions behind its
+    trials, and its trials by state. Device and precision are counted over the trials that
+    trained; the rest are the study attributes of the latest run that opened the study."""
+    rows = []
+    for dataset, study in studies.items():
+        attrs = study.user_attrs
+        versions = attrs.get(provenance.VERSIONS_ATTR) or {}
+        trained = [trial.user_attrs for trial in study.get_trials(deepcopy=False) if "device" in trial.user_attrs]
+        own = trials[trials["study"] == study.study_name] if trials is not None and "study" in trials else None
+        rows.append({
+            "dataset": dataset, "config": attrs.get("benchmark", provenance.UNKNOWN),
+            "config file": attrs.get(provenance.CONFIG_FILE_ATTR, provenance.UNKNOWN),
+            "config sha256": str(attrs.get(provenance.CONFIG_SHA256_ATTR, provenance.UNKNOWN))[:SHA256_SHOWN],
+            "seed": attrs.get(DATA_SEED_ATTR, provenance.UNKNOWN),
+            "device": _tally(trial.get("device") for trial in trained),
+            "precision": _tally(trial.get("precision") for trial in trained) if trained
+            else str(attrs.get("precision", provenance.UNKNOWN)),
+            **{package: versions.get(package, provenance.UNKNOWN) for package in provenance.PACKAGES},
+            "trials": trial_counts(own) if own is not None and not own.empty else "0 trials",
+        })
+    return pd.DataFrame(rows)
+
+
+PROVENANCE_NOTE = (
+    f"config sha256: the first {SHA256_SHOWN} hex digits of the config file's SHA-256 (all 64 are the study "
+    "attribute config_sha256). device and precision: counted over the trials that trained. The config, seed and "
+    "package versions (torch, transformers, optuna) are those of the latest run that opened the study, so they "
+    "name what trained, not what drew this page; \"unknown\" marks a study stored before they were kept.")
+
+
+def provenance_header(studies: dict[str, optuna.Study], trials: pd.DataFrame | None, generated: datetime) -> str:
+    table = provenance_table(studies, trials)
+    return "\n".join([
+        '<header id="provenance"><h1>Encoder benchmark report</h1>',
+        f'<p>Generated <time id="generated">{generated:%Y-%m-%d %H:%M} UTC</time> from the Optuna storage alone.</p>',
+        table_html(table, "No study in the storage yet."), "" if table.empty else _note(PROVENANCE_NOTE),
+        "</header>"])
+
+
+def report_html(tables: dict[str, pd.DataFrame], studies: dict[str, optuna.Study], colours: Colours,
+                generated: datetime | None = None) -> str:
     datasets = tables.get("datasets")
     curves = tables.get("expected_performance")
+    trials = tables.get("trials")
+    complete = None if trials is None or trials.empty else trials[trials["state"] == "COMPLETE"]
+    params = best_params_table(datasets)
     body = [
-        "<h1>Encoder benchmark report</h1>",
+        provenance_header(studies, trials, generated or datetime.now(timezone.utc)),
         '<section id="leaderboards"><h2>Leaderboards</h2><h3>Encoders</h3>',
-        table_html(tables.get("leaderboard"), "No complete trial yet, so no encoder leaderboard."),
+        table_html(leaderboard_display(tables.get("leaderboard"), dataset_metrics(datasets)),
+                   "No complete trial yet, so no encoder leaderboard."),
+        rests_on(trials, "Rests on"),
         reference_notes(tables.get("references"), tables.get("reference_flags")),
-        "<h3>Datasets</h3>", table_html(datasets, "No study in the storage yet."),
-        *(f"<p><strong>{html.escape(sentence)}</strong></p>" for sentence in timeout_sentences(datasets)),
-        "<h3>Costs</h3>", table_html(tables.get("costs"), "No cost figures yet."),
+        "<h3>Datasets</h3>", table_html(value_display(datasets, datasets), "No study in the storage yet."),
+        *(f"<p><strong>{html.escape(sentence)}</strong></p>"
+          for sentence in [*timeout_sentences(datasets), *stopped_sentences(datasets)]),
+        "<h3>Best configuration per dataset</h3>",
+        table_html(params, "No complete trial yet, so no best configuration."),
+        "" if params.empty else _note("The parameters of each dataset's best complete trial (the first, on a tie): "
+                                      "floats under 0.01 to two significant digits, others to three; the exact "
+                                      "values are in datasets.csv (best_params) and trials.csv."),
+        "<h3>Costs</h3>", table_html(value_display(tables.get("costs"), datasets), "No cost figures yet."),
+        rests_on(trials, "Rests on"),
         "</section>",
         '<section id="expected-performance-section"><h2>Expected validation performance</h2>',
         _note("No complete trial yet, so no expected validation performance.") if curves is None or curves.empty
-        else figure_div(expected_performance_figure(curves, colours), "expected-performance"),
+        else figure_div(expected_performance_figure(with_metric(curves, datasets), colours), "expected-performance"),
+        rests_on(complete, "Rests on the complete trials only:"),
         _note(EXPECTED_PERFORMANCE_NOTE),
         *(f"<p>{html.escape(sentence)}</p>" for sentence in search_verdict_sentences(datasets)),
         "</section>",
@@ -549,15 +823,21 @@ def report_html(tables: dict[str, pd.DataFrame], studies: dict[str, optuna.Study
 
 # Writing
 
-def write_png(path: Path, figure: Figure) -> None:
-    image = io.BytesIO()
-    figure.savefig(image, format="png", dpi=110)
-    write_atomic(path, image.getvalue())
+def write_figure(png: Path, figure: Figure) -> list[Path]:
+    """`figure` in each of `FIGURE_FORMATS`, named like `png`; returns the paths written."""
+    paths = []
+    for extension in FIGURE_FORMATS:
+        image = io.BytesIO()
+        with rc_context({"svg.fonttype": "none"}):  # text stays text, editable on a slide
+            figure.savefig(image, format=extension, dpi=110)
+        paths.append(png.with_suffix(f".{extension}"))
+        write_atomic(paths[-1], image.getvalue())
+    return paths
 
 
 def write_report(storage: optuna.storages.BaseStorage | str, tables: dict[str, pd.DataFrame],
                  results_dir: Path) -> list[Path]:
-    """Write report.html and the PNGs of its key plots; returns the paths written."""
+    """Write report.html and its key plots as PNG and SVG; returns the paths written."""
     datasets = tables.get("datasets")
     studies = load_studies(storage, datasets) if datasets is not None and not datasets.empty else {}
     colours = encoder_colours(page_encoders(tables, studies))
@@ -569,11 +849,9 @@ def write_report(storage: optuna.storages.BaseStorage | str, tables: dict[str, p
     for file_name, table_name, build in pngs:
         table = tables.get(table_name)
         if table is not None and not table.empty:
-            write_png(results_dir / file_name, build(table, colours))
-            written.append(results_dir / file_name)
+            written += write_figure(results_dir / file_name, build(with_metric(table, datasets), colours))
     ranks, tests = tables.get("ranking"), tables.get("ranking_tests")
     diagram = None if ranks is None or ranks.empty or tests is None else critical_difference_png(ranks, tests)
     if diagram is not None:
-        write_png(results_dir / CRITICAL_DIFFERENCE_PNG, diagram)
-        written.append(results_dir / CRITICAL_DIFFERENCE_PNG)
+        written += write_figure(results_dir / CRITICAL_DIFFERENCE_PNG, diagram)
     return written

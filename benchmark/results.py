@@ -18,8 +18,9 @@ from benchmark.files import write_atomic
 from benchmark.final_eval import (FINAL_OF_ATTR, PREDICTIONS_ATTR, SEED_ATTR, SEEDS_REQUESTED_ATTR,
                                   SOURCE_TRIAL_ATTR, TEST_LABELS_ATTR)
 from benchmark.metrics import METRIC_NAMES
-from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR, TIMEOUT_STOP_ATTR
-from benchmark.trial import ENCODER_PARAM
+from benchmark.study import (BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, STOPPED_ATTR, SURPLUS_ATTR,
+                             TIMEOUT_STOP_ATTR)
+from benchmark.trial import ENCODER_PARAM, INTERRUPTED_ATTR
 
 # Written as CSV and Markdown; the trials only as CSV. These go to the trackers' study
 # runs too (the report, with plotly.js inlined, is too big to attach to every study).
@@ -53,7 +54,8 @@ def trials_frame(storage: optuna.storages.BaseStorage | str) -> pd.DataFrame:
                 "dataset": attrs[DATASET_ATTR],
                 "metric": attrs[METRIC_ATTR],
                 "number": trial.number,
-                "state": trial.state.name,
+                "state": (leaderboard.INTERRUPTED_STATE if trial.user_attrs.get(INTERRUPTED_ATTR)
+                          else trial.state.name),
                 "value": trial.value,
                 "encoder": trial.params.get(ENCODER_PARAM),
                 "duration_s": duration,
@@ -67,9 +69,19 @@ def trials_frame(storage: optuna.storages.BaseStorage | str) -> pd.DataFrame:
                         "fail_reason": trial.user_attrs.get("fail_reason")})
             # A study attribute on every row, so that `dataset_summary` reads it per dataset.
             row["timeout_stop"] = attrs.get(TIMEOUT_STOP_ATTR)
+            row["stopped_encoders"] = attrs.get(STOPPED_ATTR)
             rows.append(row)
     frame = pd.DataFrame(rows, columns=None if rows else TRIAL_COLUMNS)
+    # A running trial has no completion time yet (a queued one no start): NaT, not None.
+    frame[["datetime_start", "datetime_complete"]] = frame[["datetime_start", "datetime_complete"]].apply(
+        pd.to_datetime)
     return frame.sort_values(["study", "number"], ignore_index=True) if rows else frame
+
+
+def benchmark_trial_count(storage: optuna.storages.BaseStorage | str) -> int:
+    """How many trials the storage's benchmark studies hold; cheap (no trial is read)."""
+    return sum(summary.n_trials for summary in optuna.get_all_study_summaries(storage, include_best_trial=False)
+               if BENCHMARK_ATTR in summary.user_attrs)
 
 
 REFERENCE_COLUMNS = ["study", "dataset", "metric", "reference", "split", "examples", "train_examples",
@@ -166,7 +178,7 @@ def build_tables(trials: pd.DataFrame, final_runs: pd.DataFrame, final_studies: 
         "costs": leaderboard.cost_table(trials) if not trials.empty else pd.DataFrame(),
         "expected_performance": curves,
         "ranking": ranking.mean_ranks(scores),
-        "ranking_tests": ranking.ranking_tests(scores),
+        "ranking_tests": ranking.ranking_tests(scores, ranking.dataset_metrics(trials)),
         "final": leaderboard.with_reference_test_scores(final, references, trials),
         "pairwise": pairwise,
         "final_predictions": leaderboard.final_predictions(runs, labels),
@@ -184,7 +196,8 @@ def write_leaderboards(storage: optuna.storages.BaseStorage | str, results_dir: 
     for name, table in tables.items():
         write_atomic(results_dir / f"{name}.csv", table.to_csv(index=False))
         write_atomic(results_dir / f"{name}.md", leaderboard.to_markdown(table))
-    export = trials.drop(columns=["datetime_start", "datetime_complete", "timeout_stop"], errors="ignore")
+    export = trials.drop(columns=["datetime_start", "datetime_complete", "timeout_stop", "stopped_encoders"],
+                         errors="ignore")
     write_atomic(results_dir / "trials.csv", export.to_csv(index=False))
     tables["trials"] = trials
     report.write_report(storage, tables, results_dir)

@@ -18,11 +18,13 @@ from benchmark.encoder_view import encoder_view
 from benchmark.trial import ENCODER_PARAM
 
 
-def make_sampler(spec: SamplerSpec, seed: int, encoders: Sequence[str],
+def make_sampler(spec: SamplerSpec, seed: int, dataset: str, encoders: Callable[[], Sequence[str]],
                  fixed_encoder: Callable[[], str] | None) -> PerEncoderSampler:
     """`fixed_encoder` names each trial's encoder (the balanced comparison); without it, a
-    sampler of the config's type picks the encoder from all of the study's trials."""
-    return PerEncoderSampler(lambda role_seed: _optuna_sampler(spec, role_seed), seed, encoders, fixed_encoder)
+    sampler of the config's type picks one of `encoders()` (those a trial may get now: an
+    encoder can be stopped during the study) from those encoders' trials."""
+    return PerEncoderSampler(lambda role_seed: _optuna_sampler(spec, role_seed), seed, dataset, encoders,
+                             fixed_encoder)
 
 
 def _optuna_sampler(spec: SamplerSpec, seed: int) -> BaseSampler:
@@ -35,9 +37,20 @@ def _optuna_sampler(spec: SamplerSpec, seed: int) -> BaseSampler:
 
 
 def _role_seed(seed: int, *role: str) -> int:
-    """The seed of one of the study's samplers, from the run's seed and the sampler's role:
-    it does not change when encoders are added, removed or reordered."""
+    """The seed of one of the study's samplers, from the run's seed and the sampler's role
+    (the dataset, then the encoder): every study draws its own stream, and an encoder's does
+    not change when encoders are added, removed or reordered. crc32, not `hash()`, which
+    Python salts per process."""
     return int(np.random.SeedSequence([seed, *(zlib.crc32(part.encode()) for part in role)]).generate_state(1)[0])
+
+
+def balanced_round_order(seed: int, dataset: str, round_index: int, encoders: Sequence[str]) -> list[str]:
+    """The order in which the encoders take their trial of one round of the balanced
+    rotation: a shuffle seeded by (run seed, dataset, round), so that trial slot k (and the
+    draws that come with it) does not go to the same encoder in every round and study. Each
+    encoder gets a key of its own, so the others keep their relative order when one is added
+    or removed, and the config's order plays no part."""
+    return sorted(encoders, key=lambda encoder: (_role_seed(seed, dataset, f"round {round_index}", encoder), encoder))
 
 
 class PerEncoderSampler(BaseSampler):
@@ -52,13 +65,14 @@ class PerEncoderSampler(BaseSampler):
     search space, so Optuna's plots and the dashboard read the study as before.
     """
 
-    def __init__(self, make_sampler: Callable[[int], BaseSampler], seed: int, encoders: Sequence[str],
-                 fixed_encoder: Callable[[], str] | None) -> None:
+    def __init__(self, make_sampler: Callable[[int], BaseSampler], seed: int, dataset: str,
+                 encoders: Callable[[], Sequence[str]], fixed_encoder: Callable[[], str] | None) -> None:
         self._make_sampler = make_sampler
         self._seed = seed
-        self._encoders = CategoricalDistribution(list(encoders))
+        self._dataset = dataset
+        self._encoders = encoders
         self._fixed_encoder = fixed_encoder
-        self._encoder_sampler = make_sampler(_role_seed(seed))
+        self._encoder_sampler = make_sampler(_role_seed(seed, dataset))
         self._samplers: dict[str, BaseSampler] = {}
         # Each trial's encoder by trial number, from `before_trial` (before the trial suggests
         # anything, when Optuna may already ask for the relative sample) to `after_trial`.
@@ -80,10 +94,12 @@ class PerEncoderSampler(BaseSampler):
             return queued
         if self._fixed_encoder is not None:
             return self._fixed_encoder()
-        # Only the compared encoders' trials: one run with `--encoders` can leave trials of
-        # encoders that this run's encoder distribution cannot hold.
-        compared = encoder_view(study, self._encoders.choices, self._encoder_sampler, study.pruner)
-        return self._encoder_sampler.sample_independent(compared, trial, ENCODER_PARAM, self._encoders)
+        # Only the candidates' trials: the study may hold trials of encoders that this run
+        # does not compare (`--encoders`) or has stopped, which the candidates' distribution
+        # cannot hold.
+        candidates = CategoricalDistribution(list(self._encoders()))
+        compared = encoder_view(study, candidates.choices, self._encoder_sampler, study.pruner)
+        return self._encoder_sampler.sample_independent(compared, trial, ENCODER_PARAM, candidates)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         encoder = self._trial_encoders[trial.number]
@@ -112,7 +128,7 @@ class PerEncoderSampler(BaseSampler):
 
     def _sampler(self, encoder: str) -> BaseSampler:
         if encoder not in self._samplers:
-            self._samplers[encoder] = self._make_sampler(_role_seed(self._seed, encoder))
+            self._samplers[encoder] = self._make_sampler(_role_seed(self._seed, self._dataset, encoder))
         return self._samplers[encoder]
 
     def _view(self, study: optuna.Study, encoder: str) -> optuna.Study:

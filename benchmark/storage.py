@@ -3,20 +3,35 @@
 from __future__ import annotations
 
 import re
+import sqlite3
 import warnings
+from contextlib import closing
 from pathlib import Path
+from urllib.parse import quote
 
 import optuna
 
 from benchmark.config import HeartbeatSpec
 from benchmark.errors import BenchmarkError
 
-_PASSWORD = re.compile(r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@]*:)(?P<password>[^@]*)(?P<tail>@)")
+# The password of `scheme://user:password@host` runs to the last `@` before the query.
+# SQLAlchemy reads `user:secret@pw@db` as password `secret` at host `pw@db`, but a user
+# may have meant the password `secret@pw`: both readings are hidden.
+_USERINFO_PASSWORD = re.compile(
+    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s'\"]*:)(?P<password>[^\s'\"?]*)(?P<tail>@)")
+# `?password=...`, `&sslpassword=...`, `;token=...`, a libpq `password=...`: any key that
+# names a secret, in any case.
+_SECRET_PARAMETER = re.compile(
+    r"(?i)(?P<head>(?<![\w.\-])[\w.\-]*(?:password|passwd|pwd|token|secret|api[_-]?key)[\w.\-]*=)"
+    r"(?P<password>[^&;#\s'\"]+)(?P<tail>)")
 
 
 def mask_password(text: str) -> str:
-    """`scheme://user:secret@host` becomes `scheme://user:***@host`, wherever it appears."""
-    return _PASSWORD.sub(lambda m: f"{m['head']}***{m['tail']}", text)
+    """`scheme://user:secret@host` becomes `scheme://user:***@host`, and `?password=secret`
+    becomes `?password=***`, wherever they appear."""
+    for pattern in (_USERINFO_PASSWORD, _SECRET_PARAMETER):
+        text = pattern.sub(r"\g<head>***\g<tail>", text)
+    return text
 
 
 def default_storage_url(results_dir: Path) -> str:
@@ -39,13 +54,74 @@ def open_storage(url: str, heartbeat: HeartbeatSpec = HeartbeatSpec()) -> optuna
         if url.startswith(("redis://", "rediss://", "unix://")):
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalRedisBackend(url))
         if url.startswith("sqlite:///"):
-            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            path = Path(url.removeprefix("sqlite:///"))
+            if path.is_file():
+                check_sqlite_file(path)
+            path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():  # heartbeats have been "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return _database(url, heartbeat)
+    except BenchmarkError:
+        raise
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BenchmarkError(f"--storage: cannot open {mask_password(url)}: {mask_password(detail)}") from None
+
+
+def open_existing_storage(url: str) -> optuna.storages.BaseStorage | None:
+    """The storage at `url` opened for reading, or None where nothing is stored there yet.
+
+    Creates nothing, neither a file nor a directory nor Optuna's tables (which opening a
+    database storage does), so a command that only reads leaves no trace.
+    """
+    database_url = url
+    try:
+        if url.startswith("journal:"):
+            path = Path(url.removeprefix("journal:"))
+            if not path.is_file():
+                return None
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        if url.startswith(("redis://", "rediss://", "unix://")):
+            return optuna.storages.JournalStorage(optuna.storages.journal.JournalRedisBackend(url))
+        if url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite:///"))
+            if not path.is_file():
+                return None
+            check_sqlite_file(path)
+            # SQLite's own read-only mode: not even a lock or journal file is written.
+            database_url = f"sqlite:///file:{quote(str(path))}?mode=ro&uri=true"
+        import sqlalchemy
+
+        engine = sqlalchemy.create_engine(database_url)
+        try:
+            if not sqlalchemy.inspect(engine).has_table("studies"):
+                return None
+        finally:
+            engine.dispose()
+        return optuna.storages.RDBStorage(database_url)
+    except BenchmarkError:
+        raise
+    except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
+        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BenchmarkError(f"--storage: cannot read {mask_password(url)}: {mask_password(detail)}") from None
+
+
+def check_sqlite_file(path: Path) -> None:
+    """A damaged SQLite file opens without complaint and fails at the first write, where
+    Optuna blames "invalid data in the commit": check it whole first (SQLite's
+    `quick_check` reads every page; milliseconds for a storage of a few MB)."""
+    try:
+        # Other workers may be writing: wait for their lock as the storage itself does.
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=60)) as connection:
+            problem = connection.execute("PRAGMA quick_check").fetchone()[0]
+    except sqlite3.OperationalError:
+        raise  # locked or unreadable, not damaged: the caller says it cannot open it
+    except sqlite3.DatabaseError as error:  # "file is not a database", "disk image is malformed"
+        problem = str(error)
+    if problem != "ok":
+        first = problem.replace("*** in database main ***", "").strip().splitlines()[0]
+        raise BenchmarkError(f"--storage: {path} is not an SQLite database or is corrupt (SQLite: {first}); "
+                             "restore it from a backup or point --storage at another file")
 
 
 def _database(url: str, heartbeat: HeartbeatSpec) -> optuna.storages.RDBStorage:

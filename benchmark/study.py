@@ -15,14 +15,15 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmark import baselines
+from benchmark import baselines, provenance
 from benchmark.config import BenchmarkConfig
 from benchmark.leaderboard import timeout_stop_text
 from benchmark.pruning import make_pruner
-from benchmark.sampling import PerEncoderSampler, make_sampler
+from benchmark.sampling import PerEncoderSampler, balanced_round_order, make_sampler
 from benchmark.storage import mask_password
 from benchmark.tracking import StudyInfo
-from benchmark.trial import ENCODER_PARAM, DatasetStudy, run_trial
+from benchmark.tracking.dashboard import study_note_writer
+from benchmark.trial import ENCODER_PARAM, INTERRUPTED_ATTR, DatasetStudy, run_trial
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -31,6 +32,9 @@ BENCHMARK_ATTR = "benchmark"
 DATASET_ATTR = "dataset"
 METRIC_ATTR = "metric"
 DATA_SEED_ATTR = "data_seed"
+# The `encoder` parameter's choices. Optuna refuses a categorical whose choices change within
+# a study, so they are fixed when the study is created (see `DatasetStudy.encoder_choices`).
+ENCODER_CHOICES_ATTR = "encoder_choices"
 
 
 def study_name(config: BenchmarkConfig, dataset: str) -> str:
@@ -48,11 +52,17 @@ def worker_offset() -> int:
     return 1_000_003 * (int(index) + 1) + zlib.crc32(socket.gethostname().encode())
 
 
-def study_sampler(study: optuna.Study, config: BenchmarkConfig, encoders: list[str], seed: int) -> PerEncoderSampler:
-    """In the balanced comparison each trial gets the encoder with the fewest trials so far;
-    in search mode the sampler picks it."""
-    fixed_encoder = (lambda: next_balanced_encoder(study, encoders)) if config.comparison == "balanced" else None
-    return make_sampler(config.sampler, seed, encoders, fixed_encoder)
+def study_sampler(study: optuna.Study, config: BenchmarkConfig, dataset: str, encoders: list[str], seed: int,
+                  draws_offset: int = 0) -> PerEncoderSampler:
+    """In the balanced comparison each trial gets the next encoder of the rotation; in search
+    mode the sampler picks it. The samplers draw from `seed + draws_offset` and the dataset;
+    the rotation follows `seed` alone, so that every worker assigns the same slots."""
+    def candidates() -> list[str]:
+        return active_encoders(study, encoders)
+
+    fixed_encoder = ((lambda: next_balanced_encoder(study, candidates(), seed, dataset))
+                     if config.comparison == "balanced" else None)
+    return make_sampler(config.sampler, seed + draws_offset, dataset, candidates, fixed_encoder)
 
 
 def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy, seed: int) -> optuna.Study:
@@ -66,16 +76,21 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
     )
     # Offset by the trials already there, so a resumed study does not replay the first
     # run's random draws, and by the worker, so workers started together draw apart.
-    study.sampler = study_sampler(study, config, list(dataset_study.encoders),
-                                  seed + len(study.get_trials(deepcopy=False)) + worker_offset())
+    study.sampler = study_sampler(study, config, dataset_study.data.name, list(dataset_study.encoders), seed,
+                                  len(study.get_trials(deepcopy=False)) + worker_offset())
     data = dataset_study.data
     study.set_user_attr(BENCHMARK_ATTR, config.name)
     study.set_user_attr(DATASET_ATTR, data.name)
     study.set_user_attr(METRIC_ATTR, dataset_study.metric)
+    # optuna-dashboard and optuna.visualization name the objective by it ("Objective 0" without).
+    study.set_metric_names([dataset_study.metric])
     study.set_user_attr(DATA_SEED_ATTR, config.training.seed)
+    study.set_user_attr(ENCODER_CHOICES_ATTR, list(dataset_study.encoder_choices))
     study.set_user_attr("label_names", list(data.label_names))
     study.set_user_attr("split_sizes", {split: len(getattr(data, split)) for split in ("train", "validation", "test")})
     study.set_user_attr("duplicates_dropped", data.duplicates_dropped)
+    for name, value in provenance.study_attrs(config).items():  # what the report's header names
+        study.set_user_attr(name, value)
     # This run's choice; a study topped up on another machine may hold trials of another
     # (each trial's own `precision` attribute says which).
     chosen = dataset_study.precision
@@ -131,12 +146,16 @@ def _guard_against_surplus(trial: optuna.Trial, n_trials: int, encoder: str, per
     raise SurplusTrial()
 
 
-def next_balanced_encoder(study: optuna.Study, encoders: list[str]) -> str:
-    """The encoder with the fewest trials so far (finished, or running elsewhere); the
-    config's order breaks ties."""
+def next_balanced_encoder(study: optuna.Study, encoders: list[str], seed: int, dataset: str) -> str:
+    """The next encoder of the balanced rotation: round r gives each encoder its (r+1)-th
+    trial (finished, or running elsewhere), in the round's shuffled order (see
+    `balanced_round_order`). Both come from the trial counts in the storage, so workers
+    racing for the next slot agree on whose it is."""
     claiming = study.get_trials(deepcopy=False, states=_claiming_states(study._storage))
     counts = Counter(t.params.get(ENCODER_PARAM) for t in claiming)
-    return min(encoders, key=lambda encoder: (counts[encoder], encoders.index(encoder)))
+    round_index = min(counts[encoder] for encoder in encoders)
+    order = balanced_round_order(seed, dataset, round_index, encoders)
+    return next(encoder for encoder in order if counts[encoder] == round_index)
 
 
 def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_study: DatasetStudy,
@@ -157,18 +176,21 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
         mark_timeout_stop(study, name, n_trials, timeout_s, list(dataset_study.encoders))
         return study
     print(f"[{name}] running up to {n_trials - finished} trial(s) toward {n_trials}", file=sys.stderr)
+    encoders = list(dataset_study.encoders)
+    retry_stopped_encoders(study, name, encoders)
     tracker_callbacks = dataset_study.tracker.start_study(StudyInfo(
         study_name=study.study_name, benchmark=dataset_study.config.name, dataset=name,
         metric=dataset_study.metric, storage_url=mask_password(storage_url),
+        n_trials=n_trials, finished=finished, train_examples=len(dataset_study.data.train),
     ))
-    callbacks = [settle_memory, progress_printer(name, dataset_study.metric, n_trials), *tracker_callbacks]
-    encoders = list(dataset_study.encoders)
+    callbacks = [settle_memory, progress_printer(name, dataset_study.metric, n_trials),
+                 study_note_writer(dataset_study.metric, n_trials), *tracker_callbacks]
     per_encoder = dataset_study.config.trials_per_encoder(n_trials)
 
     def objective(trial: optuna.Trial) -> float:
         # Asked first (run_trial asks again and gets the same answer), so the guard knows it;
         # the sampler chose it before the trial started (see `sampling.PerEncoderSampler`).
-        encoder = trial.suggest_categorical(ENCODER_PARAM, encoders)
+        encoder = trial.suggest_categorical(ENCODER_PARAM, list(dataset_study.encoder_choices))
         _guard_against_surplus(trial, n_trials, encoder, per_encoder)
         return run_trial(trial, dataset_study)
 
@@ -176,16 +198,112 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
     while deadline is None or time.monotonic() < deadline:
         if is_heartbeat_enabled(storage):
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial is failed and requeued
-        finished, running = _counts(study)
-        if finished >= n_trials:
+        stopped = stop_failing_encoders(study, name, encoders)
+        if all(encoder in stopped for encoder in encoders):
+            print(f"[{name}] every encoder is stopped; the study ends", file=sys.stderr, flush=True)
             break
-        if finished + running >= n_trials:
+        target = trial_target(study, n_trials, per_encoder, encoders, stopped)
+        finished, running = _counts(study)
+        if finished >= target:
+            break
+        if finished + running >= target:
             time.sleep(_WAIT_FOR_OTHERS_S)
             continue
-        # A failed trial is recorded as failed; it never ends the study.
+        # A failed trial is recorded as failed; only a run of them stops its encoder.
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
-    mark_timeout_stop(study, name, n_trials, timeout_s, encoders)
+    mark_timeout_stop(study, name, trial_target(study, n_trials, per_encoder, encoders, stopped_encoders(study)),
+                      timeout_s, encoders)
     return study
+
+
+STOPPED_ATTR = "stopped_encoders"
+# Failures in a row of one encoder's trials after which it is stopped. An out-of-memory
+# failure has already been retried inside its trial, and a diverging run is pruned, not
+# failed: three in a row, with no trial of the encoder finishing in between, point to its
+# configuration (an override, max_length, the model files), which every further trial
+# would repeat within seconds.
+STOP_AFTER_FAILURES = 3
+
+
+def stopped_encoders(study: optuna.Study) -> dict[str, str]:
+    """Encoder -> why it was stopped in this study (see `stop_failing_encoders`)."""
+    return dict(study.user_attrs.get(STOPPED_ATTR) or {})
+
+
+def active_encoders(study: optuna.Study, encoders: list[str]) -> list[str]:
+    """The encoders a trial may get now: this run's, less those stopped in the study."""
+    stopped = stopped_encoders(study)
+    return [encoder for encoder in encoders if encoder not in stopped]
+
+
+def consecutive_failures(trials: list[FrozenTrial], encoder: str) -> list[FrozenTrial]:
+    """The encoder's failed trials since its last finished one. A surplus trial never ran,
+    and an interrupted one was stopped by the user: neither failed nor finished."""
+    failures: list[FrozenTrial] = []
+    for trial in sorted(trials, key=lambda t: t.number):
+        if (trial.params.get(ENCODER_PARAM) != encoder or trial.user_attrs.get(SURPLUS_ATTR)
+                or trial.user_attrs.get(INTERRUPTED_ATTR)):
+            continue
+        failures = [*failures, trial] if trial.state == TrialState.FAIL else []
+    return failures
+
+
+def stop_failing_encoders(study: optuna.Study, name: str, encoders: list[str]) -> dict[str, str]:
+    """Stop, in this study, each of `encoders` whose last `STOP_AFTER_FAILURES` trials all
+    failed: one line that quotes the last failure, and a record in the study (its tables say
+    so). Counted from the storage, so every worker sharing the study agrees. Returns every
+    encoder stopped in the study."""
+    stopped = stopped_encoders(study)
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
+    newly = {}
+    for encoder in encoders:
+        failures = consecutive_failures(trials, encoder)
+        if encoder in stopped or len(failures) < STOP_AFTER_FAILURES:
+            continue
+        last = str(failures[-1].user_attrs.get("fail_reason") or "no reason recorded").splitlines()[0]
+        newly[encoder] = f"{len(failures)} consecutive failed trials, the last: {last}"
+    if not newly:
+        return stopped
+    stopped.update(newly)
+    study.set_user_attr(STOPPED_ATTR, stopped)
+    rest = ("the study goes on with the others" if any(encoder not in stopped for encoder in encoders)
+            else "no encoder is left")
+    for encoder, reason in newly.items():
+        print(f"[{name}] stopped {encoder} after {reason}; {rest}", file=sys.stderr, flush=True)
+    return stopped
+
+
+def retry_stopped_encoders(study: optuna.Study, name: str, encoders: list[str]) -> None:
+    """A new run gives each of its encoders that an earlier run stopped one more trial
+    (the config may have been fixed since): a failure stops it again at once, as its last
+    trials are still failures in a row."""
+    stopped = stopped_encoders(study)
+    retried = [encoder for encoder in encoders if encoder in stopped]
+    if not retried:
+        return
+    for encoder in retried:
+        print(f"[{name}] retrying {encoder}, stopped by an earlier run after {stopped.pop(encoder)}",
+              file=sys.stderr, flush=True)
+    study.set_user_attr(STOPPED_ATTR, stopped)
+
+
+def trial_target(study: optuna.Study, n_trials: int, per_encoder: int | None, encoders: list[str],
+                 stopped: dict[str, str]) -> int:
+    """The finished trials the study now waits for: `n_trials`, less what stopped encoders
+    will not run. In the balanced comparison that is each stopped encoder's unfilled share;
+    in search mode the other encoders take over the stopped ones' trials, while any is left."""
+    finished = Counter(t.params.get(ENCODER_PARAM) for t in study.get_trials(deepcopy=False, states=FINISHED))
+    if per_encoder is not None:
+        return n_trials - sum(max(0, per_encoder - finished[encoder]) for encoder in encoders if encoder in stopped)
+    return n_trials if any(encoder not in stopped for encoder in encoders) else sum(finished.values())
+
+
+def every_encoder_stopped(study: optuna.Study, encoders: list[str]) -> str:
+    """Why each of `encoders` was stopped, when all were; "" otherwise."""
+    stopped = stopped_encoders(study)
+    if any(encoder not in stopped for encoder in encoders):
+        return ""
+    return "; ".join(f"{encoder}: {stopped[encoder]}" for encoder in encoders)
 
 
 TIMEOUT_STOP_ATTR = "timeout_stop"

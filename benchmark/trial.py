@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import logging
 import os
 import socket
 import time
@@ -17,6 +18,7 @@ from benchmark.data import TextClassificationData
 from benchmark.encoders import Encoder, load_classifier, load_tokenizer
 from benchmark.tokenization import TokenizationCache
 from benchmark.tracking import Tracker
+from benchmark.tracking.dashboard import with_trial_note
 from benchmark.training import (Evaluation, Hyperparameters, LoopSettings, NonFiniteLoss, StepLog, TrainingResult,
                                 fine_tune, padding_multiple)
 
@@ -24,6 +26,30 @@ if TYPE_CHECKING:  # benchmark.precision imports this module (release_memory)
     from benchmark.precision import Precision
 
 ENCODER_PARAM = "encoder"
+# A trial stopped by Ctrl-C or SIGTERM (see `cli`): its state is FAIL, its configuration untested.
+INTERRUPTED_ATTR = "interrupted"
+INTERRUPTED_REASON = "interrupted by Ctrl-C/SIGTERM"
+
+
+class InterruptedTrialLog(logging.Filter):
+    """Drops Optuna's log of a trial stopped by Ctrl-C or SIGTERM: a "failed" warning with
+    the whole KeyboardInterrupt traceback, then "Trial N failed with value None". The
+    command line says it in one line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._trial: str | None = None  # "Trial N" of the interrupted trial
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self._trial = message.split(" failed", 1)[0]
+            return False
+        return self._trial is None or not message.startswith(f"{self._trial} failed")
+
+
+# Installed on the logger of Optuna's optimize loop by `preflight.quiet_libraries`.
+INTERRUPTED_TRIAL_LOG = InterruptedTrialLog()
 
 
 @dataclass
@@ -39,6 +65,9 @@ class DatasetStudy:
     tracker: Tracker
     device: torch.device
     precision: Precision
+    # The `encoder` parameter's choices in the study: all the encoders it may ever compare,
+    # fixed when it was created (see `preflight.encoder_choices`); `encoders` are this run's.
+    encoder_choices: tuple[str, ...]
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
@@ -79,7 +108,7 @@ def sample_hyperparameters(trial: optuna.Trial, space: SearchSpace, encoder: Enc
 
 def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
     """Train one sampled configuration; the value is the final validation metric."""
-    encoder_name = trial.suggest_categorical(ENCODER_PARAM, list(study.encoders))
+    encoder_name = trial.suggest_categorical(ENCODER_PARAM, list(study.encoder_choices))
     encoder = study.encoders[encoder_name]
     hp = sample_hyperparameters(trial, study.config.search_space, study.config.encoders[encoder_name])
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
@@ -91,6 +120,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         study.study_name, trial.number, {ENCODER_PARAM: encoder_name, **asdict(hp)},
         {"study": study.study_name, "dataset": study.data.name, "encoder": encoder_name},
     )
+    run = with_trial_note(run, trial, encoder_name, study.metric)
     for key, value in run.links().items():
         trial.set_user_attr(key, value)
     started = time.perf_counter()
@@ -116,7 +146,16 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         trial.set_user_attr("num_parameters", sum(p.numel() for p in model.parameters()))
         trial.set_user_attr("load_seconds", round(time.perf_counter() - started, 3))
 
+        reported_through = -1  # examples: the last checkpoint reported, by any attempt
+
         def on_evaluation(evaluation: Evaluation) -> None:
+            nonlocal reported_through
+            # After an out-of-memory retry, the checkpoints the failed attempt reported stay its
+            # own (Optuna keeps a step's first report): asking the pruner there again would have
+            # it read the failed attempt's later checkpoints as this one's.
+            if evaluation.examples <= reported_through:
+                return
+            reported_through = evaluation.examples
             value = evaluation.metrics[study.metric]
             run.log_evaluation(evaluation)
             trial.report(value, evaluation.examples)
@@ -129,22 +168,25 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
             result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels,
                                hp, settings, on_step, on_evaluation, progress)
         except Exception as error:
-            if not is_out_of_memory(error) or hp.batch_size < 2:
+            if not is_out_of_memory(error) or (hp.batch_size, settings.eval_batch_size) == (1, 1):
                 raise
             out_of_memory = type(error).__name__
         # Retried only here, past the handler: its traceback holds the failed attempt's
         # activations, and the memory comes back only once the handler has ended.
         if out_of_memory is not None:
-            # Once more from fresh weights, half the micro-batch, the same effective batch.
-            micro_batch = hp.batch_size // 2
-            trial.set_user_attr("oom_retry", f"{out_of_memory}; retried with micro-batch {micro_batch}")
+            # Once more from fresh weights, half the micro-batch (the same effective batch) and
+            # half the evaluation batch: the memory may have run out in either.
+            micro_batch, eval_batch = max(1, hp.batch_size // 2), max(1, settings.eval_batch_size // 2)
+            trial.set_user_attr("oom_retry", f"{out_of_memory} after {progress.train_seconds:.1f} s of training; "
+                                             f"retried with micro-batch {micro_batch} and evaluation batch {eval_batch}")
             model = None
             release_memory(study.device)
             torch.manual_seed(settings.seed)
             model = load_classifier(encoder, study.data.label_names, hp.dropout)
-            progress = TrainingResult()
+            # `progress` carries on: the failed attempt's seconds were spent too.
             result = fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels, hp,
-                               replace(settings, micro_batch_size=micro_batch), on_step, on_evaluation, progress)
+                               replace(settings, micro_batch_size=micro_batch, eval_batch_size=eval_batch),
+                               on_step, on_evaluation, progress)
         final = result.final
         for name, value in final.metrics.items():
             trial.set_user_attr(f"validation_{name}", value)
@@ -165,6 +207,13 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         reason = f"{type(error).__name__}: {error}"
         trial.set_user_attr("fail_reason", reason[:1000])
         run.finish("failed", reason)
+        raise
+    except KeyboardInterrupt:
+        # Optuna records the trial as FAIL; this says the user stopped it, so that nothing
+        # counts it as a failure of its configuration.
+        trial.set_user_attr(INTERRUPTED_ATTR, True)
+        trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
+        run.finish("failed", INTERRUPTED_REASON)
         raise
     finally:
         trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 3))

@@ -87,7 +87,7 @@ def test_valid_file_loads_into_typed_objects(tmp_path):
 
     small = config.encoders["small-bert"]
     assert isinstance(small, EncoderSpec) and small.source == "local"
-    assert small.path == Path("models/small-bert")
+    assert small.path == tmp_path / "models/small-bert"  # relative to the config file
     assert small.overrides == {"learning_rate": RangeOverride(low=1e-5, high=1e-4)}
     assert config.encoders["hub-roberta"].id == "FacebookAI/roberta-base"
     assert config.encoders["hub-roberta"].revision == "main"
@@ -95,7 +95,7 @@ def test_valid_file_loads_into_typed_objects(tmp_path):
 
     topics = config.datasets["topics"]
     assert isinstance(topics, DatasetSpec)
-    assert topics.path == Path("data/topics.csv") and topics.metric == "macro_f1"
+    assert topics.path == tmp_path / "data/topics.csv" and topics.metric == "macro_f1"
     assert topics.split_fractions.validation == 0.2 and topics.split_fractions.test == 0.15
     assert topics.max_train_examples == 100 and topics.max_validation_examples is None
     assert config.datasets["sst2"].splits == {"train": "train", "validation": "validation"}
@@ -362,3 +362,238 @@ def test_balanced_comparison_needs_a_budget_the_encoders_can_share(tmp_path):
     assert "a multiple of 3" in config.unbalanced_budget(7)
     data["comparison"] = "fair"
     assert "comparison" in _error(_write(tmp_path, data))
+
+
+# --- overrides are held to the base space's rules (issue 14, item 1) ----------
+
+
+@pytest.mark.parametrize("param, base, override, expected", [
+    ("dropout", None, {"low": 0.1, "high": 1.0}, "values must be numbers in [0, 1), got 1.0"),
+    ("warmup_ratio", None, {"low": -0.1, "high": 0.1}, "values must be numbers in [0, 1), got -0.1"),
+    # 0.5..0.9 epochs rounded to 0 epochs and failed every trial with an IndexError
+    ("num_epochs", None, {"low": 0.5, "high": 0.9}, "an int parameter needs integer low and high, got 0.5 and 0.9"),
+    ("num_epochs", None, {"low": 0, "high": 2}, "values must be positive integers, got 0"),
+    ("learning_rate", {"type": "float", "low": 1.0e-5, "high": 1.0e-3}, {"low": 0, "high": 1.0e-4},
+     "values must be positive numbers, got 0"),
+    ("learning_rate", None, {"low": 0, "high": 1.0e-4}, "the range is log-scale, so low must be > 0, got 0"),
+    ("max_grad_norm", None, {"low": 0, "high": 1.0}, "values must be positive numbers, got 0"),
+    ("weight_decay", {"type": "float", "low": 0.0, "high": 0.1}, {"low": -0.01, "high": 0.1},
+     "values must be non-negative numbers, got -0.01"),
+    # batch size 0 was a ZeroDivisionError in the eval-interval check
+    ("batch_size", {"type": "int", "low": 4, "high": 8}, {"low": 0, "high": 8},
+     "values must be positive integers up to 65536, got 0"),
+])
+def test_override_is_checked_like_the_base_space(tmp_path, param, base, override, expected):
+    data = _valid()
+    if base is not None:
+        data["search_space"][param] = base
+    data["training"]["eval_every_examples"] = 840  # divisible by every batch size 1..8
+    data["encoders"]["minilm-l6"]["overrides"] = {param: override}
+    path = _write(tmp_path, data)
+    message = _error(path)
+    assert message == f"{path}: encoders.minilm-l6.overrides.{param}: {expected}"
+
+
+def test_override_of_an_unknown_parameter(tmp_path):
+    data = _valid()
+    data["encoders"]["minilm-l6"]["overrides"] = {"dropuot": {"low": 0.0, "high": 0.1}}
+    message = _error(_write(tmp_path, data))
+    assert "encoders.minilm-l6.overrides.dropuot: unknown parameter; search_space has learning_rate," in message
+
+
+def test_integer_override_of_an_int_parameter_is_kept_an_int(tmp_path):
+    data = _valid()
+    data["encoders"]["minilm-l6"]["overrides"] = {"num_epochs": {"low": 2, "high": 3}}
+    override = load_config(_write(tmp_path, data)).encoders["minilm-l6"].overrides["num_epochs"]
+    assert (override.low, override.high) == (2, 3) and isinstance(override.low, int)
+
+
+@pytest.mark.parametrize("param, spec, expected", [
+    ("learning_rate", {"type": "categorical", "choices": [0.0, 1.0e-4]}, "values must be positive numbers, got 0.0"),
+    ("max_grad_norm", {"type": "float", "low": 0.0, "high": 1.0}, "values must be positive numbers, got 0.0"),
+    ("batch_size", {"type": "int", "low": 0, "high": 8}, "values must be positive integers up to 65536, got 0"),
+    ("num_epochs", {"type": "categorical", "choices": [1, True]}, "values must be positive integers, got True"),
+    ("dropout", {"type": "categorical", "choices": [0.1, "0.2"]}, "values must be numbers in [0, 1), got '0.2'"),
+])
+def test_base_space_values(tmp_path, param, spec, expected):
+    data = _valid()
+    data["search_space"][param] = spec
+    path = _write(tmp_path, data)
+    assert _error(path) == f"{path}: search_space.{param}: {expected}"
+
+
+# --- huge ranges never get enumerated into an error (item 13) -----------------
+
+
+def test_absurd_batch_size_range_is_refused_with_a_short_message(tmp_path):
+    data = _valid()
+    data["search_space"]["batch_size"] = {"type": "int", "low": 1, "high": 30_000_000}
+    path = _write(tmp_path, data)
+    message = _error(path)  # built a 289 MB line from a 30-million-element set before
+    assert message == f"{path}: search_space.batch_size: values must be positive integers up to 65536, got 30000000"
+
+
+def test_absurd_batch_size_override_is_refused(tmp_path):
+    data = _valid()
+    data["search_space"]["batch_size"] = {"type": "int", "low": 4, "high": 8}
+    data["encoders"]["minilm-l6"]["overrides"] = {"batch_size": {"low": 1, "high": 30_000_000}}
+    assert "overrides.batch_size: values must be positive integers up to 65536" in _error(_write(tmp_path, data))
+
+
+def test_eval_interval_error_names_only_a_few_batch_sizes(tmp_path):
+    data = _valid()
+    data["search_space"]["batch_size"] = {"type": "int", "low": 1, "high": 1000}
+    data["training"]["eval_every_examples"] = 960
+    message = _error(_write(tmp_path, data))
+    # 960 has 28 divisors, so 972 of 1..1000 do not divide it: 7, 9, 11, 13, 14, ...
+    assert "960 is not a multiple of batch size 7, 9, 11, 13, 14 and 967 more;" in message
+
+
+# --- YAML that reads other than it looks (items 12, 13) ------------------------
+
+SPACE_YAML = """\
+encoders:
+  minilm-l6: {source: offline}
+datasets:
+  bbc_news: {source: offline}
+search_space:
+  learning_rate: LEARNING_RATE
+  warmup_ratio: {type: float, low: 0.0, high: 0.2}
+  dropout: {type: float, low: 0.0, high: 0.2}
+  max_grad_norm: {type: float, low: 0.5, high: 2.0}
+  weight_decay: {type: float, low: 0.0, high: 0.1}
+  batch_size: {type: categorical, choices: [16]}
+  num_epochs: {type: int, low: 1, high: 1}
+budget:
+  n_trials: 4
+"""
+
+
+def _space_yaml(learning_rate: str = "{type: float, low: 1.0e-5, high: 1.0e-3, log: true}") -> str:
+    return SPACE_YAML.replace("LEARNING_RATE", learning_rate)
+
+
+def test_e_notation_choice_that_yaml_reads_as_text_gets_a_hint(tmp_path):
+    path = _write(tmp_path, text=_space_yaml("{type: categorical, choices: [1e-5, 3.0e-5]}"))
+    assert _error(path) == (f"{path}: search_space.learning_rate: the choice '1e-5' is text, not a number: YAML "
+                            f"reads e-notation as a number only with a dot and a signed exponent; write 1.0e-5")
+    path = _write(tmp_path, text=_space_yaml("{type: categorical, choices: [3.0e5]}"))
+    assert _error(path).endswith("write 3.0e+5")
+
+
+def test_e_notation_in_a_range_is_read_as_the_number(tmp_path):
+    config = load_config(_write(tmp_path, text=_space_yaml("{type: float, low: 1e-5, high: 1e-3, log: true}")))
+    assert (config.search_space.learning_rate.low, config.search_space.learning_rate.high) == (1e-5, 1e-3)
+
+
+def test_duplicate_top_level_key_is_an_error(tmp_path):
+    path = _write(tmp_path, text=_space_yaml() + "budget:\n  n_trials: 999\n")
+    assert _error(path) == (f"{path}: malformed YAML: the key 'budget' appears twice, on line 13 and on line 15; "
+                            f"keep one")
+
+
+def test_duplicate_encoder_is_an_error(tmp_path):
+    text = _space_yaml().replace("  minilm-l6: {source: offline}\n",
+                                 "  minilm-l6: {source: offline}\n  minilm-l6: {source: hub, id: x/y}\n")
+    assert "the key 'minilm-l6' appears twice, on line 2 and on line 3" in _error(_write(tmp_path, text=text))
+
+
+def test_duplicate_key_within_one_line(tmp_path):
+    text = _space_yaml().replace("{source: offline}", "{source: offline, source: hub}", 1)
+    assert "the key 'source' appears twice, on line 2 and on line 2" in _error(_write(tmp_path, text=text))
+
+
+def test_merge_keys_may_be_overridden(tmp_path):
+    text = _space_yaml().replace("search_space:\n", "base: &base {type: float, low: 0.0, high: 0.2}\nsearch_space:\n")
+    text = text.replace("dropout: {type: float, low: 0.0, high: 0.2}", "dropout: {<<: *base, high: 0.3}")
+    message = _error(_write(tmp_path, text=text))
+    assert message.endswith("base: unknown key")  # the anchor's key is unknown, the merge itself is fine
+
+
+def test_malformed_yaml_is_one_line(tmp_path):
+    message = _error(_write(tmp_path, text="name: x\nencoders: {a: [\n  b: c\n"))
+    assert "\n" not in message and "(line 2, column 15)" in message and "unicode string" not in message
+
+
+def test_non_utf8_config(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_bytes(_space_yaml().replace("minilm-l6: {source: offline}", "minilm-l6: {source: offline}  # café")
+                     .encode("latin-1"))
+    assert _error(path) == f"{path}: not UTF-8 text (byte 0xe9 on line 2); save the file as UTF-8"
+
+
+# --- names, columns, paths, keys a source ignores, wrong types -------------------
+
+
+@pytest.mark.parametrize("name", ["my data", "news/bbc", "a|b", "-x", ".."])
+def test_dataset_and_encoder_names_must_be_file_and_table_safe(tmp_path, name):
+    for key in ("datasets", "encoders"):
+        data = _valid()
+        data[key][name] = data[key].pop("topics" if key == "datasets" else "minilm-l6")
+        path = _write(tmp_path, data)
+        assert _error(path) == (f"{path}: {key}: {name!r} is not a valid name: use only letters, digits, "
+                                f"'_', '-' and '.', starting with a letter or digit")
+
+
+def test_config_name_from_a_file_name_with_a_space(tmp_path):
+    path = _write(tmp_path, _valid(), name="my bench.yaml")
+    assert "name: 'my bench' is not a valid name" in _error(path) and "set 'name:'" in _error(path)
+
+
+@pytest.mark.parametrize("fields, expected", [
+    ({"text": "sentence", "text_pair": "sentence"}, "'text_pair' and 'text' both name the column 'sentence'"),
+    ({"text": "body", "label": "body"}, "'label' and 'text' both name the column 'body'"),
+    ({"text_pair": "label"}, "'label' and 'text_pair' both name the column 'label'"),
+])
+def test_dataset_columns_must_differ(tmp_path, fields, expected):
+    data = _valid()
+    data["datasets"]["sst2"].update(fields)
+    path = _write(tmp_path, data)
+    assert _error(path) == f"{path}: datasets.sst2: {expected}; each must name a column of its own"
+
+
+def test_relative_paths_resolve_from_the_config_files_folder(tmp_path, monkeypatch):
+    data = _valid()
+    data["datasets"]["absolute"] = {"source": "file", "path": str(tmp_path / "elsewhere.csv")}
+    data["datasets"]["home"] = {"source": "file", "path": "~/data.csv"}
+    (tmp_path / "configs").mkdir()
+    path = _write(tmp_path / "configs", data)
+    monkeypatch.chdir(tmp_path)  # the cwd plays no part
+    config = load_config(Path("configs/space.yaml"))
+    assert config.encoders["small-bert"].path == Path("configs/models/small-bert")
+    assert config.datasets["topics"].path == Path("configs/data/topics.csv")
+    assert config.datasets["absolute"].path == tmp_path / "elsewhere.csv"
+    assert config.datasets["home"].path == Path.home() / "data.csv"
+    assert load_config(path).datasets["topics"].path == tmp_path / "configs/data/topics.csv"
+
+
+@pytest.mark.parametrize("section, name, fields, expected", [
+    ("encoders", "minilm-l6", {"path": "models/x"}, "'path' is used only by source 'local', not by 'offline'"),
+    ("encoders", "hub-roberta", {"path": "models/x"}, "'path' is used only by source 'local', not by 'hub'"),
+    ("encoders", "small-bert", {"revision": "main"}, "'revision' is used only by source 'hub', not by 'local'"),
+    ("datasets", "topics", {"subset": "sst2"}, "'subset' is used only by source 'hub', not by 'file'"),
+    ("datasets", "sst2", {"path": "x.csv"}, "'path' is used only by source 'file', not by 'hub'"),
+    ("datasets", "sst2", {"encoding": "latin-1"}, "'encoding' is used only by source 'file', not by 'hub'"),
+])
+def test_key_the_source_ignores_is_refused(tmp_path, section, name, fields, expected):
+    data = _valid()
+    data[section][name].update(fields)
+    path = _write(tmp_path, data)
+    assert _error(path) == f"{path}: {section}.{name}: {expected}; remove it or change the source"
+
+
+@pytest.mark.parametrize("dotted, value, expected", [
+    ("budget.n_trials", True, "budget.n_trials: Input should be a valid integer"),
+    ("training.max_length", 64.0, "training.max_length: Input should be a valid integer"),
+    ("training.compile", 1, "training.compile: Input should be a valid boolean"),
+    ("training.seed", -1, "training.seed: Input should be greater than or equal to 0"),
+    ("training.seed", 2**32, "training.seed: Input should be less than or equal to 4294967295"),
+    ("budget.timeout_s", float("inf"), "budget.timeout_s: Input should be a finite number"),
+    ("search_space.dropout", {"type": "float", "low": 0.0, "high": float("nan")},
+     "search_space.dropout.high: Input should be a finite number"),
+])
+def test_wrong_types_and_non_finite_numbers(tmp_path, dotted, value, expected):
+    data = _valid()
+    section, key = dotted.split(".")
+    data[section][key] = value
+    assert expected in _error(_write(tmp_path, data))

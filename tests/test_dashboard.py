@@ -11,8 +11,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import optuna
 import pytest
+from optuna.trial import TrialState
 
+from benchmark import study as study_module
 from benchmark.cli import main
 from tests.test_study import write_config
 
@@ -34,8 +37,16 @@ def _get_json(url: str, deadline: float):
             time.sleep(0.3)
 
 
-def test_dashboard_shows_studies_intermediate_values_and_user_attrs(tmp_path, tiny_encoders):
+class PruneOddTrials(optuna.pruners.BasePruner):
+    """Prunes every odd-numbered trial at its first report: a pruned trial, deterministically."""
+
+    def prune(self, study, trial) -> bool:
+        return trial.number % 2 == 1
+
+
+def test_dashboard_shows_studies_intermediate_values_and_user_attrs(tmp_path, tiny_encoders, monkeypatch):
     executable = shutil.which("optuna-dashboard") or str(Path(sys.executable).parent / "optuna-dashboard")
+    monkeypatch.setattr(study_module, "make_pruner", lambda spec: PruneOddTrials())
     config = write_config(tmp_path, tiny_encoders, encoders=("bert",))
     results = tmp_path / "results"
     assert main(["--study", "--config", str(config), "--results-dir", str(results),
@@ -53,10 +64,25 @@ def test_dashboard_shows_studies_intermediate_values_and_user_attrs(tmp_path, ti
         attrs = {a["key"]: a["value"] for a in summaries[0]["user_attrs"]}
         assert attrs["dataset"] == "topics" and attrs["metric"] == "accuracy"
         detail = _get_json(f"http://127.0.0.1:{port}/api/studies/{summaries[0]['study_id']}?after=0", deadline)
+        assert detail["objective_names"] == ["accuracy"], "no page says 'Objective 0'"
         assert len(detail["trials"]) == 2
-        for trial in detail["trials"]:
-            assert trial["intermediate_values"], "learning curves reach the dashboard"
-            assert {a["key"] for a in trial["user_attrs"]} >= {"wall_seconds", "model_type"}
+        stored = optuna.load_study(study_name="tiny-topics", storage=f"sqlite:///{results / 'optuna.db'}")
+        complete, pruned = stored.trials
+        assert (complete.state, pruned.state) == (TrialState.COMPLETE, TrialState.PRUNED)
+        for trial, shown in zip(stored.trials, detail["trials"]):
+            assert [(v["step"], v["value"]) for v in shown["intermediate_values"]] == \
+                sorted(trial.intermediate_values.items()), "learning curves at examples seen"
+            assert {a["key"] for a in shown["user_attrs"]} >= {"wall_seconds", "model_type"}
+            rows = [f"| {step} | {value:.4f} |" for step, value in sorted(trial.intermediate_values.items())]
+            body = shown["note"]["body"]
+            assert [row for row in rows if row in body] == rows, "the note lists every evaluation"
+        assert detail["trials"][0]["note"]["body"].startswith("**bert**: complete\n")
+        reason = pruned.user_attrs["prune_reason"]
+        assert reason.startswith("pruned after 48 examples")
+        assert detail["trials"][1]["note"]["body"].startswith(f"**bert**: pruned: {reason}\n")
+        note = detail["note"]["body"]
+        assert "1 of 2 trials finished" not in note and "2 of 2 trials finished" in note
+        assert f"| bert | {complete.value:.4f} | #0 | 1 | 1 | 0 |" in note, "the study's leaderboard"
     finally:
         server.terminate()
         try:

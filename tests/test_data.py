@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -321,7 +322,9 @@ def test_non_text_values_in_text_column(tmp_path):
     path = _write(frame, tmp_path / "d.jsonl")
     message = error_of(lambda: load_dataset("news", file_spec(path), seed=0))
     assert "datasets.news.text" in message and "'text'" in message
-    assert "2 non-text value(s)" in message and "12345" in message and "row 4" in message
+    # rows counted from 1, as in the file: index 4 is row 5
+    assert "2 empty or non-text value(s)" in message and "12345" in message
+    assert f"rows 5, 10 of {path}" in message
 
 
 def test_empty_text_cell_in_csv_is_non_text(tmp_path):
@@ -329,7 +332,8 @@ def test_empty_text_cell_in_csv_is_non_text(tmp_path):
     frame.loc[7, "text"] = None
     path = _write(frame, tmp_path / "d.csv")
     message = error_of(lambda: load_dataset("news", file_spec(path), seed=0))
-    assert "datasets.news.text" in message and "1 non-text value(s)" in message and "row 7" in message
+    assert "datasets.news.text" in message and "1 empty or non-text value(s)" in message
+    assert f"row 8 of {path}" in message
 
 
 def test_single_class(tmp_path):
@@ -361,11 +365,12 @@ def test_empty_file_names_the_file(tmp_path):
     assert str(path) in message
 
 
-def test_split_cut_from_train_that_comes_out_empty():
+def test_split_cut_from_train_that_would_come_out_empty():
     # one example per class: nothing can be cut for test without emptying the class
     frame = pd.DataFrame({"text": ["a", "b"], "label": ["x", "y"]})
     message = error_of(lambda: prepare("tiny", {"train": frame}, spec(), seed=0))
-    assert "datasets.tiny" in message and "split is empty" in message
+    assert "datasets.tiny.label" in message and "fewer than 3 examples" in message
+    assert "'x' (1), 'y' (1)" in message
 
 
 def test_empty_source_split():
@@ -507,3 +512,225 @@ def test_single_class_in_train_is_an_error_even_when_test_has_two():
     test = frame_of(("x", "a"), ("y", "b"))
     message = error_of(lambda: prepare("d", {"train": train, "test": test}, spec(), seed=0))
     assert "single class (a) in the train split" in message
+
+
+# --- classes too rare to split (issue 14 item 5) ---------------------------------------
+
+
+def test_one_example_per_class_is_an_error_naming_the_rarest_classes():
+    # 1000 labels with one example each: whatever is cut for validation and test is a
+    # class train never saw, so every held-out score would be 0.
+    frame = pd.DataFrame({"text": [f"t{i}" for i in range(1000)], "label": [f"c{i:04d}" for i in range(1000)]})
+    message = error_of(lambda: prepare("many", {"train": frame}, spec(label="label"), seed=0))
+    assert message.startswith("datasets.many.label: 1000 of the 1000 classes of column 'label' have fewer than 3")
+    assert "(test and validation)" in message
+    assert "'c0000' (1), 'c0001' (1), 'c0002' (1), 'c0003' (1), 'c0004' (1), ..." in message
+    assert "drop or merge the rare classes" in message
+
+
+def test_rare_classes_are_listed_rarest_first_and_only_those():
+    frame = frame_of(*[(f"a{i}", "a") for i in range(20)], *[(f"b{i}", "b") for i in range(2)],
+                     ("c0", "c"), *[(f"d{i}", "d") for i in range(3)])
+    message = error_of(lambda: prepare("d", {"train": frame}, spec(), seed=0))
+    assert "2 of the 4 classes" in message and "'c' (1), 'b' (2);" in message and "'d'" not in message
+
+
+def test_a_class_needs_one_example_per_split_cut_from_train():
+    # validation comes from the source, so only test is cut: two examples are enough.
+    train = frame_of(*[(f"a{i}", "a") for i in range(20)], ("b0", "b"), ("b1", "b"))
+    held = frame_of(("v0", "a"), ("v1", "b"))
+    data = prepare("d", {"train": train, "validation": held}, spec(), seed=0)
+    assert np.bincount(data.train.labels).tolist()[1] == 1 and np.bincount(data.test.labels).tolist()[1] == 1
+    one = frame_of(*[(f"a{i}", "a") for i in range(20)], ("b0", "b"))
+    message = error_of(lambda: prepare("d", {"train": one, "validation": held}, spec(), seed=0))
+    assert "fewer than 2 examples" in message and "(test)" in message and "'b' (1)" in message
+
+
+def test_three_examples_put_a_class_in_every_split():
+    frame = frame_of(*[(f"a{i}", "a") for i in range(30)], ("b0", "b"), ("b1", "b"), ("b2", "b"))
+    data = prepare("d", {"train": frame}, spec(), seed=0)
+    assert data.absent_classes() == {}
+    assert [int((getattr(data, split).labels == 1).sum()) for split in SPLITS] == [1, 1, 1]
+
+
+def test_source_splits_are_not_held_to_the_rare_class_rule():
+    # Nothing is cut, so a class with one training example is the source's choice.
+    train = frame_of(*[(f"a{i}", "a") for i in range(10)], ("b0", "b"))
+    held = frame_of(("v0", "a"), ("v1", "b"))
+    data = prepare("d", {"train": train, "validation": held, "test": held.assign(text=["x0", "x1"])}, spec(), seed=0)
+    assert data.label_names == ("a", "b")
+
+
+# --- max_test_examples (issue 18 item 5) ------------------------------------------------
+
+
+def test_max_test_examples_subsamples_the_test_split_stratified():
+    # 60 / 30 / 10 examples in the test split, capped at 20: shares 12 / 6 / 2.
+    train = frame_of(*[(f"t{i}", "abc"[i % 3]) for i in range(30)])
+    test = frame_of(*[(f"x{i}", "a" if i < 60 else "b" if i < 90 else "c") for i in range(100)])
+    full = prepare("d", {"train": train, "validation": train.assign(text=lambda f: "v" + f["text"]), "test": test},
+                   spec(), seed=0)
+    capped = prepare("d", {"train": train, "validation": train.assign(text=lambda f: "v" + f["text"]), "test": test},
+                     spec(max_test_examples=20), seed=0)
+    assert len(capped.test) == 20
+    assert np.bincount(capped.test.labels).tolist() == [12, 6, 2]
+    assert set(capped.test.texts) < set(full.test.texts)
+    assert capped.train.texts == full.train.texts and capped.validation.texts == full.validation.texts
+
+
+def test_max_test_examples_applies_to_a_test_split_cut_from_train(tmp_path):
+    path = _write(numbered(300), tmp_path / "d.csv")
+    data = load_dataset("d", file_spec(path, max_test_examples=9), seed=0)
+    # test = round(0.1 * 300) = 30 (10 per class), capped to 9: 3 per class; the other 21
+    # are not used, so train and validation are those of the uncapped split.
+    assert np.bincount(data.test.labels).tolist() == [3, 3, 3]
+    full = load_dataset("d", file_spec(path), seed=0)
+    assert data.train.texts == full.train.texts and data.validation.texts == full.validation.texts
+
+
+# --- label values (issue 14 item 12) -----------------------------------------------------
+
+
+def test_blank_label_is_an_error_naming_the_file_and_rows(tmp_path):
+    frame = numbered(30)
+    frame.loc[[3, 11], "label"] = " "
+    path = _write(frame, tmp_path / "d.csv")
+    message = error_of(lambda: load_dataset("news", file_spec(path), seed=0))
+    assert f"datasets.news.label: column 'label' has 2 blank label(s) (rows 4, 12 of {path})" in message
+
+
+def test_empty_label_cell_is_still_unlabeled_and_dropped(tmp_path):
+    frame = numbered(60)
+    frame.loc[5, "label"] = None
+    path = _write(frame, tmp_path / "d.csv")
+    assert sum(len(getattr(load_dataset("d", file_spec(path), seed=0), s)) for s in SPLITS) == 59
+
+
+def test_integer_and_string_labels_mixed_in_jsonl_are_refused(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rows = [{"text": f"t{i}", "label": i % 2} for i in range(20)] + [{"text": "quoted", "label": "1"}]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    message = error_of(lambda: load_dataset("d", file_spec(path), seed=0))
+    assert message.startswith("datasets.d.label: column 'label' mixes label types: ")
+    assert f"number 0 (row 1 of {path})" in message and f"text '1' (row 21 of {path})" in message
+    assert "write every label the same way" in message
+
+
+def test_jsonl_keeps_string_labels_as_written(tmp_path):
+    # pandas' read_json would turn "01" and "1" into the same number 1.
+    path = tmp_path / "d.jsonl"
+    rows = [{"text": f"t{i}", "label": ["01", "1"][i % 2]} for i in range(40)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    assert load_dataset("d", file_spec(path), seed=0).label_names == ("01", "1")
+
+
+def test_labels_differing_only_in_spaces_are_refused():
+    frame = frame_of(*[(f"t{i}", ["pos", "neg", " neg"][i % 3]) for i in range(30)])
+    message = error_of(lambda: prepare("d", {"train": frame}, spec(), seed=0))
+    assert "differ only in surrounding spaces: ' neg', 'neg'" in message
+
+
+def test_list_labels_are_refused(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": f"t{i}", "label": [i % 2]}) + "\n" for i in range(10)))
+    message = error_of(lambda: load_dataset("d", file_spec(path), seed=0))
+    assert "datasets.d.label: column 'label' holds list values such as [0]" in message
+
+
+def test_blank_text_is_an_error_like_a_missing_one():
+    frame = numbered(30)
+    frame.loc[2, "text"] = "   "
+    message = error_of(lambda: prepare("d", {"train": frame}, spec(), seed=0))
+    assert "datasets.d.text: column 'text' has 1 empty or non-text value(s), the first being '   '" in message
+    assert "row 3 of unused.csv" in message
+
+
+def test_na_like_words_in_a_csv_are_text_not_missing(tmp_path):
+    frame = numbered(60)
+    frame.loc[0, "text"] = "NA"
+    frame.loc[1, "text"] = "null"
+    path = _write(frame, tmp_path / "d.csv")
+    assert {"NA", "null"} <= set(all_texts(load_dataset("d", file_spec(path), seed=0)))
+
+
+# --- reading files (issue 14 item 13) -----------------------------------------------------
+
+
+def test_malformed_jsonl_line_is_reported_by_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n\n{"text": "b", "label": 0}\n{"text": "c" "label": 1}\n')
+    message = error_of(lambda: load_dataset("d", file_spec(path), seed=0))
+    assert message.startswith(f"datasets.d.path: {path} could not be read: line 4: not valid JSON "
+                              f"(Expecting ',' delimiter at column 14)")
+
+
+def test_jsonl_line_that_is_not_an_object(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_text('{"text": "a", "label": 1}\n["b", 0]\n')
+    assert error_of(lambda: load_dataset("d", file_spec(path), seed=0)) == \
+        f"datasets.d.path: {path} could not be read: line 2: expected an object per line, found an array"
+
+
+def test_directory_as_path_says_it_is_a_directory(tmp_path):
+    message = error_of(lambda: load_dataset("d", file_spec(tmp_path), seed=0))
+    assert message.startswith(f"datasets.d.path: {tmp_path} is a directory; give the data file in it")
+    assert "not found" not in message
+
+
+@pytest.mark.parametrize("codec", ["latin-1", "utf-16"])
+def test_csv_in_another_encoding_reads_with_the_encoding_key(tmp_path, codec):
+    frame = numbered(60)
+    frame.loc[0, "text"] = "café crème on the menu"
+    path = tmp_path / "d.csv"
+    path.write_bytes(frame.to_csv(index=False).encode(codec))
+    message = error_of(lambda: load_dataset("d", file_spec(path), seed=0))
+    assert message.startswith(f"datasets.d.encoding: {path} is not valid utf-8 at byte ")
+    assert "set `encoding:` in the dataset entry" in message
+    data = load_dataset("d", file_spec(path, encoding=codec), seed=0)
+    assert "café crème on the menu" in all_texts(data)
+
+
+def test_decode_error_names_the_byte_and_line(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"text,label\nfine,a\nna\xefve,b\n")
+    message = error_of(lambda: load_dataset("d", file_spec(path), seed=0))
+    assert f"{path} is not valid utf-8 at byte 20 (line 3: invalid continuation byte)" in message
+
+
+def test_utf8_byte_order_mark_does_not_stick_to_the_first_column(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes(b"\xef\xbb\xbf" + numbered(60).to_csv(index=False).encode())
+    assert load_dataset("d", file_spec(path), seed=0).label_names == LABELS
+
+
+def test_unknown_encoding_is_a_config_error():
+    with pytest.raises(ValueError, match="unknown encoding 'klingon'"):
+        spec(encoding="klingon")
+
+
+def test_json_object_document_is_described_not_dumped(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text(json.dumps({"version": 2, "data": [{"text": "x" * 4000, "label": 1}]}, indent=2))
+    message = error_of(lambda: load_dataset("d", file_spec(path), seed=0))
+    assert message == (f"datasets.d.path: {path} could not be read: expected an array of records ([{{\"text\": ..., \"label\": ...}}, ...]) or one "
+                       f"object per line; found one object with the keys 'version', 'data'")
+
+
+def test_json_array_of_non_records(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[{"text": "a", "label": 1}, "b"]')
+    assert error_of(lambda: load_dataset("d", file_spec(path), seed=0)).endswith(
+        "element 1 of the array is a string")
+
+
+def test_broken_json_array_names_the_line(tmp_path):
+    path = tmp_path / "d.json"
+    path.write_text('[\n{"text": "a", "label": 1},\n{"text": "b" "label": 0}\n]')
+    assert error_of(lambda: load_dataset("d", file_spec(path), seed=0)).startswith(
+        f"datasets.d.path: {path} could not be read: line 3: not valid JSON")
+
+
+def test_empty_file_says_empty(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text("")
+    assert error_of(lambda: load_dataset("d", file_spec(path), seed=0)) == f"datasets.d.path: {path} is empty"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 from datetime import datetime, timedelta
@@ -425,38 +426,52 @@ def test_final_evaluation_without_runs():
     assert top_encoder_verdicts(final, pairwise).empty
 
 
-def test_predictions_round_trip_through_the_storage(tmp_path):
-    """A search study and its final study, stored as the harness stores them, rebuilt into
-    final_predictions.csv and the final tables by write_leaderboards."""
+STORED_LABELS = [0, 1, 1, 0]
+
+
+def _stored_final_evaluation(tmp_path, search_trials, runs, seeds_requested=2) -> str:
+    """A search study of `search_trials` ((encoder, value), in trial order) and its final
+    study of `runs` ((encoder, source trial, seed, predictions)), stored as the harness
+    stores them; the storage URL."""
     import optuna
     from optuna.distributions import CategoricalDistribution
 
     from benchmark import final_eval
-    from benchmark.results import PREDICTIONS_FILE, write_leaderboards
     from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    distributions = {"encoder": CategoricalDistribution(["x", "y"])}
+    distributions = {"encoder": CategoricalDistribution(sorted({encoder for encoder, _ in search_trials}))}
     search = optuna.create_study(storage=storage, study_name="b-news", direction="maximize")
     for name, value in ((BENCHMARK_ATTR, "b"), (DATASET_ATTR, "news"), (METRIC_ATTR, "accuracy")):
         search.set_user_attr(name, value)
-    for encoder, value in (("x", 0.9), ("y", 0.8), ("x", 0.95)):  # x's best is trial 2
+    for encoder, value in search_trials:
         search.add_trial(optuna.trial.create_trial(value=value, params={"encoder": encoder},
                                                    distributions=distributions))
     final = optuna.create_study(storage=storage, study_name=final_eval.final_study_name("b-news"),
                                 direction="maximize")
-    labels = [0, 1, 1, 0]
     for name, value in ((final_eval.FINAL_OF_ATTR, "b-news"), (DATASET_ATTR, "news"), (METRIC_ATTR, "accuracy"),
-                        (final_eval.TEST_LABELS_ATTR, labels), (final_eval.SEEDS_REQUESTED_ATTR, 2)):
+                        (final_eval.TEST_LABELS_ATTR, STORED_LABELS),
+                        (final_eval.SEEDS_REQUESTED_ATTR, seeds_requested)):
         final.set_user_attr(name, value)
-    runs = [("x", 2, 0, [0, 1, 1, 0]), ("x", 2, 1, [0, 1, 1, 1]), ("y", 1, 0, [1, 1, 1, 1]),
-            ("x", 0, 0, [1, 0, 0, 1])]  # the last: a run of x's earlier best, which no longer counts
     for encoder, source, seed, predictions in runs:
         final.add_trial(optuna.trial.create_trial(
-            value=float(np.mean(np.equal(predictions, labels))), params={"encoder": encoder},
+            value=float(np.mean(np.equal(predictions, STORED_LABELS))), params={"encoder": encoder},
             distributions=distributions,
             user_attrs={final_eval.SEED_ATTR: seed, final_eval.SOURCE_TRIAL_ATTR: source,
                         final_eval.PREDICTIONS_ATTR: predictions}))
+    return storage
+
+
+def test_predictions_round_trip_through_the_storage(tmp_path):
+    """A search study and its final study, stored as the harness stores them, rebuilt into
+    final_predictions.csv and the final tables by write_leaderboards."""
+    from benchmark.results import PREDICTIONS_FILE, write_leaderboards
+
+    labels = STORED_LABELS
+    runs = [("x", 2, 0, [0, 1, 1, 0]), ("x", 2, 1, [0, 1, 1, 1]), ("y", 1, 0, [1, 1, 1, 1]),
+            ("x", 0, 0, [1, 0, 0, 1])]  # the last: a run of x's earlier best, which no longer counts
+    # x's best is trial 2
+    storage = _stored_final_evaluation(tmp_path, [("x", 0.9), ("y", 0.8), ("x", 0.95)], runs)
 
     tables = write_leaderboards(storage, tmp_path)
     written = pd.read_csv(tmp_path / PREDICTIONS_FILE)
@@ -473,6 +488,52 @@ def test_predictions_round_trip_through_the_storage(tmp_path):
     assert tables["datasets"].iloc[0]["final_verdict"].startswith(
         "news (test split, 4 examples x seeds x 2, y 1): incomplete (y: 1 of 2 seeds missing)")
     assert pd.read_csv(tmp_path / "final.csv")["seeds"].tolist() == [2, 1]
+
+
+def test_an_interrupted_final_evaluation_says_what_is_missing_in_every_channel(tmp_path, capsys):
+    """x has both seeds, y one of two, z none (the run stopped before its turn): the tables,
+    stdout and the report name what is missing and draw no verdict that y's second seed or
+    z could change."""
+    from benchmark.cli import _print_tables
+    from benchmark.results import write_leaderboards
+
+    storage = _stored_final_evaluation(
+        tmp_path, [("x", 0.9), ("y", 0.8), ("z", 0.85)],
+        [("x", 0, 0, [0, 1, 1, 0]), ("x", 0, 1, [0, 1, 1, 1]), ("y", 1, 0, [1, 1, 1, 1])])
+    tables = write_leaderboards(storage, tmp_path)
+    final = pd.read_csv(tmp_path / "final.csv", keep_default_na=False)
+    assert final[["encoder", "seeds", "seeds_requested", "missing", "not_shown_worse_than_best"]].values.tolist() == [
+        ["x", 2, 2, "", ""], ["y", 1, 2, "1 of 2 seeds missing", ""], ["z", 0, 2, "not evaluated", ""]]
+    pairwise = pd.read_csv(tmp_path / "pairwise.csv", keep_default_na=False)
+    assert pairwise[["encoder_a", "encoder_b", "p_holm", "significant_after_holm", "missing"]].values.tolist() == [
+        ["x", "y", "", "", "y: 1 of 2 seeds missing; z: not evaluated"]]
+    verdict = ("news (test split, 4 examples x seeds x 2, y 1): incomplete (y: 1 of 2 seeds missing; "
+               "z: not evaluated); no verdict until --final-eval finishes")
+    datasets = pd.read_csv(tmp_path / "datasets.csv", keep_default_na=False)
+    assert datasets[["final_verdict", "final_missing", "final_not_shown_worse_than_best"]].values.tolist() == [
+        [verdict, "y: 1 of 2 seeds missing; z: not evaluated", ""]]
+    page = (tmp_path / "report.html").read_text()
+    final_section = page[page.index('<section id="final">'):]
+    final_section = final_section[:final_section.index("</section>")]
+    assert verdict in html.unescape(final_section) and "not evaluated" in final_section
+    assert "1 of 2" in final_section  # the seeds column: "1 of 2"
+    _print_tables(tables, tmp_path)
+    out = capsys.readouterr().out
+    assert verdict in out.splitlines()
+    for claim in ("higher", "not shown different", "not shown worse"):
+        assert claim not in verdict and claim not in final_section and claim not in out
+
+
+def test_a_final_evaluation_stopped_before_its_first_run_says_so(tmp_path):
+    from benchmark.results import write_leaderboards
+
+    storage = _stored_final_evaluation(tmp_path, [("x", 0.9), ("y", 0.8)], [])
+    tables = write_leaderboards(storage, tmp_path)
+    assert tables["final"]["missing"].tolist() == ["not evaluated", "not evaluated"]
+    assert tables["pairwise"].empty
+    assert tables["datasets"].iloc[0]["final_verdict"] == (
+        "news (test split, 4 examples, no run finished yet): incomplete (x: not evaluated; y: not evaluated); "
+        "no verdict until --final-eval finishes")
 
 
 def _references(values) -> pd.DataFrame:

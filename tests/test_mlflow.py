@@ -24,6 +24,7 @@ from benchmark import study as study_module  # noqa: E402
 from benchmark import trial as trial_module  # noqa: E402
 from benchmark.cli import main  # noqa: E402
 from benchmark.errors import BenchmarkError  # noqa: E402
+from benchmark.report import EXPECTED_PERFORMANCE_PNG, REPORT_FILE  # noqa: E402
 from benchmark.results import RESULT_FILES  # noqa: E402
 from benchmark.study import FINISHED  # noqa: E402
 from benchmark.tracking import StudyInfo, mlflow_backend  # noqa: E402
@@ -32,7 +33,7 @@ from benchmark.training import Evaluation, StepLog  # noqa: E402
 from tests.test_study import write_config  # noqa: E402
 
 PARENT = "mlflow.parentRunId"
-STATUS = {TrialState.COMPLETE: ("FINISHED", "complete"), TrialState.PRUNED: ("KILLED", "pruned"),
+STATUS = {TrialState.COMPLETE: ("FINISHED", "complete"), TrialState.PRUNED: ("FINISHED", "pruned"),
           TrialState.FAIL: ("FAILED", "failed")}
 SERVER_START_S = 90  # imports alone take a while on a loaded CI machine
 
@@ -130,6 +131,7 @@ def test_a_study_reads_back_from_the_server_as_optuna_stored_it(
 
     client = MlflowClient(mlflow_server)
     experiment = client.get_experiment_by_name("tiny")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development", "opens on training runs"
     runs = client.search_runs([experiment.experiment_id], max_results=1000)
     parents = {run.data.tags["study"]: run for run in runs if PARENT not in run.data.tags}
     assert set(parents) == {"tiny-topics", "tiny-topic_pairs"}, "one parent run per study"
@@ -144,7 +146,7 @@ def test_a_study_reads_back_from_the_server_as_optuna_stored_it(
         assert parent.data.tags["metric"] == metric
         assert parent.data.tags["optuna_storage"] == storage
         artifacts = {item.path for item in client.list_artifacts(parent_id, "leaderboard")}
-        assert artifacts == {f"leaderboard/{name}" for name in RESULT_FILES}
+        assert artifacts == {f"leaderboard/{name}" for name in (*RESULT_FILES, REPORT_FILE, EXPECTED_PERFORMANCE_PNG)}
         best = client.get_metric_history(parent_id, f"study/best_{metric}")
         if study.get_trials(states=(TrialState.COMPLETE,)):
             assert max(best, key=lambda point: point.step).value == study.best_value
@@ -169,12 +171,19 @@ def test_a_study_reads_back_from_the_server_as_optuna_stored_it(
             history = client.get_metric_history(run_id, f"eval/{metric}")
             assert sorted((point.step, point.value) for point in history) == \
                 sorted(trial.intermediate_values.items()), "the curve Optuna saw, at the same steps"
+            assert not {"eval/step", "eval/epoch"} & set(run.data.metrics), "no step counters as metrics"
             if trial.state == TrialState.COMPLETE:
                 assert max(history, key=lambda m: m.step).value == trial.value
+                assert run.data.metrics[metric] == trial.value, "the objective under the metric's name"
+                # Train and eval curves on one x: training examples seen.
                 steps = [point.step for point in client.get_metric_history(run_id, "train/loss")]
-                assert sorted(steps) == list(range(1, trial.user_attrs["steps"] + 1))
-                assert {"train/lr", "train/grad_norm", "train/tokens_per_second", "eval/loss", "eval/epoch",
-                        "eval/step", "eval/accuracy", "eval/macro_f1", "eval/mcc"} <= set(run.data.metrics)
+                batch = trial.params["batch_size"]
+                assert sorted(steps) == [batch * step for step in range(1, trial.user_attrs["steps"] + 1)]
+                assert {point.step for point in history} <= set(steps)
+                assert {"train/lr", "train/grad_norm", "train/tokens_per_second", "eval/loss",
+                        "eval/accuracy", "eval/macro_f1", "eval/mcc"} <= set(run.data.metrics)
+            else:
+                assert metric not in run.data.metrics, "only a complete trial has an objective value"
     assert states == set(STATUS), "complete, pruned and failed trials all checked"
 
 
@@ -215,7 +224,7 @@ def test_local_store_batches_reopens_and_closes_what_was_cut_short(tmp_path, mon
     monkeypatch.setattr(tracker.client, "log_batch", counting_log_batch)
     news = StudyInfo("bench-news", "bench", "news", "accuracy", "sqlite:///o.db")
     tracker.start_study(news)
-    run = tracker.start_trial("bench-news", 0, {"encoder": "bert", "learning_rate": 1e-4},
+    run = tracker.start_trial("bench-news", 0, {"encoder": "bert", "learning_rate": 1e-4, "batch_size": 16},
                               {"study": "bench-news", "dataset": "news", "encoder": "bert"})
     run_id = run.links()["mlflow_run_id"]
     for step in range(1, 301):
@@ -229,7 +238,8 @@ def test_local_store_batches_reopens_and_closes_what_was_cut_short(tmp_path, mon
     tracker.end_study("bench-news", [table])
     tracker.close()
 
-    # A second process tops the study up: the same parent, reopened. It is interrupted.
+    # A second process tops the study up: a parent run of its own, so that neither run's
+    # duration counts the idle time between them. It is interrupted.
     again = mlflow_backend.MlflowTracker(results)
     again.start_study(news)
     cut = again.start_trial("bench-news", 1, {"encoder": "bert"}, {"study": "bench-news", "encoder": "bert"})
@@ -244,22 +254,31 @@ def test_local_store_batches_reopens_and_closes_what_was_cut_short(tmp_path, mon
     anew.close()
 
     client = MlflowClient(uri)
-    assert [point.step for point in client.get_metric_history(run_id, "train/loss")] == list(range(1, 301))
+    assert [point.step for point in client.get_metric_history(run_id, "train/loss")] == \
+        [16 * step for step in range(1, 301)], "x = examples seen = steps x batch size"
     finished = client.get_run(run_id)
     parent_id = finished.data.tags[PARENT]
     assert finished.info.status == "FINISHED" and finished.data.params["learning_rate"] == "0.0001"
+    assert finished.data.metrics["accuracy"] == 0.9
+    parent = client.get_run(parent_id)
+    assert parent.info.status == "FINISHED"
     interrupted = client.get_run(cut.links()["mlflow_run_id"])
-    assert interrupted.data.tags[PARENT] == parent_id, "a top-up nests under the study's one parent run"
-    assert interrupted.info.status == "FAILED" and interrupted.data.tags["state_reason"].startswith("interrupted")
+    top_up_parent = client.get_run(interrupted.data.tags[PARENT])
+    assert top_up_parent.info.run_id != parent_id and top_up_parent.data.tags["study"] == "bench-news"
+    assert top_up_parent.info.start_time >= parent.info.end_time, "no idle gap inside a parent run"
+    assert (interrupted.info.status, interrupted.data.tags["state"]) == ("KILLED", "interrupted")
+    assert interrupted.data.tags["state_reason"] == "the harness stopped before the trial ended"
     assert len(client.get_metric_history(interrupted.info.run_id, "train/loss")) == 1, "flushed at close"
-    assert client.get_run(parent_id).info.status == "KILLED", "its study never reached end_study"
+    assert top_up_parent.info.status == "KILLED", "its study never reached end_study"
     artifacts = [item.path for item in client.list_artifacts(parent_id, "leaderboard")]
     assert artifacts == ["leaderboard/leaderboard.md"]
     assert list((results / "mlartifacts").rglob("leaderboard.md")), "artifacts stay in the results dir"
     assert not (tmp_path / "mlruns").exists()
     fresh_run = client.get_run(fresh.links()["mlflow_run_id"])
-    assert fresh_run.data.tags[PARENT] != parent_id
-    assert (fresh_run.info.status, fresh_run.data.tags["state_reason"]) == ("KILLED", "pruned after 48 examples")
+    assert fresh_run.data.tags[PARENT] not in (parent_id, top_up_parent.info.run_id)
+    assert (fresh_run.info.status, fresh_run.data.tags["state"], fresh_run.data.tags["state_reason"]) == \
+        ("FINISHED", "pruned", "pruned after 48 examples")
+    assert "accuracy" not in fresh_run.data.metrics
     assert client.get_run(fresh_run.data.tags[PARENT]).info.status == "FINISHED"
 
 

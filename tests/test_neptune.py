@@ -24,6 +24,7 @@ from benchmark import study as study_module
 from benchmark import trial as trial_module
 from benchmark.cli import main
 from benchmark.errors import BenchmarkError
+from benchmark.report import EXPECTED_PERFORMANCE_PNG, REPORT_FILE
 from benchmark.results import RESULT_FILES
 from benchmark.storage import mask_password
 from benchmark.study import SURPLUS_ATTR
@@ -80,6 +81,9 @@ def read_offline_runs(data_dir: Path) -> list[OfflineRun]:
             elif kind == "UploadFile":
                 source = Path(op["file_path"]) if op["file_path"] else directory / "upload_path" / op["tmp_file_name"]
                 run.files[path] = source.read_bytes()
+            elif kind == "DeleteAttribute":
+                for fields in (run.fields, run.series, run.files):
+                    fields.pop(path, None)
             elif kind != "UploadFileSet":
                 raise AssertionError(f"unexpected operation {kind} at {path}")
         runs.append(run)
@@ -202,9 +206,11 @@ def test_cli_study_gives_one_run_per_trial_and_a_study_run(tmp_path, tiny_encode
                  "plot_slice", "plot_param_importances"):
         html = study_run.files[f"visualizations/{name}"]
         assert b"cdn.plot.ly" in html and len(html) < 200_000, name  # plotly.js loaded, not embedded
-    for name in RESULT_FILES:
+    for name in (*RESULT_FILES, REPORT_FILE, EXPECTED_PERFORMANCE_PNG):
         stem, extension = name.split(".")
         assert study_run.files[f"leaderboards/{stem}_{extension}"] == (results / name).read_bytes()
+    best_paths = {path.split("/")[2] for path in study_run.fields if path.startswith("best/trials/")}
+    assert best_paths == {str(study.best_trial.number)}, "only the current best trial under best/"
 
 
 def test_no_password_or_api_token_reaches_the_run_data(tmp_path, monkeypatch, capsys):
@@ -454,3 +460,22 @@ def test_close_stops_open_runs_and_marks_unfinished_trials_interrupted(tmp_path)
     assert runs[1].fields["state"] == "interrupted" and "interrupted" in runs[1].tags
     assert runs[1].series["train/loss"] == [(1, 0.5)]
     assert runs[None].fields["kind"] == "study"
+
+
+def test_study_run_shows_only_the_current_best_trial(tmp_path):
+    """neptune-optuna only adds under best/trials/: a former best stayed there as if current."""
+    tracker = NeptuneTracker(tmp_path, mode="offline", plots=())
+    callbacks = tracker.start_study(StudyInfo("bench-news", "bench", "news", "accuracy", "sqlite:///o.db"))
+    study = optuna.create_study(direction="maximize")
+    space = {"lr": optuna.distributions.FloatDistribution(1e-5, 1e-3)}
+    for value, lr in ((0.5, 1e-4), (0.7, 2e-4), (0.6, 3e-4)):  # trial 1 overtakes trial 0, then stays
+        study.add_trial(optuna.trial.create_trial(value=value, params={"lr": lr}, distributions=space))
+        for callback in callbacks:
+            callback(study, study.trials[-1])
+    tracker.end_study("bench-news", [])
+    tracker.close()
+    (run,) = read_offline_runs(tmp_path / "neptune" / ".neptune")
+    best = {path for path in run.fields if path.startswith("best/trials/")}
+    assert best and {path.split("/")[2] for path in best} == {"1"}
+    assert run.fields["best/value"] == 0.7 and run.fields["best/trials/1/value"] == 0.7
+    assert {path.split("/")[2] for path in run.fields if path.startswith("trials/trials/")} == {"0", "1", "2"}

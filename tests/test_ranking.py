@@ -18,10 +18,12 @@ from tests.test_leaderboard import _frame, _trial
 DOCS = pd.DataFrame([[8.82, 11.8, 10.37, 12.08], [8.92, 9.58, 10.59, 11.89],
                      [8.27, 11.46, 10.24, 11.6], [8.83, 13.25, 8.33, 11.51]],
                     index=["d1", "d2", "d3", "d4"], columns=["w", "x", "y", "z"])
+# Not in any metric's range; only the Wilcoxon path (two encoders) reads the metrics.
+DOCS_METRICS = dict.fromkeys(DOCS.index, "accuracy")
 
 
 def test_friedman_and_nemenyi_reproduce_the_documented_example():
-    tests = ranking.ranking_tests(DOCS).set_index("comparison")
+    tests = ranking.ranking_tests(DOCS, DOCS_METRICS).set_index("comparison")
     omnibus = tests.loc["all encoders"]
     assert omnibus["test"] == "Friedman"
     assert omnibus["statistic"] == pytest.approx(8.7)
@@ -45,21 +47,24 @@ def test_nemenyi_interval_is_the_mean_rank_difference_plus_minus_the_critical_di
     # Demšar (2006), table 5: q_0.05 = 2.569 for k = 4; CD = 2.569 * sqrt(4 * 5 / (6 * 4))
     distance = ranking.critical_difference(4, 4)
     assert distance == pytest.approx(2.569 * math.sqrt(20 / 24), abs=1e-3)
-    tests = ranking.ranking_tests(DOCS).set_index("comparison")
+    tests = ranking.ranking_tests(DOCS, DOCS_METRICS).set_index("comparison")
     pair = tests.loc["z vs w"]
     assert pair["effect_size"] == pytest.approx(2.5)
-    assert (pair["ci_low"], pair["ci_high"]) == pytest.approx((2.5 - distance, 2.5 + distance))
+    # 2.5 + distance is 4.85 rank places, past the 3 that 4 encoders allow: the interval stops there.
+    assert (pair["ci_low"], pair["ci_high"]) == pytest.approx((2.5 - distance, 3.0))
+    assert tests.loc["x vs y", "ci_low"] == pytest.approx(1.0 - distance)
+    assert ((tests["ci_low"].dropna() >= -3) & (tests["ci_high"].dropna() <= 3)).all()
     # The interval and the p-value agree: it leaves out 0 exactly where p < 0.05.
     pairs = tests[tests["test"] == "Nemenyi"]
     assert ((pairs["ci_low"] > 0) == (pairs["p_value"] < 0.05)).all()
-    assert ranking.ranking_verdict(ranking.ranking_tests(DOCS)) == (
+    assert ranking.ranking_verdict(ranking.ranking_tests(DOCS, DOCS_METRICS)) == (
         "Across 4 datasets, Friedman's test finds the encoders' ranks differ (p = 0.0336, Kendall's W = 0.73); "
         "Nemenyi's test tells apart: z vs w.")
 
 
 def test_two_encoders_get_wilcoxon_and_the_floor_few_datasets_put_on_p():
     scores = pd.DataFrame({"a": [0.90, 0.80, 0.70], "b": [0.85, 0.78, 0.60]}, index=["d1", "d2", "d3"])
-    [row] = ranking.ranking_tests(scores).to_dict("records")
+    [row] = ranking.ranking_tests(scores, dict.fromkeys(scores.index, "accuracy")).to_dict("records")
     # a wins on all 3: the exact two-sided p is 2 / 2^3 = 0.25, the smallest 3 pairs allow
     assert row["test"] == "Wilcoxon signed-rank" and row["comparison"] == "a vs b"
     assert row["p_value"] == pytest.approx(0.25)
@@ -68,14 +73,29 @@ def test_two_encoders_get_wilcoxon_and_the_floor_few_datasets_put_on_p():
     low, high = scipy_stats.t.interval(0.95, 2, loc=differences.mean(), scale=scipy_stats.sem(differences))
     assert (row["effect_size"], row["ci_low"], row["ci_high"]) == pytest.approx((differences.mean(), low, high))
     assert "cannot go below p = 0.25; p < 0.05 needs at least 6 datasets" in row["note"]
-    assert ranking.ranking_verdict(ranking.ranking_tests(scores)).startswith(
+    assert ranking.ranking_verdict(ranking.ranking_tests(scores, dict.fromkeys(scores.index, "accuracy"))).startswith(
         "Across 3 datasets, a and b cannot be told apart (Wilcoxon signed-rank p = 0.25;")
+
+
+@pytest.mark.parametrize("metric, reach", [("accuracy", 1.0), ("mcc", 2.0)])
+def test_the_t_interval_of_the_mean_difference_stays_within_what_it_can_reach(metric, reach):
+    # Differences 0.9, 0.05, 0.9: mean 0.6167, s = 0.4907, t(0.975, 2) = 4.3027, so ± t s/√3 =
+    # ± 1.219 gives [-0.602, 1.836], past the +1 that two accuracies can differ by. The
+    # difference of two MCCs (each in [-1, 1]) can reach 2, so there only 2 cuts it.
+    scores = pd.DataFrame({"a": [0.95, 0.10, 0.90], "b": [0.05, 0.05, 0.0]}, index=["d1", "d2", "d3"])
+    [row] = ranking.ranking_tests(scores, dict.fromkeys(scores.index, metric)).to_dict("records")
+    assert row["effect_size"] == pytest.approx(0.6167, abs=1e-4)
+    assert row["ci_low"] == pytest.approx(0.6167 - 1.2190, abs=1e-3)
+    assert row["ci_high"] == pytest.approx(min(0.6167 + 1.2190, reach), abs=1e-3)
+    # One accuracy and two MCC datasets: the mean difference reaches (1 + 2 + 2) / 3.
+    mixed = ranking.ranking_tests(scores, {"d1": "accuracy", "d2": "mcc", "d3": "mcc"}).iloc[0]
+    assert mixed["ci_high"] == pytest.approx(min(0.6167 + 1.2190, 5 / 3), abs=1e-3)
 
 
 def test_fewer_than_three_datasets_show_mean_ranks_untested():
     scores = pd.DataFrame({"a": [0.9, 0.8], "b": [0.7, 0.85], "c": [0.6, 0.5]}, index=["d1", "d2"])
     assert ranking.mean_ranks(scores)["mean_rank"].tolist() == pytest.approx([1.5, 1.5, 3.0])
-    tests = ranking.ranking_tests(scores)
+    tests = ranking.ranking_tests(scores, dict.fromkeys(scores.index, "accuracy"))
     assert tests["test"].tolist() == ["none"] and math.isnan(tests["p_value"].iloc[0])
     assert ranking.ranking_verdict(tests) == (
         "Mean ranks over 2 dataset(s) only: a tested ranking needs at least 3 datasets; this comparison has 2, "
@@ -93,3 +113,4 @@ def test_only_encoders_complete_on_every_dataset_are_ranked():
     assert list(matrix.columns) == ["e1", "e2"] and list(matrix.index) == ["x", "y"]
     assert matrix.loc["y", "e2"] == pytest.approx(0.65)
     assert ranking.left_out(trials, matrix) == ["e3"]
+    assert ranking.dataset_metrics(trials) == {"x": "accuracy", "y": "accuracy"}

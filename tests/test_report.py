@@ -9,6 +9,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
+from xml.etree import ElementTree
 
 import numpy as np
 import optuna
@@ -19,9 +20,9 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from plotly.offline import get_plotlyjs
 
-from benchmark import report
+from benchmark import provenance, report
 from benchmark.results import trials_frame
-from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR
+from benchmark.study import BENCHMARK_ATTR, DATA_SEED_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR
 
 ENCODERS = ("bert", "roberta")
 DISTRIBUTIONS = {
@@ -31,10 +32,13 @@ DISTRIBUTIONS = {
 }
 STEPS = (48, 96, 144)
 
-# Figures the full page draws; dataset 0 is `pairs`: one complete trial, so no importances.
+# Figures the full page draws; neither dataset has the complete trials importances need.
 FIGURES = {"expected-performance", "final-evaluation",
-           *(f"dataset-0-{kind}" for kind in ("history", "parallel", "proposals", "curves", "cost")),
-           *(f"dataset-1-{kind}" for kind in ("history", "importances", "parallel", "proposals", "curves", "cost"))}
+           *(f"dataset-{i}-{kind}" for i in (0, 1) for kind in ("history", "parallel", "proposals", "curves", "cost"))}
+# What the topics study was trained from and with; the pairs study predates these attributes.
+TOPICS_PROVENANCE = {provenance.CONFIG_FILE_ATTR: "tiny.yaml", provenance.CONFIG_SHA256_ATTR: "ab12" * 16,
+                     provenance.COMPARISON_ATTR: "balanced", DATA_SEED_ATTR: 7,
+                     provenance.VERSIONS_ATTR: {"torch": "2.13.0+cpu", "transformers": "5.24.0", "optuna": "5.0.0"}}
 
 
 def add_trial(study: optuna.Study, encoder: str, state: TrialState, curve: list[float], **user_attrs) -> None:
@@ -43,7 +47,8 @@ def add_trial(study: optuna.Study, encoder: str, state: TrialState, curve: list[
         state=state, value=curve[-1] if state == TrialState.COMPLETE else None,
         params={"encoder": encoder, "learning_rate": float(10 ** rng.uniform(-5, -3)),
                 "dropout": float(rng.uniform(0, 0.3))},
-        distributions=DISTRIBUTIONS, intermediate_values=dict(zip(STEPS, curve)), user_attrs=user_attrs,
+        distributions=DISTRIBUTIONS, intermediate_values=dict(zip(STEPS, curve)),
+        user_attrs={"device": "cpu", "precision": "fp32", **user_attrs},
     ))
 
 
@@ -58,6 +63,8 @@ def make_study(storage: str, dataset: str, metric: str) -> optuna.Study:
 def storage(tmp_path_factory) -> str:
     url = f"sqlite:///{tmp_path_factory.mktemp('report') / 'optuna.db'}"
     topics = make_study(url, "topics", "accuracy")
+    for name, value in TOPICS_PROVENANCE.items():
+        topics.set_user_attr(name, value)
     add_trial(topics, "bert", TrialState.COMPLETE, [0.50, 0.70, 0.81])
     add_trial(topics, "roberta", TrialState.COMPLETE, [0.45, 0.66, 0.78])
     add_trial(topics, "bert", TrialState.PRUNED, [0.30, 0.35])
@@ -67,7 +74,7 @@ def storage(tmp_path_factory) -> str:
     add_trial(topics, "bert", TrialState.COMPLETE, [0.55, 0.69, 0.80])
     pairs = make_study(url, "pairs", "macro_f1")
     add_trial(pairs, "bert", TrialState.COMPLETE, [0.40, 0.55, 0.61])
-    add_trial(pairs, "roberta", TrialState.PRUNED, [0.20])
+    add_trial(pairs, "roberta", TrialState.PRUNED, [0.20], prune_reason="below the median at 48 examples")
     return url
 
 
@@ -77,9 +84,9 @@ TOPICS_VERDICT = ("topics (test split, 400 examples x 5 seeds each): roberta - b
 
 def full_tables(storage: str) -> dict[str, pd.DataFrame]:
     """Tables in the shapes `results` builds, with values that agree with the storage."""
-    curve = lambda dataset, encoder, best: [  # noqa: E731
+    curve = lambda dataset, encoder, best, trials=3: [  # noqa: E731
         {"dataset": dataset, "encoder": encoder, "n": n, "expected_max": best - 0.04 / n,
-         "band_low": best - 0.08 / n, "band_high": best, "complete_trials": 3} for n in (1, 2, 3)]
+         "band_low": best - 0.08 / n, "band_high": best, "complete_trials": trials} for n in range(1, trials + 1)]
     return {
         "leaderboard": pd.DataFrame({
             "encoder": ["roberta", "bert"], "pairs": [np.nan, 0.61], "topics": [0.84, 0.81],
@@ -88,7 +95,8 @@ def full_tables(storage: str) -> dict[str, pd.DataFrame]:
         "datasets": pd.DataFrame({
             "dataset": ["pairs", "topics"], "study": ["tiny-pairs", "tiny-topics"], "metric": ["macro_f1", "accuracy"],
             "best_value": [0.61, 0.84], "best_encoder": ["bert", "roberta"], "best_trial": [0, 3],
-            "best_params": ['{"dropout": 0.1}', '{"dropout": 0.2}'], "complete": [1, 4], "pruned": [1, 1],
+            "best_params": ['{"batch_size": 16, "dropout": 0.123456, "learning_rate": 2.3456e-05}',
+                            '{"dropout": 0.2, "learning_rate": 0.00012}'], "complete": [1, 4], "pruned": [1, 1],
             "failed": [0, 0], "trial_seconds": [12.5, 1234.5], "wall_seconds": [20.0, 1500.0],
             "final_verdict": ["", TOPICS_VERDICT], "final_not_shown_worse_than_best": ["", "roberta"],
             "final_missing": ["", ""]}),
@@ -98,7 +106,7 @@ def full_tables(storage: str) -> dict[str, pd.DataFrame]:
             "trial_seconds": [12.5, 600.0, 634.5], "device_hours": [0.00035, 0.1667, 0.1763],
             "train_tokens": [5000, 90000, 80000], "best_value": [0.61, 0.81, 0.84], "pareto": [True, True, True]}),
         "expected_performance": pd.DataFrame(
-            curve("topics", "bert", 0.81) + curve("topics", "roberta", 0.84) + curve("pairs", "bert", 0.61)),
+            curve("topics", "bert", 0.81) + curve("topics", "roberta", 0.84) + curve("pairs", "bert", 0.61, 1)),
         "final": pd.DataFrame({
             "dataset": ["topics", "topics"], "encoder": ["roberta", "bert"], "metric": ["accuracy"] * 2,
             "seeds": [5, 5], "seeds_requested": [5, 5], "test_examples": [400, 400], "mean": [0.8312, 0.7923],
@@ -129,20 +137,28 @@ def figure_ids(page: str) -> list[str]:
 
 def test_page_holds_tables_figures_and_sections(written):
     results_dir, paths = written
-    assert paths == [results_dir / "report.html", results_dir / "expected_performance.png",
-                     results_dir / "final_evaluation.png"]
+    assert paths == [results_dir / name for name in ("report.html", "expected_performance.png",
+                                                     "expected_performance.svg", "final_evaluation.png",
+                                                     "final_evaluation.svg")]
     page = paths[0].read_text()
     assert page.count(get_plotlyjs()) == 1
     page = page.replace(get_plotlyjs(), "")  # keeps failure messages readable
     assert "<script src" not in page and "plotly.js v" not in page
     assert sorted(figure_ids(page)) == sorted(FIGURES)
-    assert page.count('<table class="dataframe report">') == 5
+    # provenance, encoders, datasets, best configurations, costs, final, pairwise
+    assert page.count('<div class="table-scroll"><table class="dataframe report">') == 7
     for cell in ("<th>trials: topics</th>", "<td>1,234.5</td>", "<td>12.50</td>", "<td>0.8400</td>",
                  "<td>3.50e-04</td>", "<td>5 of 5</td>", "<td>[0.8187, 0.8437]</td>", "<th>p_holm</th>",
-                 "<th>not shown worse than the best</th>"):
+                 "<th>not shown worse than the best</th>",
+                 # best_params, a column per parameter, rounded for reading
+                 "<th>batch_size</th>", "<th>learning_rate</th>", "<td>2.3e-05</td>", "<td>0.123</td>",
+                 "<td>1.2e-04</td>", "<td>16</td>",
+                 "Rests on 2 studies, 7 trials: 5 complete, 2 pruned, 0 failed.",
+                 "Rests on the complete trials only: 2 studies, 5 trials: 5 complete, 0 pruned, 0 failed."):
         assert cell in page, cell
+    assert "best_params" not in page.replace("datasets.csv (best_params)", "") and '{"dropout"' not in page
     assert '<h2>Dataset topics</h2>' in page and '<h2>Dataset pairs</h2>' in page
-    assert ("Parameter importances need at least two complete trials; this study has 1." in page)
+    assert "No parameter importances: they need at least 10 complete trials; this study has 4." in page
     assert f"<p>{TOPICS_VERDICT}</p>" in page
     assert "which is no proof that the two are equivalent" in page
     assert "pairs: no final evaluation yet." in page
@@ -175,9 +191,21 @@ def test_every_figure_colours_an_encoder_alike(storage):
 def test_learning_curves_dash_pruned_trials(storage):
     study = report.load_studies(storage, full_tables(storage)["datasets"])["topics"]
     figure = report.learning_curves_figure(study, "accuracy", report.encoder_colours(ENCODERS))
-    dashes = [trace.line.dash for trace in figure.data]
-    assert dashes == ["solid", "solid", "dash", "solid", "solid"]
-    assert list(figure.data[2].x) == [48, 96]
+    *trials, legend = figure.data
+    assert [trace.line.dash for trace in trials] == ["solid", "solid", "dash", "solid", "solid"]
+    assert [trace.marker.symbol for trace in trials] == ["circle", "circle", "x", "circle", "circle"]
+    assert list(trials[2].x) == [48, 96]
+    assert (legend.name, legend.line.dash, legend.marker.symbol) == ("pruned (dashed, x)", "dash", "x")
+
+
+def test_a_trial_pruned_at_its_first_checkpoint_shows_as_pruned(storage):
+    study = report.load_studies(storage, full_tables(storage)["datasets"])["pairs"]
+    figure = report.learning_curves_figure(study, "macro_f1", report.encoder_colours(ENCODERS))
+    complete, pruned, legend = figure.data
+    assert list(pruned.x) == [48] and pruned.marker.symbol == "x" and pruned.line.dash == "dash"
+    assert "trial 1 (pruned at 48 examples: below the median at 48 examples)" in pruned.hovertemplate
+    assert complete.marker.symbol == "circle" and legend.showlegend is not False
+    assert figure.layout.yaxis.title.text == "validation macro-F1"
 
 
 def test_proposals_figure_has_a_series_per_encoder_and_parameter(storage):
@@ -207,9 +235,21 @@ def test_proposals_figure_of_a_study_without_finished_trials_is_empty():
 def test_pngs_are_real_images(written):
     _, paths = written
     for path in paths[1:]:
+        if path.suffix == ".svg":
+            continue
         pixels = image.imread(path)
         assert pixels.shape[0] > 300 and pixels.shape[1] > 400
         assert distinct_colours(pixels) > 20, f"{path.name} looks blank"
+
+
+def test_svgs_hold_the_pngs_figures_with_editable_text(written):
+    _, paths = written
+    svgs = {path.stem: ElementTree.parse(path).getroot() for path in paths if path.suffix == ".svg"}
+    assert sorted(svgs) == ["expected_performance", "final_evaluation"]
+    texts = {stem: "".join(root.itertext()) for stem, root in svgs.items()}
+    assert all(root.tag == "{http://www.w3.org/2000/svg}svg" for root in svgs.values())
+    assert "topics (complete trials: bert 3, roberta 3)" in texts["expected_performance"]
+    assert "test accuracy (mean, 95% bootstrap CI)" in texts["final_evaluation"]
 
 
 def test_png_panels_share_one_legend_of_every_encoder(storage):
@@ -219,9 +259,32 @@ def test_png_panels_share_one_legend_of_every_encoder(storage):
                    report.final_evaluation_png(tables["final"], colours)):
         [legend] = figure.legends
         assert [text.get_text() for text in legend.get_texts()] == ["bert", "roberta"]
-    panels = report.expected_performance_png(tables["expected_performance"], colours).axes
-    assert [ax.get_title() for ax in panels if ax.get_visible()] == [
-        "pairs (complete trials: bert 3)", "topics (complete trials: bert 3, roberta 3)"]
+    curves = report.with_metric(tables["expected_performance"], tables["datasets"])
+    panels = [ax for ax in report.expected_performance_png(curves, colours).axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == [
+        "pairs (complete trials: bert 1)", "topics (complete trials: bert 3, roberta 3)"]
+    assert [ax.get_ylabel() for ax in panels] == ["expected best validation macro-F1",
+                                                  "expected best validation accuracy"]
+    assert [text.get_text() for text in panels[0].texts] == ["bert: 1 complete trial, no curve to draw yet"]
+    assert panels[1].texts == []
+
+
+def test_expected_performance_names_its_metric_and_counts_in_integers(storage):
+    tables = full_tables(storage)
+    curves = report.with_metric(tables["expected_performance"], tables["datasets"])
+    figure = report.expected_performance_figure(curves, report.encoder_colours(ENCODERS))
+    assert [figure.layout[axis].title.text for axis in ("yaxis", "yaxis2")] == [
+        "expected best validation macro-F1", "expected best validation accuracy"]
+    for axis, last in (("xaxis", 1), ("xaxis2", 3)):
+        assert (figure.layout[axis].tickformat, figure.layout[axis].dtick) == ("d", 1)
+        assert list(figure.layout[axis].range) == [0.5, last + 0.5]
+    # pairs: bert's single complete trial is a point, said to be no curve yet; topics' are curves.
+    means = {(trace.xaxis, trace.name): trace.mode for trace in figure.data if trace.name}
+    assert means == {("x", "bert"): "markers", ("x2", "bert"): "lines+markers", ("x2", "roberta"): "lines+markers"}
+    notes = [a.text for a in figure.layout.annotations if a.xref == "x domain"]
+    assert notes == ["bert: 1 complete trial, no curve to draw yet"]
+    many = curves.assign(n=curves["n"] * 10)  # n up to 30: a tick every 3 trials, still whole numbers
+    assert report.expected_performance_figure(many, report.encoder_colours(ENCODERS)).layout.xaxis2.dtick == 3
 
 
 def test_missing_pieces_are_said_not_drawn(tmp_path):
@@ -240,7 +303,7 @@ def test_missing_pieces_are_said_not_drawn(tmp_path):
 def test_final_evaluation_pending_says_how_to_run_it(storage, tmp_path):
     tables = {**full_tables(storage), "final": pd.DataFrame(), "pairwise": pd.DataFrame()}
     paths = report.write_report(storage, tables, tmp_path)
-    assert [path.name for path in paths] == ["report.html", "expected_performance.png"]
+    assert [path.name for path in paths] == ["report.html", "expected_performance.png", "expected_performance.svg"]
     page = paths[0].read_text()
     assert "run `python run_benchmark.py --final-eval`" in page
     assert "final-evaluation" not in figure_ids(page) and "Pairwise comparison" not in page
@@ -274,13 +337,87 @@ def test_final_verdict_sentence(verdict, sentence):
 
 def test_a_single_varying_parameter_has_no_importances():
     study = optuna.create_study(direction="maximize")
-    for value in (0.1, 0.2, 0.3):
+    for value in np.linspace(0.0, 0.3, 12):
         study.add_trial(optuna.trial.create_trial(
-            value=value, params={"encoder": "bert", "dropout": value},
+            value=float(value), params={"encoder": "bert", "dropout": float(value)},
             distributions={"encoder": CategoricalDistribution(["bert"]), "dropout": FloatDistribution(0, 0.3)}))
     assert report.importance_obstacle(study) == (
-        "Parameter importances need more than one parameter that all complete trials share and that "
-        "varies between them; this study has 1 (dropout).")
+        "No parameter importances: they need at least two parameters that all complete trials share and "
+        "that vary between them; this study has 1 (dropout).")
+
+
+def importance_study(trials: int, comparison: str | None) -> optuna.Study:
+    """Two encoders in turn, a varying learning rate, a constant dropout, and a batch size of
+    which one value is on a single trial."""
+    study = optuna.create_study(direction="maximize")
+    if comparison:
+        study.set_user_attr(provenance.COMPARISON_ATTR, comparison)
+    distributions = {**DISTRIBUTIONS, "batch_size": CategoricalDistribution([16, 32])}
+    for i in range(trials):
+        encoder = ENCODERS[i % 2]
+        study.add_trial(optuna.trial.create_trial(
+            value=0.5 + 0.2 * (encoder == "roberta") + 0.01 * i,
+            params={"encoder": encoder, "learning_rate": 10 ** (-5 + i / trials * 2), "dropout": 0.1,
+                    "batch_size": 32 if i == 0 else 16}, distributions=distributions))
+    return study
+
+
+def test_importances_need_ten_complete_trials_and_leave_out_what_cannot_explain_anything():
+    assert report.importance_obstacle(importance_study(9, "balanced")) == (
+        "No parameter importances: they need at least 10 complete trials; this study has 9.")
+    study = importance_study(12, "balanced")
+    assert report.importance_obstacle(study) is None
+    figure, _ = report.importances_figure(study, "accuracy")
+    # dropout is constant; batch size 32 is on one trial only
+    assert sorted(figure.data[0].y) == ["encoder", "learning_rate"]
+    page = report.importances_html(study, "accuracy", "importances")
+    assert "at least 10 complete trials" in page and "a constant parameter explains nothing" in page
+    assert "In this balanced comparison the encoder is assigned in turn, not sampled" in page
+    assert "In this search the sampler chose the encoder" in report.importances_html(
+        importance_study(12, "search"), "accuracy", "importances")
+
+
+def test_parallel_coordinates_draw_no_line_white_and_each_tick_label_once():
+    study = optuna.create_study(direction="maximize")
+    # The smallest learning rate lies just below 1e-4: Optuna labels both it and 1e-4 "0.0001".
+    for value, rate in ((0.50, 0.99999e-4), (0.70, 5e-4), (0.90, 2e-4)):
+        study.add_trial(optuna.trial.create_trial(
+            value=value, params={"encoder": "bert" if value < 0.8 else "roberta", "learning_rate": rate,
+                                 "dropout": value / 4}, distributions=DISTRIBUTIONS))
+    labels = lambda figure: [(a.x, a.text) for a in figure.layout.annotations]  # noqa: E731
+    assert len(set(labels(optuna.visualization.plot_parallel_coordinate(study)))) < len(
+        labels(optuna.visualization.plot_parallel_coordinate(study)))  # what is fixed here
+    figure = report.parallel_coordinate_figure(study, "accuracy")
+    assert len(set(labels(figure))) == len(labels(figure))
+    assert [text for x, text in labels(figure) if x == 1] == ["bert", "roberta"]  # the encoder axis
+    lines = [trace for trace in figure.data if trace.mode == "lines"]
+    assert len(lines) == 3
+    worst, best = sorted(lines, key=lambda trace: trace.y[0])[::2]
+    assert lightness(worst.line.color) < 0.85 and lightness(best.line.color) < 0.3
+    [scale] = [trace.marker.colorscale for trace in figure.data if trace.marker.showscale]
+    assert [lightness(colour) for _, colour in (scale[0], scale[-1])] == pytest.approx([0.78, 0.23], abs=0.01)
+
+
+def lightness(colour: str) -> float:
+    """0 black .. 1 white: the mean of the RGB channels."""
+    return sum(float(c) for c in re.findall(r"[\d.]+", colour)[:3]) / 3 / 255
+
+
+def test_metric_names_in_the_table_headers(storage):
+    tables = full_tables(storage)
+    shown = report.leaderboard_display(tables["leaderboard"], report.dataset_metrics(tables["datasets"]))
+    assert list(shown.columns[:3]) == ["encoder", "pairs: best validation macro-F1", "topics: best validation accuracy"]
+    costs = report.value_display(tables["costs"], tables["datasets"])
+    assert list(costs.columns[-4:]) == ["train_tokens", "metric", "best validation value", "pareto"]
+    assert list(costs["metric"]) == ["macro_f1", "accuracy", "accuracy"]
+    assert "best_params" not in report.value_display(tables["datasets"], tables["datasets"])
+
+
+@pytest.mark.parametrize(("value", "shown"), [
+    (2.3456e-05, "2.3e-05"), (0.00012, "1.2e-04"), (0.0123, "0.0123"), (0.123456, "0.123"), (0.1, "0.1"),
+    (0.0, "0"), (3.0, "3"), (16, "16"), ("linear", "linear")])
+def test_format_param(value, shown):
+    assert report.format_param(value) == shown
 
 
 def distinct_colours(pixels: np.ndarray) -> int:
@@ -336,7 +473,7 @@ def ranked_tables(storage: str, encoders: int) -> dict[str, pd.DataFrame]:
 
     scores = pd.DataFrame({"bert": [0.81, 0.61, 0.70], "roberta": [0.84, 0.66, 0.75], "electra": [0.70, 0.50, 0.60]},
                           index=["pairs", "topics", "third"]).iloc[:, :encoders]
-    return {**full_tables(storage), "ranking": ranking.mean_ranks(scores), "ranking_tests": ranking.ranking_tests(scores)}
+    return {**full_tables(storage), "ranking": ranking.mean_ranks(scores), "ranking_tests": ranking.ranking_tests(scores, dict.fromkeys(scores.index, "accuracy"))}
 
 
 @pytest.mark.parametrize("encoders", [2, 3])

@@ -14,10 +14,12 @@ import optuna
 import pytest
 
 from benchmark.config import BenchmarkConfig
+from benchmark.sampling import balanced_round_order
 from benchmark.study import study_sampler
 from benchmark.trial import ENCODER_PARAM, sample_hyperparameters
 
 BEST_LR = {"A": 1e-4, "B": 1e-3}
+THREE_LR = {**BEST_LR, "C": 1e-3}
 
 
 def _config(comparison: str = "balanced", sampler: dict | None = None, n_trials: int = 60,
@@ -45,13 +47,16 @@ def _config(comparison: str = "balanced", sampler: dict | None = None, n_trials:
 
 
 def _run(config: BenchmarkConfig, seed: int = 0, penalty: dict[str, float] | None = None,
-         best_lr: dict[str, float] = BEST_LR, enqueue: list[dict] = ()) -> list[optuna.trial.FrozenTrial]:
+         best_lr: dict[str, float] = BEST_LR, enqueue: list[dict] = (), dataset: str = "toy",
+         workers: int = 1) -> list[optuna.trial.FrozenTrial]:
     """The study's trials after `budget.n_trials` synthetic ones. The score is the distance
     in decades from the encoder's best learning rate, squared and negated (0 at the best),
-    minus the encoder's `penalty`."""
+    minus the encoder's `penalty`. With `workers`, the trials alternate between samplers built
+    as `open_study` builds them for that many workers (each its own draws offset)."""
     study = optuna.create_study(direction="maximize")
     encoders = list(config.encoders)
-    study.sampler = study_sampler(study, config, encoders, seed)
+    samplers = [study_sampler(study, config, dataset, encoders, seed, draws_offset=1_000_003 * worker)
+                for worker in range(workers)]
     for params in enqueue:
         study.enqueue_trial(params)
 
@@ -60,7 +65,9 @@ def _run(config: BenchmarkConfig, seed: int = 0, penalty: dict[str, float] | Non
         hp = sample_hyperparameters(trial, config.search_space, config.encoders[encoder])
         return -(math.log10(hp.learning_rate) - math.log10(best_lr[encoder])) ** 2 - (penalty or {}).get(encoder, 0)
 
-    study.optimize(objective, n_trials=config.budget.n_trials)
+    for number in range(config.budget.n_trials):
+        study.sampler = samplers[number % workers]
+        study.optimize(objective, n_trials=1)
     return study.trials
 
 
@@ -75,8 +82,9 @@ def _decades(value: float, target: float) -> float:
 @pytest.mark.parametrize("multivariate", [True, False])
 def test_each_encoder_concentrates_on_its_own_best_learning_rate(multivariate):
     trials = _run(_config(sampler={"type": "tpe", "n_startup_trials": 5, "multivariate": multivariate}))
-    # The balanced comparison: the encoder with fewer trials goes next (A first on ties).
-    assert [t.params[ENCODER_PARAM] for t in trials] == ["A", "B"] * 30
+    # The balanced comparison: each round of two trials gives A and B one each.
+    assert [t.params[ENCODER_PARAM] for t in trials] == [
+        encoder for r in range(30) for encoder in balanced_round_order(0, "toy", r, ["A", "B"])]
     for encoder, other in (("A", "B"), ("B", "A")):
         late = _learning_rates(trials, encoder)[-10:]
         # The median of the encoder's last 10 proposals lies within a factor of 3 (0.48
@@ -99,7 +107,7 @@ def test_an_encoders_proposals_do_not_depend_on_the_other_encoders_trials():
         [t.params for t in moved if t.params[ENCODER_PARAM] == "A"]
     assert _learning_rates(baseline, "B") != _learning_rates(moved, "B")
     # A third encoder added to the study leaves A's history as it was, too.
-    three = _run(_config(n_trials=60, encoders=("A", "B", "C")), best_lr={**BEST_LR, "C": 1e-3})
+    three = _run(_config(n_trials=60, encoders=("A", "B", "C")), best_lr=THREE_LR)
     assert _learning_rates(three, "A") == _learning_rates(baseline, "A")
 
 
@@ -150,4 +158,46 @@ def test_a_queued_trial_keeps_its_encoder():
     # A dead worker's trial comes back queued with its parameters; the balanced choice
     # (A, which has fewer trials) does not override it, and the balance holds after it.
     trials = _run(_config(n_trials=4), enqueue=[{ENCODER_PARAM: "B"}])
-    assert [t.params[ENCODER_PARAM] for t in trials] == ["B", "A", "A", "B"]
+    # Round 1's order on "toy" with seed 0 is B, A (see the test below).
+    assert [t.params[ENCODER_PARAM] for t in trials] == ["B", "A", "B", "A"]
+
+
+def test_each_round_of_the_balanced_rotation_has_its_own_seeded_order():
+    # Hand-checked: each encoder's key is SeedSequence([seed, crc32(dataset),
+    # crc32("round r"), crc32(encoder)]).generate_state(1)[0], and a round goes in ascending
+    # key order; seed 0 on "news", round 0: A 2429028002, B 4201430371, C 526618942.
+    news = [balanced_round_order(0, "news", r, ["A", "B", "C"]) for r in range(3)]
+    reviews = [balanced_round_order(0, "reviews", r, ["A", "B", "C"]) for r in range(3)]
+    assert news == [["C", "A", "B"], ["C", "B", "A"], ["A", "B", "C"]]
+    assert reviews == [["C", "A", "B"], ["A", "B", "C"], ["B", "A", "C"]]
+    # Slot 0 of a round is not the same encoder in every round, nor in every study.
+    assert {order[0] for order in news + reviews} == {"A", "B", "C"}
+    # The config's order plays no part, and the same (seed, dataset, round) gives the same.
+    assert balanced_round_order(0, "news", 1, ["B", "C", "A"]) == news[1]
+    assert balanced_round_order(1, "news", 0, ["A", "B", "C"]) == ["A", "B", "C"]
+
+
+def test_every_study_draws_its_own_configurations_and_replays_them():
+    config = _config(n_trials=9, encoders=("A", "B", "C"))
+    news = _run(config, dataset="news", best_lr=THREE_LR)
+    # The trials follow the rounds' orders of the test above: C A B, C B A, A B C.
+    assert [t.params[ENCODER_PARAM] for t in news] == list("CABCBAABC")
+    reviews = _run(config, dataset="reviews", best_lr=THREE_LR)
+    assert [t.params[ENCODER_PARAM] for t in reviews] == list("CABABCBAC")
+
+    def draws(trials, encoder):
+        return [t.params for t in trials if t.params[ENCODER_PARAM] == encoder]
+
+    for encoder in "ABC":
+        assert draws(news, encoder) != draws(reviews, encoder)  # each study its own stream
+        assert draws(_run(config, dataset="news", best_lr=THREE_LR), encoder) == draws(news, encoder)  # replayed exactly
+
+
+def test_racing_workers_follow_the_same_rotation():
+    # Trials alternate between two workers' samplers (each with its own draws): the slots
+    # go to the same encoders as with one worker, since both read the rotation from the study.
+    config = _config(n_trials=9, encoders=("A", "B", "C"))
+    one = _run(config, dataset="news", best_lr=THREE_LR)
+    two = _run(config, dataset="news", best_lr=THREE_LR, workers=2)
+    assert [t.params[ENCODER_PARAM] for t in two] == [t.params[ENCODER_PARAM] for t in one]
+    assert [t.params for t in two] != [t.params for t in one]

@@ -392,7 +392,7 @@ def test_host_memory_does_not_grow_across_twenty_trials(tmp_path, tiny_encoders)
         ([], "datasets.topics: the train split is empty"),
         ([{"text": "goal match", "label": "sports"}] * 40, "has a single class (sports)"),
         ([{"text": "goal match", "label": "sports"}, {"text": 42, "label": "tech"}] * 20,
-         "datasets.topics.text: column 'text' in the train split has 20 non-text value(s), the first being 42"),
+         "datasets.topics.text: column 'text' has 20 empty or non-text value(s), the first being 42"),
     ],
 )
 def test_bad_data_is_one_clear_line_before_training(tmp_path, tiny_encoders, capsys, rows, expected):
@@ -447,17 +447,22 @@ def test_final_eval_refuses_a_missing_study_or_changed_data_before_training(tmp_
 
 def test_preflight_reports_dropped_duplicates_and_absent_classes_and_the_study_keeps_the_count(
         tmp_path, tiny_encoders, capsys):
-    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",))).restricted(["topics"], None)
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",),
+                                      datasets__topics__max_validation_examples=6,
+                                      datasets__topics__max_test_examples=9)).restricted(["topics"], None)
     topics = make_texts(120, seed=3)
     repeats = topics.iloc[:3].assign(text=lambda f: "  " + f["text"].str.upper())
-    lone = pd.DataFrame({"text": ["a lone weather report"], "label": ["weather"]})
-    pd.concat([topics, repeats, lone]).to_csv(tmp_path / "topics.csv", index=False)
+    rare = pd.DataFrame({"text": ["a lone weather report", "rain on the coast", "a sunny week"], "label": "weather"})
+    pd.concat([topics, repeats, rare]).to_csv(tmp_path / "topics.csv", index=False)
 
     prepared = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
     err = capsys.readouterr().err
-    # 121 rows left: test round(0.1 * 121) = 12, validation round(0.1 * 109) = 11, and the
-    # single 'weather' row cannot be in two splits, so it stays in train.
-    assert "dataset topics: 4 classes, train 98, validation 11, test 12, 3 duplicates dropped" in err
+    # 123 rows left (40 per topic, 3 'weather'). Cut: test 4+4+4 and one 'weather' (each
+    # split cut from train keeps one of a class), validation 4+4+3+1 of the other 110, train
+    # 98. The caps keep whole shares, then the largest remainders: validation 6 of 12 is
+    # 2+2+1.5+0.5, the tie of halves going to the first class; test 9 of 13 is three times
+    # 2.77 and 0.69 for 'weather', the smallest remainder. So 'weather' misses both.
+    assert "dataset topics: 4 classes, train 98, validation 6, test 9, 3 duplicates dropped" in err
     for split in ("validation", "test"):
         assert f"warning: datasets.topics: the {split} split has no example of class(es) 'weather'; " \
                f"its accuracy cannot reward them" in err

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,8 +21,6 @@ def _neptune(results_dir: Path) -> Tracker:
 
 
 def _mlflow(results_dir: Path) -> Tracker:
-    import os
-
     # MLflow 3 reports usage to its makers unless told not to; a user who wants it says so.
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from benchmark.tracking.mlflow_backend import MlflowTracker
@@ -41,4 +41,18 @@ def make_tracker(names: list[str], results_dir: Path) -> Tracker:
             if TRACKERS else f"--tracker: unknown tracker {', '.join(unknown)}; only 'none' is available"
         )
     backends = [Guarded(TRACKERS[name](results_dir)) for name in dict.fromkeys(names) if name != "none"]
-    return TrackerGroup([ConsoleTracker(), *backends])
+    return TrackerGroup([ConsoleTracker(), *_live_progress(), *backends])
+
+
+def _live_progress() -> list[Tracker]:
+    """A live display for a person at a terminal. Logs and pipes keep the lines alone, and
+    so do `--workers` children: several displays on one terminal would overwrite each other."""
+    from benchmark.study import WORKER_ENV  # imported here: benchmark.study imports this package
+
+    if not sys.stderr.isatty() or os.environ.get(WORKER_ENV) is not None:
+        return []
+    from rich.console import Console
+
+    from benchmark.tracking.progress import LiveProgress
+
+    return [Guarded(LiveProgress(Console(stderr=True)))]

@@ -29,6 +29,9 @@ class StudyInfo:
     dataset: str
     metric: str
     storage_url: str  # already masked: never a password
+    n_trials: int = 0  # the study's target of finished trials
+    finished: int = 0  # finished trials it held when this run opened it
+    train_examples: int | None = None  # the training split's size
 
     def __post_init__(self) -> None:
         if mask_password(self.storage_url) != self.storage_url:

@@ -4,12 +4,18 @@ Where it logs: the tracking URI in MLFLOW_TRACKING_URI (a tracking server, a dat
 else a SQLite store at RESULTS_DIR/mlflow.db with artifacts in RESULTS_DIR/mlartifacts
 (MLflow 3 refuses its old ./mlruns file store by default). The experiment is named after
 the benchmark; each study is a parent run in it, and each trial a run nested under its
-study's. A top-up, or another worker on the same study, finds the study's parent run again
-and reopens it, so a study stays one parent run.
+study's. Another worker on the same study finds its parent run while that is still running
+and nests its trials there too. A later top-up opens a parent run of its own (same `study`
+tag): MLflow's duration is end minus start, so a reopened parent would count the idle days
+between the two runs. The parent runs carry the leaderboard files, report.html and its PNGs.
 
-Run statuses follow the Optuna states one to one: complete -> FINISHED, pruned -> KILLED
-(the pruner stopped it early; its curves stay for comparison), failed -> FAILED. The
-`state` and `state_reason` tags say the same in the harness's words.
+Every curve's x is training examples seen (the step Optuna's pruner compares trials at),
+so train and validation loss overlay in one chart. Run statuses tell the outcomes apart
+without making a pruned trial look broken: complete and pruned -> FINISHED (a pruned trial
+ran as intended: the pruner stopped it early, its curves stay for comparison), failed ->
+FAILED, interrupted (the harness stopped mid-trial) -> KILLED. The `state` and
+`state_reason` tags say which and why, and a complete trial logs its objective as a metric
+named after the study's metric (`accuracy`, say), next to the `encoder` parameter and tag.
 
 Only `MlflowClient` is used, never the fluent active-run API, so nothing here depends on
 or changes MLflow's process-wide state. Errors are not caught here: `Guarded` reports the
@@ -49,15 +55,16 @@ try:
 except ImportError:  # the optional extra is not installed: refused up front, in __init__
     MlflowClient = None
 
-# Run status per harness state. Pruned is KILLED so that the status alone tells the three
-# Optuna outcomes apart (`attributes.status = 'FINISHED'` selects the complete trials).
-STATUS = {"complete": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
+# Run status per harness state; the `state` tag separates complete from pruned.
+STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+# The MLflow UI opens an experiment of this kind on its training runs, not on GenAI traces.
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 MAX_PENDING_METRICS = 1000  # MLflow's limit for one log_batch request
 FLUSH_EVERY_S = 30.0  # train curves also reach the UI between evaluations far apart
 MAX_REASON_CHARS = 5000  # tag values are limited to 8000 characters
 ARTIFACT_DIR = "leaderboard"
-INTERRUPTED = "interrupted: the harness stopped before the trial ended"
+INTERRUPTED = "the harness stopped before the trial ended"
 
 
 def _now_ms() -> int:
@@ -103,9 +110,12 @@ class _Study:
 class _MlflowRun:
     """One trial's nested run. Metrics wait in a bounded buffer and leave in batches."""
 
-    def __init__(self, tracker: MlflowTracker, run_id: str) -> None:
+    def __init__(self, tracker: MlflowTracker, run_id: str, batch_size: int, metric: str) -> None:
         self._tracker = tracker
         self.run_id = run_id
+        self._batch_size = batch_size  # examples per optimizer step (the effective batch)
+        self._metric = metric
+        self._objective: float | None = None
         self._pending: list[Metric] = []
         self._last_flush = time.monotonic()
 
@@ -114,12 +124,12 @@ class _MlflowRun:
 
     @_marks_failure
     def log_step(self, log: StepLog) -> None:
-        now = _now_ms()
+        now, examples = _now_ms(), log.step * self._batch_size
         self._pending += [
-            Metric("train/loss", float(log.loss), now, log.step),
-            Metric("train/lr", float(log.learning_rate), now, log.step),
-            Metric("train/grad_norm", float(log.grad_norm), now, log.step),
-            Metric("train/tokens_per_second", float(log.tokens_per_second), now, log.step),
+            Metric("train/loss", float(log.loss), now, examples),
+            Metric("train/lr", float(log.learning_rate), now, examples),
+            Metric("train/grad_norm", float(log.grad_norm), now, examples),
+            Metric("train/tokens_per_second", float(log.tokens_per_second), now, examples),
         ]
         if len(self._pending) >= MAX_PENDING_METRICS or time.monotonic() - self._last_flush >= FLUSH_EVERY_S:
             self._flush()
@@ -127,11 +137,11 @@ class _MlflowRun:
     @_marks_failure
     def log_evaluation(self, evaluation: Evaluation) -> None:
         # Step = training examples seen, the x the trial reports to Optuna at: comparable
-        # across batch sizes. eval/step maps it back to the optimizer steps of train/*.
+        # across batch sizes.
         now, step = _now_ms(), evaluation.examples
-        values = {**{f"eval/{name}": value for name, value in evaluation.metrics.items()},
-                  "eval/loss": evaluation.loss, "eval/epoch": evaluation.epoch, "eval/step": evaluation.step}
+        values = {**{f"eval/{name}": value for name, value in evaluation.metrics.items()}, "eval/loss": evaluation.loss}
         self._pending += [Metric(name, float(value), now, step) for name, value in values.items()]
+        self._objective = evaluation.metrics.get(self._metric)
         self._flush()  # the train curve up to this evaluation goes out with it
 
     @_marks_failure
@@ -139,6 +149,9 @@ class _MlflowRun:
         tags = [RunTag("state", state)]
         if reason:
             tags.append(RunTag("state_reason", mask_password(reason)[:MAX_REASON_CHARS]))
+        if state == "complete" and self._objective is not None:
+            # The trial's value in Optuna: its last evaluation's metric, under the metric's name.
+            self._pending.append(Metric(self._metric, float(self._objective), _now_ms(), 0))
         self._flush(tags)
         self._tracker.terminate(self.run_id, STATUS[state])
         self._tracker.open_runs.pop(self.run_id, None)
@@ -198,7 +211,8 @@ class MlflowTracker:
         experiment = self.client.get_experiment_by_name(name)
         if experiment is None:
             try:
-                return self.client.create_experiment(name, artifact_location=self._artifact_location)
+                return self.client.create_experiment(name, artifact_location=self._artifact_location,
+                                                     tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
             except MlflowException as error:
                 if error.error_code != "RESOURCE_ALREADY_EXISTS":
                     raise
@@ -206,11 +220,13 @@ class MlflowTracker:
         if experiment.lifecycle_stage != "active":
             raise RuntimeError(f"MLflow experiment '{name}' is deleted; restore it with `mlflow "
                                f"experiments restore --experiment-id {experiment.experiment_id}`")
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before this tag; a user's own choice stays
+            self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
 
     def _open_parent(self, record: _Study, trial_number: int) -> str:
-        """The study's parent run: the latest one of this study and storage, reopened, when
-        a top-up or another worker continues it; a new one otherwise.
+        """The study's parent run: the latest one of this study and storage while it is still
+        running (another worker of this run); a new one otherwise, e.g. for a top-up.
 
         A parent that already holds this trial number belongs to an earlier study of the
         same name (its storage deleted and made anew), so it is left alone.
@@ -224,14 +240,12 @@ class MlflowTracker:
             filter_string=f"tags.run_kind = 'study' and tags.study = '{info.study_name}' "
                           f"and tags.optuna_storage = '{info.storage_url}'",
         ) if quotable else []
-        if parents and not self.client.search_runs(
+        if parents and parents[0].info.status == "RUNNING" and not self.client.search_runs(
             [record.experiment_id], max_results=1,
             filter_string=f"tags.`{MLFLOW_PARENT_RUN_ID}` = '{parents[0].info.run_id}' "
                           f"and tags.trial_number = '{trial_number}'",
         ):
             run_id = parents[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            self.client.log_batch(run_id, tags=[RunTag(key, value) for key, value in tags.items()])
         else:
             run_id = self.client.create_run(record.experiment_id, run_name=info.study_name,
                                             tags=tags).info.run_id
@@ -280,7 +294,7 @@ class MlflowTracker:
         name = f"trial-{trial_number}" + (f"-{tags['encoder']}" if "encoder" in tags else "")
         run_id = self.client.create_run(record.experiment_id, run_name=name, tags=run_tags).info.run_id
         self.client.log_batch(run_id, params=[Param(key, str(value)) for key, value in params.items()])
-        run = _MlflowRun(self, run_id)
+        run = _MlflowRun(self, run_id, int(params.get("batch_size", 1)), record.info.metric)
         self.open_runs[run_id] = run
         return run
 
@@ -299,7 +313,7 @@ class MlflowTracker:
         # Still open only if the harness was stopped (Ctrl-C) mid-trial or before end_study.
         # Optuna records such a trial as failed.
         for run in list(self.open_runs.values()):
-            run.finish("failed", INTERRUPTED)
+            run.finish("interrupted", INTERRUPTED)
         for study_name in list(self._studies):
             record = self._studies.pop(study_name)
             if record.run_id is not None:

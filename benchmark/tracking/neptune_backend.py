@@ -311,8 +311,10 @@ def log_study_plots(run: neptune.Run, study: optuna.Study, plots: tuple[str, ...
 
 
 class _StudyCallback(NeptuneCallback):
-    """neptune-optuna's callback (1.4.x) with its live plots and study upload off, and three
-    faults fixed that would otherwise switch the tracker off mid-study:
+    """neptune-optuna's callback (1.4.x) with its live plots and study upload off, the stale
+    `best/trials/<old>` namespace removed when a later trial becomes best (the callback only
+    ever adds, so the run showed every former best as if it were current), and three faults
+    fixed that would otherwise switch the tracker off mid-study:
 
     - `_log_best_trials` reads `study.best_trial`, which raises ValueError while no trial is
       complete: a study whose first trial is pruned or failed broke on its first callback;
@@ -331,6 +333,7 @@ class _StudyCallback(NeptuneCallback):
         # For in-memory storages it pickles the whole study after every trial.
         super().__init__(run, plots_update_freq="never", study_update_freq="never", log_all_trials=True)
         self._details_logged = False
+        self._best_logged: int | None = None
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(SURPLUS_ATTR):
@@ -338,8 +341,13 @@ class _StudyCallback(NeptuneCallback):
         super().__call__(study, trial)
 
     def _log_best_trials(self, study: optuna.Study) -> None:
-        if study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            super()._log_best_trials(study)
+        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            return
+        best = study.best_trial.number
+        if self._best_logged is not None and self._best_logged != best:
+            self.run.pop(f"best/trials/{self._best_logged}")
+        super()._log_best_trials(study)
+        self._best_logged = best
 
     def _log_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         # A failure reason is free text: mask any URL password in it, as the trial run does.

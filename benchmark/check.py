@@ -1,0 +1,128 @@
+"""`--check`: every check a run makes before its first trial, then the plan and its cost.
+
+Trains nothing beyond the few timed steps a run also takes, and writes nothing: the storage
+is only read, and only where it exists.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+
+from benchmark import estimate, precision, preflight
+from benchmark.config import BenchmarkConfig
+from benchmark.encoders import Encoder, load_tokenizer
+from benchmark.storage import mask_password, open_existing_storage
+from benchmark.study import FINISHED, SURPLUS_ATTR, study_name
+from benchmark.tokenization import tokenize_split
+from benchmark.trial import ENCODER_PARAM
+
+
+def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_dir: Path) -> None:
+    """Check everything a run checks, then print (stdout) what the run would do and how long it would take."""
+    started = time.perf_counter()
+    preflight.quiet_libraries()
+    storage = open_existing_storage(storage_url)
+    if storage is not None:
+        preflight.check_seed_matches(storage, config)
+    inputs = preflight.load_inputs(config)
+    batch_size, max_length = max(config.batch_sizes()), config.training.max_length
+    num_labels = max(loaded.num_labels for loaded in inputs.datasets.values())
+    steps = precision.step_seconds(inputs.precision, inputs.encoders.values(), num_labels, batch_size, max_length,
+                                   inputs.device)
+    tokenizers = {name: load_tokenizer(encoder) for name, encoder in inputs.encoders.items()}
+    lengths = _token_lengths(tokenizers, inputs.datasets, max_length)
+    setup_seconds = time.perf_counter() - started
+
+    print(f"check: {config.source_file or 'the config'} is valid; every encoder and dataset loaded")
+    for name, encoder in inputs.encoders.items():
+        train_widths = ", ".join(f"{dataset} {np.mean(split[0]):.1f}" for (enc, dataset), split in lengths.items()
+                                 if enc == name)
+        print(f"encoder {name}: {encoder.model_type}, {_backbone_parameters(encoder) / 1e6:.1f}M parameters "
+              f"(without the classification head), {encoder.pooling} pooling, tokenizer "
+              f"{type(tokenizers[name]).__name__}; mean tokens per training example: {train_widths}; "
+              f"one training step of {batch_size}x{max_length} in {inputs.precision.choice}: {steps[name]:.2f} s")
+    for name, loaded in inputs.datasets.items():
+        counts = np.bincount(loaded.train.labels, minlength=loaded.num_labels)
+        classes = ", ".join(f"{label!r} {count}" for label, count in zip(loaded.label_names, counts))
+        print(f"dataset {name}: {loaded.num_labels} classes, train {len(loaded.train)} ({classes}), "
+              f"validation {len(loaded.validation)}, test {len(loaded.test)}, "
+              f"{loaded.duplicates_dropped} duplicates dropped")
+    print(f"precision: {inputs.precision.choice} ({inputs.precision.basis})")
+    print(f"storage: {mask_password(storage_url)} ("
+          f"{'holds ' + str(len(optuna.get_all_study_summaries(storage, False))) + ' studies' if storage else 'new'})")
+    print(f"results: {results_dir}/ ({'exists' if results_dir.is_dir() else 'created by the run'})")
+
+    encoders = list(inputs.encoders)
+    total = 0.0
+    total_trials = 0.0
+    for name, loaded in inputs.datasets.items():
+        study = study_name(config, name)
+        finished = _finished_per_encoder(storage, study)
+        to_run = estimate.remaining_trials(n_trials, finished, encoders, config.comparison == "balanced")
+        per_trial = {encoder: _trial_seconds(config, encoder, steps[encoder] / (batch_size * max_length),
+                                             *lengths[encoder, name]) for encoder in encoders}
+        seconds = sum(to_run[encoder] * per_trial[encoder] for encoder in encoders)
+        total, total_trials = total + seconds, total_trials + sum(to_run.values())
+        held = (f"the storage holds {sum(finished.values())} finished trial(s) "
+                f"({_per_encoder_text(finished)}), topped up" if finished else "new")
+        share = ("an equal share each expected, the sampler picks" if config.comparison == "search"
+                 else f"{config.trials_per_encoder(n_trials)} per encoder")
+        print(f"study {study} ({config.datasets[name].metric}): {held} to {n_trials} trials ({share}); "
+              f"to run: {_per_encoder_text(to_run)}; estimate {estimate.duration_text(seconds)} "
+              f"({', '.join(f'{e} {estimate.duration_text(per_trial[e])} per trial' for e in encoders)})")
+    print(f"estimate: {estimate.duration_text(total)} for {total_trials:g} trial(s) in {len(inputs.datasets)} "
+          f"study(ies), plus about {estimate.duration_text(setup_seconds)} of loading and measuring before the "
+          f"first trial (what this check took). An upper bound as far as pruning goes: a pruned trial stops early. "
+          f"It rests on each encoder's training step timed at {batch_size}x{max_length} tokens in "
+          f"{inputs.precision.choice}, scaled to the tokens a trial trains on (padded as the run pads) and "
+          f"evaluates (a forward pass taken as {estimate.FORWARD_SHARE:.2f} of a step), averaged over num_epochs "
+          f"and batch_size as random sampling draws them; optimizer updates and model loading are not timed")
+    print("check: nothing was trained or written")
+
+
+def _token_lengths(tokenizers: dict, datasets: dict, max_length: int) -> dict:
+    """Per (encoder, dataset): the train and validation token counts a trial sees. The test
+    split is not tokenized, as in the search."""
+    lengths = {}
+    for name, tokenizer in tokenizers.items():
+        for dataset, loaded in datasets.items():
+            lengths[name, dataset] = tuple(tokenize_split(tokenizer, getattr(loaded, split), max_length).lengths
+                                           for split in ("train", "validation"))
+    return lengths
+
+
+def _trial_seconds(config: BenchmarkConfig, encoder: str, seconds_per_token: float, train: np.ndarray,
+                   validation: np.ndarray) -> float:
+    space, overrides = config.search_space, config.encoders[encoder].overrides
+    return estimate.trial_seconds(seconds_per_token, train, validation,
+                                  estimate.prior(space.batch_size, overrides.get("batch_size")),
+                                  estimate.prior(space.num_epochs, overrides.get("num_epochs")), config.training)
+
+
+def _finished_per_encoder(storage: optuna.storages.BaseStorage | None, name: str) -> dict[str, int]:
+    """What a study already holds toward its `n_trials` (as the run counts them)."""
+    if storage is None or name not in {s.study_name for s in optuna.get_all_study_summaries(storage, False)}:
+        return {}
+    trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=FINISHED)
+    return dict(Counter(t.params.get(ENCODER_PARAM) for t in trials if not t.user_attrs.get(SURPLUS_ATTR)))
+
+
+def _per_encoder_text(counts: dict[str, float]) -> str:
+    return ", ".join(f"{encoder} {count:g}" for encoder, count in counts.items())
+
+
+def _backbone_parameters(encoder: Encoder) -> int:
+    """Counted on the meta device: no weights are read."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(encoder.location, revision=encoder.revision,
+                                        trust_remote_code=encoder.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModel.from_config(config, trust_remote_code=encoder.trust_remote_code)
+    return sum(parameter.numel() for parameter in model.parameters())

@@ -1,0 +1,230 @@
+"""Faults during a study (issue 14): an encoder whose trials keep failing, `--encoders` on an
+existing study, a max_length longer than an encoder's positions, the out-of-memory retry."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import optuna
+import pandas as pd
+import pytest
+import torch
+from optuna.trial import TrialState
+
+from benchmark import trial as trial_module
+from benchmark.config import load_config
+from benchmark.encoders import max_tokens
+from benchmark.preflight import prepare
+from benchmark.study import STOPPED_ATTR, study_sampler
+from benchmark.trial import ENCODER_PARAM
+from tests.conftest import ARCHITECTURES
+from tests.test_sampling import _config
+from tests.test_study import run_cli, write_config
+
+# One epoch per trial: these tests are about the study loop, not the training.
+ONE_EPOCH = {"search_space__num_epochs": {"type": "int", "low": 1, "high": 1}}
+
+
+def _study_args(config, results, *more: str) -> tuple[str, ...]:
+    # The timeout bounds the run where a fault would make the study loop for ever.
+    return ("--study", "--config", str(config), "--datasets", "topics", "--results-dir", str(results),
+            "--timeout", "60", *more)
+
+
+def _load(results) -> optuna.Study:
+    return optuna.load_study(study_name="tiny-topics", storage=f"sqlite:///{results / 'optuna.db'}")
+
+
+def _outcomes(study: optuna.Study) -> Counter:
+    return Counter((t.params[ENCODER_PARAM], "failed" if t.state == TrialState.FAIL else "finished")
+                   for t in study.trials)
+
+
+def _fail_encoders(monkeypatch, names: set[str]) -> None:
+    """The named encoders' every trial fails while loading the model, as a bad config would."""
+    load = trial_module.load_classifier
+
+    def failing(encoder, *args, **kwargs):
+        if encoder.name in names:
+            raise ValueError(f"no weights for {encoder.name}\nsecond line of the message")
+        return load(encoder, *args, **kwargs)
+
+    monkeypatch.setattr(trial_module, "load_classifier", failing)
+
+
+def test_an_encoder_that_keeps_failing_is_stopped_the_study_ends_and_a_later_run_retries_it_once(
+        tmp_path, tiny_encoders, monkeypatch, capsys):
+    _fail_encoders(monkeypatch, {"roberta"})
+    results = tmp_path / "results"
+    args = _study_args(write_config(tmp_path, tiny_encoders, **ONE_EPOCH), results, "--n-trials", "4")
+    assert run_cli(*args) == 0
+    out, err = capsys.readouterr()
+    reason = "3 consecutive failed trials, the last: ValueError: no weights for roberta"
+    assert err.count("stopped roberta") == 1
+    assert f"[topics] stopped roberta after {reason}; the study goes on with the others\n" in err
+    study = _load(results)
+    # Balanced, 2 trials per encoder: bert's 2, and roberta's missing 2 are not waited for.
+    assert _outcomes(study) == {("bert", "finished"): 2, ("roberta", "failed"): 3}
+    assert study.user_attrs[STOPPED_ATTR] == {"roberta": reason}
+    assert study.user_attrs.get("timeout_stop") is None  # ended by the stop, not the timeout
+    said = f"roberta stopped after {reason}"
+    assert pd.read_csv(results / "datasets.csv").loc[0, "stopped_encoders"] == said
+    assert f"topics: {said}; a stopped encoder is compared on the trials it finished before" in out
+
+    assert run_cli(*args) == 0
+    err = capsys.readouterr().err
+    assert f"[topics] retrying roberta, stopped by an earlier run after {reason}\n" in err
+    assert "[topics] stopped roberta after 4 consecutive failed trials, the last: ValueError" in err
+    assert _outcomes(_load(results)) == {("bert", "finished"): 2, ("roberta", "failed"): 4}
+
+
+def test_a_run_whose_every_encoder_is_stopped_ends_and_exits_with_an_error(tmp_path, tiny_encoders, monkeypatch,
+                                                                            capsys):
+    _fail_encoders(monkeypatch, {"bert", "roberta"})
+    results = tmp_path / "results"
+    assert run_cli(*_study_args(write_config(tmp_path, tiny_encoders, **ONE_EPOCH), results)) == 2
+    err = capsys.readouterr().err
+    assert "; no encoder is left\n[topics] every encoder is stopped; the study ends\n" in err
+    assert err.endswith(
+        "error: every encoder was stopped by failed trials in a row in topics (bert: 3 consecutive failed trials, "
+        "the last: ValueError: no weights for bert; roberta: 3 consecutive failed trials, the last: ValueError: "
+        "no weights for roberta); fix the cause and run the same command again (it retries them)\n")
+    assert _outcomes(_load(results)) == {("bert", "failed"): 3, ("roberta", "failed"): 3}
+    assert pd.read_csv(results / "datasets.csv").loc[0, "stopped_encoders"].count("stopped after 3") == 2
+
+
+def test_interrupted_and_surplus_trials_do_not_count_as_failures():
+    from benchmark.study import consecutive_failures
+
+    def trial(number, state, **attrs):
+        return optuna.trial.create_trial(state=state, params={ENCODER_PARAM: "A"}, user_attrs=attrs,
+                                         distributions={ENCODER_PARAM: optuna.distributions.CategoricalDistribution(
+                                             ["A"])}, value=0.5 if state == TrialState.COMPLETE else None)
+
+    trials = [trial(0, TrialState.FAIL), trial(1, TrialState.COMPLETE), trial(2, TrialState.FAIL),
+              trial(3, TrialState.FAIL, interrupted=True), trial(4, TrialState.FAIL, surplus=True),
+              trial(5, TrialState.FAIL)]
+    for number, t in enumerate(trials):
+        t.number = number
+    assert [t.number for t in consecutive_failures(trials, "A")] == [2, 5]
+
+
+@pytest.mark.parametrize("comparison", ["balanced", "search"])
+def test_a_stopped_encoder_is_never_sampled_again(comparison):
+    config = _config(comparison, {"type": "random"}, n_trials=12)
+    study = optuna.create_study(direction="maximize")
+    study.set_user_attr(STOPPED_ATTR, {"A": "3 consecutive failed trials, the last: ValueError: x"})
+    study.sampler = study_sampler(study, config, "toy", ["A", "B"], seed=0)
+    study.optimize(lambda t: float(t.suggest_categorical(ENCODER_PARAM, ["A", "B"]) == "B"), n_trials=12)
+    assert [t.params[ENCODER_PARAM] for t in study.trials] == ["B"] * 12
+
+
+@pytest.mark.parametrize(("encoder", "max_length", "limit"), [("bert", 161, 160), ("roberta", 160, 159)])
+def test_a_max_length_beyond_an_encoders_positions_is_refused_before_training(
+        tmp_path, tiny_encoders, capsys, encoder, max_length, limit):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert", "roberta"), training__max_length=max_length)
+    assert run_cli(*_study_args(config, tmp_path / "results")) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        f"error: training.max_length: {max_length} tokens is more than encoders.{encoder} can read ({limit}, "
+        f"from its config's max_position_embeddings); set training.max_length to at most {limit}\n")
+    assert "trial" not in err
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+def test_max_tokens_is_the_longest_input_the_model_takes(tiny_encoders, architecture):
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(tiny_encoders[architecture]).eval()
+    limit = max_tokens(model.config)
+
+    def forward(length: int) -> None:
+        with torch.inference_mode():
+            model(input_ids=torch.full((1, length), 5), attention_mask=torch.ones(1, length, dtype=torch.long))
+
+    forward(limit)
+    with pytest.raises((IndexError, RuntimeError)):
+        forward(limit + 1)
+
+
+def test_narrowing_the_encoders_of_an_existing_study_runs_and_the_leaderboard_keeps_both(
+        tmp_path, tiny_encoders, capsys):
+    results = tmp_path / "results"
+    config = write_config(tmp_path, tiny_encoders, **ONE_EPOCH)
+    assert run_cli(*_study_args(config, results, "--n-trials", "2")) == 0
+    assert run_cli(*_study_args(config, results, "--encoders", "bert", "--n-trials", "3")) == 0
+    study = _load(results)
+    assert _outcomes(study) == {("bert", "finished"): 2, ("roberta", "finished"): 1}
+    assert study.trials[2].params[ENCODER_PARAM] == "bert"
+    assert set(pd.read_csv(results / "leaderboard.csv")["encoder"]) >= {"bert", "roberta"}
+
+
+def test_a_study_created_with_fewer_encoders_takes_the_rest_of_the_file_but_not_a_new_one(
+        tmp_path, tiny_encoders, capsys):
+    results = tmp_path / "results"
+    config = write_config(tmp_path, tiny_encoders, **ONE_EPOCH)
+    assert run_cli(*_study_args(config, results, "--encoders", "bert", "--n-trials", "1")) == 0
+    assert run_cli(*_study_args(config, results, "--n-trials", "4")) == 0
+    assert _outcomes(_load(results)) == {("bert", "finished"): 2, ("roberta", "finished"): 2}
+    widened = write_config(tmp_path, tiny_encoders, encoders=("bert", "roberta", "albert"), **ONE_EPOCH)
+    capsys.readouterr()
+    assert run_cli(*_study_args(widened, results, "--n-trials", "6")) == 2
+    err = capsys.readouterr().err
+    assert err.endswith(
+        "error: encoders: study 'tiny-topics' was created with the encoders bert, roberta, and an Optuna study "
+        "cannot take another choice of `encoder`, so albert cannot join it; compare albert in a new study "
+        f"(another `name` in {widened}, or another --storage)\n")
+    assert "encoder albert: resolving" not in err  # refused before loading anything
+
+
+class _RecordingPruner(optuna.pruners.BasePruner):
+    """Never prunes; records the step the pruner is asked at (the trial's last reported one)."""
+
+    def __init__(self) -> None:
+        self.asked_at: list[int] = []
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        self.asked_at.append(trial.last_step)
+        return False
+
+
+def test_out_of_memory_retry_reports_only_new_checkpoints_halves_the_evaluation_batch_and_keeps_the_seconds(
+        tmp_path, tiny_encoders, monkeypatch):
+    config = load_config(write_config(
+        tmp_path, tiny_encoders, encoders=("bert",), search_space__batch_size={"type": "categorical", "choices": [8]},
+        search_space__num_epochs={"type": "int", "low": 2, "high": 2})).restricted(["topics"], None)
+    dataset_study = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
+    real = trial_module.fine_tune
+    attempts = []
+
+    def fine_tune(model, train, validation, num_labels, hp, settings, on_step, on_evaluation, progress):
+        attempt = {"settings": settings, "seconds_before": progress.train_seconds}
+        attempts.append(attempt)
+        if len(attempts) == 1:
+            def then_out_of_memory(evaluation):
+                on_evaluation(evaluation)
+                if len(progress.evaluations) == 2:  # the failed attempt reported 2 checkpoints
+                    attempt["seconds_at_failure"] = progress.train_seconds
+                    raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return real(model, train, validation, num_labels, hp, settings, on_step, then_out_of_memory, progress)
+        result = real(model, train, validation, num_labels, hp, settings, on_step, on_evaluation, progress)
+        attempt["seconds_after"] = progress.train_seconds
+        return result
+
+    monkeypatch.setattr(trial_module, "fine_tune", fine_tune)
+    pruner = _RecordingPruner()
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == TrialState.COMPLETE
+    # 96 training examples (120 less validation and test): 12 steps of 8 per epoch, 2 epochs,
+    # checkpoints every 48 examples. The failed attempt reported 48 and 96; the retry only
+    # what lies beyond, and the pruner was asked once per checkpoint, in order.
+    assert sorted(trial.intermediate_values) == [48, 96, 144, 192]
+    assert pruner.asked_at == [48, 96, 144]
+    failed, retried = attempts
+    assert (retried["settings"].micro_batch_size, retried["settings"].eval_batch_size) == (4, 16)
+    assert retried["seconds_before"] == failed["seconds_at_failure"] > 0
+    assert trial.user_attrs["train_seconds"] == round(retried["seconds_after"], 3)
+    assert trial.user_attrs["oom_retry"] == (f"OutOfMemoryError after {failed['seconds_at_failure']:.1f} s of "
+                                             f"training; retried with micro-batch 4 and evaluation batch 16")
