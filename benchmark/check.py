@@ -6,6 +6,7 @@ is only read, and only where it exists.
 
 from __future__ import annotations
 
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -56,7 +57,7 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
     print(f"precision: {inputs.precision.choice} ({inputs.precision.basis})")
     print(f"storage: {mask_password(storage_url)} ("
           f"{'holds ' + str(len(optuna.get_all_study_summaries(storage, False))) + ' studies' if storage else 'new'})")
-    print(f"results: {results_dir}/ ({'exists' if results_dir.is_dir() else 'created by the run'})")
+    print(f"results: {results_dir}/ ({_results_dir_state(results_dir)})")
 
     encoders = list(inputs.encoders)
     total = 0.0
@@ -78,8 +79,8 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
               f"({', '.join(f'{e} {estimate.duration_text(per_trial[e])} per trial' for e in encoders)})")
     print(f"estimate: {estimate.duration_text(total)} for {total_trials:g} trial(s) in {len(inputs.datasets)} "
           f"study(ies), plus about {estimate.duration_text(setup_seconds)} of loading and measuring before the "
-          f"first trial (what this check took). An upper bound as far as pruning goes: a pruned trial stops early. "
-          f"It rests on each encoder's training step timed at {batch_size}x{max_length} tokens in "
+          f"first trial (what this check took); an upper bound as far as pruning goes: a pruned trial stops early")
+    print(f"estimate rests on: each encoder's training step timed here at {batch_size}x{max_length} tokens in "
           f"{inputs.precision.choice}, scaled to the tokens a trial trains on (padded as the run pads) and "
           f"evaluates (a forward pass taken as {estimate.FORWARD_SHARE:.2f} of a step), averaged over num_epochs "
           f"and batch_size as random sampling draws them; optimizer updates and model loading are not timed")
@@ -111,6 +112,12 @@ def _finished_per_encoder(storage: optuna.storages.BaseStorage | None, name: str
         return {}
     trials = optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False, states=FINISHED)
     return dict(Counter(t.params.get(ENCODER_PARAM) for t in trials if not t.user_attrs.get(SURPLUS_ATTR)))
+
+
+def _results_dir_state(directory: Path) -> str:
+    if not directory.is_dir():
+        return "created by the run"
+    return "exists" if os.access(directory, os.W_OK) else "exists, not writable: the run will refuse it"
 
 
 def _per_encoder_text(counts: dict[str, float]) -> str:

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _flag_problem(args: argparse.Namespace) -> str | None:
-    """What is wrong with a numeric flag, in words, or None."""
+    """What is wrong with a flag's value, in words, or None."""
     for flag, value in (("--n-trials", args.n_trials), ("--timeout", args.timeout), ("--workers", args.workers)):
         # `not value > 0` is also true of NaN, which compares false with everything.
         if value is not None and not (math.isfinite(value) and value > 0):
@@ -114,6 +114,8 @@ def _flag_problem(args: argparse.Namespace) -> str | None:
                 "each encoder's seeds, and one seed shows none of their spread")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         return f"--seed must lie in 0..{MAX_SEED} (a 32-bit unsigned seed, as training.seed), got {args.seed}"
+    if args.storage is not None and not args.storage.strip():
+        return "--storage is empty; give a storage URL, or leave the flag out for sqlite:///RESULTS_DIR/optuna.db"
     return None
 
 

@@ -56,6 +56,12 @@ class TextClassificationData:
     def num_labels(self) -> int:
         return len(self.label_names)
 
+    def sample_texts(self, count: int, seed: int) -> list[str]:
+        """Up to `count` examples of train, drawn with `seed`: their texts, then their pairs."""
+        drawn = np.sort(np.random.default_rng(seed).choice(len(self.train), min(count, len(self.train)), replace=False))
+        pairs = [] if self.train.text_pairs is None else [self.train.text_pairs[i] for i in drawn]
+        return [self.train.texts[i] for i in drawn] + pairs
+
     def absent_classes(self) -> dict[str, tuple[str, ...]]:
         """Per split, the classes of the label set (built from train) it has no example of."""
         absent = {}
@@ -113,7 +119,7 @@ class FileSource:
         key = f"datasets.{self.dataset_name}.path"
         readers = {
             ".csv": lambda: _read_csv(self._text()),
-            ".tsv": lambda: _read_csv(self._text(), sep="\t"),
+            ".tsv": lambda: _read_tsv(self._text()),
             ".jsonl": lambda: _json_lines(self._text()),
             ".json": lambda: _json_document(self._text()),
             ".parquet": lambda: pd.read_parquet(self.path),
@@ -154,6 +160,19 @@ class FileSource:
 def _read_csv(text: str, sep: str = ",") -> pd.DataFrame:
     # Only an empty cell is missing: "NA", "null" or "None" are texts (and labels) like any other.
     return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""])
+
+
+def _read_tsv(text: str) -> pd.DataFrame:
+    frame = _read_csv(text, sep="\t")
+    # A stray quote at the start of a field makes the parser read on to the next quote, so
+    # the rows in between become one cell, holding their tabs and line breaks. A text with
+    # both is rare enough that this is the likelier story.
+    joined = frame.map(lambda value: isinstance(value, str) and "\t" in value and "\n" in value).any(axis=1)
+    if joined.any():
+        raise ValueError(f"data row {joined.idxmax() + 1} has a cell with tabs and line breaks, as when a quote (\") "
+                         f"opens a field and the rows up to the next quote are read as one; remove the stray quote "
+                         f"or double it inside a quoted field")
+    return frame
 
 
 _JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
@@ -295,8 +314,8 @@ def prepare(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, seed:
     label_ids = {label: index for index, label in enumerate(label_names)}
     splits = {split: _to_split(table, label_ids) for split, table in tables.items()}
 
-    _check_splittable(name, spec, splits["train"].labels, label_names, [s for s in ("test", "validation")
-                                                                        if s not in splits])
+    cut = [split for split in ("test", "validation") if split not in splits]
+    _check_splittable(name, spec, splits["train"].labels, label_names, cut)
     for missing, fraction in (("test", spec.split_fractions.test), ("validation", spec.split_fractions.validation)):
         if missing not in splits:
             rest, taken = stratified_split(splits["train"].labels, fraction, rng)
@@ -320,8 +339,6 @@ def _check_splittable(name: str, spec: DatasetSpec, labels: np.ndarray, label_na
                       cut: list[str]) -> None:
     """Every class must reach train and each split cut from it: a class seen only in a
     held-out split scores zero there whatever the encoder, and says nothing about it."""
-    if not cut:
-        return
     needed = 1 + len(cut)
     counts = np.bincount(labels, minlength=len(label_names))
     rare = np.flatnonzero(counts < needed)
@@ -386,7 +403,7 @@ def _check_table(name: str, split: str, frame: pd.DataFrame, spec: DatasetSpec) 
         if column is not None and column not in frame.columns:
             raise BenchmarkError(
                 f"datasets.{name}.{key}: column '{column}' is missing from the {split} split; "
-                f"its columns are {', '.join(map(str, frame.columns))}"
+                f"its columns are {', '.join(map(repr, frame.columns))}"
             )
     table = frame[text_columns + [spec.label]].rename(
         columns={spec.text: "text", spec.text_pair or "": "text_pair", spec.label: "label"}

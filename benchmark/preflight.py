@@ -107,6 +107,12 @@ def load_inputs(config: BenchmarkConfig) -> Inputs:
             print(f"warning: datasets.{name}: the {split} split has no example of class(es) "
                   f"{', '.join(map(repr, classes))}; {effect}", file=sys.stderr, flush=True)
         datasets[name] = loaded
+    # Per dataset: a tokenizer can cover one dataset's language and not another's.
+    for encoder in resolved.values():
+        tokenizer = encoders.load_tokenizer(encoder)
+        for loaded in datasets.values():
+            encoders.check_vocabulary(encoder, tokenizer, loaded.name,
+                                      loaded.sample_texts(encoders.VOCABULARY_SAMPLE, seed))
     # After every input check: bad input fails before this costs a few training steps. At
     # the largest batch the search can sample, where the choice matters most.
     started = time.perf_counter()

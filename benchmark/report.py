@@ -144,6 +144,16 @@ def value_display(table: pd.DataFrame | None, datasets: pd.DataFrame | None) -> 
     return shown.rename(columns={"best_value": "best validation value"})
 
 
+# Sentences the page shows as paragraphs (see `timeout_sentences`, `search_verdict_sentences`,
+# `final_verdict_sentence`): as cells they squeeze the datasets table into ten-line rows.
+SENTENCE_COLUMNS = ["cut_short_by_timeout", "search_verdict", "final_verdict"]
+
+
+def datasets_display(datasets: pd.DataFrame | None) -> pd.DataFrame | None:
+    return value_display(None if datasets is None else datasets.drop(columns=SENTENCE_COLUMNS, errors="ignore"),
+                         datasets)
+
+
 def with_metric(table: pd.DataFrame, datasets: pd.DataFrame | None) -> pd.DataFrame:
     """`table` with a `metric` column (from the datasets table), before `best_value` if it has one."""
     if "metric" in table:
@@ -457,7 +467,7 @@ def ranking_section(tables: dict[str, pd.DataFrame]) -> str:
                     "validation value (1 = best). With three datasets or more, Friedman's test (three encoders or "
                     "more, then Nemenyi's post-hoc test) or Wilcoxon's signed-rank test (two encoders) says whether "
                     "the ranking is real; both from scipy and scikit-posthocs."),
-              table_html(ranks, ""),
+              table_html(ranks, ""), rests_on(tables.get("trials"), "Rests on the best complete trials of"),
               table_html(tests.drop(columns=["encoder_a", "encoder_b"], errors="ignore"),
                          "No test: fewer than two encoders to compare.")]
     figure = critical_difference_png(ranks, tests)
@@ -468,11 +478,18 @@ def ranking_section(tables: dict[str, pd.DataFrame]) -> str:
 
 # Final evaluation
 
+def _final_label(encoder) -> str:
+    """An encoder's place on the final plots' axis; one with runs missing says so there too,
+    so that an empty place reads as not evaluated rather than as no encoder."""
+    return f"{encoder.encoder} ({encoder.missing})" if encoder.missing else encoder.encoder
+
+
 def _final_traces(figure: go.Figure, row: int, column: int, final: pd.DataFrame, colours: Colours) -> None:
-    for encoder in final[final["seeds"] > 0].itertuples():
+    for encoder in final.itertuples():
         figure.add_scatter(
-            x=[encoder.encoder], y=[encoder.mean], mode="markers", name=encoder.encoder,
-            legendgroup=encoder.encoder, marker=dict(color=colours[encoder.encoder], size=10),
+            x=[_final_label(encoder)], y=[encoder.mean], mode="markers", name=encoder.encoder,
+            legendgroup=encoder.encoder, showlegend=bool(encoder.seeds),  # nothing drawn, nothing in the legend
+            marker=dict(color=colours[encoder.encoder], size=10),
             error_y=dict(type="data", symmetric=False, array=[encoder.ci_high - encoder.mean],
                          arrayminus=[encoder.mean - encoder.ci_low]),
             row=row, col=column,
@@ -485,11 +502,13 @@ def final_figure(final: pd.DataFrame, colours: Colours) -> go.Figure:
 
 
 def _final_panel(ax: Axes, final: pd.DataFrame, colours: Colours) -> None:
-    final = final[final["seeds"] > 0]
-    for i, encoder in enumerate(final.sort_values("encoder").itertuples()):
-        ax.errorbar([i], [encoder.mean], yerr=[[encoder.mean - encoder.ci_low], [encoder.ci_high - encoder.mean]],
-                    fmt="o", capsize=5, color=colours[encoder.encoder], label=encoder.encoder)
-    ax.set_xticks(range(len(final)), sorted(final["encoder"]), rotation=30, ha="right")
+    final = final.sort_values("encoder")
+    for i, encoder in enumerate(final.itertuples()):
+        if encoder.seeds > 0:
+            ax.errorbar([i], [encoder.mean], yerr=[[encoder.mean - encoder.ci_low], [encoder.ci_high - encoder.mean]],
+                        fmt="o", capsize=5, color=colours[encoder.encoder], label=encoder.encoder)
+    ax.set_xticks(range(len(final)), [_final_label(encoder) for encoder in final.itertuples()],
+                  rotation=30, ha="right")
     ax.set_xlim(-0.5, len(final) - 0.5)
 
 
@@ -657,7 +676,8 @@ def parallel_coordinate_figure(study: optuna.Study, metric: str) -> go.Figure:
         if (annotation.x, annotation.text) not in seen:
             seen.add((annotation.x, annotation.text))
             labels.append(annotation)
-    return figure.update_layout(annotations=labels)
+    figure.layout.annotations = labels
+    return figure
 
 
 def cost_figure(costs: pd.DataFrame, metric: str, colours: Colours) -> go.Figure:
@@ -793,7 +813,7 @@ def report_html(tables: dict[str, pd.DataFrame], studies: dict[str, optuna.Study
                    "No complete trial yet, so no encoder leaderboard."),
         rests_on(trials, "Rests on"),
         reference_notes(tables.get("references"), tables.get("reference_flags")),
-        "<h3>Datasets</h3>", table_html(value_display(datasets, datasets), "No study in the storage yet."),
+        "<h3>Datasets</h3>", table_html(datasets_display(datasets), "No study in the storage yet."),
         *(f"<p><strong>{html.escape(sentence)}</strong></p>"
           for sentence in [*timeout_sentences(datasets), *stopped_sentences(datasets)]),
         "<h3>Best configuration per dataset</h3>",

@@ -177,7 +177,7 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
         return study
     print(f"[{name}] running up to {n_trials - finished} trial(s) toward {n_trials}", file=sys.stderr)
     encoders = list(dataset_study.encoders)
-    retry_stopped_encoders(study, name, encoders)
+    retried = retry_stopped_encoders(study, name, encoders)
     tracker_callbacks = dataset_study.tracker.start_study(StudyInfo(
         study_name=study.study_name, benchmark=dataset_study.config.name, dataset=name,
         metric=dataset_study.metric, storage_url=mask_password(storage_url),
@@ -198,7 +198,7 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
     while deadline is None or time.monotonic() < deadline:
         if is_heartbeat_enabled(storage):
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial is failed and requeued
-        stopped = stop_failing_encoders(study, name, encoders)
+        stopped = stop_failing_encoders(study, name, encoders, retried)
         if all(encoder in stopped for encoder in encoders):
             print(f"[{name}] every encoder is stopped; the study ends", file=sys.stderr, flush=True)
             break
@@ -248,17 +248,18 @@ def consecutive_failures(trials: list[FrozenTrial], encoder: str) -> list[Frozen
     return failures
 
 
-def stop_failing_encoders(study: optuna.Study, name: str, encoders: list[str]) -> dict[str, str]:
+def stop_failing_encoders(study: optuna.Study, name: str, encoders: list[str],
+                          retried: dict[str, int]) -> dict[str, str]:
     """Stop, in this study, each of `encoders` whose last `STOP_AFTER_FAILURES` trials all
-    failed: one line that quotes the last failure, and a record in the study (its tables say
-    so). Counted from the storage, so every worker sharing the study agrees. Returns every
-    encoder stopped in the study."""
+    failed (a `retried` one: that failed again): one line that quotes the last failure, and a
+    record in the study (its tables say so). Counted from the storage, so every worker sharing
+    the study agrees. Returns every encoder stopped in the study."""
     stopped = stopped_encoders(study)
     trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
     newly = {}
     for encoder in encoders:
         failures = consecutive_failures(trials, encoder)
-        if encoder in stopped or len(failures) < STOP_AFTER_FAILURES:
+        if encoder in stopped or len(failures) < max(STOP_AFTER_FAILURES, retried.get(encoder, 0) + 1):
             continue
         last = str(failures[-1].user_attrs.get("fail_reason") or "no reason recorded").splitlines()[0]
         newly[encoder] = f"{len(failures)} consecutive failed trials, the last: {last}"
@@ -273,18 +274,19 @@ def stop_failing_encoders(study: optuna.Study, name: str, encoders: list[str]) -
     return stopped
 
 
-def retry_stopped_encoders(study: optuna.Study, name: str, encoders: list[str]) -> None:
-    """A new run gives each of its encoders that an earlier run stopped one more trial
-    (the config may have been fixed since): a failure stops it again at once, as its last
-    trials are still failures in a row."""
+def retry_stopped_encoders(study: optuna.Study, name: str, encoders: list[str]) -> dict[str, int]:
+    """A new run gives each of its encoders that an earlier run stopped one more trial (the
+    config may have been fixed since); a failure stops it again. Returns, per retried
+    encoder, the failures in a row it already had."""
     stopped = stopped_encoders(study)
-    retried = [encoder for encoder in encoders if encoder in stopped]
-    if not retried:
-        return
+    trials = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.FAIL))
+    retried = {encoder: len(consecutive_failures(trials, encoder)) for encoder in encoders if encoder in stopped}
     for encoder in retried:
         print(f"[{name}] retrying {encoder}, stopped by an earlier run after {stopped.pop(encoder)}",
               file=sys.stderr, flush=True)
-    study.set_user_attr(STOPPED_ATTR, stopped)
+    if retried:
+        study.set_user_attr(STOPPED_ATTR, stopped)
+    return retried
 
 
 def trial_target(study: optuna.Study, n_trials: int, per_encoder: int | None, encoders: list[str],

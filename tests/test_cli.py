@@ -35,8 +35,9 @@ SLOW_TRIALS = {"type": "int", "low": 40, "high": 40}  # epochs: a tiny trial tha
     (["--seed", "-1"], "--seed"),
     (["--seed", "4294967296"], "--seed"),
     (["--seeds", "1"], "--seeds"),
+    (["--storage", " "], "--storage"),
 ])
-def test_a_bad_number_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, flags, named):
+def test_a_bad_flag_value_is_one_line_exit_2_and_creates_nothing(tmp_path, capsys, flags, named):
     results = tmp_path / "results"
     code = main(["--study", "--config", str(tmp_path / "never_read.yaml"), "--results-dir", str(results), *flags])
     err = capsys.readouterr().err
@@ -150,7 +151,8 @@ def test_an_unwritable_results_dir_fails_before_training(tmp_path, tiny_encoders
 
 
 def _stop_mid_trial(tmp_path: Path, tiny_encoders, sent: signal.Signals, workers: int = 1):
-    config = write_config(tmp_path, tiny_encoders, encoders=("bert",), search_space__num_epochs=SLOW_TRIALS)
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",), search_space__num_epochs=SLOW_TRIALS,
+                          training__precision="fp32")  # nothing to measure before the first trial
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     results = tmp_path / "results"
     process = subprocess.Popen(
@@ -188,7 +190,7 @@ def test_sigterm_to_a_workers_parent_reaches_its_workers(tmp_path, tiny_encoders
 
 
 SECRET_URLS = [
-    "postgresql://bench:secret@pw@db.example.com/optuna",
+    "postgresql://bench:secret@secret@db.example.com/optuna",  # the password holds an @
     "postgresql://bench@db.example.com/optuna?password=secretpw&sslmode=require",
     "postgresql:///optuna?host=db.example.com&user=bench&PassWord=secretpw",
 ]

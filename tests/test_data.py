@@ -734,3 +734,26 @@ def test_empty_file_says_empty(tmp_path):
     path = tmp_path / "d.tsv"
     path.write_text("")
     assert error_of(lambda: load_dataset("d", file_spec(path), seed=0)) == f"datasets.d.path: {path} is empty"
+
+
+def test_missing_column_message_shows_the_columns_with_their_spaces(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("text,label \ngoal match,sports\nvote law,politics\n")
+    message = error_of(lambda: load_dataset("d", file_spec(path), seed=0))
+    assert "column 'label' is missing from the train split; its columns are 'text', 'label '" in message
+
+
+def test_tsv_with_a_stray_quote_is_refused_not_read_as_one_joined_row(tmp_path):
+    path = tmp_path / "d.tsv"
+    path.write_text('text\tlabel\n"Great movie, said the critic\tpos\nBad film\tneg\nok film\tpos\n"fine" film\tneg\n')
+    message = error_of(lambda: load_dataset("d", file_spec(path), seed=0))
+    assert message.startswith(f"datasets.d.path: {path} could not be read: data row 1 has a cell with tabs and "
+                              f"line breaks")
+
+
+def test_tsv_with_quoted_tabs_or_line_breaks_reads(tmp_path):
+    frame = numbered(60)
+    frame.loc[0, "text"] = 'a "quoted"\ttab'
+    frame.loc[1, "text"] = "two\nlines"
+    path = _write(frame, tmp_path / "d.tsv")
+    assert {'a "quoted"\ttab', "two\nlines"} <= set(all_texts(load_dataset("d", file_spec(path), seed=0)))

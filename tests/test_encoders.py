@@ -10,9 +10,19 @@ import pytest
 import torch
 
 from benchmark.config import EncoderSpec
-from benchmark.encoders import DROPOUT_KEYS, Encoder, HubEncoder, MeanPoolingClassifier, load_classifier, resolve
+from benchmark.encoders import (
+    DROPOUT_KEYS,
+    Encoder,
+    HubEncoder,
+    MeanPoolingClassifier,
+    check_vocabulary,
+    load_classifier,
+    load_tokenizer,
+    resolve,
+    unknown_token_fraction,
+)
 from benchmark.errors import BenchmarkError
-from tests.conftest import ARCHITECTURES
+from tests.conftest import ARCHITECTURES, make_texts
 
 LABEL_NAMES = ("politics", "sports", "tech")
 
@@ -233,3 +243,76 @@ def test_unsupported_declared_pooling_is_an_error_unless_set(tmp_path, tiny_enco
 def test_pooling_must_be_cls_or_mean(tmp_path):
     with pytest.raises(ValueError, match="pooling"):
         EncoderSpec(source="local", path=tmp_path, pooling="max")
+
+
+# --- the tokenizer knows the dataset's words (issue 14 item 3) ------------------------------
+
+
+def _without_tokenizer_files(tiny_encoders, model_type, tmp_path):
+    bare = tmp_path / f"bare-{model_type}"
+    bare.mkdir()
+    for file in ("config.json", "model.safetensors"):
+        shutil.copy(tiny_encoders[model_type] / file, bare / file)
+    return bare
+
+
+@pytest.mark.parametrize(("model_type", "files", "tokenizer_class", "unknown"), [
+    ("bert", "tokenizer_config.json, vocab.txt, tokenizer.json", "BertTokenizer", " [UNK]"),
+    # byte-level BPE with an empty vocabulary turns every text into no token at all
+    ("roberta", "tokenizer_config.json, vocab.json, merges.txt, tokenizer.json", "RobertaTokenizer", " <unk>"),
+])
+def test_folder_without_tokenizer_files_is_refused_naming_the_missing_files(tiny_encoders, tmp_path, model_type,
+                                                                             files, tokenizer_class, unknown):
+    bare = _without_tokenizer_files(tiny_encoders, model_type, tmp_path)
+    encoder = resolve("bare", local(bare))  # transformers falls back to an empty tokenizer: no error yet
+    texts = list(make_texts(200, seed=0)["text"])
+    with pytest.raises(BenchmarkError) as caught:
+        check_vocabulary(encoder, load_tokenizer(encoder), "topics", texts)
+    assert str(caught.value) == (
+        f"encoders.bare: 100% of the tokens of 200 sample texts of dataset topics map to its tokenizer's unknown "
+        f"token{unknown} or to no token at all, so the model would train on next to nothing; {bare} has none of "
+        f"the tokenizer files {files}, so transformers built an empty {tokenizer_class} from config.json: save "
+        f"the model's tokenizer into the folder (tokenizer.save_pretrained)")
+
+
+def test_a_vocabulary_that_lacks_the_texts_words_is_refused(tiny_encoders):
+    encoder = resolve("bert", local(tiny_encoders["bert"]))
+    greek = ["καλημέρα κόσμε", "goal ωμέγα match"]  # tokens: [UNK] [UNK], goal [UNK] match: 3 of 5
+    with pytest.raises(BenchmarkError) as caught:
+        check_vocabulary(encoder, load_tokenizer(encoder), "greek", greek)
+    message = str(caught.value)
+    assert message.startswith("encoders.bert: 60% of the tokens of 2 sample texts of dataset greek")
+    assert (f"is the tokenizer in {tiny_encoders['bert']} (tokenizer_config.json, tokenizer.json) the model's own, "
+            f"and does its vocabulary cover the dataset's language?") in message
+
+
+def test_unknown_token_fraction_counts_unknown_tokens_among_all(tiny_encoders):
+    tokenizer = load_tokenizer(resolve("bert", local(tiny_encoders["bert"])))
+    # goal match | goal [UNK]: one of four; exactly half is still accepted
+    assert unknown_token_fraction(tokenizer, ["goal match", "goal ωμέγα"]) == 1 / 4
+    check_vocabulary(resolve("bert", local(tiny_encoders["bert"])), tokenizer, "half", ["goal ωμέγα"])
+    assert unknown_token_fraction(tokenizer, list(make_texts(200, seed=0)["text"])) == 0.0
+
+
+def test_a_run_with_a_folder_without_tokenizer_files_exits_2_before_training(tiny_encoders, tmp_path, capsys):
+    from tests.test_study import run_cli, write_config
+
+    bare = _without_tokenizer_files(tiny_encoders, "bert", tmp_path)
+    config = write_config(tmp_path, {"bert": bare}, encoders=("bert",))
+    results = tmp_path / "results"
+    assert run_cli("--study", "--config", str(config), "--results-dir", str(results), "--datasets", "topics") == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert errors == [line for line in err.splitlines() if "encoders.bert: 100% of the tokens" in line]
+    assert len(errors) == 1 and "precision:" not in err and "Traceback" not in err
+
+
+def test_a_tokenizer_that_fails_to_load_from_a_bare_folder_names_the_missing_files(tiny_encoders, tmp_path):
+    # mpnet's fallback tokenizer cannot even be built without a vocabulary
+    bare = _without_tokenizer_files(tiny_encoders, "mpnet", tmp_path)
+    with pytest.raises(BenchmarkError) as caught:
+        resolve("bare", local(bare))
+    assert str(caught.value).startswith(f"encoders.bare: cannot load the tokenizer of '{bare}' (")
+    assert str(caught.value).endswith(f"); {bare} has none of the tokenizer files tokenizer_config.json, "
+                                      f"tokenizer.json: save the model's tokenizer into the folder "
+                                      f"(tokenizer.save_pretrained)")

@@ -166,7 +166,8 @@ def test_a_study_created_with_fewer_encoders_takes_the_rest_of_the_file_but_not_
     assert run_cli(*_study_args(config, results, "--encoders", "bert", "--n-trials", "1")) == 0
     assert run_cli(*_study_args(config, results, "--n-trials", "4")) == 0
     assert _outcomes(_load(results)) == {("bert", "finished"): 2, ("roberta", "finished"): 2}
-    widened = write_config(tmp_path, tiny_encoders, encoders=("bert", "roberta", "albert"), **ONE_EPOCH)
+    widened = write_config(tmp_path, tiny_encoders, encoders=("bert", "roberta", "albert"), budget__n_trials=6,
+                           **ONE_EPOCH)
     capsys.readouterr()
     assert run_cli(*_study_args(widened, results, "--n-trials", "6")) == 2
     err = capsys.readouterr().err

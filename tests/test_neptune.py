@@ -24,7 +24,7 @@ from benchmark import study as study_module
 from benchmark import trial as trial_module
 from benchmark.cli import main
 from benchmark.errors import BenchmarkError
-from benchmark.report import EXPECTED_PERFORMANCE_PNG, REPORT_FILE
+from benchmark.report import EXPECTED_PERFORMANCE_PNG, REPORT_FILE, REPORT_FILES
 from benchmark.results import RESULT_FILES
 from benchmark.storage import mask_password
 from benchmark.study import SURPLUS_ATTR
@@ -206,7 +206,9 @@ def test_cli_study_gives_one_run_per_trial_and_a_study_run(tmp_path, tiny_encode
                  "plot_slice", "plot_param_importances"):
         html = study_run.files[f"visualizations/{name}"]
         assert b"cdn.plot.ly" in html and len(html) < 200_000, name  # plotly.js loaded, not embedded
-    for name in (*RESULT_FILES, REPORT_FILE, EXPECTED_PERFORMANCE_PNG):
+    attached = [name for name in (*RESULT_FILES, *REPORT_FILES) if (results / name).is_file()]
+    assert {REPORT_FILE, EXPECTED_PERFORMANCE_PNG} <= set(attached)
+    for name in attached:
         stem, extension = name.split(".")
         assert study_run.files[f"leaderboards/{stem}_{extension}"] == (results / name).read_bytes()
     best_paths = {path.split("/")[2] for path in study_run.fields if path.startswith("best/trials/")}

@@ -4,6 +4,7 @@ and the page as a headless Chromium renders it."""
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import shutil
@@ -266,7 +267,7 @@ def test_png_panels_share_one_legend_of_every_encoder(storage):
     assert [ax.get_ylabel() for ax in panels] == ["expected best validation macro-F1",
                                                   "expected best validation accuracy"]
     assert [text.get_text() for text in panels[0].texts] == ["bert: 1 complete trial, no curve to draw yet"]
-    assert panels[1].texts == []
+    assert len(panels[1].texts) == 0
 
 
 def test_expected_performance_names_its_metric_and_counts_in_integers(storage):
@@ -309,7 +310,7 @@ def test_final_evaluation_pending_says_how_to_run_it(storage, tmp_path):
     assert "final-evaluation" not in figure_ids(page) and "Pairwise comparison" not in page
 
 
-def test_an_unevaluated_encoder_is_listed_not_drawn(storage):
+def test_an_unevaluated_encoder_is_listed_and_named_on_the_axis_not_drawn(storage):
     tables = full_tables(storage)
     final = tables["final"].assign(seeds=[5, 0], mean=[0.8312, float("nan")], ci_low=[0.8187, float("nan")],
                                    ci_high=[0.8437, float("nan")], not_shown_worse_than_best=[None, None],
@@ -318,9 +319,14 @@ def test_an_unevaluated_encoder_is_listed_not_drawn(storage):
     assert shown.iloc[1][["seeds", "95% CI (bootstrap)", "not shown worse than the best", "missing"]].tolist() == [
         "0 of 5", "–", "–", "not evaluated"]
     colours = report.encoder_colours(ENCODERS)
-    assert [trace.name for trace in report.final_figure(final, colours).data] == ["roberta"]
+    # Its place on the axis says it is missing, so an empty place is not read as no encoder.
+    figure = report.final_figure(final, colours)
+    assert [(list(trace.x), trace.showlegend) for trace in figure.data] == [
+        (["roberta"], True), (["bert (not evaluated)"], False)]
+    assert pd.isna(figure.data[1].y[0])
     [panel] = [ax for ax in report.final_evaluation_png(final, colours).axes if ax.get_visible()]
-    assert [label.get_text() for label in panel.get_xticklabels()] == ["roberta"]
+    assert [label.get_text() for label in panel.get_xticklabels()] == ["bert (not evaluated)", "roberta"]
+    assert len(panel.lines) == 1  # roberta's marker only (its error bar's caps and bar are collections)
 
 
 @pytest.mark.parametrize(("verdict", "sentence"), [
@@ -389,13 +395,13 @@ def test_parallel_coordinates_draw_no_line_white_and_each_tick_label_once():
         labels(optuna.visualization.plot_parallel_coordinate(study)))  # what is fixed here
     figure = report.parallel_coordinate_figure(study, "accuracy")
     assert len(set(labels(figure))) == len(labels(figure))
-    assert [text for x, text in labels(figure) if x == 1] == ["bert", "roberta"]  # the encoder axis
+    assert [text for x, text in labels(figure) if x == 2] == ["bert", "roberta"]  # axes in name order
     lines = [trace for trace in figure.data if trace.mode == "lines"]
     assert len(lines) == 3
     worst, best = sorted(lines, key=lambda trace: trace.y[0])[::2]
     assert lightness(worst.line.color) < 0.85 and lightness(best.line.color) < 0.3
     [scale] = [trace.marker.colorscale for trace in figure.data if trace.marker.showscale]
-    assert [lightness(colour) for _, colour in (scale[0], scale[-1])] == pytest.approx([0.78, 0.23], abs=0.01)
+    assert [lightness(colour) for _, colour in (scale[0], scale[-1])] == pytest.approx([585 / 765, 163 / 765])  # rgb(158,202,225), rgb(8,48,107)
 
 
 def lightness(colour: str) -> float:
@@ -434,14 +440,11 @@ def test_chromium_renders_every_figure(written, tmp_path):
         pytest.skip("no chromium binary on PATH (CI installs Debian's chromium)")
     results_dir, _ = written
     url = (results_dir / "report.html").as_uri()
-    # Virtual time lets plotly finish drawing before the DOM is dumped or the page shot.
-    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1400,4000",
-              "--virtual-time-budget=20000"]
-    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, text=True, timeout=180, check=True).stdout
     shot = tmp_path / "report.png"
-    subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=180, check=True)
+    subprocess.run([*chromium(1400), f"--screenshot={shot}", url], capture_output=True, timeout=180, check=True)
+    dom, probe = probed(results_dir / "report.html", tmp_path, 1400)
 
-    assert dom.count('class="dataframe report"') == 5
+    assert dom.count('class="dataframe report"') == 7
     ids = figure_ids(dom)
     assert sorted(ids) == sorted(FIGURES)
     # Figures never nest, so each one's drawing lies between its div and the next figure's.
@@ -449,6 +452,93 @@ def test_chromium_renders_every_figure(written, tmp_path):
     unrendered = [div_id for div_id, chunk in zip(ids, chunks) if 'class="main-svg"' not in chunk]
     assert unrendered == []
     assert distinct_colours(image.imread(shot)) > 50
+
+    # The header: provenance per dataset, as stored; "unknown" where a study predates it.
+    header, *tables = probe["tables"]
+    assert header["rows"][0] == ["dataset", "config", "config file", "config sha256", "seed", "device", "precision",
+                                 "torch", "transformers", "optuna", "trials"]
+    versions = TOPICS_PROVENANCE[provenance.VERSIONS_ATTR]
+    assert header["rows"][1:] == [
+        ["pairs", "tiny", *["unknown"] * 3, "cpu", "fp32", *["unknown"] * 3, "2 trials: 1 complete, 1 pruned, 0 failed"],
+        ["topics", "tiny", "tiny.yaml", "ab12" * 4, "7", "cpu", "fp32", versions["torch"], versions["transformers"],
+         versions["optuna"], "5 trials: 4 complete, 1 pruned, 0 failed"]]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", probe["generated"])
+    # Every column and axis names its metric.
+    assert tables[0]["rows"][0][1:3] == ["pairs: best validation macro-F1", "topics: best validation accuracy"]
+    figures = probe["figures"]
+    expected = figures["expected-performance"]
+    assert [expected["layout"][axis]["title"]["text"] for axis in ("yaxis", "yaxis2")] == [
+        "expected best validation macro-F1", "expected best validation accuracy"]
+    assert figures["final-evaluation"]["layout"]["yaxis"]["title"]["text"] == "test accuracy (mean, 95% bootstrap CI)"
+    assert figures["dataset-0-curves"]["layout"]["yaxis"]["title"]["text"] == "validation macro-F1"
+    # Integer ticks for n, as drawn; pairs' single trial is a point with its sentence.
+    assert expected["xticks"] and all(tick.isdigit() for tick in expected["xticks"])
+    assert "bert: 1 complete trial, no curve to draw yet" in expected["annotations"]
+    # pairs' roberta, pruned at its first checkpoint: one x marker, dashed, and a legend entry saying so.
+    pruned = [trace for trace in figures["dataset-0-curves"]["data"] if trace["marker"]["symbol"] == "x"]
+    assert [(trace["x"], trace["line"]["dash"]) for trace in pruned] == [([48], "dash"), ([None], "dash")]
+    assert pruned[1]["name"] == "pruned (dashed, x)"
+    # Parallel coordinates: no line near white, each tick label once.
+    for div_id in ("dataset-0-parallel", "dataset-1-parallel"):
+        lines = [trace["line"]["color"] for trace in figures[div_id]["data"] if trace.get("mode") == "lines"]
+        assert lines and max(map(lightness, lines)) < 0.8
+        labels = figures[div_id]["annotations"]
+        assert len(labels) == len(set(labels))
+
+
+def chromium(width: int) -> list[str]:
+    # Virtual time lets plotly finish drawing before the DOM is dumped or the page shot.
+    return [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--window-size={width},4000",
+            "--virtual-time-budget=20000"]
+
+
+PROBE = """<script>window.addEventListener("load", () => setTimeout(() => {
+  const rows = box => [...box.querySelectorAll("tr")].map(tr => [...tr.children].map(cell => cell.textContent));
+  const out = {width: window.innerWidth, generated: document.getElementById("generated").textContent,
+    tables: [...document.querySelectorAll("div.table-scroll")].map(box => ({rows: rows(box),
+      left: box.getBoundingClientRect().left, right: box.getBoundingClientRect().right,
+      scrollWidth: box.scrollWidth, clientWidth: box.clientWidth})), figures: {}};
+  for (const div of document.querySelectorAll(".plotly-graph-div")) {
+    out.figures[div.id] = {data: div.data, layout: div.layout,
+      xticks: [...div.querySelectorAll(".xaxislayer-above text")].map(text => text.textContent),
+      annotations: [...div.querySelectorAll(".annotation-text")].map(text => text.textContent)};
+  }
+  const pre = document.createElement("pre");
+  pre.id = "probe";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+}, 1000));</script>"""
+
+
+def probed(report_file: Path, tmp_path: Path, width: int) -> tuple[str, dict]:
+    """The page's DOM as Chromium draws it `width` pixels wide, and what `PROBE` measured in it:
+    each table container's cells and geometry, each figure's data, layout, drawn x ticks and
+    annotations."""
+    probe = tmp_path / f"probe-{width}.html"
+    probe.write_text(report_file.read_text().replace("</body>", PROBE + "</body>"))
+    dom = subprocess.run([*chromium(width), "--dump-dom", probe.as_uri()], capture_output=True, text=True,
+                         timeout=180, check=True).stdout
+    [found] = re.findall(r'<pre id="probe">(.*?)</pre>', dom, flags=re.S)
+    return dom, json.loads(html.unescape(found))
+
+
+def test_chromium_keeps_wide_tables_in_a_scrolling_box_with_margins(written, tmp_path):
+    if CHROMIUM is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI must provide chromium (.ci/run installs Debian's package)")
+        pytest.skip("no chromium binary on PATH (CI installs Debian's chromium)")
+    results_dir, _ = written
+    for width in (700, 1400):
+        _, probe = probed(results_dir / "report.html", tmp_path, width)
+        boxes = probe["tables"]
+        assert len(boxes) == 7
+        # Nothing runs off the page, and a margin is kept on either side.
+        assert all(box["left"] >= 16 and box["right"] <= probe["width"] - 16 for box in boxes), boxes
+        # On a narrow screen the datasets table, the widest, scrolls inside its box.
+        datasets = next(box for box in boxes if box["rows"][0][:2] == ["dataset", "study"])
+        assert datasets["scrollWidth"] > datasets["clientWidth"] or width > 700
+        # Its verdicts are paragraphs of the page, not cells ten lines high.
+        assert "final_verdict" not in datasets["rows"][0] and "search_verdict" not in datasets["rows"][0]
 
 
 def test_reference_notes_state_the_flags_in_words():

@@ -75,3 +75,63 @@ def test_sqlite_storage_opens_and_creates_its_folder(tmp_path):
     study.add_trial(optuna.trial.create_trial(value=1.0))
     assert Path(tmp_path / "deep" / "results" / "optuna.db").is_file()
     assert len(optuna.load_study(study_name="s", storage=url).trials) == 1
+
+
+@pytest.mark.parametrize("url, masked", [
+    ("postgresql://user:secret@pw@db/optuna", "postgresql://user:***@db/optuna"),
+    ("postgresql://user:pa/ss@db:5432/optuna", "postgresql://user:***@db:5432/optuna"),
+    ("postgresql://user@host/db?password=secretpw", "postgresql://user@host/db?password=***"),
+    ("postgresql:///db?host=pg&user=u&password=secretpw&sslmode=require",
+     "postgresql:///db?host=pg&user=u&password=***&sslmode=require"),
+    ("postgresql://u@h/db?sslmode=require&PASSWORD=x1;passwd=x2&pwd=x3",
+     "postgresql://u@h/db?sslmode=require&PASSWORD=***;passwd=***&pwd=***"),
+    ("mysql://u@h/db?sslpassword=x&api_key=y&Token=z&client_secret=w",
+     "mysql://u@h/db?sslpassword=***&api_key=***&Token=***&client_secret=***"),
+    ("host=pg user=u password=secretpw dbname=optuna", "host=pg user=u password=*** dbname=optuna"),
+    ("redis://:secretpw@localhost:6379/0", "redis://:***@localhost:6379/0"),
+])
+def test_every_password_shape_is_masked(url, masked):
+    assert mask_password(url) == masked
+    assert mask_password(masked) == masked
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://u:secret@pw@127.0.0.1:1/db",
+    "postgresql://u@127.0.0.1:1/db?password=secretpw",
+    "postgresql:///db?host=127.0.0.1&port=1&user=u&password=secretpw",
+])
+def test_an_unreachable_storage_error_shows_no_password(url):
+    with pytest.raises(BenchmarkError) as caught:
+        open_storage(url)
+    assert "secret" not in str(caught.value) and "pw@" not in str(caught.value)
+
+
+def _overwrite_a_page(path: Path, page: int) -> None:
+    with path.open("r+b") as database:
+        database.seek(4096 * page)
+        database.write(b"\xde\xad" * 2048)
+
+
+def test_a_corrupt_sqlite_file_is_named_as_such(tmp_path, capsys):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    study = optuna.create_study(storage=url, study_name="s")
+    for value in range(60):
+        study.add_trial(optuna.trial.create_trial(value=float(value), user_attrs={"note": "x" * 200}))
+    _overwrite_a_page(tmp_path / "optuna.db", 5)
+    message = f"--storage: {tmp_path / 'optuna.db'} is not an SQLite database or is corrupt (SQLite: "
+    with pytest.raises(BenchmarkError) as caught:
+        open_storage(url)
+    assert str(caught.value).startswith(message) and "restore it from a backup" in str(caught.value)
+
+    from benchmark.cli import main
+
+    assert main(["--leaderboard", "--storage", url, "--results-dir", str(tmp_path / "results")]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {message}")
+
+
+def test_a_file_that_is_no_database_is_named_as_such(tmp_path):
+    table = tmp_path / "results.csv"
+    table.write_text("encoder,accuracy\n" * 50)
+    with pytest.raises(BenchmarkError, match=r"results.csv is not an SQLite database or is corrupt "
+                                             r"\(SQLite: file is not a database\)"):
+        open_storage(f"sqlite:///{table}")

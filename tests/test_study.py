@@ -357,7 +357,9 @@ def test_out_of_memory_retries_with_half_micro_batches_then_fails_with_reason(
     study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=1, catch=(Exception,))
     trial = study.trials[0]
     assert trial.state == state
-    assert trial.user_attrs["oom_retry"] == "OutOfMemoryError; retried with micro-batch 4"
+    # The fake runs out of memory at the first step, before a second of training.
+    assert trial.user_attrs["oom_retry"] == ("OutOfMemoryError after 0.0 s of training; retried with micro-batch 4 "
+                                             "and evaluation batch 16")
     if state == optuna.trial.TrialState.FAIL:
         assert trial.user_attrs["fail_reason"].startswith("OutOfMemoryError: CUDA out of memory")
     else:
@@ -471,6 +473,21 @@ def test_preflight_reports_dropped_duplicates_and_absent_classes_and_the_study_k
     assert study.user_attrs["duplicates_dropped"] == 3
 
 
+def test_the_study_keeps_what_the_report_header_names(tmp_path, tiny_encoders):
+    import hashlib
+
+    import transformers
+
+    path = write_config(tmp_path, tiny_encoders, encoders=("bert",))
+    config = load_config(path).restricted(["topics"], None)
+    prepared = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
+    attrs = open_study(prepared.storage, prepared.studies[0], seed=0).user_attrs
+    assert attrs["config_file"] == "tiny.yaml" and attrs["comparison"] == "balanced"
+    assert attrs["config_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert attrs["package_versions"] == {"torch": torch.__version__, "transformers": transformers.__version__,
+                                         "optuna": optuna.__version__}
+
+
 def test_a_timeout_short_of_n_trials_is_said_and_recorded_then_cleared(tmp_path, tiny_encoders, monkeypatch, capsys):
     import time as time_module
 
@@ -487,10 +504,11 @@ def test_a_timeout_short_of_n_trials_is_said_and_recorded_then_cleared(tmp_path,
     monkeypatch.setattr(study_module, "run_trial", hundred_second_trial)
     storage = optuna.storages.InMemoryStorage()
     # Trials start at t = 0, 100 and 200 (< 250); the one due at t = 300 never starts: 3 of 6.
+    # Seed 0's rotation on topics: round 0 bert then roberta, round 1 roberta first.
     study = study_module.run_study(storage, "memory", dataset_study, n_trials=6, timeout_s=250, seed=0)
     assert study.user_attrs["timeout_stop"] == {"finished": 3, "n_trials": 6, "timeout_s": 250,
-                                                "per_encoder": {"bert": 2, "roberta": 1}}
-    assert ("[topics] stopped by the 250 s timeout after 3 of 6 trials (bert 2, roberta 1): the comparison rests on "
+                                                "per_encoder": {"bert": 1, "roberta": 2}}
+    assert ("[topics] stopped by the 250 s timeout after 3 of 6 trials (bert 1, roberta 2): the comparison rests on "
             "fewer trials than planned") in capsys.readouterr().err
     # A later run without the deadline fills the study and clears the mark.
     study = study_module.run_study(storage, "memory", dataset_study, n_trials=6, timeout_s=None, seed=0)

@@ -131,3 +131,78 @@ def test_neptune_and_mlflow_together_each_get_every_trial(tmp_path, tiny_encoder
         run = client.get_run(trial.user_attrs["mlflow_run_id"])
         assert run.data.tags["trial_number"] == str(trial.number)
     assert any((tmp_path / "neptune").rglob("*")), "neptune wrote its offline runs"
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _rendered(console_file, start: int) -> tuple[str, int]:
+    """The plain text written to a fake terminal since `start`, and where it ends."""
+    from rich.text import Text
+
+    raw = console_file.getvalue()
+    return Text.from_ansi(raw[start:]).plain, len(raw)
+
+
+def test_live_progress_shows_trials_examples_loss_and_an_eta_on_a_terminal():
+    import datetime
+    import io
+
+    import optuna
+    from rich.console import Console
+
+    from benchmark.tracking.progress import LiveProgress
+
+    terminal, clock = io.StringIO(), FakeClock()
+    display = LiveProgress(Console(file=terminal, force_terminal=True, width=200), clock=clock)
+    info = StudyInfo("bench-news", "bench", "news", "accuracy", "sqlite:///x.db",
+                     n_trials=4, finished=1, train_examples=100)
+    callbacks = display.start_study(info)
+    run = display.start_trial("bench-news", 1, {"batch_size": 16, "num_epochs": 2}, {"encoder": "bert"})
+    for step in (1, 2, 3):
+        clock.now = 2.0 * step
+        run.log_step(StepLog(step=step, loss=1.0 / step, learning_rate=1e-4, grad_norm=1.0, tokens_per_second=10.0))
+    display.progress.refresh()
+    text, end = _rendered(terminal, 0)
+    # 2 epochs x 6 full batches of 16 = 192 examples; 48 seen in 6 s = 8 examples/s, so
+    # 144 left = 18 s, then 2 more trials of 192 / 8 = 24 s each: 66 s.
+    assert "[news]" in text and "trials 1/4 finished" in text
+    assert "trial 1 bert" in text and "48/192 examples" in text and "loss 0.3333" in text
+    assert "ETA 1m 06s: this trial at 8.0 examples/s, then 2 x 0m 24s (this trial's rate)" in text
+
+    run.finish("complete", None)
+    start = datetime.datetime(2026, 1, 1)
+    finished = optuna.trial.FrozenTrial(
+        number=1, state=optuna.trial.TrialState.COMPLETE, value=0.9, datetime_start=start,
+        datetime_complete=start + datetime.timedelta(seconds=30), params={}, distributions={},
+        user_attrs={}, system_attrs={}, intermediate_values={}, trial_id=1)
+    for callback in callbacks:
+        callback(None, finished)
+    display.end_study("bench-news", [])
+    text, _ = _rendered(terminal, end)
+    assert "trials 2/4 finished" in text
+    assert "ETA 1m 00s: 2 x 0m 30s (mean of 1 finished here)" in text
+    display.close()
+
+
+def test_without_a_terminal_the_log_lines_are_all_there_is(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from benchmark.study import WORKER_ENV
+
+    group = make_tracker(["none"], tmp_path)  # pytest's captured stderr is no terminal
+    assert [tracker.name for tracker in group._trackers] == ["console"]
+    _drive(group)
+    assert capsys.readouterr().err == (
+        "[news] trial 0 bert step 1, 16 examples (epoch 0.50): loss=0.4000 accuracy=0.9000\n")
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert [tracker.name for tracker in make_tracker(["none"], tmp_path)._trackers] == ["console", "progress"]
+    monkeypatch.setenv(WORKER_ENV, "0")
+    assert [tracker.name for tracker in make_tracker(["none"], tmp_path)._trackers] == ["console"], \
+        "workers share one terminal: lines only"

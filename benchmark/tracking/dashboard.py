@@ -13,7 +13,6 @@ from collections.abc import Callable, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
-from optuna_dashboard import save_note
 
 from benchmark.storage import mask_password
 from benchmark.tracking.base import TrialRun, _RunGroup
@@ -65,11 +64,18 @@ def study_note(trials: Sequence[FrozenTrial], metric: str, n_trials: int) -> str
     return "\n".join(lines) + "\n"
 
 
+def _save_note(study_or_trial: optuna.Study | optuna.Trial, body: str) -> None:
+    # Imported on first use: optuna_dashboard loads scikit-learn's ensembles (seconds).
+    from optuna_dashboard import save_note
+
+    save_note(study_or_trial, body)
+
+
 def study_note_writer(metric: str, n_trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
     """A study callback that rewrites the study's note after every trial."""
 
     def write(study: optuna.Study, trial: FrozenTrial) -> None:
-        save_note(study, study_note(study.get_trials(deepcopy=False), metric, n_trials))
+        _save_note(study, study_note(study.get_trials(deepcopy=False), metric, n_trials))
 
     return write
 
@@ -91,7 +97,7 @@ class _TrialNote:
         self._evaluations.append(evaluation)
 
     def finish(self, state: str, reason: str | None) -> None:
-        save_note(self._trial, trial_note(self._encoder, state, reason, self._metric, self._evaluations))
+        _save_note(self._trial, trial_note(self._encoder, state, reason, self._metric, self._evaluations))
 
 
 def with_trial_note(run: TrialRun, trial: optuna.Trial, encoder: str, metric: str) -> TrialRun:

@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import FrozenTrial
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
+from rich.table import Column
 
 from benchmark.tracking.base import StudyCallback, StudyInfo, TrialRun
 from benchmark.training import Evaluation, StepLog
@@ -99,9 +100,9 @@ class LiveProgress:
         self._stop()
         self._info, self._finished, self._durations = info, info.finished, []
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(),
-            TextColumn("{task.fields[count]}"),
-            TextColumn("{task.fields[info]}"),
+            TextColumn("{task.description}", markup=False, table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=20, table_column=Column(min_width=20)), TextColumn("{task.fields[count]}", table_column=Column(no_wrap=True)),
+            TextColumn("{task.fields[info]}", markup=False, table_column=Column(no_wrap=True)),
             console=self._console, redirect_stdout=False,  # stdout carries the leaderboard
         )
         self.study_task: TaskID = self.progress.add_task(
@@ -136,7 +137,7 @@ class LiveProgress:
         left = running.seconds_left() if running else 0.0
         if self._durations:
             trial_s = sum(self._durations) / len(self._durations)
-            basis = f"the mean of {len(self._durations)} finished here"
+            basis = f"mean of {len(self._durations)} finished here"
         else:
             trial_s = running.seconds_total() if running else None
             basis = "this trial's rate"
@@ -145,9 +146,10 @@ class LiveProgress:
         elif left is None or trial_s is None:
             text = "ETA: measuring"
         else:
-            now = f"this trial at {running.rate():.1f} examples/s, then " if running else ""
-            text = (f"ETA {duration_text(study_eta(left, trials_after, trial_s))} ({now}{trials_after} "
-                    f"trial(s) of {duration_text(trial_s)}, {basis})")
+            parts = [f"this trial at {running.rate():.1f} examples/s"] if running else []
+            if trials_after:
+                parts.append(f"{trials_after} x {duration_text(trial_s)} ({basis})")
+            text = f"ETA {duration_text(study_eta(left, trials_after, trial_s))}: {', then '.join(parts)}"
         self.progress.update(self.study_task, info=text)
 
     def end_study(self, study_name: str, attachments: list[Path]) -> None:

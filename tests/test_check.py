@@ -1,0 +1,145 @@
+"""`--check`: validates as a run does, prints the plan and its estimate, trains and writes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+from benchmark import estimate, precision
+from benchmark import trial as trial_module
+from benchmark.cli import main
+from benchmark.config import CategoricalParam, EncoderSpec, IntParam, RangeOverride, TrainingSpec
+from benchmark.encoders import resolve
+from benchmark.study import DATA_SEED_ATTR
+from tests.test_study import write_config
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(path.relative_to(root)): hashlib.sha256(path.read_bytes()).hexdigest()
+            for path in sorted(root.rglob("*")) if path.is_file()}
+
+
+@pytest.fixture()
+def steps_of_half_a_second(monkeypatch):
+    monkeypatch.setattr(precision, "_timed_step", lambda *args: 0.5)
+    monkeypatch.setattr(trial_module, "fine_tune", lambda *args, **kwargs: pytest.fail("--check trained"))
+
+
+def test_check_prints_the_plan_and_an_estimate_and_writes_nothing(tmp_path, tiny_encoders, capsys,
+                                                                   steps_of_half_a_second):
+    config = write_config(tmp_path, tiny_encoders, training__precision="fp32")
+    before = _tree(tmp_path)
+    results = tmp_path / "results"
+    assert main(["--check", "--config", str(config), "--results-dir", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert f"storage: sqlite:///{results}/optuna.db (new)" in out
+    assert "study tiny-topics (accuracy): new to 4 trials (2 per encoder); to run: bert 2, roberta 2; estimate" in out
+    assert "study tiny-topic_pairs (macro_f1): new to 4 trials (2 per encoder); to run: bert 2, roberta 2" in out
+    # fp32 is forced, so nothing was measured for the choice: the check timed its own steps.
+    assert "one training step of 16x32 in fp32: 0.50 s" in out
+    assert "estimate: " in out and "for 8 trial(s) in 2 study(ies)" in out and "upper bound" in out
+    assert "estimate rests on: each encoder's training step timed here at 16x32 tokens in fp32" in out
+    assert "dataset topics: 3 classes, train " in out and "'politics' " in out
+    assert out.rstrip().endswith("check: nothing was trained or written")
+    assert not results.exists()
+    assert _tree(tmp_path) == before
+
+
+def test_check_reports_what_an_existing_storage_holds_and_only_reads_it(tmp_path, tiny_encoders, capsys,
+                                                                        steps_of_half_a_second):
+    config = write_config(tmp_path, tiny_encoders, training__precision="fp32")
+    url = f"sqlite:///{tmp_path / 'held.db'}"
+    study = optuna.create_study(storage=url, study_name="tiny-topics", direction="maximize")
+    study.set_user_attr(DATA_SEED_ATTR, 0)
+    encoder = optuna.distributions.CategoricalDistribution(["bert", "roberta"])
+    for name in ("bert", "roberta", "bert"):
+        study.add_trial(optuna.trial.create_trial(params={"encoder": name}, distributions={"encoder": encoder},
+                                                  value=0.5))
+    stored = hashlib.sha256((tmp_path / "held.db").read_bytes()).hexdigest()
+    assert main(["--check", "--config", str(config), "--storage", url, "--datasets", "topics"]) == 0
+    out = capsys.readouterr().out
+    assert f"storage: {url} (holds 1 studies)" in out
+    assert ("study tiny-topics (accuracy): the storage holds 3 finished trial(s) (bert 2, roberta 1), topped up "
+            "to 4 trials (2 per encoder); to run: bert 0, roberta 1; estimate") in out
+    assert "for 1 trial(s) in 1 study(ies)" in out
+    assert hashlib.sha256((tmp_path / "held.db").read_bytes()).hexdigest() == stored
+
+    # The run's own preflight checks run too: a study split with another seed is refused.
+    assert main(["--check", "--config", str(config), "--storage", url, "--seed", "1"]) == 2
+    assert "--seed: study 'tiny-topics' was run with seed 0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mode", ["--study", "--check"])
+def test_a_bad_config_fails_before_torch_is_imported(tmp_path, mode):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nencoders: {}\n")
+    script = ("import sys\nfrom benchmark.cli import main\n"
+              f"code = main([{mode!r}, '--config', {str(bad)!r}])\n"
+              "print(code, sorted(m for m in ('torch', 'transformers', 'optuna', 'pandas') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "2 []", done.stderr
+    assert done.stderr.startswith(f"error: {bad}: encoders: ")
+
+
+def test_prior_as_random_sampling_draws_it():
+    assert estimate.prior(CategoricalParam(type="categorical", choices=(16, 32, 32))) == {16: 1 / 3, 32: 2 / 3}
+    assert estimate.prior(IntParam(type="int", low=1, high=3)) == {1: 1 / 3, 2: 1 / 3, 3: 1 / 3}
+    # Optuna rounds a uniform draw over [log 0.5, log 3.5]: log 3, log(5/3), log(7/5) of log 7.
+    log_scale = estimate.prior(IntParam(type="int", low=1, high=3, log=True))
+    assert log_scale == pytest.approx({1: 0.564575, 2: 0.262513, 3: 0.172912}, abs=1e-6)
+    assert estimate.prior(IntParam(type="int", low=1, high=3), RangeOverride(low=1, high=1)) == {1: 1.0}
+
+
+def test_padded_width_is_the_mean_when_grouped_else_the_expected_longest_of_a_batch():
+    lengths = np.array([2, 4])
+    assert estimate.padded_width(lengths, 2, grouped=True) == 3.0
+    # Two draws: both 2 with probability 1/4, else a 4 pads the batch to 4.
+    assert estimate.padded_width(lengths, 2, grouped=False) == pytest.approx(0.25 * 2 + 0.75 * 4)
+
+
+def test_trial_seconds_by_hand():
+    training = TrainingSpec(eval_every_examples=4, eval_subset_examples=2)
+    train, validation = np.full(10, 5), np.array([2, 4, 2, 4])
+    # 1 epoch: 5 steps of 2 x 5 tokens = 50; checkpoints at steps 2, 4 (2-example subset) and 5
+    # (all 4): 8 examples x 3 tokens = 24, a third of a step's cost each: 0.01 x (50 + 8) = 0.58.
+    # 2 epochs: 100 tokens; checkpoints 2, 4, 6, 8 and 10: 12 examples x 3: 0.01 x (100 + 12) = 1.12.
+    seconds = estimate.trial_seconds(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training)
+    assert seconds == pytest.approx(0.5 * 0.58 + 0.5 * 1.12)
+
+
+def test_remaining_trials_fill_the_fewest_first_or_share_equally_in_search_mode():
+    assert estimate.remaining_trials(6, {"a": 2, "b": 1}, ["a", "b"], balanced=True) == {"a": 1, "b": 2}
+    assert estimate.remaining_trials(6, {"a": 2, "b": 1}, ["a", "b"], balanced=False) == {"a": 1.5, "b": 1.5}
+    assert estimate.remaining_trials(4, {"a": 3, "b": 2}, ["a", "b"], balanced=True) == {"a": 0, "b": 0}
+
+
+def test_duration_text():
+    assert [estimate.duration_text(s) for s in (45, 200, 7500)] == ["45 s", "3 min 20 s", "2 h 05 min"]
+
+
+def test_the_precision_measurement_keeps_each_encoders_step_for_the_estimate(tiny_encoders, monkeypatch):
+    encoders = [resolve(name, EncoderSpec(source="local", path=tiny_encoders[name])) for name in ("bert", "roberta")]
+    seconds = {("fp32", "bert"): 1.0, ("bf16", "bert"): 0.4, ("fp32", "roberta"): 2.0, ("bf16", "roberta"): 1.0}
+    current = []
+
+    def measure(encoder, *args):
+        current.append(encoder.name)
+        return {name: (seconds[name, encoder.name], False) for name in ("fp32", "bf16")}
+
+    monkeypatch.setattr(precision, "measure_encoder", measure)
+    chosen = precision.decide("auto", encoders, 3, 16, 32, torch.device("cpu"))
+    assert chosen.choice == "bf16" and chosen.per_encoder == {"bert": 0.4, "roberta": 1.0}
+    # Reused as measured: not timed again.
+    assert precision.step_seconds(chosen, encoders, 3, 16, 32, torch.device("cpu")) == {"bert": 0.4, "roberta": 1.0}
+    assert current == ["bert", "roberta"]
+    assert math.isclose(chosen.seconds_per_step["bf16"], 1.4)
