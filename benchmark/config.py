@@ -266,9 +266,15 @@ class DatasetSpec(_Strict):
 
 
 class SamplerSpec(_Strict):
-    type: Literal["tpe", "random"] = "tpe"
+    # `gp`: Optuna's Gaussian-process sampler (per encoder, as the others).
+    type: Literal["tpe", "random", "gp"] = "tpe"
     n_startup_trials: StrictInt = Field(default=4, ge=0)
     multivariate: StrictBool = True
+    # `other_datasets`: a new study first tries, per encoder, the `warm_start_top_k` best
+    # configurations that encoder reached (validation value) in this benchmark's other
+    # datasets' studies in the same storage (see benchmark/warm_start.py).
+    warm_start: Literal["none", "other_datasets"] = "none"
+    warm_start_top_k: StrictInt = Field(default=1, ge=1)
 
 
 class PrunerSpec(_Strict):

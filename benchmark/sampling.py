@@ -30,6 +30,8 @@ def make_sampler(spec: SamplerSpec, seed: int, dataset: str, encoders: Callable[
 def _optuna_sampler(spec: SamplerSpec, seed: int) -> BaseSampler:
     if spec.type == "random":
         return optuna.samplers.RandomSampler(seed=seed)
+    if spec.type == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=spec.n_startup_trials)
     # One encoder's trials all have the same parameters and ranges, so the multivariate
     # TPE models them jointly without `group`.
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=spec.n_startup_trials,

@@ -24,6 +24,7 @@ from benchmark.storage import mask_password
 from benchmark.tracking import StudyInfo
 from benchmark.tracking.dashboard import study_note_writer
 from benchmark.trial import ENCODER_PARAM, INTERRUPTED_ATTR, DatasetStudy, run_trial
+from benchmark.warm_start import enqueue_warm_start
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
@@ -168,6 +169,7 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
     and its trial comes back to be retried (database storages; see `_claiming_states`).
     """
     study = open_study(storage, dataset_study, seed)
+    enqueue_warm_start(study, dataset_study)  # `sampler.warm_start`; a no-op by default
     name = dataset_study.data.name
     finished, running = _counts(study)
     if finished >= n_trials:

@@ -226,7 +226,8 @@ def _search_config(config, plan: Plan):
     })
 
 
-def search_ours(config, plan: Plan, workdir: str) -> dict:
+def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
+    """This harness's search, its sampler seeded by `seed` (the data split keeps the config's)."""
     from benchmark.preflight import prepare
     from benchmark.study import run_study
 
@@ -236,8 +237,7 @@ def search_ours(config, plan: Plan, workdir: str) -> dict:
     study_spec = prepared.studies[0]
     with RssSampler() as memory:
         started = time.time()
-        study = run_study(prepared.storage, url, study_spec, config.budget.n_trials, plan.search_budget_s,
-                          config.training.seed)
+        study = run_study(prepared.storage, url, study_spec, config.budget.n_trials, plan.search_budget_s, seed)
         ended = time.time()
     trials = _finished(study)
     return {
@@ -247,7 +247,7 @@ def search_ours(config, plan: Plan, workdir: str) -> dict:
     }
 
 
-def search_trainer(config, plan: Plan, workdir: str) -> dict:
+def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
     """`Trainer.hyperparameter_search(backend="optuna")` over the same space, data and budget."""
     import optuna
     from transformers import DataCollatorWithPadding, Trainer
@@ -303,7 +303,7 @@ def search_trainer(config, plan: Plan, workdir: str) -> dict:
         trainer.hyperparameter_search(
             backend="optuna", direction="maximize", hp_space=hp_space, n_trials=10_000,
             timeout=plan.search_budget_s, compute_objective=lambda metrics: metrics[f"eval_{metric}"],
-            storage=storage, study_name="trainer", sampler=optuna.samplers.TPESampler(seed=config.training.seed),
+            storage=storage, study_name="trainer", sampler=optuna.samplers.TPESampler(seed=seed),
         )
         ended = time.time()
     study = optuna.load_study(study_name="trainer", storage=storage)
@@ -331,7 +331,7 @@ def _trial_record(trial, started: float, memory: RssSampler) -> dict:
     }
 
 
-def _in_fresh_process(function, *args):
+def in_fresh_process(function, *args):
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         return pool.apply(function, args)
 
@@ -413,8 +413,8 @@ def run(config, plan: Plan, out: Path) -> dict:
     report["levers"]["eval_schedule"] = _eval_schedule_lever(study, config, plan)
     report["search"] = {
         "budget_s": plan.search_budget_s,
-        "ours": _in_fresh_process(search_ours, config, plan, str(workdir)),
-        "trainer": _in_fresh_process(search_trainer, config, plan, str(workdir)),
+        "ours": in_fresh_process(search_ours, config, plan, str(workdir), config.training.seed),
+        "trainer": in_fresh_process(search_trainer, config, plan, str(workdir), config.training.seed),
     }
     summary = summarize(report)
     report["summary"] = summary

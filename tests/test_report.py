@@ -326,7 +326,7 @@ def test_an_unevaluated_encoder_is_listed_and_named_on_the_axis_not_drawn(storag
     assert pd.isna(figure.data[1].y[0])
     [panel] = [ax for ax in report.final_evaluation_png(final, colours).axes if ax.get_visible()]
     assert [label.get_text() for label in panel.get_xticklabels()] == ["bert (not evaluated)", "roberta"]
-    assert len(panel.lines) == 1  # roberta's marker only (its error bar's caps and bar are collections)
+    assert [container.get_label() for container in panel.containers] == ["roberta"]  # the only error bar
 
 
 @pytest.mark.parametrize(("verdict", "sentence"), [
@@ -401,7 +401,8 @@ def test_parallel_coordinates_draw_no_line_white_and_each_tick_label_once():
     worst, best = sorted(lines, key=lambda trace: trace.y[0])[::2]
     assert lightness(worst.line.color) < 0.85 and lightness(best.line.color) < 0.3
     [scale] = [trace.marker.colorscale for trace in figure.data if trace.marker.showscale]
-    assert [lightness(colour) for _, colour in (scale[0], scale[-1])] == pytest.approx([585 / 765, 163 / 765])  # rgb(158,202,225), rgb(8,48,107)
+    ends = [lightness(colour) for _, colour in (scale[0], scale[-1])]
+    assert ends == pytest.approx([585 / 765, 163 / 765])  # rgb(158,202,225) and rgb(8,48,107)
 
 
 def lightness(colour: str) -> float:
@@ -459,7 +460,8 @@ def test_chromium_renders_every_figure(written, tmp_path):
                                  "torch", "transformers", "optuna", "trials"]
     versions = TOPICS_PROVENANCE[provenance.VERSIONS_ATTR]
     assert header["rows"][1:] == [
-        ["pairs", "tiny", *["unknown"] * 3, "cpu", "fp32", *["unknown"] * 3, "2 trials: 1 complete, 1 pruned, 0 failed"],
+        ["pairs", "tiny", *["unknown"] * 3, "cpu", "fp32", *["unknown"] * 3,
+         "2 trials: 1 complete, 1 pruned, 0 failed"],
         ["topics", "tiny", "tiny.yaml", "ab12" * 4, "7", "cpu", "fp32", versions["torch"], versions["transformers"],
          versions["optuna"], "5 trials: 4 complete, 1 pruned, 0 failed"]]
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", probe["generated"])
