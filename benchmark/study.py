@@ -186,7 +186,8 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
         n_trials=n_trials, finished=finished, train_examples=len(dataset_study.data.train),
     ))
     callbacks = [settle_memory, progress_printer(name, dataset_study.metric, n_trials),
-                 study_note_writer(dataset_study.metric, n_trials), *tracker_callbacks]
+                 study_note_writer(dataset_study.metric, n_trials, lambda t: not t.user_attrs.get(SURPLUS_ATTR)),
+                 *tracker_callbacks]
     per_encoder = dataset_study.config.trials_per_encoder(n_trials)
 
     def objective(trial: optuna.Trial) -> float:

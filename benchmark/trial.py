@@ -213,7 +213,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         # counts it as a failure of its configuration.
         trial.set_user_attr(INTERRUPTED_ATTR, True)
         trial.set_user_attr("fail_reason", INTERRUPTED_REASON)
-        run.finish("failed", INTERRUPTED_REASON)
+        run.finish("interrupted", INTERRUPTED_REASON)  # MLflow: KILLED, not FAILED
         raise
     finally:
         trial.set_user_attr("wall_seconds", round(time.perf_counter() - started, 3))

@@ -90,3 +90,24 @@ def test_dashboard_shows_studies_intermediate_values_and_user_attrs(tmp_path, ti
         except subprocess.TimeoutExpired:
             server.kill()
             pytest.fail("optuna-dashboard did not stop on SIGTERM")
+
+
+def test_study_note_ranks_encoders_by_their_best_complete_trial():
+    from benchmark.tracking.dashboard import study_note
+
+    space = {"encoder": optuna.distributions.CategoricalDistribution(["bert", "roberta"])}
+
+    def trial(number, encoder, state, value=None):
+        made = optuna.trial.create_trial(state=state, value=value, params={"encoder": encoder}, distributions=space)
+        made.number = number
+        return made
+
+    trials = [trial(0, "bert", TrialState.COMPLETE, 0.8), trial(1, "bert", TrialState.PRUNED, 0.95),
+              trial(2, "roberta", TrialState.COMPLETE, 0.9), trial(3, "roberta", TrialState.FAIL),
+              trial(4, "bert", TrialState.RUNNING)]
+    lines = study_note(trials, "accuracy", 6).splitlines()
+    assert lines[0].startswith("**Leaderboard** (3 of 6 trials finished; best validation accuracy")
+    assert lines[2:6] == ["| encoder | best validation accuracy | best trial | complete | pruned | failed |",
+                          "| --- | ---: | ---: | ---: | ---: | ---: |",
+                          "| roberta | 0.9000 | #2 | 1 | 0 | 1 |",
+                          "| bert | 0.8000 | #0 | 1 | 1 | 0 |"], "a pruned trial's last report is no best"

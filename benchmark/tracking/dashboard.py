@@ -1,9 +1,10 @@
-"""Notes for optuna-dashboard, kept in the Optuna storage itself (study system attributes).
+"""Notes for optuna-dashboard on every trial and study.
 
 The dashboard shows a trial as "trial #N" with its parameters; its curves' legend cannot
 be named (optuna-dashboard 0.21 fixes it to `trial #N`). So each trial's note says at its
-top which encoder it trained and how it ended, and the study's note holds its leaderboard.
-Both are rebuilt from the storage's own trials, which stays the single source of truth.
+top which encoder it trained and how it ended, and the study's note holds its leaderboard,
+rebuilt from the storage's trials after every trial. optuna-dashboard keeps notes in the
+storage (study system attributes), so the storage stays the single source of truth.
 """
 
 from __future__ import annotations
@@ -17,8 +18,6 @@ from optuna.trial import FrozenTrial, TrialState
 from benchmark.storage import mask_password
 from benchmark.tracking.base import TrialRun, _RunGroup
 from benchmark.training import Evaluation, StepLog
-
-ENCODER_PARAM = "encoder"  # benchmark.trial.ENCODER_PARAM; that module imports this one
 
 
 def _number(value: float | None) -> str:
@@ -40,6 +39,8 @@ def trial_note(encoder: str, state: str, reason: str | None, metric: str,
 
 def study_note(trials: Sequence[FrozenTrial], metric: str, n_trials: int) -> str:
     """Markdown: one row per encoder, best validation value first; what each row rests on."""
+    from benchmark.trial import ENCODER_PARAM  # imported here: benchmark.trial imports this module
+
     rows: dict[str, dict[str, object]] = {}
     for trial in trials:
         encoder = trial.params.get(ENCODER_PARAM)
@@ -71,11 +72,14 @@ def _save_note(study_or_trial: optuna.Study | optuna.Trial, body: str) -> None:
     save_note(study_or_trial, body)
 
 
-def study_note_writer(metric: str, n_trials: int) -> Callable[[optuna.Study, FrozenTrial], None]:
-    """A study callback that rewrites the study's note after every trial."""
+def study_note_writer(metric: str, n_trials: int,
+                      counted: Callable[[FrozenTrial], bool]) -> Callable[[optuna.Study, FrozenTrial], None]:
+    """A study callback that rewrites the study's note after every trial, from the trials
+    that `counted` keeps."""
 
     def write(study: optuna.Study, trial: FrozenTrial) -> None:
-        _save_note(study, study_note(study.get_trials(deepcopy=False), metric, n_trials))
+        trials = [t for t in study.get_trials(deepcopy=False) if counted(t)]
+        _save_note(study, study_note(trials, metric, n_trials))
 
     return write
 

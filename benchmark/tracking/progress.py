@@ -101,7 +101,8 @@ class LiveProgress:
         self._info, self._finished, self._durations = info, info.finished, []
         self.progress = Progress(
             TextColumn("{task.description}", markup=False, table_column=Column(no_wrap=True)),
-            BarColumn(bar_width=20, table_column=Column(min_width=20)), TextColumn("{task.fields[count]}", table_column=Column(no_wrap=True)),
+            BarColumn(bar_width=20, table_column=Column(min_width=20)),
+            TextColumn("{task.fields[count]}", table_column=Column(no_wrap=True)),
             TextColumn("{task.fields[info]}", markup=False, table_column=Column(no_wrap=True)),
             console=self._console, redirect_stdout=False,  # stdout carries the leaderboard
         )

@@ -1,0 +1,359 @@
+"""The search benchmark: each search method, repeated, against `Trainer.hyperparameter_search`.
+
+    python -m benchmarks.search [--quick] [--repeats R] [--budget-s S] [--methods a,b] [--out results/perf]
+
+Every method searches the same space (the config's), for one encoder on one dataset, with
+the same training examples and wall-clock budget; each of its R runs has its own sampler
+seed (run i: seed i for every method, so runs pair up across methods) and its own fresh
+process. Runs go round by round (every method's run 0, then every method's run 1, ...), so
+a change of machine load falls on every method alike. The levers are config options of the
+harness, set here through the config: the benchmark has no search code of its own.
+
+One encoder (the config's first, MiniLM-L6 by default): the peer searches one model, and
+with two, each encoder's sampler would see half of a few-minute budget's trials.
+
+The default budget fills about an hour on a 2-core CPU: (3600 s / (methods x R + sources)) less
+`OVERHEAD_S` per run (a fresh process imports torch and transformers, loads the data and
+model, before its clock starts), where the sources are the warm-start studies, one per other
+dataset of the config, each searched once by the shipped harness with the same budget. With
+the 10 methods, R = 5 and the default config's 2 other datasets: 3600 / 52 - 15 = 54 s a run.
+
+Writes SEARCH.json (every trial of every run), SEARCH.md (the table) and search_anytime.png
+(best-so-far against time: every run thin, each method's median and interquartile band).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.perf import FULL, Plan, in_fresh_process, search_ours, search_trainer
+from benchmarks.table import best_so_far, time_to_reach
+
+HOUR_S = 3600.0
+# Seconds of a run outside its clock on a 2-core CPU: process start, imports, data, model.
+OVERHEAD_S = 15.0
+PEER = "trainer"
+# Warm-started methods read the sources' studies from this file in their run's folder.
+SOURCE_DB = "ours.db"
+
+
+@dataclass(frozen=True)
+class Method:
+    description: str
+    # Config sections to change (section -> fields), from the config; None: the peer.
+    patch: Callable[[object], dict[str, dict]] | None
+
+    def warm(self, config) -> bool:
+        """Whether its runs need the other datasets' studies in their storage."""
+        return self.patch is not None and self.patch(config).get("sampler", {}).get("warm_start") == "other_datasets"
+
+
+def _hyperband(config) -> dict:
+    # The first rung at the first checkpoint: halving starts with the first evaluation.
+    return {"pruner": {"type": "hyperband", "min_resource": config.training.eval_every_examples,
+                       "reduction_factor": 3}}
+
+
+METHODS: dict[str, Method] = {
+    "shipped": Method("the harness as configured (default.yaml: TPE, 2 startup trials, median pruner, "
+                      "geometric checkpoints on a 100-example subset)", lambda config: {}),
+    "warm-start": Method("+ sampler.warm_start: other_datasets (top 1)",
+                         lambda config: {"sampler": {"warm_start": "other_datasets"}}),
+    "hyperband": Method("+ pruner: hyperband over examples seen (reduction factor 3, first rung at the "
+                        "first checkpoint)", _hyperband),
+    "fixed-checkpoints": Method("- cheaper checkpoints: a checkpoint every eval_every_examples on the whole "
+                                "validation split (what the shipped schedule saves)",
+                                lambda config: {"training": {"eval_schedule": "fixed", "eval_subset_examples": None}}),
+    "tpe-startup-1": Method("sampler.n_startup_trials: 1", lambda config: {"sampler": {"n_startup_trials": 1}}),
+    "tpe-startup-5": Method("sampler.n_startup_trials: 5", lambda config: {"sampler": {"n_startup_trials": 5}}),
+    "gp": Method("sampler.type: gp (Optuna's GPSampler per encoder, 2 startup trials)",
+                 lambda config: {"sampler": {"type": "gp", "n_startup_trials": 2}}),
+    "all-levers": Method("warm start + hyperband + gp together",
+                         lambda config: {"sampler": {"type": "gp", "n_startup_trials": 2,
+                                                     "warm_start": "other_datasets"},
+                                         **_hyperband(config)}),
+    PEER: Method('Trainer.hyperparameter_search(backend="optuna"): TPE, its default pruning (none)', None),
+    "random": Method("the floor: random search, no pruning",
+                     lambda config: {"sampler": {"type": "random"}, "pruner": {"type": "none"}}),
+}
+QUICK_METHODS = ("shipped", "warm-start", PEER, "random")
+
+
+@dataclass(frozen=True)
+class SearchPlan:
+    repeats: int
+    budget_s: float
+    train_examples: int
+    validation_examples: int | None
+    # None: the config's `training.precision`; `auto` is measured once, for every run.
+    precision: str | None = None
+
+
+QUICK = SearchPlan(repeats=2, budget_s=4, train_examples=32, validation_examples=32, precision="fp32")
+
+
+def default_budget_s(runs: int, sources: int) -> float:
+    """Seconds per run that fit the benchmark into about an hour (see the module docstring)."""
+    return round(HOUR_S / (runs + sources) - OVERHEAD_S)
+
+
+def configure(config, patch: dict[str, dict]):
+    """`config` with `patch`'s fields changed, each changed section validated again."""
+    update = {}
+    for section, fields in patch.items():
+        current = getattr(config, section)
+        update[section] = type(current).model_validate({**current.model_dump(), **fields})
+    return config.model_copy(update=update)
+
+
+# --- the table arithmetic (pure) ------------------------------------------------------------------
+
+
+def best_at(curve: Sequence[tuple[float, float]], moment: float) -> float | None:
+    """The best value of a step curve at `moment`; None before its first complete trial."""
+    reached = [value for when, value in curve if when <= moment]
+    return reached[-1] if reached else None
+
+
+def median_or_none(values: Sequence[float | None], missing: float) -> float | None:
+    """The median, a missing value counted as `missing` (-inf: worst value, inf: never); None
+    when the median itself is missing (over half the runs, or a middle one of an even count)."""
+    median = float(np.median([missing if value is None else value for value in values]))
+    return None if np.isinf(median) else median
+
+
+def summarize_methods(curves: dict[str, list[list[tuple[float, float]]]], budget_s: float,
+                      peer: str = PEER) -> dict:
+    """Per method, from its runs' best-so-far curves cut at `budget_s`: the median final best;
+    the target (the peer's median final best); the median time to reach it (a run that never
+    does counts as never); how many runs reach it, and how many within half the budget."""
+    finals = {name: [best_at(curve, budget_s) for curve in runs] for name, runs in curves.items()}
+    target = median_or_none(finals[peer], -np.inf) if peer in finals else None
+    summary = {"target": target, "budget_s": budget_s, "methods": {}}
+    for name, runs in curves.items():
+        times = [None if target is None else time_to_reach([p for p in curve if p[0] <= budget_s], target)
+                 for curve in runs]
+        summary["methods"][name] = {
+            "runs": len(runs),
+            "final_best": finals[name],
+            "median_final_best": median_or_none(finals[name], -np.inf),
+            "times_to_target": times,
+            "median_time_to_target": median_or_none(times, np.inf) if target is not None else None,
+            "reached": sum(t is not None for t in times),
+            "reached_in_half_budget": sum(t is not None and t <= budget_s / 2 for t in times),
+        }
+    return summary
+
+
+def anytime_band(runs: list[list[tuple[float, float]]], grid: Sequence[float]) -> np.ndarray:
+    """Rows: the 25th, 50th and 75th percentile over the runs of best-so-far at each grid
+    time, each an actual run's value (no interpolation); NaN where that run has no complete
+    trial yet (counted as the worst)."""
+    values = np.array([[best_at(curve, t) if best_at(curve, t) is not None else -np.inf for t in grid]
+                       for curve in runs])
+    band = np.quantile(values, [0.25, 0.5, 0.75], axis=0, method="inverted_cdf")
+    return np.where(np.isinf(band), np.nan, band)
+
+
+def render_markdown(report: dict) -> str:
+    summary = report["summary"]
+    plan = report["plan"]
+    target = summary["target"]
+    target_text = f"{target:.4f}" if target is not None else "none (the peer was not run, or no run of it completed a trial)"
+    lines = [
+        "# Search benchmark",
+        "",
+        f"{plan['repeats']} runs per method, each in a fresh process with its own sampler seed (0-{plan['repeats'] - 1}), "
+        f"{plan['budget_s']:.0f} s of wall clock each; encoder {report['encoder']}, dataset {report['dataset']} "
+        f"({plan['train_examples']} training examples, validation {report['metric']}), {report['precision']}, "
+        f"on {report['device']}. "
+        f"Target: the peer's ({PEER}) median final best, {target_text}. A run's best is its best complete trial "
+        f"ended within the budget; one with none counts as the worst.",
+        "",
+        "| method | median final best | median time to target (s) | runs reaching target | within half the budget |",
+        "|---|---|---|---|---|",
+    ]
+    for name, row in summary["methods"].items():
+        best = row["median_final_best"]
+        time = row["median_time_to_target"]
+        lines.append(f"| {name} | {'-' if best is None else f'{best:.4f}'} | "
+                     f"{'not reached' if time is None else f'{time:.0f}'} | {row['reached']}/{row['runs']} | "
+                     f"{row['reached_in_half_budget']}/{row['runs']} |")
+    lines += ["", "Methods:", ""]
+    lines += [f"- `{name}`: {report['methods'][name]['description']}" for name in summary["methods"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_anytime(report: dict, curves: dict[str, list[list[tuple[float, float]]]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budget = report["summary"]["budget_s"]
+    grid = np.linspace(0, budget, 200)
+    figure, axes = plt.subplots(figsize=(10, 6))
+    for index, (name, runs) in enumerate(curves.items()):
+        color = plt.cm.tab10(index % 10)
+        for curve in runs:
+            xs = [0.0, *(when for when, _ in curve if when <= budget), budget]
+            ys = [np.nan, *(value for when, value in curve if when <= budget)]
+            axes.step(xs, [*ys, ys[-1]], where="post", color=color, alpha=0.3, linewidth=0.7)
+        low, median, high = anytime_band(runs, grid)
+        axes.step(grid, median, where="post", color=color, linewidth=2, label=f"{name} (median of {len(runs)})")
+        axes.fill_between(grid, low, high, step="post", color=color, alpha=0.12)
+    target = report["summary"]["target"]
+    if target is not None:
+        axes.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target: {PEER}'s median final best")
+    axes.axvline(budget / 2, color="grey", linestyle=":", linewidth=1, label="half the budget")
+    axes.set_xlabel("seconds since the search started")
+    axes.set_ylabel(f"best validation {report['metric']} so far")
+    axes.set_title(f"{report['encoder']} on {report['dataset']}: thin lines are runs, bands the interquartile range")
+    axes.legend(fontsize=8, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+# --- the run -------------------------------------------------------------------------------------
+
+
+def run(config, plan: SearchPlan, methods: Sequence[str], out: Path, dataset: str | None = None) -> dict:
+    """Run every method `plan.repeats` times on `dataset` (default: the config's first) and
+    the config's first encoder; write SEARCH.json/.md and search_anytime.png to `out`."""
+    from benchmark.files import write_atomic
+
+    encoder = next(iter(config.encoders))
+    dataset = dataset or next(iter(config.datasets))
+    config = config.restricted(None, [encoder])
+    config = config.model_copy(update={"datasets": {
+        name: spec.model_copy(update={"max_validation_examples": plan.validation_examples or
+                                      spec.max_validation_examples})
+        for name, spec in config.datasets.items()}})
+    search_plan = replace(FULL, search_budget_s=plan.budget_s, search_train_examples=plan.train_examples)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="search-"))
+    precision = plan.precision or config.training.precision
+    if precision == "auto":  # as each run would measure it, but once: half a minute a run on a CPU
+        precision = in_fresh_process(measured_precision, config.restricted([dataset], None), str(workdir))
+    config = configure(config, {"training": {"precision": precision}})
+    target_config = config.restricted([dataset], None)
+    sources = [name for name in config.datasets if name != dataset]
+    source_dir = workdir / "sources"
+    if any(METHODS[name].warm(config) for name in methods):
+        source_dir.mkdir()
+        for name in sources:  # each in the same storage, as one benchmark run would leave them
+            print(f"warm-start source: {name}", file=sys.stderr, flush=True)
+            in_fresh_process(search_ours, config.restricted([name], None), search_plan, str(source_dir),
+                             config.training.seed)
+    report: dict = {"plan": asdict(plan), "encoder": encoder, "dataset": dataset,
+                    "metric": config.datasets[dataset].metric, "device": _describe_machine(),
+                    "precision": precision,
+                    "warm_start_sources": sources, "methods": {
+                        name: {"description": METHODS[name].description,
+                               "config": METHODS[name].patch(config) if METHODS[name].patch else None, "runs": []}
+                        for name in methods}}
+    for seed in range(plan.repeats):
+        for name in methods:
+            method = METHODS[name]
+            run_dir = workdir / f"{name}-{seed}"
+            run_dir.mkdir()
+            if method.warm(config):
+                shutil.copy(source_dir / SOURCE_DB, run_dir / SOURCE_DB)
+            print(f"{name} run {seed + 1}/{plan.repeats}", file=sys.stderr, flush=True)
+            if method.patch is None:
+                result = in_fresh_process(search_trainer, target_config, search_plan, str(run_dir), seed)
+            else:
+                result = in_fresh_process(search_ours, configure(target_config, method.patch(target_config)),
+                                          search_plan, str(run_dir), seed)
+            report["methods"][name]["runs"].append({"seed": seed, **result})
+    curves = {name: [best_so_far(r["trials"]) for r in entry["runs"]] for name, entry in report["methods"].items()}
+    report["summary"] = summarize_methods(curves, plan.budget_s)
+    write_atomic(out / "SEARCH.json", json.dumps(report, indent=2, default=float) + "\n")
+    write_atomic(out / "SEARCH.md", render_markdown(report))
+    plot_anytime(report, curves, out / "search_anytime.png")
+    return report
+
+
+def measured_precision(config, workdir: str) -> str:
+    """What `precision: auto` chooses for `config` on this machine."""
+    from benchmark.preflight import prepare
+
+    prepared = prepare(config, f"sqlite:///{workdir}/precision.db", ["none"], Path(workdir))
+    return prepared.studies[0].precision.choice
+
+
+def _describe_machine() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name()
+    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="search_spaces/default.yaml",
+                        help="space, first encoder and datasets to search (default: %(default)s)")
+    parser.add_argument("--dataset", default="twitter_sentiment",
+                        help="the dataset searched; the config's others are the warm-start sources "
+                             "(default: %(default)s)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"R=2, a {QUICK.budget_s:.0f}-second budget, {QUICK.train_examples} examples, "
+                             f"methods {','.join(QUICK_METHODS)}: only proves the script works")
+    parser.add_argument("--repeats", type=int, help="runs per method, at least 2 (default: 5; --quick: 2)")
+    parser.add_argument("--budget-s", type=float, help="seconds per run (default: about an hour in all)")
+    parser.add_argument("--methods", help=f"comma-separated, of {','.join(METHODS)} (default: all)")
+    parser.add_argument("--train-examples", type=int, default=240, help="(default: %(default)s)")
+    parser.add_argument("--out", help="where the outputs go (default: results/perf; --quick: a new temporary "
+                                      "folder, never the checked-in results)")
+    args = parser.parse_args(argv)
+    from benchmark.config import load_config
+    from benchmark.errors import BenchmarkError
+
+    methods = (args.methods.split(",") if args.methods else list(QUICK_METHODS if args.quick else METHODS))
+    unknown = [name for name in methods if name not in METHODS]
+    if unknown:
+        parser.error(f"--methods: unknown {', '.join(unknown)}; choose from {', '.join(METHODS)}")
+    repeats = args.repeats if args.repeats is not None else QUICK.repeats if args.quick else 5
+    if repeats < 2:
+        parser.error(f"--repeats must be at least 2, got {repeats}: one run shows none of the spread")
+    if args.budget_s is not None and not 0 < args.budget_s < float("inf"):
+        parser.error(f"--budget-s must be a positive number of seconds, got {args.budget_s}")
+    try:
+        config = load_config(args.config)
+        if args.dataset not in config.datasets:
+            raise BenchmarkError(f"--dataset {args.dataset!r} is not in {args.config}; "
+                                 f"choose from {', '.join(config.datasets)}")
+        sources = len(config.datasets) - 1 if any(METHODS[name].warm(config) for name in methods) else 0
+        if args.quick:
+            plan = replace(QUICK, repeats=repeats, budget_s=args.budget_s or QUICK.budget_s)
+        else:
+            plan = SearchPlan(repeats=repeats, budget_s=args.budget_s or default_budget_s(len(methods) * repeats,
+                                                                                          sources),
+                              train_examples=args.train_examples, validation_examples=None)
+        if plan.budget_s <= 0:
+            raise BenchmarkError(f"{len(methods)} methods x {repeats} runs do not fit an hour; "
+                                 "give --budget-s or fewer --methods/--repeats")
+        out = Path(args.out or (tempfile.mkdtemp(prefix="search-quick-") if args.quick else "results/perf"))
+        run(config, plan, methods, out, args.dataset)
+    except BenchmarkError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(f"written to {out}/SEARCH.md, SEARCH.json and search_anytime.png", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,238 @@
+"""The search benchmark's table arithmetic on hand-made curves, the warm start it measures,
+and a run of it end to end."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState, create_trial
+
+from benchmark.config import BenchmarkConfig, load_config
+from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR
+from benchmark.warm_start import WARM_START_ATTR, enqueue_warm_start
+from benchmarks import search
+from tests.test_study import run_cli, write_config
+
+# --- the table arithmetic ------------------------------------------------------------------------
+
+
+def test_time_to_target_medians_and_success_counts_on_step_curves():
+    curves = {
+        # the peer's final bests at 100 s: 0.8, 0.7, 0.9 -> target 0.8 (a trial at 120 s is too late)
+        "trainer": [[(10.0, 0.5), (60.0, 0.8)], [(30.0, 0.7), (120.0, 0.95)], [(20.0, 0.9)]],
+        # reaches 0.8 at 40 s, 70 s and never: median time of (40, 70, never) = 70 s
+        "fast": [[(5.0, 0.6), (40.0, 0.85)], [(70.0, 0.8)], [(10.0, 0.75)]],
+        # never reaches the target; one run has no complete trial at all
+        "floor": [[(50.0, 0.6)], [], [(90.0, 0.7)]],
+    }
+    summary = search.summarize_methods(curves, budget_s=100.0)
+    assert summary["target"] == 0.8
+    trainer, fast, floor = (summary["methods"][name] for name in ("trainer", "fast", "floor"))
+    assert trainer["final_best"] == [0.8, 0.7, 0.9]
+    assert trainer["times_to_target"] == [60.0, None, 20.0]
+    assert trainer["median_time_to_target"] == 60.0  # of (20, 60, never)
+    assert (trainer["reached"], trainer["reached_in_half_budget"]) == (2, 1)
+    assert fast["median_final_best"] == 0.8  # of 0.85, 0.8, 0.75
+    assert fast["times_to_target"] == [40.0, 70.0, None]
+    assert fast["median_time_to_target"] == 70.0
+    assert (fast["reached"], fast["reached_in_half_budget"]) == (2, 1)
+    # a run with no complete trial counts as the worst: median of (0.6, none, 0.7) = 0.6
+    assert floor["median_final_best"] == 0.6
+    assert floor["median_time_to_target"] is None and floor["reached"] == 0
+    table = search.render_markdown({
+        "plan": {"repeats": 3, "budget_s": 100.0, "train_examples": 240}, "encoder": "enc", "dataset": "d",
+        "metric": "macro_f1", "device": "cpu", "precision": "fp32",
+        "methods": {name: {"description": name} for name in curves}, "summary": summary})
+    assert "| fast | 0.8000 | 70 | 2/3 | 1/3 |" in table
+    assert "| floor | 0.6000 | not reached | 0/3 | 0/3 |" in table
+    assert "Target: the peer's (trainer) median final best, 0.8000." in table
+
+
+def test_an_even_count_whose_middle_runs_never_reach_has_no_median():
+    assert search.median_or_none([10.0, None], np.inf) is None
+    assert search.median_or_none([10.0, 30.0, None, None], np.inf) is None
+    assert search.median_or_none([10.0, 30.0, 50.0, None], np.inf) == 40.0
+    assert search.median_or_none([0.5, None, 0.7], -np.inf) == 0.5
+
+
+def test_without_the_peer_there_is_no_target():
+    summary = search.summarize_methods({"shipped": [[(1.0, 0.5)], [(2.0, 0.6)]]}, budget_s=10.0)
+    assert summary["target"] is None
+    assert summary["methods"]["shipped"]["median_final_best"] == pytest.approx(0.55)
+    assert summary["methods"]["shipped"]["reached"] == 0
+
+
+def test_the_band_holds_actual_runs_values_and_nothing_before_half_have_one():
+    runs = [[(1.0, 0.2), (5.0, 0.6)], [(2.0, 0.4)], [(3.0, 0.5)], [(8.0, 0.9)]]
+    low, median, high = search.anytime_band(runs, [0.5, 2.0, 6.0, 9.0])
+    # at 0.5 s no run has a value; at 2 s two of four (0.2, 0.4): the lower median is still none
+    assert np.isnan(median[0]) and np.isnan(median[1]) and high[1] == 0.2
+    # at 6 s: none, 0.4, 0.5, 0.6; at 9 s: 0.4, 0.5, 0.6, 0.9
+    assert np.isnan(low[2]) and (median[2], high[2]) == (0.4, 0.5)
+    assert (low[3], median[3], high[3]) == (0.4, 0.5, 0.6)
+
+
+def test_the_default_budget_fills_an_hour():
+    # 10 methods x 5 runs and 2 warm-start source studies, 15 s of each outside its clock
+    assert search.default_budget_s(50, 2) == round(3600 / 52 - 15)
+
+
+def test_every_lever_is_a_valid_config_of_the_harness():
+    config = load_config("search_spaces/default.yaml")
+    for name, method in search.METHODS.items():
+        if method.patch is None:
+            continue
+        configured = search.configure(config, method.patch(config))
+        assert configured.encoders == config.encoders, name
+    assert search.configure(config, search.METHODS["all-levers"].patch(config)).pruner.min_resource == 192
+    assert [name for name, method in search.METHODS.items() if method.warm(config)] == ["warm-start", "all-levers"]
+
+
+# --- warm start ----------------------------------------------------------------------------------
+
+
+def _config(warm_start: str = "other_datasets", top_k: int = 1) -> BenchmarkConfig:
+    return BenchmarkConfig.model_validate({
+        "name": "b",
+        "encoders": {"a": {"source": "offline"},
+                     "c": {"source": "offline", "overrides": {"learning_rate": {"low": 1e-5, "high": 1e-4}}}},
+        "datasets": {"news": {"source": "offline"}},
+        "search_space": {
+            "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+            "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+            "dropout": {"type": "float", "low": 0.0, "high": 0.2},
+            "max_grad_norm": {"type": "float", "low": 0.5, "high": 2.0},
+            "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+            "batch_size": {"type": "categorical", "choices": [16, 32]},
+            "num_epochs": {"type": "int", "low": 1, "high": 3},
+        },
+        "sampler": {"warm_start": warm_start, "warm_start_top_k": top_k},
+        "budget": {"n_trials": 4},
+    })
+
+
+_DISTRIBUTIONS = {"encoder": CategoricalDistribution(["a", "c"]), "learning_rate": FloatDistribution(1e-6, 1e-1, log=True),
+                  "batch_size": CategoricalDistribution([8, 16, 32]), "num_epochs": IntDistribution(1, 5)}
+
+
+def _add(study: optuna.Study, encoder: str, value: float | None, state=TrialState.COMPLETE, **params) -> None:
+    params = {"encoder": encoder, "learning_rate": 5e-5, "batch_size": 16, "num_epochs": 2, **params}
+    intermediate = {192: 0.99} if state == TrialState.PRUNED else None
+    study.add_trial(create_trial(params=params, distributions={k: _DISTRIBUTIONS[k] for k in params},
+                                 value=value if state == TrialState.COMPLETE else None, state=state,
+                                 intermediate_values=intermediate,
+                                 user_attrs={"test_accuracy": 1.0} if value == 0.1 else {}))
+
+
+def _source(storage, name: str, benchmark: str, dataset: str) -> optuna.Study:
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize")
+    study.set_user_attr(BENCHMARK_ATTR, benchmark)
+    study.set_user_attr(DATASET_ATTR, dataset)
+    return study
+
+
+def _storage_with_sources() -> optuna.storages.BaseStorage:
+    storage = optuna.storages.InMemoryStorage()
+    topics = _source(storage, "b-topics", "b", "topics")
+    _add(topics, "a", 0.5, learning_rate=1e-4)
+    _add(topics, "a", 0.9, learning_rate=2e-4, batch_size=32)
+    _add(topics, "a", 0.8, learning_rate=3e-4)
+    _add(topics, "a", None, TrialState.PRUNED, learning_rate=9e-4)  # its 0.99 is a checkpoint's, not a value
+    _add(topics, "a", 0.1, learning_rate=4e-4)  # its test score (user attr) plays no part
+    _add(topics, "c", 0.7, learning_rate=5e-5)
+    _add(topics, "c", 0.95, learning_rate=5e-4)  # above c's override: learning rate dropped
+    pairs = _source(storage, "b-pairs", "b", "pairs")
+    _add(pairs, "a", 0.6, learning_rate=1e-2, batch_size=8, num_epochs=5)  # outside the space: all three dropped
+    _add(pairs, "c", 0.4)
+    # the same dataset (a study of it under another name), and another benchmark's study
+    _add(_source(storage, "b-news-old", "b", "news"), "a", 0.99, learning_rate=7e-4)
+    _add(_source(storage, "other-topics", "other", "topics"), "a", 0.99, learning_rate=8e-4)
+    return storage
+
+
+def _queued(storage, config: BenchmarkConfig, encoders=("a", "c")) -> list[tuple[dict, str]]:
+    study = optuna.create_study(storage=storage, study_name="b-news", direction="maximize")
+    dataset_study = SimpleNamespace(config=config, data=SimpleNamespace(name="news"), encoders=dict.fromkeys(encoders))
+    enqueue_warm_start(study, dataset_study)
+    # a queued trial holds its parameters as Optuna's `fixed_params` until it runs
+    return [(t.system_attrs["fixed_params"], t.user_attrs[WARM_START_ATTR])
+            for t in study.get_trials(states=(TrialState.WAITING,))]
+
+
+def test_warm_start_queues_each_encoders_best_of_every_other_dataset_in_its_space():
+    queued = _queued(_storage_with_sources(), _config())
+    # sources by study name (b-pairs, b-topics), then the encoders in the run's order
+    assert queued == [
+        ({"encoder": "a"}, "b-pairs trial 0"),
+        ({"encoder": "c", "learning_rate": 5e-5, "batch_size": 16, "num_epochs": 2}, "b-pairs trial 1"),
+        ({"encoder": "a", "learning_rate": 2e-4, "batch_size": 32, "num_epochs": 2}, "b-topics trial 1"),
+        ({"encoder": "c", "batch_size": 16, "num_epochs": 2}, "b-topics trial 6"),
+    ]
+
+
+def test_warm_start_top_k_goes_rank_by_rank_without_repeating_a_configuration():
+    queued = _queued(_storage_with_sources(), _config(top_k=2), encoders=("a",))
+    # a's second best on pairs: none; on topics: 0.8 at 3e-4
+    assert [origin for _, origin in queued] == ["b-pairs trial 0", "b-topics trial 1", "b-topics trial 2"]
+
+
+def test_no_warm_start_when_disabled_or_when_the_study_has_trials():
+    storage = _storage_with_sources()
+    assert _queued(storage, _config(warm_start="none")) == []
+    study = optuna.load_study(storage=storage, study_name="b-news")
+    _add(study, "a", 0.3)
+    before = len(study.get_trials())
+    enqueue_warm_start(study, SimpleNamespace(config=_config(), data=SimpleNamespace(name="news"),
+                                              encoders={"a": None}))
+    assert len(study.get_trials()) == before
+
+
+def test_a_new_dataset_study_starts_from_the_other_datasets_best(tmp_path, tiny_encoders, capsys):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",), sampler__warm_start="other_datasets",
+                          budget__n_trials=2)
+    results = tmp_path / "results"
+    assert run_cli("--study", "--config", str(config), "--results-dir", str(results)) == 0
+    err = capsys.readouterr().err
+    # topics runs first, when no other dataset has a study yet
+    assert "[topics] warm start: 0 configuration(s) queued from 0 other dataset(s)' studies of tiny" in err
+    assert "[topic_pairs] warm start: 1 configuration(s) queued from 1 other dataset(s)' studies of tiny" in err
+    storage = f"sqlite:///{results / 'optuna.db'}"
+    topics = optuna.load_study(study_name="tiny-topics", storage=storage)
+    pairs = optuna.load_study(study_name="tiny-topic_pairs", storage=storage)
+    best = max((t for t in topics.trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
+    first = pairs.trials[0]
+    assert first.params == best.params
+    assert first.user_attrs[WARM_START_ATTR] == f"tiny-topics trial {best.number}"
+    assert WARM_START_ATTR not in pairs.trials[1].user_attrs
+
+
+# --- the benchmark end to end --------------------------------------------------------------------
+
+
+def test_tiny_run_writes_every_run_of_every_method(tmp_path, tiny_encoders):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",)))
+    plan = search.SearchPlan(repeats=2, budget_s=3, train_examples=32, validation_examples=16, precision="fp32")
+    report = search.run(config, plan, ["warm-start", "trainer"], tmp_path / "out", dataset="topic_pairs")
+    written = json.loads((tmp_path / "out" / "SEARCH.json").read_text())
+    assert written["warm_start_sources"] == ["topics"]
+    for name in ("warm-start", "trainer"):
+        runs = written["methods"][name]["runs"]
+        assert [r["seed"] for r in runs] == [0, 1]
+        assert all(r["trials"] for r in runs), name
+    # the warm-started runs begin with the source's best configuration
+    assert report["summary"]["target"] is not None
+    assert (tmp_path / "out" / "search_anytime.png").stat().st_size > 0
+    assert "| warm-start |" in (tmp_path / "out" / "SEARCH.md").read_text()
+
+
+@pytest.mark.slow
+def test_quick_mode_runs_on_the_offline_assets(tmp_path):
+    assert search.main(["--quick", "--out", str(tmp_path)]) == 0
+    written = json.loads((tmp_path / "SEARCH.json").read_text())
+    assert list(written["methods"]) == list(search.QUICK_METHODS)
+    assert all(len(entry["runs"]) == 2 for entry in written["methods"].values())
