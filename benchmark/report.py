@@ -484,14 +484,21 @@ def _final_label(encoder) -> str:
     return f"{encoder.encoder} ({encoder.missing})" if encoder.missing else encoder.encoder
 
 
+def _error_bar(encoder) -> tuple[float, float]:
+    """How far the interval reaches below and above the mean. A percentile bootstrap interval
+    of a nonlinear metric (macro-F1) can sit just beside the observed mean, and a negative
+    length would stop matplotlib from drawing the figure at all."""
+    return max(encoder.mean - encoder.ci_low, 0.0), max(encoder.ci_high - encoder.mean, 0.0)
+
+
 def _final_traces(figure: go.Figure, row: int, column: int, final: pd.DataFrame, colours: Colours) -> None:
     for encoder in final.itertuples():
         figure.add_scatter(
             x=[_final_label(encoder)], y=[encoder.mean], mode="markers", name=encoder.encoder,
             legendgroup=encoder.encoder, showlegend=bool(encoder.seeds),  # nothing drawn, nothing in the legend
             marker=dict(color=colours[encoder.encoder], size=10),
-            error_y=dict(type="data", symmetric=False, array=[encoder.ci_high - encoder.mean],
-                         arrayminus=[encoder.mean - encoder.ci_low]),
+            error_y=dict(type="data", symmetric=False, array=[_error_bar(encoder)[1]],
+                         arrayminus=[_error_bar(encoder)[0]]),
             row=row, col=column,
         )
 
@@ -505,7 +512,8 @@ def _final_panel(ax: Axes, final: pd.DataFrame, colours: Colours) -> None:
     final = final.sort_values("encoder")
     for i, encoder in enumerate(final.itertuples()):
         if encoder.seeds > 0:
-            ax.errorbar([i], [encoder.mean], yerr=[[encoder.mean - encoder.ci_low], [encoder.ci_high - encoder.mean]],
+            below, above = _error_bar(encoder)
+            ax.errorbar([i], [encoder.mean], yerr=[[below], [above]],
                         fmt="o", capsize=5, color=colours[encoder.encoder], label=encoder.encoder)
     ax.set_xticks(range(len(final)), [_final_label(encoder) for encoder in final.itertuples()],
                   rotation=30, ha="right")

@@ -612,3 +612,16 @@ def test_chromium_draws_the_critical_difference_diagram(storage, tmp_path):
                           "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=180, check=True).stdout
     width, height = map(int, re.search(r'data-size="(\d+)x(\d+)"', dom).groups())
     assert width > 400 and height > 100
+
+
+def test_a_mean_just_beside_its_percentile_interval_still_draws(storage):
+    # A percentile bootstrap interval of macro-F1 can miss the observed mean by a hair;
+    # matplotlib refuses negative error lengths, which would stop the whole report.
+    final = full_tables(storage)["final"].assign(seeds=[5, 5], mean=[0.80, 0.60], ci_low=[0.801, 0.55],
+                                                 ci_high=[0.85, 0.599], missing=["", ""])
+    colours = report.encoder_colours(ENCODERS)
+    figure = report.final_figure(final, colours)
+    assert [(trace.error_y.arrayminus[0], trace.error_y.array[0]) for trace in figure.data] == [
+        (0.0, pytest.approx(0.05)), (pytest.approx(0.05), 0.0)]
+    [panel] = [ax for ax in report.final_evaluation_png(final, colours).axes if ax.get_visible()]
+    assert len(panel.containers) == 2
