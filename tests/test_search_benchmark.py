@@ -198,17 +198,17 @@ def test_a_new_dataset_study_starts_from_the_other_datasets_best(tmp_path, tiny_
     results = tmp_path / "results"
     assert run_cli("--study", "--config", str(config), "--results-dir", str(results)) == 0
     err = capsys.readouterr().err
-    # topics runs first, when no other dataset has a study yet
-    assert "[topics] warm start: 0 configuration(s) queued from 0 other dataset(s)' studies of tiny" in err
-    assert "[topic_pairs] warm start: 1 configuration(s) queued from 1 other dataset(s)' studies of tiny" in err
+    # the study run first has no other dataset's study to start from; the second has the first's
+    first, second = sorted(("topics", "topic_pairs"), key=lambda name: err.index(f"[{name}] running"))
+    assert f"[{first}] warm start: 0 configuration(s) queued from 0 other dataset(s)' studies of tiny" in err
+    assert f"[{second}] warm start: 1 configuration(s) queued from 1 other dataset(s)' studies of tiny" in err
     storage = f"sqlite:///{results / 'optuna.db'}"
-    topics = optuna.load_study(study_name="tiny-topics", storage=storage)
-    pairs = optuna.load_study(study_name="tiny-topic_pairs", storage=storage)
-    best = max((t for t in topics.trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
-    first = pairs.trials[0]
-    assert first.params == best.params
-    assert first.user_attrs[WARM_START_ATTR] == f"tiny-topics trial {best.number}"
-    assert WARM_START_ATTR not in pairs.trials[1].user_attrs
+    source = optuna.load_study(study_name=f"tiny-{first}", storage=storage)
+    warmed = optuna.load_study(study_name=f"tiny-{second}", storage=storage)
+    best = max((t for t in source.trials if t.state == TrialState.COMPLETE), key=lambda t: (t.value, -t.number))
+    assert warmed.trials[0].params == best.params
+    assert warmed.trials[0].user_attrs[WARM_START_ATTR] == f"tiny-{first} trial {best.number}"
+    assert WARM_START_ATTR not in warmed.trials[1].user_attrs
 
 
 # --- the benchmark end to end --------------------------------------------------------------------
