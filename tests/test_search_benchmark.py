@@ -4,6 +4,7 @@ and a run of it end to end."""
 from __future__ import annotations
 
 import json
+import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -14,6 +15,7 @@ from optuna.trial import TrialState, create_trial
 
 from benchmark.config import BenchmarkConfig, load_config
 from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR
+from benchmark.trial import ENCODER_PARAM
 from benchmark.warm_start import WARM_START_ATTR, enqueue_warm_start
 from benchmarks import search
 from tests.test_study import run_cli, write_config
@@ -78,8 +80,8 @@ def test_the_band_holds_actual_runs_values_and_nothing_before_half_have_one():
 
 
 def test_the_default_budget_fills_an_hour():
-    # 10 methods x 5 runs and 2 warm-start source studies, 15 s of each outside its clock
-    assert search.default_budget_s(50, 2) == round(3600 / 52 - 15)
+    # 10 methods x 5 runs and 2 warm-start source studies, 25 s of each outside its budget
+    assert search.default_budget_s(50, 2) == 44
 
 
 def test_every_lever_is_a_valid_config_of_the_harness():
@@ -91,6 +93,27 @@ def test_every_lever_is_a_valid_config_of_the_harness():
         assert configured.encoders == config.encoders, name
     assert search.configure(config, search.METHODS["all-levers"].patch(config)).pruner.min_resource == 192
     assert [name for name, method in search.METHODS.items() if method.warm(config)] == ["warm-start", "all-levers"]
+
+
+def test_the_cli_refuses_one_repeat_and_unknown_methods_before_running(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["--repeats", "1"])
+    assert exit_info.value.code == 2 and "--repeats must be at least 2, got 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        search.main(["--methods", "shipped,nope"])
+    assert exit_info.value.code == 2 and "--methods: unknown nope" in capsys.readouterr().err
+
+
+def test_the_gp_sampler_proposes_per_encoder_after_its_startup_trials():
+    # the synthetic study of test_sampling: best learning rate 1e-4 for A, 1e-3 for B
+    from tests.test_sampling import BEST_LR, _config as synthetic_config, _run
+
+    trials = _run(synthetic_config(sampler={"type": "gp", "n_startup_trials": 3}, n_trials=16))
+    for encoder, best_lr in BEST_LR.items():
+        own = [t for t in trials if t.params[ENCODER_PARAM] == encoder]
+        best = max(own, key=lambda t: t.value)
+        assert own.index(best) >= 3  # a GP proposal, not a random startup trial
+        assert abs(math.log10(best.params["learning_rate"] / best_lr)) < 0.15
 
 
 # --- warm start ----------------------------------------------------------------------------------
@@ -224,7 +247,7 @@ def test_tiny_run_writes_every_run_of_every_method(tmp_path, tiny_encoders):
         runs = written["methods"][name]["runs"]
         assert [r["seed"] for r in runs] == [0, 1]
         assert all(r["trials"] for r in runs), name
-    # the warm-started runs begin with the source's best configuration
+    # the peer's runs completed a trial within the budget: the table has a target
     assert report["summary"]["target"] is not None
     assert (tmp_path / "out" / "search_anytime.png").stat().st_size > 0
     assert "| warm-start |" in (tmp_path / "out" / "SEARCH.md").read_text()

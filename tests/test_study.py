@@ -425,7 +425,8 @@ def test_final_eval_refuses_a_missing_study_or_changed_data_before_training(tmp_
     config = write_config(tmp_path, tiny_encoders, encoders=("bert",))
     common = ["--config", str(config), "--results-dir", str(tmp_path / "r"), "--datasets", "topics"]
     assert run_cli("--final-eval", *common) == 2
-    assert "no study 'tiny-topics' in the storage; run --study first" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--final-eval: no study tiny-topics in sqlite:///" in err and "run --study first" in err
 
     assert run_cli("--study", *common, "--n-trials", "1") == 0
     changed = write_config(tmp_path, tiny_encoders, encoders=("bert",), datasets__topics__max_train_examples=50)
