@@ -38,7 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.perf import FULL, Plan, in_fresh_process, search_ours, search_trainer
+from benchmarks.perf import FULL, in_fresh_process, search_ours, search_trainer
 from benchmarks.table import best_so_far, time_to_reach
 
 HOUR_S = 3600.0
@@ -85,7 +85,8 @@ METHODS: dict[str, Method] = {
                          lambda config: {"sampler": {"type": "gp", "n_startup_trials": 2,
                                                      "warm_start": "other_datasets"},
                                          **_hyperband(config)}),
-    PEER: Method('Trainer.hyperparameter_search(backend="optuna"): TPE, its default pruning (none)', None),
+    PEER: Method('Trainer.hyperparameter_search(backend="optuna"): TPE, and its default pruning: '
+                 "create_study's MedianPruner on the evaluation after each epoch", None),
     "random": Method("the floor: random search, no pruning",
                      lambda config: {"sampler": {"type": "random"}, "pruner": {"type": "none"}}),
 }
@@ -102,7 +103,7 @@ class SearchPlan:
     precision: str | None = None
 
 
-QUICK = SearchPlan(repeats=2, budget_s=10, train_examples=32, validation_examples=32, precision="fp32")
+QUICK = SearchPlan(repeats=2, budget_s=15, train_examples=32, validation_examples=32, precision="fp32")
 
 
 def default_budget_s(runs: int, sources: int) -> float:
@@ -160,10 +161,10 @@ def summarize_methods(curves: dict[str, list[list[tuple[float, float]]]], budget
 
 def anytime_band(runs: list[list[tuple[float, float]]], grid: Sequence[float]) -> np.ndarray:
     """Rows: the 25th, 50th and 75th percentile over the runs of best-so-far at each grid
-    time, each an actual run's value (no interpolation); NaN where that run has no complete
-    trial yet (counted as the worst)."""
-    values = np.array([[best_at(curve, t) if best_at(curve, t) is not None else -np.inf for t in grid]
-                       for curve in runs])
+    time, each an actual run's value (no interpolation). A run with no complete trial yet
+    counts as the worst; NaN where a percentile falls on such a run."""
+    bests = [[best_at(curve, t) for t in grid] for curve in runs]
+    values = np.array([[-np.inf if best is None else best for best in row] for row in bests])
     band = np.quantile(values, [0.25, 0.5, 0.75], axis=0, method="inverted_cdf")
     return np.where(np.isinf(band), np.nan, band)
 
@@ -172,11 +173,13 @@ def render_markdown(report: dict) -> str:
     summary = report["summary"]
     plan = report["plan"]
     target = summary["target"]
-    target_text = f"{target:.4f}" if target is not None else "none (the peer was not run, or no run of it completed a trial)"
+    target_text = (f"{target:.4f}" if target is not None
+                   else "none (the peer was not run, or no run of it completed a trial)")
     lines = [
         "# Search benchmark",
         "",
-        f"{plan['repeats']} runs per method, each in a fresh process with its own sampler seed (0-{plan['repeats'] - 1}), "
+        f"{plan['repeats']} runs per method, each in a fresh process with its own sampler seed "
+        f"(0-{plan['repeats'] - 1}), "
         f"{plan['budget_s']:.0f} s of wall clock each; encoder {report['encoder']}, dataset {report['dataset']} "
         f"({plan['train_examples']} training examples, validation {report['metric']}), {report['precision']}, "
         f"on {report['device']}. "
@@ -211,7 +214,7 @@ def plot_anytime(report: dict, curves: dict[str, list[list[tuple[float, float]]]
         for curve in runs:
             xs = [0.0, *(when for when, _ in curve if when <= budget), budget]
             ys = [np.nan, *(value for when, value in curve if when <= budget)]
-            axes.step(xs, [*ys, ys[-1]], where="post", color=color, alpha=0.3, linewidth=0.7)
+            axes.step(xs, [*ys, ys[-1]], where="post", color=color, alpha=0.5, linewidth=0.8)
         low, median, high = anytime_band(runs, grid)
         axes.step(grid, median, where="post", color=color, linewidth=2, label=f"{name} (median of {len(runs)})")
         axes.fill_between(grid, low, high, step="post", color=color, alpha=0.12)
@@ -219,10 +222,11 @@ def plot_anytime(report: dict, curves: dict[str, list[list[tuple[float, float]]]
     if target is not None:
         axes.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target: {PEER}'s median final best")
     axes.axvline(budget / 2, color="grey", linestyle=":", linewidth=1, label="half the budget")
+    axes.set_xlim(0, budget)
     axes.set_xlabel("seconds since the search started")
     axes.set_ylabel(f"best validation {report['metric']} so far")
     axes.set_title(f"{report['encoder']} on {report['dataset']}: thin lines are runs, bands the interquartile range")
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

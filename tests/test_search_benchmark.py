@@ -139,7 +139,8 @@ def _config(warm_start: str = "other_datasets", top_k: int = 1) -> BenchmarkConf
     })
 
 
-_DISTRIBUTIONS = {"encoder": CategoricalDistribution(["a", "c"]), "learning_rate": FloatDistribution(1e-6, 1e-1, log=True),
+_DISTRIBUTIONS = {"encoder": CategoricalDistribution(["a", "c"]),
+                  "learning_rate": FloatDistribution(1e-6, 1e-1, log=True),
                   "batch_size": CategoricalDistribution([8, 16, 32]), "num_epochs": IntDistribution(1, 5)}
 
 
