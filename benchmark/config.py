@@ -8,7 +8,7 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -357,11 +357,15 @@ class BenchmarkConfig(_Strict):
     # The config file's encoders, kept by `restricted` (see `file_encoders`).
     _file_encoders: tuple[str, ...] = PrivateAttr(default=())
 
+    def model_post_init(self, context: Any, /) -> None:
+        # Copies (`restricted`, `model_copy`) keep it: only validation sets it.
+        self._file_encoders = tuple(self.encoders)
+
     @property
     def file_encoders(self) -> tuple[str, ...]:
         """Every encoder of the config file, also after `--encoders` narrowed `encoders`: a
         new study offers them all as its `encoder` choices, which Optuna fixes for good."""
-        return self._file_encoders or tuple(self.encoders)
+        return self._file_encoders
 
     @field_validator("name", "encoders", "datasets")
     @classmethod
@@ -446,9 +450,7 @@ class BenchmarkConfig(_Strict):
                     f"{self.source_file or 'the config'} defines: {', '.join(known)}"
                 )
             update[key] = {name: known[name] for name in names}
-        narrowed = self.model_copy(update=update)
-        narrowed._file_encoders = self.file_encoders
-        return narrowed
+        return self.model_copy(update=update)
 
 
 def load_config(path: str | Path) -> BenchmarkConfig:

@@ -240,7 +240,7 @@ def test_a_new_dataset_study_starts_from_the_other_datasets_best(tmp_path, tiny_
 
 def test_tiny_run_writes_every_run_of_every_method(tmp_path, tiny_encoders):
     config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",)))
-    plan = search.SearchPlan(repeats=2, budget_s=3, train_examples=32, validation_examples=16, precision="fp32")
+    plan = search.SearchPlan(repeats=2, budget_s=4, train_examples=16, validation_examples=16, precision="fp32")
     report = search.run(config, plan, ["warm-start", "trainer"], tmp_path / "out", dataset="topic_pairs")
     written = json.loads((tmp_path / "out" / "SEARCH.json").read_text())
     assert written["warm_start_sources"] == ["topics"]
