@@ -32,14 +32,18 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
     if storage is not None:
         preflight.check_seed_matches(storage, config)
         preflight.encoder_choices(storage, config)  # refuses an encoder the study cannot take
-    inputs = preflight.load_inputs(config)
-    batch_size, max_length = max(config.batch_sizes()), config.training.max_length
+    inputs = preflight.load_inputs(config, probe=True)
+    batch_size, max_length = preflight.measured_batch(config, probe=True), config.training.max_length
     num_labels = max(loaded.num_labels for loaded in inputs.datasets.values())
     steps = precision.step_seconds(inputs.precision, inputs.encoders.values(), num_labels, batch_size, max_length,
-                                   inputs.device)
+                                   inputs.device, precision.PROBE_STEPS)
     tokenizers = {name: load_tokenizer(encoder) for name, encoder in inputs.encoders.items()}
     lengths = _token_lengths(tokenizers, inputs.datasets, max_length)
-    setup_seconds = time.perf_counter() - started
+    # The run loads what this check loaded, then measures at its own size: the probe's step
+    # times scaled to the run's tokens and timed steps (nothing to add where forced).
+    timed = inputs.precision.seconds_per_step or {}
+    setup_seconds = (time.perf_counter() - started + sum(timed.values()) * precision.TIMED_STEPS
+                     * preflight.measured_batch(config, probe=False) / batch_size)
 
     print(f"check: {config.source_file or 'the config'} is valid; every encoder and dataset loaded")
     for name, encoder in inputs.encoders.items():
@@ -55,7 +59,9 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
         print(f"dataset {name}: {loaded.num_labels} classes, train {len(loaded.train)} ({classes}), "
               f"validation {len(loaded.validation)}, test {len(loaded.test)}, "
               f"{loaded.duplicates_dropped} duplicates dropped")
-    print(f"precision: {inputs.precision.choice} ({inputs.precision.basis})")
+    print(f"precision: {inputs.precision.choice} ({inputs.precision.basis}; {precision.PROBE_STEPS} timed step "
+          f"each, where the run times {precision.TIMED_STEPS} at {preflight.measured_batch(config, probe=False)}"
+          f"x{max_length} and decides again)")
     print(f"storage: {mask_password(storage_url)} ("
           f"{'holds ' + str(len(optuna.get_all_study_summaries(storage, False))) + ' studies' if storage else 'new'})")
     print(f"results: {results_dir}/ ({_results_dir_state(results_dir)})")
@@ -80,7 +86,8 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
               f"({', '.join(f'{e} {estimate.duration_text(per_trial[e])} per trial' for e in encoders)})")
     print(f"estimate: {estimate.duration_text(total)} for {total_trials:g} trial(s) in {len(inputs.datasets)} "
           f"study(ies), plus about {estimate.duration_text(setup_seconds)} of loading and measuring before the "
-          f"first trial (what this check took); an upper bound as far as pruning goes: a pruned trial stops early")
+          f"first trial (what this check took, and the run's precision measurement scaled from the probe); "
+          f"an upper bound as far as pruning goes: a pruned trial stops early")
     print(f"estimate rests on: each encoder's training step timed here at {batch_size}x{max_length} tokens in "
           f"{inputs.precision.choice}, scaled to the tokens a trial trains on (padded as the run pads) and "
           f"evaluates (a forward pass taken as {estimate.FORWARD_SHARE:.2f} of a step), averaged over num_epochs "

@@ -29,6 +29,11 @@ BF16_MIN_SPEEDUP = 0.10
 # Timed steps per encoder and candidate, after one warm-up step; their median is kept,
 # which a single step slowed by another process does not move.
 TIMED_STEPS = 3
+# `--check` times one step per candidate at this batch size instead, so a check costs
+# seconds, not a minute: per token, a batch of 8 steps 1.1-1.25x slower than one of 32 on a
+# 2-core CPU (MiniLM-L6 and MPNet-base, fp32 and bf16), an estimate error well inside 2x.
+PROBE_BATCH = 8
+PROBE_STEPS = 1
 # A candidate whose step already takes this many times fp32's is clearly slower: it is timed
 # no further, so a 100x-slow fallback costs a step or two, not minutes.
 GIVE_UP_RATIO = 3.0
@@ -102,7 +107,7 @@ def candidates(device: torch.device) -> list[str]:
 
 
 def decide(setting: str, encoders: Iterable[Encoder], num_labels: int, batch_size: int, max_length: int,
-           device: torch.device) -> Precision:
+           device: torch.device, timed_steps: int = TIMED_STEPS) -> Precision:
     """`training.precision`: fp32 or bf16 as forced, or (`auto`) the measured fastest."""
     if setting != "auto":
         return Precision(setting)
@@ -116,7 +121,8 @@ def decide(setting: str, encoders: Iterable[Encoder], num_labels: int, batch_siz
     bounded: set[str] = set()
     by_encoder = {}
     for encoder in encoders:
-        by_encoder[encoder.name] = measure_encoder(encoder, num_labels, batch_size, max_length, device, names)
+        by_encoder[encoder.name] = measure_encoder(encoder, num_labels, batch_size, max_length, device, names,
+                                                   timed_steps)
         for name, (seconds, lower_bound) in by_encoder[encoder.name].items():
             totals[name] += seconds
             if lower_bound:
@@ -128,13 +134,13 @@ def decide(setting: str, encoders: Iterable[Encoder], num_labels: int, batch_siz
 
 
 def step_seconds(chosen: Precision, encoders: Iterable[Encoder], num_labels: int, batch_size: int, max_length: int,
-                 device: torch.device) -> dict[str, float]:
+                 device: torch.device, timed_steps: int = TIMED_STEPS) -> dict[str, float]:
     """Per encoder, seconds per training step in the chosen precision at `batch_size` x
     `max_length`: the measurement's own where `decide` measured, else timed now the same way."""
     if chosen.per_encoder is not None and chosen.shape == (batch_size, max_length):
         return dict(chosen.per_encoder)
     return {encoder.name: measure_encoder(encoder, num_labels, batch_size, max_length, device,
-                                          [chosen.choice])[chosen.choice][0] for encoder in encoders}
+                                          [chosen.choice], timed_steps)[chosen.choice][0] for encoder in encoders}
 
 
 def for_workers(chosen: Precision) -> dict[str, str]:
@@ -149,7 +155,8 @@ def inherited(value: str) -> Precision:
 
 
 def measure_encoder(encoder: Encoder, num_labels: int, batch_size: int, max_length: int,
-                    device: torch.device, names: list[str]) -> dict[str, tuple[float, bool]]:
+                    device: torch.device, names: list[str],
+                    timed_steps: int = TIMED_STEPS) -> dict[str, tuple[float, bool]]:
     """Per candidate: seconds per batch step, and whether that is only a lower bound (the
     candidate was stopped after its one-example warm-up step). fp32 comes first: the others
     are judged against it."""
@@ -170,7 +177,7 @@ def measure_encoder(encoder: Encoder, num_labels: int, batch_size: int, max_leng
                 measured[name] = (seconds, True)
                 continue
             steps = []
-            for _ in range(TIMED_STEPS):
+            for _ in range(timed_steps):
                 steps.append(_timed_step(model, inputs, labels, device, CANDIDATES[name]))
                 if limit is not None and steps[-1] > limit:
                     break

@@ -70,7 +70,7 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     return Prepared(storage, tracker, studies)
 
 
-def load_inputs(config: BenchmarkConfig) -> Inputs:
+def load_inputs(config: BenchmarkConfig, probe: bool = False) -> Inputs:
     """Resolve every encoder, load and split every dataset, pick the device and the precision;
     trains nothing but the precision measurement's few steps and writes nothing."""
     seed = config.training.seed
@@ -117,12 +117,20 @@ def load_inputs(config: BenchmarkConfig) -> Inputs:
     # the largest batch the search can sample, where the choice matters most.
     started = time.perf_counter()
     chosen = precision.decide(config.training.precision, resolved.values(),
-                              max(loaded.num_labels for loaded in datasets.values()), max(config.batch_sizes()),
-                              config.training.max_length, device)
+                              max(loaded.num_labels for loaded in datasets.values()), measured_batch(config, probe),
+                              config.training.max_length, device,
+                              precision.PROBE_STEPS if probe else precision.TIMED_STEPS)
     # What the measurement itself cost, so a user can weigh it against the run.
     cost = f"; the measurement took {time.perf_counter() - started:.0f} s" if chosen.seconds_per_step else ""
     print(chosen.describe() + cost, file=sys.stderr, flush=True)
     return Inputs(resolved, datasets, device, chosen)
+
+
+def measured_batch(config: BenchmarkConfig, probe: bool) -> int:
+    """The batch size steps are timed at: the largest the search can sample, or for `--check`'s
+    probe (`probe`) a smaller one."""
+    largest = max(config.batch_sizes())
+    return min(precision.PROBE_BATCH, largest) if probe else largest
 
 
 def check_seed_matches(storage: optuna.storages.BaseStorage, config: BenchmarkConfig) -> None:

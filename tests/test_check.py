@@ -46,9 +46,9 @@ def test_check_prints_the_plan_and_an_estimate_and_writes_nothing(tmp_path, tiny
     assert "study tiny-topics (accuracy): new to 4 trials (2 per encoder); to run: bert 2, roberta 2; estimate" in out
     assert "study tiny-topic_pairs (macro_f1): new to 4 trials (2 per encoder); to run: bert 2, roberta 2" in out
     # fp32 is forced, so nothing was measured for the choice: the check timed its own steps.
-    assert "one training step of 16x32 in fp32: 0.50 s" in out
+    assert "one training step of 8x32 in fp32: 0.50 s" in out
     assert "estimate: " in out and "for 8 trial(s) in 2 study(ies)" in out and "upper bound" in out
-    assert "estimate rests on: each encoder's training step timed here at 16x32 tokens in fp32" in out
+    assert "estimate rests on: each encoder's training step timed here at 8x32 tokens in fp32" in out
     assert "dataset topics: 3 classes, train " in out and "'politics' " in out
     assert out.rstrip().endswith("check: nothing was trained or written")
     assert not results.exists()
