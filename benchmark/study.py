@@ -151,8 +151,13 @@ def next_balanced_encoder(study: optuna.Study, encoders: list[str], seed: int, d
     """The next encoder of the balanced rotation: round r gives each encoder its (r+1)-th
     trial (finished, or running elsewhere), in the round's shuffled order (see
     `balanced_round_order`). Both come from the trial counts in the storage, so workers
-    racing for the next slot agree on whose it is."""
-    claiming = study.get_trials(deepcopy=False, states=_claiming_states(study._storage))
+    racing for the next slot agree on whose it is.
+
+    Running trials count here on every storage, also where they hold no place toward
+    `n_trials` (journals, see `_claiming_states`): workers that start together would
+    otherwise all take the same encoder, round after round. On a journal a dead worker's
+    trial then costs its encoder at most that one place in the rotation."""
+    claiming = study.get_trials(deepcopy=False, states=(*FINISHED, TrialState.RUNNING))
     counts = Counter(t.params.get(ENCODER_PARAM) for t in claiming)
     round_index = min(counts[encoder] for encoder in encoders)
     order = balanced_round_order(seed, dataset, round_index, encoders)

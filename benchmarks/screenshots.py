@@ -14,6 +14,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -74,7 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
 
-    screenshot((args.results_dir / "report.html").resolve().as_uri(), args.out / "report.png", height=2400)
+    report = args.results_dir / "report.html"
+    screenshot(report.resolve().as_uri(), args.out / "report.png", height=1800)
+    page = report.read_text(encoding="utf-8")
+    with tempfile.TemporaryDirectory() as scratch:
+        for section in ("expected-performance-section", "dataset-0", "final"):
+            # Headless Chromium draws the plots only from the top of the page: the copy
+            # shows the one section, first.
+            alone = Path(scratch) / f"{section}.html"
+            alone.write_text(page.replace("</head>", f"<style>body > :not(#{section}) {{display: none}}</style></head>",
+                                          1), encoding="utf-8")
+            screenshot(alone.as_uri(), args.out / f"report_{section}.png", height=1400)
 
     storage = args.storage or f"sqlite:///{args.results_dir / 'optuna.db'}"
     port = _free_port()
