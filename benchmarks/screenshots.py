@@ -106,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
             experiments = [e for e in MlflowClient(base).search_experiments() if e.name != "Default"]
             for experiment in experiments:
-                screenshot(f"{base}/#/experiments/{experiment.experiment_id}",
+                screenshot(f"{base}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning",
                            args.out / f"mlflow_{experiment.name}.png")
     return 0
 

@@ -4,6 +4,7 @@ unreachable server, and the local SQLite store driven directly."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -126,7 +127,8 @@ def test_a_study_reads_back_from_the_server_as_optuna_stored_it(
     out, err = capsys.readouterr()
     assert f"mlflow: tracking to {mlflow_server}" in err
     assert "tracker 'mlflow' failed" not in err
-    assert f"mlflow: tiny-topics -> {mlflow_server}/#/experiments/" in err
+    link = re.search(rf"mlflow: tiny-topics -> ({re.escape(mlflow_server)}/#/experiments/\S+)", err).group(1)
+    assert link.endswith("?workflowType=machine_learning"), "the UI's switch to training runs, not GenAI"
     assert "View run" not in out, "stdout carries only the leaderboard"
 
     client = MlflowClient(mlflow_server)

@@ -59,6 +59,9 @@ except ImportError:  # the optional extra is not installed: refused up front, in
 STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 # The MLflow UI opens an experiment of this kind on its training runs, not on GenAI traces.
 EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+# MLflow 3.17's UI ignores that tag behind its own GenAI / Model training switch, which
+# defaults to GenAI and is remembered by the browser; a link with this query sets it.
+MODEL_TRAINING_VIEW = "?workflowType=machine_learning"
 
 MAX_PENDING_METRICS = 1000  # MLflow's limit for one log_batch request
 FLUSH_EVERY_S = 30.0  # train curves also reach the UI between evaluations far apart
@@ -251,7 +254,7 @@ class MlflowTracker:
                                             tags=tags).info.run_id
         if self._server:
             print(f"mlflow: {info.study_name} -> {self._server}/#/experiments/{record.experiment_id}"
-                  f"/runs/{run_id}", file=sys.stderr, flush=True)
+                  f"/runs/{run_id}{MODEL_TRAINING_VIEW}", file=sys.stderr, flush=True)
         return run_id
 
     @_marks_failure
