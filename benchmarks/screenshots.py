@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     page = report.read_text(encoding="utf-8")
     with tempfile.TemporaryDirectory() as scratch:
         for section in ("expected-performance-section", "dataset-0", "final"):
-            # Headless Chromium draws the plots only from the top of the page: the copy
-            # shows the one section, first.
+            # Headless Chromium shoots the top of a page: the copy shows the one section,
+            # first. Plotly's text-measuring element stays, or axis titles land askew.
+            hide = f"body > :not(#{section}):not(#js-plotly-tester) {{display: none}}"
             alone = Path(scratch) / f"{section}.html"
-            alone.write_text(page.replace("</head>", f"<style>body > :not(#{section}) {{display: none}}</style></head>",
-                                          1), encoding="utf-8")
+            alone.write_text(page.replace("</head>", f"<style>{hide}</style></head>", 1), encoding="utf-8")
             screenshot(alone.as_uri(), args.out / f"report_{section}.png", height=1400)
 
     storage = args.storage or f"sqlite:///{args.results_dir / 'optuna.db'}"
