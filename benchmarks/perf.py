@@ -361,7 +361,7 @@ def run(config, plan: Plan, out: Path) -> dict:
     native_bf16 = study.precision.choice == "bf16"
     precisions = {"fp32": None, **({"bf16": torch.bfloat16} if native_bf16 else {})}
     report: dict = {
-        "plan": asdict(plan), "device": _describe_device(device), "torch_threads": torch.get_num_threads(),
+        "plan": asdict(plan), "device": describe_device(device), "torch_threads": torch.get_num_threads(),
         "dataset": dataset_name, "native_bf16": native_bf16, "matmul_peak_flops": {}, "throughput": {},
         "levers": {},
         "precision": {"choice": study.precision.choice, "seconds_per_step": study.precision.seconds_per_step,
@@ -484,7 +484,7 @@ def _eval_subset_lever(study, config) -> dict:
     return timings
 
 
-def _describe_device(device: torch.device) -> str:
+def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     import platform

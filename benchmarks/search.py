@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -38,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.perf import FULL, in_fresh_process, search_ours, search_trainer
+from benchmark.training import pick_device
+from benchmarks.perf import FULL, describe_device, in_fresh_process, search_ours, search_trainer
 from benchmarks.table import best_so_far, time_to_reach
 
 HOUR_S = 3600.0
@@ -264,7 +263,7 @@ def run(config, plan: SearchPlan, methods: Sequence[str], out: Path, dataset: st
             in_fresh_process(search_ours, config.restricted([name], None), search_plan, str(source_dir),
                              config.training.seed)
     report: dict = {"plan": asdict(plan), "encoder": encoder, "dataset": dataset,
-                    "metric": config.datasets[dataset].metric, "device": _describe_machine(),
+                    "metric": config.datasets[dataset].metric, "device": describe_device(pick_device()),
                     "precision": precision,
                     "warm_start_sources": sources, "methods": {
                         name: {"description": METHODS[name].description,
@@ -298,14 +297,6 @@ def measured_precision(config, workdir: str) -> str:
 
     prepared = prepare(config, f"sqlite:///{workdir}/precision.db", ["none"], Path(workdir))
     return prepared.studies[0].precision.choice
-
-
-def _describe_machine() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name()
-    return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
 def main(argv: list[str] | None = None) -> int:
