@@ -17,7 +17,7 @@ import torch
 
 from benchmark import estimate, precision, preflight
 from benchmark.config import BenchmarkConfig
-from benchmark.encoders import Encoder, load_tokenizer
+from benchmark.encoders import Encoder
 from benchmark.storage import mask_password, open_existing_storage
 from benchmark.study import FINISHED, SURPLUS_ATTR, study_name
 from benchmark.tokenization import tokenize_split
@@ -37,7 +37,7 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
     num_labels = max(loaded.num_labels for loaded in inputs.datasets.values())
     steps = precision.step_seconds(inputs.precision, inputs.encoders.values(), num_labels, batch_size, max_length,
                                    inputs.device, precision.PROBE_STEPS)
-    tokenizers = {name: load_tokenizer(encoder) for name, encoder in inputs.encoders.items()}
+    tokenizers = inputs.tokenizers
     lengths = _token_lengths(tokenizers, inputs.datasets, max_length)
     # The run loads what this check loaded, then measures at its own size: the probe's step
     # times scaled to the run's tokens and timed steps (nothing to add where forced).

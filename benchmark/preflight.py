@@ -7,6 +7,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
@@ -54,6 +55,7 @@ class Inputs:
     datasets: dict[str, TextClassificationData]
     device: torch.device
     precision: Precision
+    tokenizers: dict[str, Any]  # per encoder, as loaded for the vocabulary check
 
 
 def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path) -> Prepared:
@@ -108,8 +110,9 @@ def load_inputs(config: BenchmarkConfig, probe: bool = False) -> Inputs:
                   f"{', '.join(map(repr, classes))}; {effect}", file=sys.stderr, flush=True)
         datasets[name] = loaded
     # Per dataset: a tokenizer can cover one dataset's language and not another's.
-    for encoder in resolved.values():
-        tokenizer = encoders.load_tokenizer(encoder)
+    tokenizers = {}
+    for name, encoder in resolved.items():
+        tokenizer = tokenizers[name] = encoders.load_tokenizer(encoder)
         for loaded in datasets.values():
             encoders.check_vocabulary(encoder, tokenizer, loaded.name,
                                       loaded.sample_texts(encoders.VOCABULARY_SAMPLE, seed))
@@ -123,7 +126,7 @@ def load_inputs(config: BenchmarkConfig, probe: bool = False) -> Inputs:
     # What the measurement itself cost, so a user can weigh it against the run.
     cost = f"; the measurement took {time.perf_counter() - started:.0f} s" if chosen.seconds_per_step else ""
     print(chosen.describe() + cost, file=sys.stderr, flush=True)
-    return Inputs(resolved, datasets, device, chosen)
+    return Inputs(resolved, datasets, device, chosen, tokenizers)
 
 
 def measured_batch(config: BenchmarkConfig, probe: bool) -> int:
