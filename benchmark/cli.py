@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from benchmark.errors import BenchmarkError
 
 if TYPE_CHECKING:  # like every module that needs torch, imported only where used
-    from benchmark.precision import Precision
+    from benchmark.train.precision import Precision
 
 DEFAULT_CONFIG = Path("search_spaces/default.yaml")
 MAX_SEED = 2**32 - 1
@@ -131,7 +131,7 @@ def _on_sigterm(signum: int, frame: object) -> None:
 
 
 def _storage_url(args: argparse.Namespace) -> str:
-    from benchmark.storage import default_storage_url
+    from benchmark.search.storage import default_storage_url
 
     return args.storage or default_storage_url(args.results_dir)
 
@@ -141,8 +141,8 @@ def _leaderboard(args: argparse.Namespace) -> None:
     the storage is known to hold a benchmark study."""
     import optuna
 
-    from benchmark.results import benchmark_trial_count, write_leaderboards
-    from benchmark.storage import open_existing_storage
+    from benchmark.report.results import benchmark_trial_count, write_leaderboards
+    from benchmark.search.storage import open_existing_storage
 
     url = _storage_url(args)
     storage = open_existing_storage(url)
@@ -169,16 +169,16 @@ def _check_results_dir(directory: Path) -> None:
 
 
 def _masked(url: str) -> str:
-    from benchmark.storage import mask_password
+    from benchmark.redaction import mask_password
 
     return mask_password(url)
 
 
 def _print_tables(tables: dict, results_dir: Path) -> None:
-    from benchmark.leaderboard import reference_flag_sentences, to_markdown
-    from benchmark.ranking import ranking_verdict
-    from benchmark.report import REPORT_FILE, search_verdict_sentences, stopped_sentences, timeout_sentences
-    from benchmark.results import PREDICTIONS_FILE, TABLES
+    from benchmark.report.html import REPORT_FILE, search_verdict_sentences, stopped_sentences, timeout_sentences
+    from benchmark.report.leaderboard import reference_flag_sentences, to_markdown
+    from benchmark.report.ranking import ranking_verdict
+    from benchmark.report.results import PREDICTIONS_FILE, TABLES
 
     print(to_markdown(tables["leaderboard"]))
     for sentence in reference_flag_sentences(tables["reference_flags"]):
@@ -197,7 +197,7 @@ def _print_tables(tables: dict, results_dir: Path) -> None:
 
 def _config(args: argparse.Namespace):
     """The config file, narrowed and reseeded by the command line."""
-    from benchmark.config import load_config
+    from benchmark.config.spec import load_config
 
     config = load_config(args.config).restricted(args.datasets, args.encoders)
     seed = config.training.seed if args.seed is None else args.seed
@@ -216,7 +216,7 @@ def _n_trials(args: argparse.Namespace, config) -> int:
 def _check(args: argparse.Namespace) -> None:
     config = _config(args)
     n_trials = _n_trials(args, config)
-    from benchmark.check import run_check  # torch: only once the config is known good
+    from benchmark.search.check import run_check  # torch: only once the config is known good
 
     run_check(config, _storage_url(args), n_trials, args.results_dir)
 
@@ -226,10 +226,10 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
     seed = config.training.seed
     n_trials = _n_trials(args, config)
     # Only now the heavy imports (torch, transformers): a config error answers at once.
-    from benchmark import preflight
-    from benchmark.report import REPORT_FILES
-    from benchmark.results import RESULT_FILES, write_leaderboards
-    from benchmark.study import every_encoder_stopped, run_study
+    from benchmark.report.html import REPORT_FILES
+    from benchmark.report.results import RESULT_FILES, write_leaderboards
+    from benchmark.search import preflight
+    from benchmark.search.study import every_encoder_stopped, run_study
 
     timeout = args.timeout or config.budget.timeout_s
     url = _storage_url(args)
@@ -268,9 +268,9 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
 
 def _final_eval(args: argparse.Namespace) -> None:
     config = _config(args)
-    from benchmark import preflight
-    from benchmark.final_eval import evaluation_candidates, run_final_evaluation
-    from benchmark.results import write_leaderboards
+    from benchmark.report.results import write_leaderboards
+    from benchmark.search import preflight
+    from benchmark.search.final_eval import evaluation_candidates, run_final_evaluation
 
     url = _storage_url(args)
     _check_studies_exist(config, url)
@@ -290,12 +290,12 @@ def _check_studies_exist(config, url: str) -> None:
     anything, and create no storage in place of a mistyped one."""
     import optuna
 
-    from benchmark.storage import open_existing_storage
-    from benchmark.study import study_name
+    from benchmark.schema import study_name
+    from benchmark.search.storage import open_existing_storage
 
     storage = open_existing_storage(url)
     stored = set(optuna.get_all_study_names(storage)) if storage is not None else set()
-    missing = [study_name(config, name) for name in config.datasets if study_name(config, name) not in stored]
+    missing = [study_name(config.name, name) for name in config.datasets if study_name(config.name, name) not in stored]
     if missing:
         raise BenchmarkError(f"--final-eval: no study {', '.join(missing)} in {_masked(url)}; run --study first "
                              "(or check --storage)")
@@ -307,8 +307,8 @@ def _run_workers(count: int, argv: list[str], chosen: Precision) -> None:
     import os
     import subprocess
 
-    from benchmark.precision import for_workers
-    from benchmark.study import WORKER_ENV
+    from benchmark.schema import WORKER_ENV
+    from benchmark.train.precision import for_workers
 
     gpus = _visible_gpus()
     workers = []

@@ -85,9 +85,9 @@ def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str, fuse
                  attention: str | None = None, compiled: bool = False) -> tuple[Measurement, float]:
     """One fine-tune in our loop; `attention` swaps the model's attention implementation,
     `compiled` runs it under torch.compile (any compilation it triggers is counted)."""
-    from benchmark.encoders import load_classifier
-    from benchmark.training import fine_tune, padding_multiple
-    from benchmark.trial import loop_settings
+    from benchmark.search.trial import loop_settings
+    from benchmark.train.encoders import load_classifier
+    from benchmark.train.loop import fine_tune, padding_multiple
 
     # One tiny evaluation at the end, which fine_tune always does; its time is subtracted.
     validation = train.subset(np.arange(min(len(train), 8)))
@@ -139,7 +139,7 @@ def default_trainer_arguments(workdir: Path, batch_size: int, num_epochs: int, l
 def _train_with_trainer(study, encoder_name: str, train, hp, args) -> Measurement:
     from transformers import DataCollatorWithPadding, Trainer
 
-    from benchmark.encoders import load_classifier, load_tokenizer
+    from benchmark.train.encoders import load_classifier, load_tokenizer
 
     encoder = study.encoders[encoder_name]
     torch.manual_seed(0)
@@ -228,8 +228,8 @@ def _search_config(config, plan: Plan):
 
 def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
     """This harness's search, its sampler seeded by `seed` (the data split keeps the config's)."""
-    from benchmark.preflight import prepare
-    from benchmark.study import run_study
+    from benchmark.search.preflight import prepare
+    from benchmark.search.study import run_study
 
     config = _search_config(config, plan)
     url = f"sqlite:///{workdir}/ours.db"
@@ -252,12 +252,12 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
     import optuna
     from transformers import DataCollatorWithPadding, Trainer
 
-    from benchmark.config import CategoricalParam, FloatParam
-    from benchmark.encoders import load_classifier, load_tokenizer
-    from benchmark.metrics import classification_metrics
-    from benchmark.preflight import prepare
-    from benchmark.tokenization import tokenize_split
-    from benchmark.trial import sample_hyperparameters
+    from benchmark.config.spec import CategoricalParam, FloatParam
+    from benchmark.data.tokenization import tokenize_split
+    from benchmark.search.preflight import prepare
+    from benchmark.search.trial import sample_hyperparameters
+    from benchmark.train.encoders import load_classifier, load_tokenizer
+    from benchmark.train.metrics import classification_metrics
 
     config = _search_config(config, plan)
     prepared = prepare(config, f"sqlite:///{workdir}/unused.db", ["none"], Path(workdir))
@@ -341,11 +341,11 @@ def in_fresh_process(function, *args):
 
 def run(config, plan: Plan, out: Path) -> dict:
     """Measure every row for `config`'s encoders on its first dataset; write PERF.json/.md."""
-    from benchmark.encoders import load_tokenizer
+    from benchmark.data.tokenization import tokenize_split
     from benchmark.files import write_atomic
-    from benchmark.preflight import prepare
-    from benchmark.tokenization import tokenize_split
-    from benchmark.training import Hyperparameters
+    from benchmark.search.preflight import prepare
+    from benchmark.train.encoders import load_tokenizer
+    from benchmark.train.loop import Hyperparameters
 
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="perf-"))
@@ -425,7 +425,7 @@ def run(config, plan: Plan, out: Path) -> dict:
 
 def _attention_implementation(study, encoder_name: str) -> str:
     """What transformers picks for the model by default: "sdpa" where the architecture has it."""
-    from benchmark.encoders import load_classifier
+    from benchmark.train.encoders import load_classifier
 
     model = load_classifier(study.encoders[encoder_name], study.data.label_names, 0.0)
     return _transformer(model).config._attn_implementation
@@ -434,10 +434,10 @@ def _attention_implementation(study, encoder_name: str) -> str:
 def _eval_schedule_lever(study, config, plan: Plan) -> dict:
     """The longest trial the space allows (the most epochs at the smallest batch size, on the
     search's training set), once per checkpoint schedule: seconds training and evaluating."""
-    from benchmark.encoders import load_classifier, load_tokenizer
-    from benchmark.tokenization import tokenize_split
-    from benchmark.training import Hyperparameters, fine_tune
-    from benchmark.trial import loop_settings
+    from benchmark.data.tokenization import tokenize_split
+    from benchmark.search.trial import loop_settings
+    from benchmark.train.encoders import load_classifier, load_tokenizer
+    from benchmark.train.loop import Hyperparameters, fine_tune
 
     encoder_name, encoder = next(iter(study.encoders.items()))
     epochs_spec = config.search_space.num_epochs
@@ -463,11 +463,11 @@ def _eval_schedule_lever(study, config, plan: Plan) -> dict:
 
 def _eval_subset_lever(study, config) -> dict:
     """Seconds per pruning-checkpoint evaluation: the whole validation split against the subset."""
-    from benchmark.data import stratified_split
-    from benchmark.encoders import load_classifier, load_tokenizer
-    from benchmark.tokenization import tokenize_split
-    from benchmark.training import EVAL_SUBSET_SEED, evaluate
-    from benchmark.trial import loop_settings
+    from benchmark.data.dataset import stratified_split
+    from benchmark.data.tokenization import tokenize_split
+    from benchmark.search.trial import loop_settings
+    from benchmark.train.encoders import load_classifier, load_tokenizer
+    from benchmark.train.loop import EVAL_SUBSET_SEED, evaluate
 
     encoder = next(iter(study.encoders.values()))
     validation = tokenize_split(load_tokenizer(encoder), study.data.validation, config.training.max_length)
@@ -499,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a tiny run that only proves the script works")
     parser.add_argument("--out", default="results/perf", help="where PERF.json and PERF.md go (default: %(default)s)")
     args = parser.parse_args(argv)
-    from benchmark.config import load_config
+    from benchmark.config.spec import load_config
     from benchmark.errors import BenchmarkError
 
     try:

@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmark.training import pick_device
+from benchmark.train.loop import pick_device
 from benchmarks.perf import FULL, describe_device, in_fresh_process, search_ours, search_trainer
 from benchmarks.table import best_so_far, time_to_reach
 
@@ -293,7 +293,7 @@ def run(config, plan: SearchPlan, methods: Sequence[str], out: Path, dataset: st
 
 def measured_precision(config, workdir: str) -> str:
     """What `precision: auto` chooses for `config` on this machine."""
-    from benchmark.preflight import prepare
+    from benchmark.search.preflight import prepare
 
     prepared = prepare(config, f"sqlite:///{workdir}/precision.db", ["none"], Path(workdir))
     return prepared.studies[0].precision.choice
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="where the outputs go (default: results/perf; --quick: a new temporary "
                                       "folder, never the checked-in results)")
     args = parser.parse_args(argv)
-    from benchmark.config import load_config
+    from benchmark.config.spec import load_config
     from benchmark.errors import BenchmarkError
 
     methods = (args.methods.split(",") if args.methods else list(QUICK_METHODS if args.quick else METHODS))

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from benchmark.preflight import quiet_libraries
+from benchmark.search.preflight import quiet_libraries
 
 CLASS_WORDS = {
     "sports": ["goal", "match", "team", "coach", "league", "score"],

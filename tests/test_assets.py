@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmark import assets
-from benchmark.assets import Wheel, WheelAsset, extract_prefix, fetch
-from benchmark.config import DatasetSpec
-from benchmark.data import load_dataset
+from benchmark.config.spec import DatasetSpec
+from benchmark.data import assets
+from benchmark.data.assets import Wheel, WheelAsset, extract_prefix, fetch
+from benchmark.data.dataset import load_dataset
 from benchmark.errors import BenchmarkError
 
 

@@ -9,13 +9,20 @@ import numpy as np
 import optuna
 import pytest
 
-from benchmark import baselines
-from benchmark.baselines import (PAIR_SEPARATOR, REFERENCE_ATTR, documents, is_current, majority_scores,
-                                 reference_baselines, tfidf_logreg_scores)
-from benchmark.data import Split, TextClassificationData
-from benchmark.leaderboard import encoder_leaderboard, reference_flags
-from benchmark.results import references_frame, trials_frame
-from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, open_study
+from benchmark.data.dataset import Split, TextClassificationData
+from benchmark.report.leaderboard import encoder_leaderboard, reference_flags
+from benchmark.report.results import references_frame, trials_frame
+from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, REFERENCE_ATTR
+from benchmark.search.study import open_study
+from benchmark.train import baselines
+from benchmark.train.baselines import (
+    PAIR_SEPARATOR,
+    documents,
+    is_current,
+    majority_scores,
+    reference_baselines,
+    tfidf_logreg_scores,
+)
 
 
 def _split(texts, labels, pairs=None) -> Split:

@@ -13,12 +13,12 @@ import optuna
 import pytest
 import torch
 
-from benchmark import estimate, precision
-from benchmark import trial as trial_module
 from benchmark.cli import main
-from benchmark.config import CategoricalParam, EncoderSpec, IntParam, RangeOverride, TrainingSpec
-from benchmark.encoders import resolve
-from benchmark.study import DATA_SEED_ATTR
+from benchmark.config.spec import CategoricalParam, EncoderSpec, IntParam, RangeOverride, TrainingSpec
+from benchmark.schema import DATA_SEED_ATTR
+from benchmark.search import trial as trial_module
+from benchmark.train import estimate, precision
+from benchmark.train.encoders import resolve
 from tests.test_study import write_config
 
 REPO = Path(__file__).resolve().parent.parent

@@ -15,8 +15,7 @@ from optuna.trial import TrialState
 
 from benchmark import tracking
 from benchmark.cli import main
-from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR
-from benchmark.trial import INTERRUPTED_ATTR
+from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, INTERRUPTED_ATTR, METRIC_ATTR
 from tests.test_study import write_config
 from tests.test_workers import ROOT, _as_if_in_a_terminal, _training_trial, _wait_for
 
@@ -220,7 +219,7 @@ class _NullRun:
 
 def test_no_channel_shows_a_password(tmp_path, tiny_encoders, capsys, monkeypatch):
     """Every URL shape, through stdout, stderr, every written file and what the trackers get."""
-    from benchmark import preflight, storage
+    from benchmark.search import preflight, storage
 
     config = write_config(tmp_path, tiny_encoders, encoders=("bert",), search_space__num_epochs={
         "type": "int", "low": 1, "high": 1})

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from benchmark.config import (
+from benchmark.config.spec import (
     BenchmarkConfig,
     Budget,
     CategoricalParam,

@@ -15,8 +15,8 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from benchmark import study as study_module
 from benchmark.cli import main
+from benchmark.search import study as study_module
 from tests.test_study import write_config
 
 

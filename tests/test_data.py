@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.config import DatasetSpec
-from benchmark.data import SPLITS, load_dataset, prepare, stratified_split
+from benchmark.config.spec import DatasetSpec
+from benchmark.data.dataset import SPLITS, load_dataset, prepare, stratified_split
 from benchmark.errors import BenchmarkError
 from tests.conftest import make_texts
 

@@ -9,8 +9,9 @@ import time
 import pytest
 import torch
 
-from benchmark.config import EncoderSpec
-from benchmark.encoders import (
+from benchmark.config.spec import EncoderSpec
+from benchmark.errors import BenchmarkError
+from benchmark.train.encoders import (
     DROPOUT_KEYS,
     Encoder,
     HubEncoder,
@@ -21,7 +22,6 @@ from benchmark.encoders import (
     resolve,
     unknown_token_fraction,
 )
-from benchmark.errors import BenchmarkError
 from tests.conftest import ARCHITECTURES, make_texts
 
 LABEL_NAMES = ("politics", "sports", "tech")

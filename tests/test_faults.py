@@ -11,12 +11,12 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-from benchmark import trial as trial_module
-from benchmark.config import load_config
-from benchmark.encoders import max_tokens
-from benchmark.preflight import prepare
-from benchmark.study import STOPPED_ATTR, study_sampler
-from benchmark.trial import ENCODER_PARAM
+from benchmark.config.spec import load_config
+from benchmark.schema import ENCODER_PARAM, STOPPED_ATTR
+from benchmark.search import trial as trial_module
+from benchmark.search.preflight import prepare
+from benchmark.search.study import study_sampler
+from benchmark.train.encoders import max_tokens
 from tests.conftest import ARCHITECTURES
 from tests.test_sampling import _config
 from tests.test_study import run_cli, write_config
@@ -94,7 +94,7 @@ def test_a_run_whose_every_encoder_is_stopped_ends_and_exits_with_an_error(tmp_p
 
 
 def test_interrupted_and_surplus_trials_do_not_count_as_failures():
-    from benchmark.study import consecutive_failures
+    from benchmark.search.study import consecutive_failures
 
     def trial(number, state, **attrs):
         return optuna.trial.create_trial(state=state, params={ENCODER_PARAM: "A"}, user_attrs=attrs,

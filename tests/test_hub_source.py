@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from benchmark.config import DatasetSpec
-from benchmark.data import load_dataset
+from benchmark.config.spec import DatasetSpec
+from benchmark.data.dataset import load_dataset
 from benchmark.errors import BenchmarkError
 
 

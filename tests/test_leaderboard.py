@@ -11,7 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmark.leaderboard import (
+from benchmark import schema
+from benchmark.report.leaderboard import (
     cost_table,
     dataset_columns,
     dataset_summary,
@@ -25,7 +26,7 @@ from benchmark.leaderboard import (
     verdict_strength,
     with_reference_test_scores,
 )
-from benchmark.results import FINAL_RUN_COLUMNS, TRIAL_COLUMNS
+from benchmark.report.results import FINAL_RUN_COLUMNS, TRIAL_COLUMNS
 
 T0 = datetime(2025, 1, 1, 12, 0, 0)
 NAN = float("nan")
@@ -436,8 +437,7 @@ def _stored_final_evaluation(tmp_path, search_trials, runs, seeds_requested=2) -
     import optuna
     from optuna.distributions import CategoricalDistribution
 
-    from benchmark import final_eval
-    from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR
+    from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR
 
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     distributions = {"encoder": CategoricalDistribution(sorted({encoder for encoder, _ in search_trials}))}
@@ -447,25 +447,25 @@ def _stored_final_evaluation(tmp_path, search_trials, runs, seeds_requested=2) -
     for encoder, value in search_trials:
         search.add_trial(optuna.trial.create_trial(value=value, params={"encoder": encoder},
                                                    distributions=distributions))
-    final = optuna.create_study(storage=storage, study_name=final_eval.final_study_name("b-news"),
+    final = optuna.create_study(storage=storage, study_name=schema.final_study_name("b-news"),
                                 direction="maximize")
-    for name, value in ((final_eval.FINAL_OF_ATTR, "b-news"), (DATASET_ATTR, "news"), (METRIC_ATTR, "accuracy"),
-                        (final_eval.TEST_LABELS_ATTR, STORED_LABELS),
-                        (final_eval.SEEDS_REQUESTED_ATTR, seeds_requested)):
+    for name, value in ((schema.FINAL_OF_ATTR, "b-news"), (DATASET_ATTR, "news"), (METRIC_ATTR, "accuracy"),
+                        (schema.TEST_LABELS_ATTR, STORED_LABELS),
+                        (schema.SEEDS_REQUESTED_ATTR, seeds_requested)):
         final.set_user_attr(name, value)
     for encoder, source, seed, predictions in runs:
         final.add_trial(optuna.trial.create_trial(
             value=float(np.mean(np.equal(predictions, STORED_LABELS))), params={"encoder": encoder},
             distributions=distributions,
-            user_attrs={final_eval.SEED_ATTR: seed, final_eval.SOURCE_TRIAL_ATTR: source,
-                        final_eval.PREDICTIONS_ATTR: predictions}))
+            user_attrs={schema.SEED_ATTR: seed, schema.SOURCE_TRIAL_ATTR: source,
+                        schema.PREDICTIONS_ATTR: predictions}))
     return storage
 
 
 def test_predictions_round_trip_through_the_storage(tmp_path):
     """A search study and its final study, stored as the harness stores them, rebuilt into
     final_predictions.csv and the final tables by write_leaderboards."""
-    from benchmark.results import PREDICTIONS_FILE, write_leaderboards
+    from benchmark.report.results import PREDICTIONS_FILE, write_leaderboards
 
     labels = STORED_LABELS
     runs = [("x", 2, 0, [0, 1, 1, 0]), ("x", 2, 1, [0, 1, 1, 1]), ("y", 1, 0, [1, 1, 1, 1]),
@@ -495,7 +495,7 @@ def test_an_interrupted_final_evaluation_says_what_is_missing_in_every_channel(t
     stdout and the report name what is missing and draw no verdict that y's second seed or
     z could change."""
     from benchmark.cli import _print_tables
-    from benchmark.results import write_leaderboards
+    from benchmark.report.results import write_leaderboards
 
     storage = _stored_final_evaluation(
         tmp_path, [("x", 0.9), ("y", 0.8), ("z", 0.85)],
@@ -525,7 +525,7 @@ def test_an_interrupted_final_evaluation_says_what_is_missing_in_every_channel(t
 
 
 def test_a_final_evaluation_stopped_before_its_first_run_says_so(tmp_path):
-    from benchmark.results import write_leaderboards
+    from benchmark.report.results import write_leaderboards
 
     storage = _stored_final_evaluation(tmp_path, [("x", 0.9), ("y", 0.8)], [])
     tables = write_leaderboards(storage, tmp_path)
@@ -538,7 +538,7 @@ def test_a_final_evaluation_stopped_before_its_first_run_says_so(tmp_path):
 
 def _references(values) -> pd.DataFrame:
     """values: (study, metric, reference name, split, value); 200 validation and 400 training examples."""
-    from benchmark.results import REFERENCE_COLUMNS
+    from benchmark.report.results import REFERENCE_COLUMNS
 
     rows = [{"study": study, "dataset": study.removeprefix("bench-"), "metric": metric, "reference": name,
              "split": split, "examples": 200, "train_examples": 400,

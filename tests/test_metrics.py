@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
 
-from benchmark.metrics import accuracy, classification_metrics, confusion_matrix, macro_f1, mcc
+from benchmark.train.metrics import accuracy, classification_metrics, confusion_matrix, macro_f1, mcc
 
 
 def _metrics(labels, predictions, num_labels):

@@ -21,16 +21,16 @@ pytest.importorskip("mlflow", reason="mlflow is not installed: pip install -e '.
 
 from mlflow import MlflowClient  # noqa: E402
 
-from benchmark import study as study_module  # noqa: E402
-from benchmark import trial as trial_module  # noqa: E402
 from benchmark.cli import main  # noqa: E402
 from benchmark.errors import BenchmarkError  # noqa: E402
-from benchmark.report import EXPECTED_PERFORMANCE_PNG, REPORT_FILE, REPORT_FILES  # noqa: E402
-from benchmark.results import RESULT_FILES  # noqa: E402
-from benchmark.study import FINISHED  # noqa: E402
+from benchmark.report.html import EXPECTED_PERFORMANCE_PNG, REPORT_FILE, REPORT_FILES  # noqa: E402
+from benchmark.report.results import RESULT_FILES  # noqa: E402
+from benchmark.schema import FINISHED
+from benchmark.search import study as study_module  # noqa: E402
+from benchmark.search import trial as trial_module  # noqa: E402
 from benchmark.tracking import StudyInfo, mlflow_backend  # noqa: E402
 from benchmark.tracking.base import Guarded  # noqa: E402
-from benchmark.training import Evaluation, StepLog  # noqa: E402
+from benchmark.train.loop import Evaluation, StepLog  # noqa: E402
 from tests.test_study import write_config  # noqa: E402
 
 PARENT = "mlflow.parentRunId"

@@ -20,17 +20,17 @@ from pathlib import Path
 import optuna
 import pytest
 
-from benchmark import study as study_module
-from benchmark import trial as trial_module
 from benchmark.cli import main
 from benchmark.errors import BenchmarkError
-from benchmark.report import EXPECTED_PERFORMANCE_PNG, REPORT_FILE, REPORT_FILES
-from benchmark.results import RESULT_FILES
-from benchmark.storage import mask_password
-from benchmark.study import SURPLUS_ATTR
+from benchmark.redaction import mask_password
+from benchmark.report.html import EXPECTED_PERFORMANCE_PNG, REPORT_FILE, REPORT_FILES
+from benchmark.report.results import RESULT_FILES
+from benchmark.schema import SURPLUS_ATTR
+from benchmark.search import study as study_module
+from benchmark.search import trial as trial_module
 from benchmark.tracking import StudyInfo
 from benchmark.tracking.neptune_backend import NeptuneTracker, resolve_mode
-from benchmark.training import Evaluation, StepLog
+from benchmark.train.loop import Evaluation, StepLog
 from tests.test_study import write_config
 
 NEPTUNE_ENV = ("NEPTUNE_API_TOKEN", "NEPTUNE_PROJECT", "NEPTUNE_MODE", "NEPTUNE_DATA_DIRECTORY")
@@ -232,7 +232,7 @@ def test_no_password_or_api_token_reaches_the_run_data(tmp_path, monkeypatch, ca
     study.set_user_attr("dataset", "news")
 
     def objective(trial):
-        if trial.number == 3:  # what benchmark.study does with a trial two workers claimed
+        if trial.number == 3:  # what benchmark.search.study does with a trial two workers claimed
             trial.set_user_attr(SURPLUS_ATTR, True)
             raise RuntimeError("surplus")
         params = {"learning_rate": trial.suggest_float("learning_rate", 1e-5, 1e-3)}

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from benchmark.config import load_config
+from benchmark.config.spec import load_config
 from benchmarks import perf
 from benchmarks.table import best_so_far, render_markdown, summarize, time_to_reach
 from tests.test_study import write_config

@@ -6,12 +6,12 @@ import optuna
 import pytest
 import torch
 
-from benchmark import precision
-from benchmark.config import EncoderSpec, load_config
-from benchmark.encoders import resolve
-from benchmark.precision import FORCED, Precision, choose, decide, measure_encoder
-from benchmark.preflight import prepare
-from benchmark.study import open_study
+from benchmark.config.spec import EncoderSpec, load_config
+from benchmark.search.preflight import prepare
+from benchmark.search.study import open_study
+from benchmark.train import precision
+from benchmark.train.encoders import resolve
+from benchmark.train.precision import FORCED, Precision, choose, decide, measure_encoder
 from tests.test_study import write_config
 
 CPU = torch.device("cpu")

@@ -6,8 +6,8 @@ import optuna
 import pytest
 from optuna.distributions import CategoricalDistribution
 
-from benchmark.config import PrunerSpec
-from benchmark.pruning import make_pruner
+from benchmark.config.spec import PrunerSpec
+from benchmark.search.pruning import make_pruner
 
 ENCODERS = {"encoder": CategoricalDistribution(["mpnet", "minilm"])}
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from benchmark import ranking
+from benchmark.report import ranking
 from tests.test_leaderboard import _frame, _trial
 
 # scikit-posthocs' tutorial ("Block design"): 4 blocks (here datasets) x 4 groups (encoders).

@@ -21,9 +21,10 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 from plotly.offline import get_plotlyjs
 
-from benchmark import provenance, report
-from benchmark.results import trials_frame
-from benchmark.study import BENCHMARK_ATTR, DATA_SEED_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR
+from benchmark import schema
+from benchmark.report import html as report
+from benchmark.report.results import trials_frame
+from benchmark.schema import BENCHMARK_ATTR, DATA_SEED_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR
 
 ENCODERS = ("bert", "roberta")
 DISTRIBUTIONS = {
@@ -37,9 +38,9 @@ STEPS = (48, 96, 144)
 FIGURES = {"expected-performance", "final-evaluation",
            *(f"dataset-{i}-{kind}" for i in (0, 1) for kind in ("history", "parallel", "proposals", "curves", "cost"))}
 # What the topics study was trained from and with; the pairs study predates these attributes.
-TOPICS_PROVENANCE = {provenance.CONFIG_FILE_ATTR: "tiny.yaml", provenance.CONFIG_SHA256_ATTR: "ab12" * 16,
-                     provenance.COMPARISON_ATTR: "balanced", DATA_SEED_ATTR: 7,
-                     provenance.VERSIONS_ATTR: {"torch": "2.13.0+cpu", "transformers": "5.24.0", "optuna": "5.0.0"}}
+TOPICS_PROVENANCE = {schema.CONFIG_FILE_ATTR: "tiny.yaml", schema.CONFIG_SHA256_ATTR: "ab12" * 16,
+                     schema.COMPARISON_ATTR: "balanced", DATA_SEED_ATTR: 7,
+                     schema.VERSIONS_ATTR: {"torch": "2.13.0+cpu", "transformers": "5.24.0", "optuna": "5.0.0"}}
 
 
 def add_trial(study: optuna.Study, encoder: str, state: TrialState, curve: list[float], **user_attrs) -> None:
@@ -357,7 +358,7 @@ def importance_study(trials: int, comparison: str | None) -> optuna.Study:
     which one value is on a single trial."""
     study = optuna.create_study(direction="maximize")
     if comparison:
-        study.set_user_attr(provenance.COMPARISON_ATTR, comparison)
+        study.set_user_attr(schema.COMPARISON_ATTR, comparison)
     distributions = {**DISTRIBUTIONS, "batch_size": CategoricalDistribution([16, 32])}
     for i in range(trials):
         encoder = ENCODERS[i % 2]
@@ -458,7 +459,7 @@ def test_chromium_renders_every_figure(written, tmp_path):
     header, *tables = probe["tables"]
     assert header["rows"][0] == ["dataset", "config", "config file", "config sha256", "seed", "device", "precision",
                                  "torch", "transformers", "optuna", "trials"]
-    versions = TOPICS_PROVENANCE[provenance.VERSIONS_ATTR]
+    versions = TOPICS_PROVENANCE[schema.VERSIONS_ATTR]
     assert header["rows"][1:] == [
         ["pairs", "tiny", *["unknown"] * 3, "cpu", "fp32", *["unknown"] * 3,
          "2 trials: 1 complete, 1 pruned, 0 failed"],
@@ -544,7 +545,7 @@ def test_chromium_keeps_wide_tables_in_a_scrolling_box_with_margins(written, tmp
 
 
 def test_reference_notes_state_the_flags_in_words():
-    from benchmark.leaderboard import FLAG_COLUMNS
+    from benchmark.report.leaderboard import FLAG_COLUMNS
 
     references = pd.DataFrame({"study": ["tiny-topics"], "reference": ["(reference) majority class"]})
     flags = pd.DataFrame([["topics", "bert", "accuracy", 0.5, 2, 0.5, 0.7, 200, 400, True, True]],
@@ -561,7 +562,7 @@ def test_reference_notes_state_the_flags_in_words():
 
 def ranked_tables(storage: str, encoders: int) -> dict[str, pd.DataFrame]:
     """`full_tables` plus a ranking over three datasets, built as `results` builds it."""
-    from benchmark import ranking
+    from benchmark.report import ranking
 
     scores = pd.DataFrame({"bert": [0.81, 0.61, 0.70], "roberta": [0.84, 0.66, 0.75], "electra": [0.70, 0.50, 0.60]},
                           index=["pairs", "topics", "third"]).iloc[:, :encoders]

@@ -13,10 +13,11 @@ import statistics
 import optuna
 import pytest
 
-from benchmark.config import BenchmarkConfig
-from benchmark.sampling import balanced_round_order
-from benchmark.study import study_sampler
-from benchmark.trial import ENCODER_PARAM, sample_hyperparameters
+from benchmark.config.spec import BenchmarkConfig
+from benchmark.schema import ENCODER_PARAM
+from benchmark.search.sampling import balanced_round_order
+from benchmark.search.study import study_sampler
+from benchmark.search.trial import sample_hyperparameters
 
 BEST_LR = {"A": 1e-4, "B": 1e-3}
 THREE_LR = {**BEST_LR, "C": 1e-3}

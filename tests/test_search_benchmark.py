@@ -13,10 +13,9 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import TrialState, create_trial
 
-from benchmark.config import BenchmarkConfig, load_config
-from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR
-from benchmark.trial import ENCODER_PARAM
-from benchmark.warm_start import WARM_START_ATTR, enqueue_warm_start
+from benchmark.config.spec import BenchmarkConfig, load_config
+from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, ENCODER_PARAM, WARM_START_ATTR
+from benchmark.search.warm_start import enqueue_warm_start
 from benchmarks import search
 from tests.test_study import run_cli, write_config
 
@@ -106,7 +105,8 @@ def test_the_cli_refuses_one_repeat_and_unknown_methods_before_running(capsys):
 
 def test_the_gp_sampler_proposes_per_encoder_after_its_startup_trials():
     # the synthetic study of test_sampling: best learning rate 1e-4 for A, 1e-3 for B
-    from tests.test_sampling import BEST_LR, _config as synthetic_config, _run
+    from tests.test_sampling import BEST_LR, _run
+    from tests.test_sampling import _config as synthetic_config
 
     trials = _run(synthetic_config(sampler={"type": "gp", "n_startup_trials": 3}, n_trials=16))
     for encoder, best_lr in BEST_LR.items():

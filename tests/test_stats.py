@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from benchmark.metrics import METRIC_NAMES
-from benchmark.stats import (
+from benchmark.report.stats import (
     Draws,
     bootstrap_band,
     draw_resamples,
@@ -15,6 +14,7 @@ from benchmark.stats import (
     paired_bootstrap,
     pareto_front,
 )
+from benchmark.train.metrics import METRIC_NAMES
 
 
 def test_expected_max_curve_by_hand():

@@ -8,7 +8,8 @@ import optuna
 import pytest
 
 from benchmark.errors import BenchmarkError
-from benchmark.storage import default_storage_url, mask_password, open_storage
+from benchmark.redaction import mask_password
+from benchmark.search.storage import default_storage_url, open_storage
 
 
 @pytest.mark.parametrize("url, masked", [

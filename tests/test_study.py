@@ -11,14 +11,16 @@ import pytest
 import torch
 import yaml
 
-from benchmark import final_eval
-from benchmark import trial as trial_module
+from benchmark import schema
 from benchmark.cli import main
-from benchmark.config import load_config
-from benchmark.preflight import prepare
-from benchmark.report import REPORT_FILE
-from benchmark.results import RESULT_FILES, trials_frame
-from benchmark.study import FINISHED, open_study, settle_memory
+from benchmark.config.spec import load_config
+from benchmark.report.html import REPORT_FILE
+from benchmark.report.results import RESULT_FILES, trials_frame
+from benchmark.schema import FINISHED
+from benchmark.search import final_eval
+from benchmark.search import trial as trial_module
+from benchmark.search.preflight import prepare
+from benchmark.search.study import open_study, settle_memory
 from tests.conftest import make_texts
 
 
@@ -439,7 +441,7 @@ def test_final_eval_refuses_a_missing_study_or_changed_data_before_training(tmp_
     # Stored predictions are compared example by example: a test split that moved is refused too.
     storage = f"sqlite:///{tmp_path / 'r' / 'optuna.db'}"
     moved = optuna.create_study(storage=storage, study_name="tiny-topics-final", direction="maximize")
-    moved.set_user_attr(final_eval.TEST_LABELS_ATTR, [0, 1])
+    moved.set_user_attr(schema.TEST_LABELS_ATTR, [0, 1])
     write_config(tmp_path, tiny_encoders, encoders=("bert",))  # the search's config again
     assert run_cli("--final-eval", *common) == 2
     assert "datasets.topics: the test split's labels differ from those study 'tiny-topics-final' scored" \
@@ -492,7 +494,7 @@ def test_the_study_keeps_what_the_report_header_names(tmp_path, tiny_encoders):
 def test_a_timeout_short_of_n_trials_is_said_and_recorded_then_cleared(tmp_path, tiny_encoders, monkeypatch, capsys):
     import time as time_module
 
-    from benchmark import study as study_module
+    from benchmark.search import study as study_module
 
     dataset_study = _dataset_study(tmp_path, tiny_encoders, encoders=("bert", "roberta"))
     clock = [0.0]

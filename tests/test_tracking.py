@@ -7,7 +7,7 @@ import pytest
 from benchmark.errors import BenchmarkError
 from benchmark.tracking import StudyInfo, make_tracker
 from benchmark.tracking.base import Guarded, TrackerGroup
-from benchmark.training import Evaluation, StepLog
+from benchmark.train.loop import Evaluation, StepLog
 
 
 class Recording:
@@ -193,7 +193,7 @@ def test_live_progress_shows_trials_examples_loss_and_an_eta_on_a_terminal():
 def test_without_a_terminal_the_log_lines_are_all_there_is(tmp_path, capsys, monkeypatch):
     import sys
 
-    from benchmark.study import WORKER_ENV
+    from benchmark.schema import WORKER_ENV
 
     group = make_tracker(["none"], tmp_path)  # pytest's captured stderr is no terminal
     assert [tracker.name for tracker in group._trackers] == ["console"]

@@ -7,14 +7,23 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmark.config import DatasetSpec, EncoderSpec
-from benchmark.data import prepare
-from benchmark.encoders import load_classifier, load_tokenizer, resolve
-from benchmark.metrics import classification_metrics
-from benchmark.tokenization import TokenizationCache, batches, length_grouped, tokenize_split
-import benchmark.training
-from benchmark.training import (Hyperparameters, LoopSettings, _linear_warmup_decay, _optimizer,
-                                checkpoint_steps, evaluate, fine_tune, padding_multiple, predict)
+import benchmark.train.loop
+from benchmark.config.spec import DatasetSpec, EncoderSpec
+from benchmark.data.dataset import prepare
+from benchmark.data.tokenization import TokenizationCache, batches, length_grouped, tokenize_split
+from benchmark.train.encoders import load_classifier, load_tokenizer, resolve
+from benchmark.train.loop import (
+    Hyperparameters,
+    LoopSettings,
+    _linear_warmup_decay,
+    _optimizer,
+    checkpoint_steps,
+    evaluate,
+    fine_tune,
+    padding_multiple,
+    predict,
+)
+from benchmark.train.metrics import classification_metrics
 from tests.conftest import make_texts
 
 CPU = torch.device("cpu")
@@ -188,14 +197,14 @@ def test_length_grouped_training_sees_the_same_examples_with_less_padding(topics
     hp = Hyperparameters(learning_rate=3e-3, warmup_ratio=0.1, dropout=0.0, max_grad_norm=1.0,
                          weight_decay=0.01, batch_size=16, num_epochs=1)
     trained = []
-    real_batches = benchmark.training.batches
+    real_batches = benchmark.train.loop.batches
 
     def recording_batches(split, order, batch_size, *args):
         if batch_size == hp.batch_size:  # the training batches, not the evaluation's
             trained.append(order.copy())
         yield from real_batches(split, order, batch_size, *args)
 
-    monkeypatch.setattr(benchmark.training, "batches", recording_batches)
+    monkeypatch.setattr(benchmark.train.loop, "batches", recording_batches)
     runs = {}
     for grouped in (False, True):
         settings = LoopSettings(eval_every_examples=10**6, eval_batch_size=64, seed=0, device=CPU,
@@ -242,13 +251,13 @@ def test_the_fast_path_computes_what_the_plain_path_computes(topics, bert, monke
     fast = LoopSettings(eval_every_examples=32, eval_batch_size=32, seed=0, device=CPU, autocast_dtype=None,
                         fused_optimizer=True, pad_to_multiple_of=8, eval_subset_examples=5)
     evaluated = []
-    real_evaluate = benchmark.training.evaluate
+    real_evaluate = benchmark.train.loop.evaluate
 
     def recording_evaluate(model, split, settings, num_labels):
         evaluated.append(split.labels.copy())
         return real_evaluate(model, split, settings, num_labels)
 
-    monkeypatch.setattr(benchmark.training, "evaluate", recording_evaluate)
+    monkeypatch.setattr(benchmark.train.loop, "evaluate", recording_evaluate)
     plain_result, plain_steps = _run(bert, topics, tokenized, plain)
     plain_sizes = [len(labels) for labels in evaluated]
     evaluated.clear()

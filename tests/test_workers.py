@@ -15,10 +15,10 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from benchmark.precision import Precision
-from benchmark.results import trials_frame
-from benchmark.storage import open_storage
-from benchmark.study import FINISHED
+from benchmark.report.results import trials_frame
+from benchmark.schema import FINISHED
+from benchmark.search.storage import open_storage
+from benchmark.train.precision import Precision
 from tests.test_study import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -208,7 +208,8 @@ def test_each_local_worker_gets_its_own_gpu(monkeypatch):
 
 
 def test_worker_sampler_offsets_differ_and_a_lone_process_keeps_its_seed(monkeypatch):
-    from benchmark.study import WORKER_ENV, worker_offset
+    from benchmark.schema import WORKER_ENV
+    from benchmark.search.study import worker_offset
 
     monkeypatch.delenv(WORKER_ENV, raising=False)
     assert worker_offset() == 0  # a single run stays reproducible from --seed

@@ -47,7 +47,7 @@ def make_tracker(names: list[str], results_dir: Path) -> Tracker:
 def _live_progress() -> list[Tracker]:
     """A live display for a person at a terminal. Logs and pipes keep the lines alone, and
     so do `--workers` children: several displays on one terminal would overwrite each other."""
-    from benchmark.study import WORKER_ENV  # imported here: benchmark.study imports this package
+    from benchmark.schema import WORKER_ENV
 
     if not sys.stderr.isatty() or os.environ.get(WORKER_ENV) is not None:
         return []

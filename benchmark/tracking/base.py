@@ -16,8 +16,8 @@ from typing import Protocol
 import optuna
 from optuna.trial import FrozenTrial
 
-from benchmark.storage import mask_password
-from benchmark.training import Evaluation, StepLog
+from benchmark.redaction import mask_password
+from benchmark.train.loop import Evaluation, StepLog
 
 StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmark.storage import mask_password
+from benchmark.redaction import mask_password
 from benchmark.tracking.base import TrialRun, _RunGroup
-from benchmark.training import Evaluation, StepLog
+from benchmark.train.loop import Evaluation, StepLog
 
 
 def _number(value: float | None) -> str:
@@ -39,7 +39,7 @@ def trial_note(encoder: str, state: str, reason: str | None, metric: str,
 
 def study_note(trials: Sequence[FrozenTrial], metric: str, n_trials: int) -> str:
     """Markdown: one row per encoder, best validation value first; what each row rests on."""
-    from benchmark.trial import ENCODER_PARAM  # imported here: benchmark.trial imports this module
+    from benchmark.schema import ENCODER_PARAM
 
     rows: dict[str, dict[str, object]] = {}
     for trial in trials:

@@ -38,9 +38,9 @@ from pathlib import Path
 from optuna.trial import TrialState
 
 from benchmark.errors import BenchmarkError
-from benchmark.storage import mask_password
+from benchmark.redaction import mask_password
 from benchmark.tracking.base import StudyCallback, StudyInfo, TrialRun
-from benchmark.training import Evaluation, StepLog
+from benchmark.train.loop import Evaluation, StepLog
 
 try:
     import fcntl

@@ -54,10 +54,10 @@ from neptune_optuna import NeptuneCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.errors import BenchmarkError
-from benchmark.storage import mask_password
-from benchmark.study import SURPLUS_ATTR
+from benchmark.redaction import mask_password
+from benchmark.schema import SURPLUS_ATTR
 from benchmark.tracking.base import StudyCallback, StudyInfo, TrialRun
-from benchmark.training import Evaluation, StepLog
+from benchmark.train.loop import Evaluation, StepLog
 
 MODES = ("async", "sync", "offline", "debug")
 ONLINE_MODES = ("async", "sync")
@@ -150,7 +150,7 @@ def _environment(name: str, value: str | None) -> Iterator[None]:
 
 
 def _storage_type(url: str) -> str:
-    """The Optuna storage class benchmark.storage.open_storage builds for `url`."""
+    """The Optuna storage class benchmark.search.storage.open_storage builds for `url`."""
     return "JournalStorage" if url.startswith(("journal:", "redis://", "rediss://", "unix://")) else "RDBStorage"
 
 
@@ -337,7 +337,7 @@ class _StudyCallback(NeptuneCallback):
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         if trial.user_attrs.get(SURPLUS_ATTR):
-            return  # claimed by two racing workers: it never ran (benchmark.study)
+            return  # claimed by two racing workers: it never ran (benchmark.search.study)
         super().__call__(study, trial)
 
     def _log_best_trials(self, study: optuna.Study) -> None:

@@ -13,9 +13,9 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmark.config import SamplerSpec
-from benchmark.encoder_view import encoder_view
-from benchmark.trial import ENCODER_PARAM
+from benchmark.config.spec import SamplerSpec
+from benchmark.schema import ENCODER_PARAM
+from benchmark.search.optuna_internals import encoder_view
 
 
 def make_sampler(spec: SamplerSpec, seed: int, dataset: str, encoders: Callable[[], Sequence[str]],

@@ -272,7 +272,7 @@ class SamplerSpec(_Strict):
     multivariate: StrictBool = True
     # `other_datasets`: a new study first tries, per encoder, the `warm_start_top_k` best
     # configurations that encoder reached (validation value) in this benchmark's other
-    # datasets' studies in the same storage (see benchmark/warm_start.py).
+    # datasets' studies in the same storage (see benchmark/search/warm_start.py).
     warm_start: Literal["none", "other_datasets"] = "none"
     warm_start_top_k: StrictInt = Field(default=1, ge=1)
 
@@ -331,7 +331,7 @@ class TrainingSpec(_Strict):
     eval_subset_examples: StrictInt | None = Field(default=None, gt=0)
     # Batches of similar lengths (as Trainer's `group_by_length`): less padding per batch.
     group_by_length: StrictBool = False
-    # `auto`: whichever trains faster here, timed before the first trial (benchmark/precision.py).
+    # `auto`: whichever trains faster here, timed before the first trial (benchmark/train/precision.py).
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     # NumPy and the samplers take 32-bit unsigned seeds.
     seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1)

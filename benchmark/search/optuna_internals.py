@@ -9,7 +9,7 @@ from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmark.trial import ENCODER_PARAM
+from benchmark.schema import ENCODER_PARAM
 
 
 def encoder_view(study: optuna.Study, encoders: Collection[object], sampler: BaseSampler,

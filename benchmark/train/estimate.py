@@ -10,8 +10,8 @@ from collections import Counter
 
 import numpy as np
 
-from benchmark.config import CategoricalParam, IntParam, RangeOverride, TrainingSpec
-from benchmark.training import checkpoint_steps
+from benchmark.config.spec import CategoricalParam, IntParam, RangeOverride, TrainingSpec
+from benchmark.train.loop import checkpoint_steps
 
 # An evaluation runs the forward pass only: about a third of a training step's compute per
 # token (the backward pass computes two gradients for each weight multiplication).

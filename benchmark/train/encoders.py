@@ -17,8 +17,8 @@ from typing import Protocol
 
 import torch
 
-from benchmark import assets
-from benchmark.config import EncoderSpec
+from benchmark.config.spec import EncoderSpec
+from benchmark.data import assets
 from benchmark.errors import BenchmarkError
 
 # sentence-transformers' pooling modes (keys of `1_Pooling/config.json`) we can build.

@@ -15,13 +15,14 @@ import numpy as np
 import optuna
 import torch
 
-from benchmark import estimate, precision, preflight
-from benchmark.config import BenchmarkConfig
-from benchmark.encoders import Encoder
-from benchmark.storage import mask_password, open_existing_storage
-from benchmark.study import FINISHED, SURPLUS_ATTR, study_name
-from benchmark.tokenization import tokenize_split
-from benchmark.trial import ENCODER_PARAM
+from benchmark.config.spec import BenchmarkConfig
+from benchmark.data.tokenization import tokenize_split
+from benchmark.redaction import mask_password
+from benchmark.schema import ENCODER_PARAM, FINISHED, SURPLUS_ATTR, study_name
+from benchmark.search import preflight
+from benchmark.search.storage import open_existing_storage
+from benchmark.train import estimate, precision
+from benchmark.train.encoders import Encoder
 
 
 def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_dir: Path) -> None:
@@ -70,7 +71,7 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
     total = 0.0
     total_trials = 0.0
     for name, loaded in inputs.datasets.items():
-        study = study_name(config, name)
+        study = study_name(config.name, name)
         finished = _finished_per_encoder(storage, study)
         to_run = estimate.remaining_trials(n_trials, finished, encoders, config.comparison == "balanced")
         per_trial = {encoder: _trial_seconds(config, encoder, steps[encoder] / (batch_size * max_length),

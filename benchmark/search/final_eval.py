@@ -16,29 +16,29 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmark.encoders import load_classifier, load_tokenizer
+from benchmark.data.tokenization import tokenize_split
 from benchmark.errors import BenchmarkError
-from benchmark.metrics import classification_metrics
-from benchmark.study import DATASET_ATTR, METRIC_ATTR
-from benchmark.tokenization import tokenize_split
-from benchmark.training import Evaluation, Hyperparameters, StepLog, fine_tune, predict
-from benchmark.trial import ENCODER_PARAM, DatasetStudy, loop_settings, release_memory
+from benchmark.schema import (
+    DATASET_ATTR,
+    ENCODER_PARAM,
+    FINAL_OF_ATTR,
+    METRIC_ATTR,
+    PREDICTIONS_ATTR,
+    SEED_ATTR,
+    SEEDS_REQUESTED_ATTR,
+    SOURCE_TRIAL_ATTR,
+    TEST_LABELS_ATTR,
+    final_study_name,
+)
+from benchmark.search.trial import DatasetStudy, loop_settings
+from benchmark.train.encoders import load_classifier, load_tokenizer
+from benchmark.train.loop import Evaluation, Hyperparameters, StepLog, fine_tune, predict
+from benchmark.train.memory import release_memory
+from benchmark.train.metrics import classification_metrics
 
-FINAL_OF_ATTR = "final_evaluation_of"
-SEED_ATTR = "seed"
-SOURCE_TRIAL_ATTR = "source_trial"
-# Every test prediction is kept in the storage, so the paired comparison is rebuilt from it:
-# the run's predicted label ids and the final study's true ones, in the test split's order.
-PREDICTIONS_ATTR = "test_predictions"
-TEST_LABELS_ATTR = "test_labels"
-# What the last --final-eval asked for, so that the tables can say which runs are missing.
-SEEDS_REQUESTED_ATTR = "seeds_requested"
 # Far from the search's training seeds (the data seed plus the trial number).
 SEED_OFFSET = 1_000_000
 
-
-def final_study_name(search_study: str) -> str:
-    return f"{search_study}-final"
 
 
 def best_trial_per_encoder(study: optuna.Study) -> dict[str, FrozenTrial]:

@@ -33,12 +33,13 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from scikit_posthocs import critical_difference_diagram
 
-from benchmark import provenance, ranking
+from benchmark import schema
+from benchmark.config import provenance
 from benchmark.files import write_atomic
-from benchmark.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, REFERENCE_PREFIX, TFIDF_LOGREG
-from benchmark.leaderboard import FINAL_RESAMPLES, reference_flag_sentences
-from benchmark.study import DATA_SEED_ATTR, SURPLUS_ATTR
-from benchmark.trial import ENCODER_PARAM
+from benchmark.report import ranking
+from benchmark.report.leaderboard import FINAL_RESAMPLES, reference_flag_sentences
+from benchmark.schema import DATA_SEED_ATTR, ENCODER_PARAM, SURPLUS_ATTR
+from benchmark.train.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, REFERENCE_PREFIX, TFIDF_LOGREG
 
 REPORT_FILE = "report.html"
 EXPECTED_PERFORMANCE_PNG = "expected_performance.png"
@@ -633,7 +634,7 @@ def importance_obstacle(study: optuna.Study) -> str | None:
 def encoder_importance_note(study: optuna.Study) -> str:
     """What the encoder's bar means: in a balanced comparison the encoder is assigned, not
     sampled, so its share is the spread between encoders, not a tuning choice."""
-    comparison = study.user_attrs.get(provenance.COMPARISON_ATTR)
+    comparison = study.user_attrs.get(schema.COMPARISON_ATTR)
     how = {"balanced": "In this balanced comparison the encoder is assigned in turn, not sampled: ",
            "search": "In this search the sampler chose the encoder, drawing the better ones more often: "}.get(
         comparison, "")
@@ -774,13 +775,13 @@ def provenance_table(studies: dict[str, optuna.Study], trials: pd.DataFrame | No
     rows = []
     for dataset, study in studies.items():
         attrs = study.user_attrs
-        versions = attrs.get(provenance.VERSIONS_ATTR) or {}
+        versions = attrs.get(schema.VERSIONS_ATTR) or {}
         trained = [trial.user_attrs for trial in study.get_trials(deepcopy=False) if "device" in trial.user_attrs]
         own = trials[trials["study"] == study.study_name] if trials is not None and "study" in trials else None
         rows.append({
             "dataset": dataset, "config": attrs.get("benchmark", provenance.UNKNOWN),
-            "config file": attrs.get(provenance.CONFIG_FILE_ATTR, provenance.UNKNOWN),
-            "config sha256": str(attrs.get(provenance.CONFIG_SHA256_ATTR, provenance.UNKNOWN))[:SHA256_SHOWN],
+            "config file": attrs.get(schema.CONFIG_FILE_ATTR, provenance.UNKNOWN),
+            "config sha256": str(attrs.get(schema.CONFIG_SHA256_ATTR, provenance.UNKNOWN))[:SHA256_SHOWN],
             "seed": attrs.get(DATA_SEED_ATTR, provenance.UNKNOWN),
             "device": _tally(trial.get("device") for trial in trained),
             "precision": _tally(trial.get("precision") for trial in trained) if trained

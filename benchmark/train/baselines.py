@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmark.data import Split, TextClassificationData
+from benchmark.data.dataset import Split, TextClassificationData
 from benchmark.errors import BenchmarkError
-from benchmark.metrics import classification_metrics
+from benchmark.train.metrics import classification_metrics
 
-REFERENCE_ATTR = "reference_baselines"
 MAJORITY = "majority"
 TFIDF_LOGREG = "tfidf_logreg"
 # How the leaderboards name the rows; the prefix keeps them apart from any encoder name.

@@ -15,11 +15,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmark.config import BenchmarkConfig, CategoricalParam, FloatParam
-from benchmark.trial import ENCODER_PARAM, DatasetStudy
-
-# Each queued trial's user attribute: the study and trial its parameters come from.
-WARM_START_ATTR = "warm_start_from"
+from benchmark.config.spec import BenchmarkConfig, CategoricalParam, FloatParam
+from benchmark.schema import ENCODER_PARAM, WARM_START_ATTR
+from benchmark.search.trial import DatasetStudy
 
 
 def in_space(config: BenchmarkConfig, encoder: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -65,7 +63,7 @@ def best_configurations(sources: Iterable[tuple[str, Sequence[FrozenTrial]]], co
 def enqueue_warm_start(study: optuna.Study, dataset_study: DatasetStudy) -> None:
     """Queue the other datasets' best configurations in a study that has no trial yet."""
     # study.py imports this module: its attribute names are read here, when called.
-    from benchmark.study import BENCHMARK_ATTR, DATASET_ATTR
+    from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR
 
     config = dataset_study.config
     if config.sampler.warm_start == "none" or study.get_trials(deepcopy=False):

@@ -12,18 +12,19 @@ from typing import Any
 import optuna
 import torch
 
-from benchmark import data, encoders, precision
-from benchmark.config import BenchmarkConfig
-from benchmark.data import TextClassificationData
-from benchmark.encoders import Encoder
+from benchmark.config.spec import BenchmarkConfig
+from benchmark.data import dataset as data
+from benchmark.data.dataset import TextClassificationData
+from benchmark.data.tokenization import TokenizationCache
 from benchmark.errors import BenchmarkError
-from benchmark.precision import Precision
-from benchmark.storage import open_storage
-from benchmark.study import DATA_SEED_ATTR, ENCODER_CHOICES_ATTR, study_name
-from benchmark.tokenization import TokenizationCache
+from benchmark.schema import DATA_SEED_ATTR, ENCODER_CHOICES_ATTR, ENCODER_PARAM, study_name
+from benchmark.search.storage import open_storage
+from benchmark.search.trial import INTERRUPTED_TRIAL_LOG, DatasetStudy
 from benchmark.tracking import Tracker, make_tracker
-from benchmark.training import pick_device
-from benchmark.trial import ENCODER_PARAM, INTERRUPTED_TRIAL_LOG, DatasetStudy
+from benchmark.train import encoders, precision
+from benchmark.train.encoders import Encoder
+from benchmark.train.loop import pick_device
+from benchmark.train.precision import Precision
 
 
 @dataclass
@@ -66,7 +67,7 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     choices = encoder_choices(storage, config)
     inputs = load_inputs(config)
     tokenization = TokenizationCache()
-    studies = [DatasetStudy(study_name(config, name), config, loaded, config.datasets[name].metric, inputs.encoders,
+    studies = [DatasetStudy(study_name(config.name, name), config, loaded, config.datasets[name].metric, inputs.encoders,
                             tokenization, tracker, inputs.device, inputs.precision, choices[name])
                for name, loaded in inputs.datasets.items()]
     return Prepared(storage, tracker, studies)
@@ -141,7 +142,7 @@ def check_seed_matches(storage: optuna.storages.BaseStorage, config: BenchmarkCo
     seed = config.training.seed
     existing = {s.study_name: s for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     for name in config.datasets:
-        summary = existing.get(study_name(config, name))
+        summary = existing.get(study_name(config.name, name))
         if summary is None:
             continue
         recorded = summary.user_attrs.get(DATA_SEED_ATTR)
@@ -161,8 +162,8 @@ def encoder_choices(storage: optuna.storages.BaseStorage, config: BenchmarkConfi
     choices = {}
     for name in config.datasets:
         recorded = None
-        if study_name(config, name) in existing:
-            study = optuna.load_study(study_name=study_name(config, name), storage=storage)
+        if study_name(config.name, name) in existing:
+            study = optuna.load_study(study_name=study_name(config.name, name), storage=storage)
             # Studies from before the attribute: the choices their first trial recorded.
             recorded = study.user_attrs.get(ENCODER_CHOICES_ATTR) or next(
                 (t.distributions[ENCODER_PARAM].choices for t in study.get_trials(deepcopy=False)
@@ -173,7 +174,7 @@ def encoder_choices(storage: optuna.storages.BaseStorage, config: BenchmarkConfi
         added = [encoder for encoder in config.encoders if encoder not in recorded]
         if added:
             raise BenchmarkError(
-                f"encoders: study '{study_name(config, name)}' was created with the encoders "
+                f"encoders: study '{study_name(config.name, name)}' was created with the encoders "
                 f"{', '.join(recorded)}, and an Optuna study cannot take another choice of `encoder`, so "
                 f"{', '.join(added)} cannot join it; compare {', '.join(added)} in a new study (another "
                 f"`name` in {config.source_file or 'the config'}, or another --storage)"

@@ -16,8 +16,8 @@ import pandas as pd
 import scikit_posthocs as posthocs
 from scipy import stats as scipy_stats
 
-from benchmark.leaderboard import best_per_encoder, dataset_columns
-from benchmark.metrics import METRIC_RANGES
+from benchmark.report.leaderboard import best_per_encoder, dataset_columns
+from benchmark.train.metrics import METRIC_RANGES
 
 MIN_DATASETS = 3  # fewer blocks than this and no rank test can say anything
 ALPHA = 0.05

@@ -15,34 +15,32 @@ import optuna
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmark import baselines, provenance
-from benchmark.config import BenchmarkConfig
-from benchmark.leaderboard import timeout_stop_text
-from benchmark.pruning import make_pruner
-from benchmark.sampling import PerEncoderSampler, balanced_round_order, make_sampler
-from benchmark.storage import mask_password
+from benchmark import schema
+from benchmark.config import provenance
+from benchmark.config.spec import BenchmarkConfig
+from benchmark.redaction import mask_password
+from benchmark.schema import (
+    BENCHMARK_ATTR,
+    DATA_SEED_ATTR,
+    DATASET_ATTR,
+    ENCODER_CHOICES_ATTR,
+    ENCODER_PARAM,
+    FINISHED,
+    INTERRUPTED_ATTR,
+    METRIC_ATTR,
+    STOPPED_ATTR,
+    SURPLUS_ATTR,
+    TIMEOUT_STOP_ATTR,
+    WORKER_ENV,
+    timeout_stop_text,
+)
+from benchmark.search.pruning import make_pruner
+from benchmark.search.sampling import PerEncoderSampler, balanced_round_order, make_sampler
+from benchmark.search.trial import DatasetStudy, run_trial
+from benchmark.search.warm_start import enqueue_warm_start
 from benchmark.tracking import StudyInfo
 from benchmark.tracking.dashboard import study_note_writer
-from benchmark.trial import ENCODER_PARAM, INTERRUPTED_ATTR, DatasetStudy, run_trial
-from benchmark.warm_start import enqueue_warm_start
-
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-
-# Study user attributes that mark a study as ours and say how to read it.
-BENCHMARK_ATTR = "benchmark"
-DATASET_ATTR = "dataset"
-METRIC_ATTR = "metric"
-DATA_SEED_ATTR = "data_seed"
-# The `encoder` parameter's choices. Optuna refuses a categorical whose choices change within
-# a study, so they are fixed when the study is created (see `DatasetStudy.encoder_choices`).
-ENCODER_CHOICES_ATTR = "encoder_choices"
-
-
-def study_name(config: BenchmarkConfig, dataset: str) -> str:
-    return f"{config.name}-{dataset}"
-
-
-WORKER_ENV = "ENCODER_BENCHMARK_WORKER"
+from benchmark.train import baselines
 
 
 def worker_offset() -> int:
@@ -101,12 +99,11 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
     # The leaderboards' reference rows, computed once per study (seconds on a CPU). The test
     # split is scored here only as a reference number for the final table: nothing of the
     # search reads it.
-    if not baselines.is_current(study.user_attrs.get(baselines.REFERENCE_ATTR), data):
-        study.set_user_attr(baselines.REFERENCE_ATTR, baselines.reference_baselines(data))
+    if not baselines.is_current(study.user_attrs.get(schema.REFERENCE_ATTR), data):
+        study.set_user_attr(schema.REFERENCE_ATTR, baselines.reference_baselines(data))
     return study
 
 
-SURPLUS_ATTR = "surplus"
 _WAIT_FOR_OTHERS_S = 2.0
 
 
@@ -224,7 +221,6 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
     return study
 
 
-STOPPED_ATTR = "stopped_encoders"
 # Failures in a row of one encoder's trials after which it is stopped. An out-of-memory
 # failure has already been retried inside its trial, and a diverging run is pruned, not
 # failed: three in a row, with no trial of the encoder finishing in between, point to its
@@ -316,7 +312,6 @@ def every_encoder_stopped(study: optuna.Study, encoders: list[str]) -> str:
     return "; ".join(f"{encoder}: {stopped[encoder]}" for encoder in encoders)
 
 
-TIMEOUT_STOP_ATTR = "timeout_stop"
 
 
 def mark_timeout_stop(study: optuna.Study, name: str, n_trials: int, timeout_s: float | None,

@@ -9,8 +9,9 @@ from collections.abc import Iterable
 import numpy as np
 import pandas as pd
 
-from benchmark import stats
-from benchmark.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, TFIDF_LOGREG
+from benchmark.report import stats
+from benchmark.schema import timeout_stop_text
+from benchmark.train.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, TFIDF_LOGREG
 
 PARAM_PREFIX = "param_"
 TRIALS_PREFIX = "trials: "
@@ -207,16 +208,6 @@ def stopped_text(stopped: object) -> str:
     if not isinstance(stopped, dict):
         return ""
     return "; ".join(f"{encoder} stopped after {reason}" for encoder, reason in stopped.items())
-
-
-def timeout_stop_text(stop: object) -> str:
-    """The study attribute `timeout_stop` (see `study.run_study`) in words; "" when the
-    study reached its `n_trials`."""
-    if not isinstance(stop, dict):
-        return ""
-    counts = ", ".join(f"{encoder} {count}" for encoder, count in stop["per_encoder"].items())
-    return (f"stopped by the {stop['timeout_s']:g} s timeout after {stop['finished']} of {stop['n_trials']} "
-            f"trials ({counts})")
 
 
 def cost_table(trials: pd.DataFrame) -> pd.DataFrame:

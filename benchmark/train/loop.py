@@ -17,9 +17,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark.metrics import classification_metrics
-from benchmark.data import stratified_split
-from benchmark.tokenization import TokenizedSplit, batches, length_grouped
+from benchmark.data.dataset import stratified_split
+from benchmark.data.tokenization import TokenizedSplit, batches, length_grouped
+from benchmark.train.metrics import classification_metrics
 
 # Devices with a fused AdamW kernel in PyTorch; elsewhere the multi-tensor (foreach) one.
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")

@@ -6,12 +6,9 @@ from __future__ import annotations
 import hashlib
 from importlib.metadata import PackageNotFoundError, version
 
-from benchmark.config import BenchmarkConfig
+from benchmark.config.spec import BenchmarkConfig
+from benchmark.schema import COMPARISON_ATTR, CONFIG_FILE_ATTR, CONFIG_SHA256_ATTR, VERSIONS_ATTR
 
-CONFIG_FILE_ATTR = "config_file"
-CONFIG_SHA256_ATTR = "config_sha256"
-COMPARISON_ATTR = "comparison"
-VERSIONS_ATTR = "package_versions"
 PACKAGES = ("torch", "transformers", "optuna")
 UNKNOWN = "unknown"  # what a study stored before these attributes existed shows
 

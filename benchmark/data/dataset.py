@@ -18,8 +18,8 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from benchmark import assets
-from benchmark.config import DatasetSpec
+from benchmark.config.spec import DatasetSpec
+from benchmark.data import assets
 from benchmark.errors import BenchmarkError
 
 SPLITS = ("train", "validation", "test")

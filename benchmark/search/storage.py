@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 import warnings
 from contextlib import closing
@@ -11,38 +10,9 @@ from urllib.parse import quote
 
 import optuna
 
-from benchmark.config import HeartbeatSpec
+from benchmark.config.spec import HeartbeatSpec
 from benchmark.errors import BenchmarkError
-
-# The password of `scheme://user:password@host` runs to the last `@` before the query.
-# SQLAlchemy reads `user:secret@pw@db` as password `secret` at host `pw@db`, but a user
-# may have meant the password `secret@pw`: both readings are hidden.
-_USERINFO_PASSWORD = re.compile(
-    r"(?P<head>[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s'\"]*:)(?P<password>[^\s'\"?]*)(?P<tail>@)")
-# `?password=...`, `&sslpassword=...`, `;token=...`, a libpq `password=...`: any key that
-# names a secret, in any case.
-_SECRET_PARAMETER = re.compile(
-    r"(?i)(?P<head>(?<![\w.\-])[\w.\-]*(?:password|passwd|pwd|token|secret|api[_-]?key)[\w.\-]*=)"
-    r"(?P<password>[^&;#\s'\"]+)(?P<tail>)")
-
-
-def mask_password(text: str) -> str:
-    """`scheme://user:secret@host` becomes `scheme://user:***@host`, and `?password=secret`
-    becomes `?password=***`, wherever they appear."""
-    for pattern in (_USERINFO_PASSWORD, _SECRET_PARAMETER):
-        text = pattern.sub(r"\g<head>***\g<tail>", text)
-    return text
-
-
-def _without_secrets_of(url: str, text: str) -> str:
-    """`text` (a driver's message) with every password of `url` masked, also where the
-    driver quotes a piece of one: for `user:secret@pw@db` it names the host `pw@db`."""
-    secrets = [match["password"] for pattern in (_USERINFO_PASSWORD, _SECRET_PARAMETER)
-               for match in pattern.finditer(url)]
-    pieces = {piece for secret in secrets for piece in (secret, *secret.split("@")) if piece}
-    for piece in sorted(pieces, key=len, reverse=True):
-        text = text.replace(piece, "***")
-    return mask_password(text)
+from benchmark.redaction import mask_password, mask_secrets_of
 
 
 def default_storage_url(results_dir: Path) -> str:
@@ -76,7 +46,7 @@ def open_storage(url: str, heartbeat: HeartbeatSpec = HeartbeatSpec()) -> optuna
         raise
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BenchmarkError(f"--storage: cannot open {mask_password(url)}: {_without_secrets_of(url, detail)}") from None
+        raise BenchmarkError(f"--storage: cannot open {mask_password(url)}: {mask_secrets_of(url, detail)}") from None
 
 
 def open_existing_storage(url: str) -> optuna.storages.BaseStorage | None:
@@ -114,7 +84,7 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage | None:
         raise
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
         detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BenchmarkError(f"--storage: cannot read {mask_password(url)}: {_without_secrets_of(url, detail)}") from None
+        raise BenchmarkError(f"--storage: cannot read {mask_password(url)}: {mask_secrets_of(url, detail)}") from None
 
 
 def check_sqlite_file(path: Path) -> None:

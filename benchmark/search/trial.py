@@ -2,32 +2,35 @@
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import socket
 import time
 from dataclasses import asdict, dataclass, replace
-from typing import TYPE_CHECKING
 
 import optuna
 import torch
 
-from benchmark.config import BenchmarkConfig, CategoricalParam, EncoderSpec, FloatParam, SearchSpace
-from benchmark.data import TextClassificationData
-from benchmark.encoders import Encoder, load_classifier, load_tokenizer
-from benchmark.tokenization import TokenizationCache
+from benchmark.config.spec import BenchmarkConfig, CategoricalParam, EncoderSpec, FloatParam, SearchSpace
+from benchmark.data.dataset import TextClassificationData
+from benchmark.data.tokenization import TokenizationCache
+from benchmark.schema import ENCODER_PARAM, INTERRUPTED_ATTR
 from benchmark.tracking import Tracker
 from benchmark.tracking.dashboard import with_trial_note
-from benchmark.training import (Evaluation, Hyperparameters, LoopSettings, NonFiniteLoss, StepLog, TrainingResult,
-                                fine_tune, padding_multiple)
+from benchmark.train.encoders import Encoder, load_classifier, load_tokenizer
+from benchmark.train.loop import (
+    Evaluation,
+    Hyperparameters,
+    LoopSettings,
+    NonFiniteLoss,
+    StepLog,
+    TrainingResult,
+    fine_tune,
+    padding_multiple,
+)
+from benchmark.train.memory import is_out_of_memory, release_memory
+from benchmark.train.precision import Precision
 
-if TYPE_CHECKING:  # benchmark.precision imports this module (release_memory)
-    from benchmark.precision import Precision
-
-ENCODER_PARAM = "encoder"
-# A trial stopped by Ctrl-C or SIGTERM (see `cli`): its state is FAIL, its configuration untested.
-INTERRUPTED_ATTR = "interrupted"
 INTERRUPTED_REASON = "interrupted by Ctrl-C/SIGTERM"
 
 
@@ -224,16 +227,3 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         del model
         release_memory(study.device)
 
-
-def is_out_of_memory(error: BaseException) -> bool:
-    """CUDA's OutOfMemoryError, Python's MemoryError, or the CPU allocator's RuntimeError."""
-    if isinstance(error, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(error, RuntimeError) and (
-        "can't allocate memory" in str(error) or "out of memory" in str(error).lower())
-
-
-def release_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()

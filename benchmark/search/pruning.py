@@ -8,9 +8,9 @@ import optuna
 from optuna.pruners import BasePruner
 from optuna.trial import FrozenTrial
 
-from benchmark.config import PrunerSpec
-from benchmark.encoder_view import encoder_view
-from benchmark.trial import ENCODER_PARAM
+from benchmark.config.spec import PrunerSpec
+from benchmark.schema import ENCODER_PARAM
+from benchmark.search.optuna_internals import encoder_view
 
 
 def make_pruner(spec: PrunerSpec) -> BasePruner:

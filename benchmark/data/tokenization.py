@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from benchmark.data import Split, TextClassificationData
+from benchmark.data.dataset import Split, TextClassificationData
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from statsmodels.stats.multitest import multipletests
 
-from benchmark import metrics
+from benchmark.train import metrics
 
 METRICS = {"accuracy": metrics.accuracy, "macro_f1": metrics.macro_f1, "mcc": metrics.mcc}
 

@@ -12,15 +12,28 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from benchmark import leaderboard, ranking, report
-from benchmark.baselines import REFERENCE_ATTR, reference_rows
 from benchmark.files import write_atomic
-from benchmark.final_eval import (FINAL_OF_ATTR, PREDICTIONS_ATTR, SEED_ATTR, SEEDS_REQUESTED_ATTR,
-                                  SOURCE_TRIAL_ATTR, TEST_LABELS_ATTR)
-from benchmark.metrics import METRIC_NAMES
-from benchmark.study import (BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR, STOPPED_ATTR, SURPLUS_ATTR,
-                             TIMEOUT_STOP_ATTR)
-from benchmark.trial import ENCODER_PARAM, INTERRUPTED_ATTR
+from benchmark.report import html as report
+from benchmark.report import leaderboard, ranking
+from benchmark.schema import (
+    BENCHMARK_ATTR,
+    DATASET_ATTR,
+    ENCODER_PARAM,
+    FINAL_OF_ATTR,
+    INTERRUPTED_ATTR,
+    METRIC_ATTR,
+    PREDICTIONS_ATTR,
+    REFERENCE_ATTR,
+    SEED_ATTR,
+    SEEDS_REQUESTED_ATTR,
+    SOURCE_TRIAL_ATTR,
+    STOPPED_ATTR,
+    SURPLUS_ATTR,
+    TEST_LABELS_ATTR,
+    TIMEOUT_STOP_ATTR,
+)
+from benchmark.train.baselines import reference_rows
+from benchmark.train.metrics import METRIC_NAMES
 
 # Written as CSV and Markdown; the trials only as CSV. These go to the trackers' study
 # runs too (the report, with plotly.js inlined, is too big to attach to every study).

@@ -18,8 +18,8 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from benchmark.encoders import Encoder, load_classifier
-from benchmark.trial import release_memory
+from benchmark.train.encoders import Encoder, load_classifier
+from benchmark.train.memory import release_memory
 
 # Autocast dtype per candidate; fp32 means no autocast.
 CANDIDATES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}

@@ -1,0 +1,101 @@
+"""Names that cross layers: what the search writes into the Optuna storage and the report
+reads back, the `encoder` parameter, and the worker environment variable.
+
+The storage is the single source of truth, so these strings are its schema: renaming one
+orphans every stored study. Only Optuna (no torch) is imported here, so the read-only
+`--leaderboard` path stays light.
+"""
+
+from __future__ import annotations
+
+from optuna.trial import TrialState
+
+# The categorical parameter that picks the encoder of a trial.
+ENCODER_PARAM = "encoder"
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+# `--workers` children find their index here, for distinct sampler seeds.
+WORKER_ENV = "ENCODER_BENCHMARK_WORKER"
+
+# --- study user attributes ----------------------------------------------------------------------
+# Mark a study as ours and say how to read it.
+BENCHMARK_ATTR = "benchmark"
+DATASET_ATTR = "dataset"
+METRIC_ATTR = "metric"
+DATA_SEED_ATTR = "data_seed"
+# The `encoder` parameter's choices. Optuna refuses a categorical whose choices change within
+# a study, so they are fixed when the study is created (see `DatasetStudy.encoder_choices`).
+ENCODER_CHOICES_ATTR = "encoder_choices"
+LABEL_NAMES_ATTR = "label_names"
+SPLIT_SIZES_ATTR = "split_sizes"
+DUPLICATES_DROPPED_ATTR = "duplicates_dropped"
+PRECISION_ATTR = "precision"  # also a trial attribute: the precision it trained in
+PRECISION_TIMINGS_ATTR = "precision_timings"
+PRECISION_DECIDED_ATTR = "precision_decided"
+# Encoders stopped after failing again and again: {encoder: the last failure's reason}.
+STOPPED_ATTR = "stopped_encoders"
+# Set when `budget.timeout_s` ended the study short of its trial budget.
+TIMEOUT_STOP_ATTR = "timeout_stop"
+# The majority-class and TF-IDF scores of the study's data (train/baselines.py).
+REFERENCE_ATTR = "reference_baselines"
+# Provenance (config/provenance.py).
+CONFIG_FILE_ATTR = "config_file"
+CONFIG_SHA256_ATTR = "config_sha256"
+COMPARISON_ATTR = "comparison"
+VERSIONS_ATTR = "package_versions"
+
+# --- trial user attributes ----------------------------------------------------------------------
+# A trial created past the study's budget by a racing worker: never counted anywhere.
+SURPLUS_ATTR = "surplus"
+# A trial stopped by Ctrl-C or SIGTERM: its state is FAIL, its configuration untested.
+INTERRUPTED_ATTR = "interrupted"
+# Why a trial was pruned or failed, in one line.
+PRUNE_REASON_ATTR = "prune_reason"
+FAIL_REASON_ATTR = "fail_reason"
+# Enqueued from another dataset's study: the study and trial it came from.
+WARM_START_ATTR = "warm_start_from"
+WORKER_ATTR = "worker"
+MODEL_TYPE_ATTR = "model_type"
+POOLING_ATTR = "pooling"
+DEVICE_ATTR = "device"
+NUM_PARAMETERS_ATTR = "num_parameters"
+LOAD_SECONDS_ATTR = "load_seconds"
+OOM_RETRY_ATTR = "oom_retry"
+VALIDATION_ATTR_PREFIX = "validation_"  # + a metric name, and `validation_loss`
+STEPS_ATTR = "steps"
+# Pruned and failed trials too: the overhead and cost figures need every trial's time.
+WALL_SECONDS_ATTR = "wall_seconds"
+TRAIN_SECONDS_ATTR = "train_seconds"
+EVAL_SECONDS_ATTR = "eval_seconds"
+TRAIN_TOKENS_ATTR = "train_tokens"
+
+# --- the final evaluation's studies ---------------------------------------------------------------
+FINAL_OF_ATTR = "final_evaluation_of"  # study: the search study whose best configurations it retrains
+SEED_ATTR = "seed"  # trial
+SOURCE_TRIAL_ATTR = "source_trial"  # trial: the search trial it retrains
+# Every test prediction is kept in the storage, so the paired comparison is rebuilt from it:
+# the run's predicted label ids and the final study's true ones, in the test split's order.
+PREDICTIONS_ATTR = "test_predictions"  # trial
+TEST_LABELS_ATTR = "test_labels"  # study
+# What the last --final-eval asked for, so that the tables can say which runs are missing.
+SEEDS_REQUESTED_ATTR = "seeds_requested"  # study
+
+
+def study_name(benchmark: str, dataset: str) -> str:
+    """The search study of `dataset` in the benchmark (config) named `benchmark`."""
+    return f"{benchmark}-{dataset}"
+
+
+def final_study_name(search_study: str) -> str:
+    return f"{search_study}-final"
+
+
+def timeout_stop_text(stop: object) -> str:
+    """The study attribute `timeout_stop` (see `search.study.mark_timeout_stop`) in words; "" when the
+    study reached its `n_trials`."""
+    if not isinstance(stop, dict):
+        return ""
+    counts = ", ".join(f"{encoder} {count}" for encoder, count in stop["per_encoder"].items())
+    return (f"stopped by the {stop['timeout_s']:g} s timeout after {stop['finished']} of {stop['n_trials']} "
+            f"trials ({counts})")

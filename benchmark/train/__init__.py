@@ -1,0 +1,2 @@
+"""One model, trained and scored: encoders and their tokenizers, the training loop, metrics,
+mixed precision, and the non-neural reference baselines. Imports data, config and the root modules."""
