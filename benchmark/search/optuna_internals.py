@@ -1,15 +1,59 @@
-"""A study seen through some encoders' trials only, for the per-encoder pruner and sampler."""
+"""Every use of Optuna's private API, in one place.
+
+The harness needs a few things Optuna has no public API for: whether a storage runs
+heartbeats, a study's storage and id, the parameters an enqueued trial is fixed to, the
+logger of the optimize loop, and a study seen through some encoders' trials only (for the
+per-encoder pruner and sampler). tests/test_optuna_internals.py pins each against the
+installed Optuna, so an upgrade that moves one fails a test instead of a study.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Container
+from collections.abc import Callable, Collection, Container
+from typing import Any
 
 import optuna
 from optuna.pruners import BasePruner
 from optuna.samplers import BaseSampler
+from optuna.storages._heartbeat import is_heartbeat_enabled
+from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.schema import ENCODER_PARAM
+
+# The logger of `Study.optimize`'s loop, which logs a trial's failure with its traceback.
+OPTIMIZE_LOGGER = "optuna.study._optimize"
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    return study._storage
+
+
+def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
+    """Whether `storage` runs heartbeats, so that a RUNNING trial is known to be alive."""
+    return is_heartbeat_enabled(storage)
+
+
+def trials_of_every_study(storage: optuna.storages.BaseStorage) -> list[tuple[FrozenStudy, list[FrozenTrial]]]:
+    """Each study of `storage` with its trials, in name order, read straight from the storage
+    (`optuna.load_study` per study would build a sampler for each)."""
+    studies = sorted(storage.get_all_studies(), key=lambda study: study.study_name)
+    return [(study, storage.get_all_trials(study._study_id, deepcopy=False)) for study in studies]
+
+
+def enqueued_params(trial: FrozenTrial) -> dict[str, Any]:
+    """The parameters fixed before `trial` is sampled: by `Study.enqueue_trial` (kept in a
+    system attribute until suggested), or by the stale-trial callback, which queues a dead
+    worker's trial again with its parameters set. {} for a trial of the sampler's own."""
+    return {**trial.system_attrs.get("fixed_params", {}), **trial.params}
+
+
+def stale_trial_retry_callback(max_retry: int) -> Callable[[optuna.storages.BaseStorage, FrozenTrial], None]:
+    """Optuna's callback that queues a dead worker's trial again: `RetryHeartbeatStaleTrialCallback`
+    since Optuna renamed it, `RetryFailedTrialCallback` before."""
+    retry = getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or \
+        optuna.storages.RetryFailedTrialCallback
+    return retry(max_retry=max_retry)
 
 
 def encoder_view(study: optuna.Study, encoders: Collection[object], sampler: BaseSampler,

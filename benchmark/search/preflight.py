@@ -18,6 +18,7 @@ from benchmark.data.dataset import TextClassificationData
 from benchmark.data.tokenization import TokenizationCache
 from benchmark.errors import BenchmarkError
 from benchmark.schema import DATA_SEED_ATTR, ENCODER_CHOICES_ATTR, ENCODER_PARAM, study_name
+from benchmark.search.optuna_internals import OPTIMIZE_LOGGER
 from benchmark.search.storage import open_storage
 from benchmark.search.trial import INTERRUPTED_TRIAL_LOG, DatasetStudy
 from benchmark.tracking import Tracker, make_tracker
@@ -43,7 +44,7 @@ def quiet_libraries() -> None:
     # TPE's `group` option is stable in practice but still flagged experimental.
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    logging.getLogger("optuna.study._optimize").addFilter(INTERRUPTED_TRIAL_LOG)
+    logging.getLogger(OPTIMIZE_LOGGER).addFilter(INTERRUPTED_TRIAL_LOG)
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
 

@@ -15,7 +15,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.config.spec import SamplerSpec
 from benchmark.schema import ENCODER_PARAM
-from benchmark.search.optuna_internals import encoder_view
+from benchmark.search.optuna_internals import encoder_view, enqueued_params
 
 
 def make_sampler(spec: SamplerSpec, seed: int, dataset: str, encoders: Callable[[], Sequence[str]],
@@ -91,7 +91,7 @@ class PerEncoderSampler(BaseSampler):
 
     def _choose_encoder(self, study: optuna.Study, trial: FrozenTrial) -> str:
         # A trial queued with its parameters (a dead worker's trial, retried) keeps its encoder.
-        queued = trial.system_attrs.get("fixed_params", {}).get(ENCODER_PARAM)
+        queued = enqueued_params(trial).get(ENCODER_PARAM)
         if queued is not None:
             return queued
         if self._fixed_encoder is not None:

@@ -13,6 +13,7 @@ import optuna
 from benchmark.config.spec import HeartbeatSpec
 from benchmark.errors import BenchmarkError
 from benchmark.redaction import mask_password, mask_secrets_of
+from benchmark.search.optuna_internals import stale_trial_retry_callback
 
 
 def default_storage_url(results_dir: Path) -> str:
@@ -112,6 +113,5 @@ def _database(url: str, heartbeat: HeartbeatSpec) -> optuna.storages.RDBStorage:
         engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True},
         heartbeat_interval=heartbeat.interval_s,
         grace_period=heartbeat.grace_s,
-        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            max_retry=heartbeat.max_retries),
+        heartbeat_stale_trial_callback=stale_trial_retry_callback(heartbeat.max_retries),
     )

@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Callable
 
 import optuna
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmark import schema
@@ -34,6 +33,7 @@ from benchmark.schema import (
     WORKER_ENV,
     timeout_stop_text,
 )
+from benchmark.search.optuna_internals import heartbeat_enabled, storage_of
 from benchmark.search.pruning import make_pruner
 from benchmark.search.sampling import PerEncoderSampler, balanced_round_order, make_sampler
 from benchmark.search.trial import DatasetStudy, run_trial
@@ -118,11 +118,11 @@ def _claiming_states(storage: optuna.storages.BaseStorage) -> tuple[TrialState, 
     one. Elsewhere (journals) a dead worker's trial would hold its place for ever, so
     there workers may overshoot `n_trials` by a trial each instead.
     """
-    return (*FINISHED, TrialState.RUNNING) if is_heartbeat_enabled(storage) else FINISHED
+    return (*FINISHED, TrialState.RUNNING) if heartbeat_enabled(storage) else FINISHED
 
 
 def _counts(study: optuna.Study) -> tuple[int, int]:
-    trials = study.get_trials(deepcopy=False, states=_claiming_states(study._storage))
+    trials = study.get_trials(deepcopy=False, states=_claiming_states(storage_of(study)))
     finished = sum(t.state in FINISHED for t in trials)
     return finished, len(trials) - finished
 
@@ -131,7 +131,7 @@ def _guard_against_surplus(trial: optuna.Trial, n_trials: int, encoder: str, per
     """Trial numbers are handed out in order, so the trials before this one decide
     whether it is still needed: exactly `n_trials` finish, however many workers race,
     and in a balanced comparison exactly `per_encoder` of them per encoder."""
-    claiming = _claiming_states(trial.study._storage)
+    claiming = _claiming_states(storage_of(trial.study))
     earlier = [t for t in trial.study.get_trials(deepcopy=False, states=claiming) if t.number < trial.number]
     if len(earlier) >= n_trials:
         reason = "other workers already hold the study's trials"
@@ -201,7 +201,7 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while deadline is None or time.monotonic() < deadline:
-        if is_heartbeat_enabled(storage):
+        if heartbeat_enabled(storage):
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial is failed and requeued
         stopped = stop_failing_encoders(study, name, encoders, retried)
         if all(encoder in stopped for encoder in encoders):

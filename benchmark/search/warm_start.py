@@ -16,7 +16,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.config.spec import BenchmarkConfig, CategoricalParam, FloatParam
-from benchmark.schema import ENCODER_PARAM, WARM_START_ATTR
+from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, ENCODER_PARAM, WARM_START_ATTR
+from benchmark.search.optuna_internals import storage_of, trials_of_every_study
 from benchmark.search.trial import DatasetStudy
 
 
@@ -62,15 +63,10 @@ def best_configurations(sources: Iterable[tuple[str, Sequence[FrozenTrial]]], co
 
 def enqueue_warm_start(study: optuna.Study, dataset_study: DatasetStudy) -> None:
     """Queue the other datasets' best configurations in a study that has no trial yet."""
-    # study.py imports this module: its attribute names are read here, when called.
-    from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR
-
     config = dataset_study.config
     if config.sampler.warm_start == "none" or study.get_trials(deepcopy=False):
         return
-    storage = study._storage
-    sources = [(other.study_name, storage.get_all_trials(other._study_id, deepcopy=False))
-               for other in sorted(storage.get_all_studies(), key=lambda s: s.study_name)
+    sources = [(other.study_name, trials) for other, trials in trials_of_every_study(storage_of(study))
                if other.user_attrs.get(BENCHMARK_ATTR) == config.name
                and other.user_attrs.get(DATASET_ATTR) not in (None, dataset_study.data.name)]
     queued = best_configurations(sources, config, list(dataset_study.encoders), config.sampler.warm_start_top_k)

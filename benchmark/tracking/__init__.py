@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from benchmark.errors import BenchmarkError
+from benchmark.schema import WORKER_ENV
 from benchmark.tracking.base import Guarded, StudyInfo, Tracker, TrackerGroup, TrialRun
 from benchmark.tracking.console import ConsoleTracker
 
@@ -47,8 +48,6 @@ def make_tracker(names: list[str], results_dir: Path) -> Tracker:
 def _live_progress() -> list[Tracker]:
     """A live display for a person at a terminal. Logs and pipes keep the lines alone, and
     so do `--workers` children: several displays on one terminal would overwrite each other."""
-    from benchmark.schema import WORKER_ENV
-
     if not sys.stderr.isatty() or os.environ.get(WORKER_ENV) is not None:
         return []
     from rich.console import Console

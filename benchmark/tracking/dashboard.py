@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.redaction import mask_password
+from benchmark.schema import ENCODER_PARAM
 from benchmark.tracking.base import TrialRun, _RunGroup
 from benchmark.train.loop import Evaluation, StepLog
 
@@ -39,8 +40,6 @@ def trial_note(encoder: str, state: str, reason: str | None, metric: str,
 
 def study_note(trials: Sequence[FrozenTrial], metric: str, n_trials: int) -> str:
     """Markdown: one row per encoder, best validation value first; what each row rests on."""
-    from benchmark.schema import ENCODER_PARAM
-
     rows: dict[str, dict[str, object]] = {}
     for trial in trials:
         encoder = trial.params.get(ENCODER_PARAM)
