@@ -57,7 +57,8 @@ class Method:
 
     def warm(self, config) -> bool:
         """Whether its runs need the other datasets' studies in their storage."""
-        return self.patch is not None and self.patch(config).get("sampler", {}).get("warm_start") == "other_datasets"
+        return self.patch is not None and \
+            configure(config, self.patch(config)).sampler.warm_start == "other_datasets"
 
 
 def _hyperband(config) -> dict:
@@ -66,30 +67,41 @@ def _hyperband(config) -> dict:
                        "reduction_factor": 3}}
 
 
+def _cold(config, **sampler) -> dict:
+    """Sampler fields changed, and no warm start: a lever measured on its own."""
+    return {"sampler": {"warm_start": "none", **sampler}}
+
+
+# Each lever alone is measured against `no-warm-start` (default.yaml before warm start became
+# its default), warm start being the lever that now ships.
 METHODS: dict[str, Method] = {
-    "shipped": Method("the harness as configured (default.yaml: TPE, 2 startup trials, median pruner, "
-                      "geometric checkpoints on a 100-example subset)", lambda config: {}),
-    "warm-start": Method("+ sampler.warm_start: other_datasets (top 1)",
-                         lambda config: {"sampler": {"warm_start": "other_datasets"}}),
-    "hyperband": Method("+ pruner: hyperband over examples seen (reduction factor 3, first rung at the "
-                        "first checkpoint)", _hyperband),
-    "fixed-checkpoints": Method("- cheaper checkpoints: a checkpoint every eval_every_examples on the whole "
-                                "validation split (what the shipped schedule saves)",
-                                lambda config: {"training": {"eval_schedule": "fixed", "eval_subset_examples": None}}),
-    "tpe-startup-1": Method("sampler.n_startup_trials: 1", lambda config: {"sampler": {"n_startup_trials": 1}}),
-    "tpe-startup-5": Method("sampler.n_startup_trials: 5", lambda config: {"sampler": {"n_startup_trials": 5}}),
-    "gp": Method("sampler.type: gp (Optuna's GPSampler per encoder, 2 startup trials)",
-                 lambda config: {"sampler": {"type": "gp", "n_startup_trials": 2}}),
+    "shipped": Method("the harness as configured (default.yaml: TPE with 2 startup trials and warm start from "
+                      "the other datasets' studies, median pruner, geometric checkpoints on a 100-example subset)",
+                      lambda config: {}),
+    "no-warm-start": Method("the shipped harness without warm start (sampler.warm_start: none)",
+                            lambda config: _cold(config)),
+    "hyperband": Method("no-warm-start + pruner: hyperband over examples seen (reduction factor 3, first rung at "
+                        "the first checkpoint)", lambda config: {**_cold(config), **_hyperband(config)}),
+    "fixed-checkpoints": Method("no-warm-start - cheaper checkpoints: a checkpoint every eval_every_examples on "
+                                "the whole validation split (what the shipped schedule saves)",
+                                lambda config: {**_cold(config), "training": {"eval_schedule": "fixed",
+                                                                              "eval_subset_examples": None}}),
+    "tpe-startup-1": Method("no-warm-start, sampler.n_startup_trials: 1",
+                            lambda config: _cold(config, n_startup_trials=1)),
+    "tpe-startup-5": Method("no-warm-start, sampler.n_startup_trials: 5",
+                            lambda config: _cold(config, n_startup_trials=5)),
+    "gp": Method("no-warm-start, sampler.type: gp (Optuna's GPSampler per encoder, 2 startup trials)",
+                 lambda config: _cold(config, type="gp", n_startup_trials=2)),
     "all-levers": Method("warm start + hyperband + gp together",
                          lambda config: {"sampler": {"type": "gp", "n_startup_trials": 2,
                                                      "warm_start": "other_datasets"},
                                          **_hyperband(config)}),
     PEER: Method('Trainer.hyperparameter_search(backend="optuna"): TPE, and its default pruning: '
                  "create_study's MedianPruner on the evaluation after each epoch", None),
-    "random": Method("the floor: random search, no pruning",
-                     lambda config: {"sampler": {"type": "random"}, "pruner": {"type": "none"}}),
+    "random": Method("the floor: random search, no pruning, no warm start",
+                     lambda config: {"sampler": {"type": "random", "warm_start": "none"}, "pruner": {"type": "none"}}),
 }
-QUICK_METHODS = ("shipped", "warm-start", PEER, "random")
+QUICK_METHODS = ("shipped", "no-warm-start", PEER, "random")
 
 
 @dataclass(frozen=True)
@@ -168,6 +180,12 @@ def anytime_band(runs: list[list[tuple[float, float]]], grid: Sequence[float]) -
     return np.where(np.isinf(band), np.nan, band)
 
 
+def trial_counts(runs: list[dict], budget_s: float) -> list[tuple[int, int]]:
+    """Per run: (complete trials, all trials) that ended within the budget."""
+    ended = [[trial for trial in run["trials"] if trial["ended_s"] <= budget_s] for run in runs]
+    return [(sum(trial["state"] == "complete" for trial in trials), len(trials)) for trials in ended]
+
+
 def render_markdown(report: dict) -> str:
     summary = report["summary"]
     plan = report["plan"]
@@ -185,49 +203,68 @@ def render_markdown(report: dict) -> str:
         f"Target: the peer's ({PEER}) median final best, {target_text}. A run's best is its best complete trial "
         f"ended within the budget; one with none counts as the worst.",
         "",
-        "| method | median final best | median time to target (s) | runs reaching target | within half the budget |",
-        "|---|---|---|---|---|",
+        "| method | median final best | median time to target (s) | runs reaching target | within half the budget "
+        "| final best per run (seed 0, 1, ...) | trials per run, complete/ended in the budget |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, row in summary["methods"].items():
         best = row["median_final_best"]
         time = row["median_time_to_target"]
+        per_run = ", ".join("-" if value is None else f"{value:.3f}" for value in row["final_best"])
+        counts = ", ".join(f"{complete}/{ended}" for complete, ended in trial_counts(report["methods"][name]["runs"],
+                                                                                      summary["budget_s"]))
         lines.append(f"| {name} | {'-' if best is None else f'{best:.4f}'} | "
                      f"{'not reached' if time is None else f'{time:.0f}'} | {row['reached']}/{row['runs']} | "
-                     f"{row['reached_in_half_budget']}/{row['runs']} |")
+                     f"{row['reached_in_half_budget']}/{row['runs']} | {per_run} | {counts} |")
     lines += ["", "Methods:", ""]
     lines += [f"- `{name}`: {report['methods'][name]['description']}" for name in summary["methods"]]
     return "\n".join(lines) + "\n"
 
 
 def plot_anytime(report: dict, curves: dict[str, list[list[tuple[float, float]]]], path: Path) -> None:
+    """One panel per method (shared axes): its runs thin, their median bold over the
+    interquartile band, and the peer's median in grey on every panel to compare against."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     budget = report["summary"]["budget_s"]
+    target = report["summary"]["target"]
     grid = np.linspace(0, budget, 200)
-    figure, axes = plt.subplots(figsize=(10, 6))
+    columns = min(5, len(curves))
+    rows = -(-len(curves) // columns)
+    figure, panels = plt.subplots(rows, columns, figsize=(3.2 * columns, 2.9 * rows), sharex=True, sharey=True,
+                                  squeeze=False)
+    peer_median = anytime_band(curves[PEER], grid)[1] if PEER in curves else None
     for index, (name, runs) in enumerate(curves.items()):
+        axes = panels.flat[index]
         color = plt.cm.tab10(index % 10)
         for curve in runs:
             xs = [0.0, *(when for when, _ in curve if when <= budget), budget]
             ys = [np.nan, *(value for when, value in curve if when <= budget)]
-            axes.step(xs, [*ys, ys[-1]], where="post", color=color, alpha=0.5, linewidth=0.8)
+            axes.step(xs, [*ys, ys[-1]], where="post", color=color, alpha=0.6, linewidth=0.8)
         low, median, high = anytime_band(runs, grid)
-        axes.step(grid, median, where="post", color=color, linewidth=2, label=f"{name} (median of {len(runs)})")
-        axes.fill_between(grid, low, high, step="post", color=color, alpha=0.12)
-    target = report["summary"]["target"]
-    if target is not None:
-        axes.axhline(target, color="black", linestyle="--", linewidth=1, label=f"target: {PEER}'s median final best")
-    axes.axvline(budget / 2, color="grey", linestyle=":", linewidth=1, label="half the budget")
-    axes.set_xlim(0, budget)
-    axes.set_xlabel("seconds since the search started")
-    axes.set_ylabel(f"best validation {report['metric']} so far")
-    axes.set_title(f"{report['encoder']} on {report['dataset']}: thin lines are runs, bands the interquartile range")
-    axes.legend(fontsize=8, loc="best")
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
+        axes.fill_between(grid, low, high, step="post", color=color, alpha=0.15)
+        axes.step(grid, median, where="post", color=color, linewidth=2.2)
+        if peer_median is not None and name != PEER:
+            axes.step(grid, peer_median, where="post", color="grey", linewidth=1.2, linestyle="-.")
+        if target is not None:
+            axes.axhline(target, color="black", linestyle="--", linewidth=0.8)
+        axes.axvline(budget / 2, color="grey", linestyle=":", linewidth=0.8)
+        axes.set_title(f"{name} ({len(runs)} runs)", fontsize=10)
+    for axes in panels.flat[len(curves):]:
+        axes.set_visible(False)
+    for axes in panels[-1]:
+        axes.set_xlabel("seconds since the search started")
+    for axes in panels[:, 0]:
+        axes.set_ylabel(f"best validation {report['metric']}")
+    panels[0, 0].set_xlim(0, budget)
+    figure.suptitle(f"{report['encoder']} on {report['dataset']}, {budget:.0f} s per run: thin lines are runs, bold the "
+                    f"median, band the interquartile range; grey dash-dot: {PEER}'s median; dashed: the target "
+                    f"({PEER}'s median final best); dotted: half the budget", fontsize=9, wrap=True)
+    figure.tight_layout(rect=(0, 0, 1, 0.95))
+    figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
@@ -237,8 +274,6 @@ def plot_anytime(report: dict, curves: dict[str, list[list[tuple[float, float]]]
 def run(config, plan: SearchPlan, methods: Sequence[str], out: Path, dataset: str | None = None) -> dict:
     """Run every method `plan.repeats` times on `dataset` (default: the config's first) and
     the config's first encoder; write SEARCH.json/.md and search_anytime.png to `out`."""
-    from benchmark.files import write_atomic
-
     encoder = next(iter(config.encoders))
     dataset = dataset or next(iter(config.datasets))
     config = config.restricted(None, [encoder])
@@ -283,8 +318,15 @@ def run(config, plan: SearchPlan, methods: Sequence[str], out: Path, dataset: st
                 result = in_fresh_process(search_ours, configure(target_config, method.patch(target_config)),
                                           search_plan, str(run_dir), seed)
             report["methods"][name]["runs"].append({"seed": seed, **result})
+    return write_outputs(report, out)
+
+
+def write_outputs(report: dict, out: Path) -> dict:
+    """SEARCH.json, SEARCH.md and search_anytime.png in `out`, from `report`'s runs (the summary is recomputed)."""
+    from benchmark.files import write_atomic
+
     curves = {name: [best_so_far(r["trials"]) for r in entry["runs"]] for name, entry in report["methods"].items()}
-    report["summary"] = summarize_methods(curves, plan.budget_s)
+    report["summary"] = summarize_methods(curves, report["plan"]["budget_s"])
     write_atomic(out / "SEARCH.json", json.dumps(report, indent=2, default=float) + "\n")
     write_atomic(out / "SEARCH.md", render_markdown(report))
     plot_anytime(report, curves, out / "search_anytime.png")
@@ -315,7 +357,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--train-examples", type=int, default=240, help="(default: %(default)s)")
     parser.add_argument("--out", help="where the outputs go (default: results/perf; --quick: a new temporary "
                                       "folder, never the checked-in results)")
+    parser.add_argument("--render", type=Path, metavar="SEARCH.json",
+                        help="run nothing: write SEARCH.md and search_anytime.png again beside this SEARCH.json")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        try:
+            report = json.loads(args.render.read_text())
+        except (OSError, ValueError) as error:
+            print(f"error: --render {args.render}: {error}", file=sys.stderr)
+            return 2
+        write_outputs(report, args.render.parent)
+        print(f"written to {args.render.parent}/SEARCH.md and search_anytime.png", file=sys.stderr)
+        return 0
     from benchmark.config.spec import load_config
     from benchmark.errors import BenchmarkError
 

@@ -45,12 +45,16 @@ def test_time_to_target_medians_and_success_counts_on_step_curves():
     # a run with no complete trial counts as the worst: median of (0.6, none, 0.7) = 0.6
     assert floor["median_final_best"] == 0.6
     assert floor["median_time_to_target"] is None and floor["reached"] == 0
+    runs = {name: [{"trials": [{"state": "complete", "ended_s": when} for when, _ in curve]} for curve in curves[name]]
+            for name in curves}
+    # a pruned trial counts among the trials, not the complete ones; one ended past the budget in neither
+    runs["fast"][0]["trials"] += [{"state": "pruned", "ended_s": 45.0}, {"state": "complete", "ended_s": 101.0}]
     table = search.render_markdown({
         "plan": {"repeats": 3, "budget_s": 100.0, "train_examples": 240}, "encoder": "enc", "dataset": "d",
         "metric": "macro_f1", "device": "cpu", "precision": "fp32",
-        "methods": {name: {"description": name} for name in curves}, "summary": summary})
-    assert "| fast | 0.8000 | 70 | 2/3 | 1/3 |" in table
-    assert "| floor | 0.6000 | not reached | 0/3 | 0/3 |" in table
+        "methods": {name: {"description": name, "runs": runs[name]} for name in curves}, "summary": summary})
+    assert "| fast | 0.8000 | 70 | 2/3 | 1/3 | 0.850, 0.800, 0.750 | 2/3, 1/1, 1/1 |" in table
+    assert "| floor | 0.6000 | not reached | 0/3 | 0/3 | 0.600, -, 0.700 | 1/1, 0/0, 1/1 |" in table
     assert "Target: the peer's (trainer) median final best, 0.8000." in table
 
 
@@ -91,7 +95,7 @@ def test_every_lever_is_a_valid_config_of_the_harness():
         configured = search.configure(config, method.patch(config))
         assert configured.encoders == config.encoders, name
     assert search.configure(config, search.METHODS["all-levers"].patch(config)).pruner.min_resource == 192
-    assert [name for name, method in search.METHODS.items() if method.warm(config)] == ["warm-start", "all-levers"]
+    assert [name for name, method in search.METHODS.items() if method.warm(config)] == ["shipped", "all-levers"]
 
 
 def test_the_cli_refuses_one_repeat_and_unknown_methods_before_running(capsys):
@@ -241,17 +245,24 @@ def test_a_new_dataset_study_starts_from_the_other_datasets_best(tmp_path, tiny_
 def test_tiny_run_writes_every_run_of_every_method(tmp_path, tiny_encoders):
     config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",)))
     plan = search.SearchPlan(repeats=2, budget_s=4, train_examples=16, validation_examples=16, precision="fp32")
-    report = search.run(config, plan, ["warm-start", "trainer"], tmp_path / "out", dataset="topic_pairs")
+    report = search.run(config, plan, ["all-levers", "trainer"], tmp_path / "out", dataset="topic_pairs")
     written = json.loads((tmp_path / "out" / "SEARCH.json").read_text())
     assert written["warm_start_sources"] == ["topics"]
-    for name in ("warm-start", "trainer"):
+    for name in ("all-levers", "trainer"):
         runs = written["methods"][name]["runs"]
         assert [r["seed"] for r in runs] == [0, 1]
         assert all(r["trials"] for r in runs), name
     # the peer's runs completed a trial within the budget: the table has a target
     assert report["summary"]["target"] is not None
     assert (tmp_path / "out" / "search_anytime.png").stat().st_size > 0
-    assert "| warm-start |" in (tmp_path / "out" / "SEARCH.md").read_text()
+    assert "| all-levers |" in (tmp_path / "out" / "SEARCH.md").read_text()
+
+    # --render rebuilds the table and the plot from the JSON alone
+    (tmp_path / "out" / "SEARCH.md").unlink()
+    (tmp_path / "out" / "search_anytime.png").unlink()
+    assert search.main(["--render", str(tmp_path / "out" / "SEARCH.json")]) == 0
+    assert "| all-levers |" in (tmp_path / "out" / "SEARCH.md").read_text()
+    assert (tmp_path / "out" / "search_anytime.png").stat().st_size > 0
 
 
 @pytest.mark.slow
