@@ -27,6 +27,8 @@ def _names(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from benchmark.tracking import TRACKERS
+
     parser = argparse.ArgumentParser(
         prog="run_benchmark.py",
         description="Search hyperparameters of fine-tuned text encoders with Optuna, one study per "
@@ -68,8 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="local worker processes sharing the studies through the storage, one GPU "
                              "each when there are several (default: 1); on many machines, run the same "
                              "command against one --storage database instead")
-    parser.add_argument("--tracker", type=_names, default=["none"], metavar="NAME",
-                        help="experiment tracker for trial curves: none (default)")
+    parser.add_argument("--tracker", type=_names, default=["none"], metavar="NAMES",
+                        help="experiment trackers for trial curves, comma-separated: none (default), "
+                             + ", ".join(TRACKERS))
     return parser
 
 

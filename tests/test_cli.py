@@ -45,6 +45,17 @@ def test_a_bad_flag_value_is_one_line_exit_2_and_creates_nothing(tmp_path, capsy
     assert not results.exists()
 
 
+def test_tracker_help_lists_every_tracker_make_tracker_accepts(capsys, monkeypatch):
+    monkeypatch.setitem(tracking.TRACKERS, "recorder", object)  # a registered tracker shows up too
+    monkeypatch.setenv("COLUMNS", "400")  # one line per flag
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    assert exited.value.code == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.lstrip().startswith("--tracker"))
+    assert line.endswith("experiment trackers for trial curves, comma-separated: none (default), neptune, "
+                         "mlflow, recorder"), line
+
+
 def test_the_largest_seed_runs(tmp_path, tiny_encoders):
     """Every seed derived from --seed (per trial, per final run, per sampler) stays valid."""
     config = write_config(tmp_path, tiny_encoders, encoders=("bert",), search_space__num_epochs={

@@ -58,7 +58,7 @@ def test_every_folder_says_what_it_owns_and_may_import():
         init = folder / "__init__.py"
         assert init.exists(), f"{folder} is not a package"
         docstring = ast.get_docstring(ast.parse(init.read_text()))
-        assert docstring and "import" in docstring, f"{init} should say what it owns and may import"
+        assert docstring and "import" in docstring.lower(), f"{init} should say what it owns and may import"
     assert {p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "__pycache__"} == set(LAYERS) - {"cli"}
 
 
@@ -126,7 +126,7 @@ def private_optuna_uses(path: Path) -> list[str]:
 def test_private_optuna_names_only_in_the_adapter(tmp_path):
     example = tmp_path / "example.py"
     example.write_text("from optuna.storages._heartbeat import x\nstudy._storage\nlog = 'optuna.study._optimize'\n")
-    assert len(private_optuna_uses(example)) == 3
+    assert sorted({int(use.split(':')[1]) for use in private_optuna_uses(example)}) == [1, 2, 3]
 
     adapter = PACKAGE / Path(*ADAPTER.split(".")[1:]).with_suffix(".py")
     outside = [use for path in PACKAGE.rglob("*.py") if path != adapter for use in private_optuna_uses(path)]

@@ -28,8 +28,11 @@ from benchmark.report.results import RESULT_FILES  # noqa: E402
 from benchmark.schema import FINISHED
 from benchmark.search import study as study_module  # noqa: E402
 from benchmark.search import trial as trial_module  # noqa: E402
-from benchmark.tracking import StudyInfo, mlflow_backend  # noqa: E402
-from benchmark.tracking.base import Guarded  # noqa: E402
+from benchmark.tracking import mlflow_backend  # noqa: E402
+from benchmark.tracking.base import (
+    Guarded,  # noqa: E402
+    StudyInfo,  # noqa: E402
+)
 from benchmark.train.loop import Evaluation, StepLog  # noqa: E402
 from tests.test_study import write_config  # noqa: E402
 

@@ -28,7 +28,7 @@ from benchmark.report.results import RESULT_FILES
 from benchmark.schema import SURPLUS_ATTR
 from benchmark.search import study as study_module
 from benchmark.search import trial as trial_module
-from benchmark.tracking import StudyInfo
+from benchmark.tracking.base import StudyInfo
 from benchmark.tracking.neptune_backend import NeptuneTracker, resolve_mode
 from benchmark.train.loop import Evaluation, StepLog
 from tests.test_study import write_config

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from benchmark.errors import BenchmarkError
-from benchmark.tracking import StudyInfo, make_tracker
-from benchmark.tracking.base import Guarded, TrackerGroup
+from benchmark.tracking import make_tracker
+from benchmark.tracking.base import Guarded, StudyInfo, TrackerGroup
 from benchmark.train.loop import Evaluation, StepLog
 
 

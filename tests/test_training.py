@@ -128,6 +128,22 @@ def test_fine_tune_learns_the_topics(topics, bert):
     assert result.final.metrics["accuracy"] >= 0.6  # chance is 1/3, on 8 validation texts
 
 
+def test_each_step_logs_the_learning_rate_it_trained_with(topics, bert):
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    model = load_classifier(bert, topics.label_names, dropout=0.0)
+    # 8 steps of one example, 4 of them warmup
+    hp = Hyperparameters(learning_rate=1e-3, warmup_ratio=0.5, dropout=0.0, max_grad_norm=1.0,
+                         weight_decay=0.0, batch_size=1, num_epochs=1)
+    settings = LoopSettings(eval_every_examples=8, eval_batch_size=8, seed=0, device=CPU, autocast_dtype=None)
+    steps = []
+    fine_tune(model, tokenized.train.subset(np.arange(8)), tokenized.validation, topics.num_labels, hp,
+              settings, steps.append, lambda e: None)
+    # steps 0..3: (step+1)/(4+1); steps 4..7: (8-step)/(8-4). Read after the scheduler's step,
+    # the rates would be one step ahead: 2/5, ..., 1/4, 0.
+    assert [s.learning_rate for s in steps] == pytest.approx(
+        [1e-3 * f for f in (1 / 5, 2 / 5, 3 / 5, 4 / 5, 4 / 4, 3 / 4, 2 / 4, 1 / 4)])
+
+
 def test_tokenizer_runs_once_per_dataset_tokenizer_and_length(topics, bert):
     cache = TokenizationCache()
     loads = []

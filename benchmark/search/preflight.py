@@ -21,7 +21,8 @@ from benchmark.schema import DATA_SEED_ATTR, ENCODER_CHOICES_ATTR, ENCODER_PARAM
 from benchmark.search.optuna_internals import OPTIMIZE_LOGGER
 from benchmark.search.storage import open_storage
 from benchmark.search.trial import INTERRUPTED_TRIAL_LOG, DatasetStudy
-from benchmark.tracking import Tracker, make_tracker
+from benchmark.tracking import make_tracker
+from benchmark.tracking.base import Tracker
 from benchmark.train import encoders, precision
 from benchmark.train.encoders import Encoder
 from benchmark.train.loop import pick_device

@@ -38,7 +38,7 @@ from benchmark.search.pruning import make_pruner
 from benchmark.search.sampling import PerEncoderSampler, balanced_round_order, make_sampler
 from benchmark.search.trial import DatasetStudy, run_trial
 from benchmark.search.warm_start import enqueue_warm_start
-from benchmark.tracking import StudyInfo
+from benchmark.tracking.base import StudyInfo
 from benchmark.tracking.dashboard import study_note_writer
 from benchmark.train import baselines
 

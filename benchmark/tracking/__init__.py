@@ -1,4 +1,10 @@
-"""Experiment trackers behind one interface; `make_tracker` builds them by name."""
+"""Experiment trackers behind one interface (`base.Tracker`): the console, Neptune, MLflow,
+optuna-dashboard notes and a live display; `make_tracker` builds them by name. Imports
+train (types only), config and the root modules.
+
+Importing this package loads nothing else: the command line lists TRACKERS in its help
+before it knows the config is good, and a bad config answers before Optuna or torch load.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,10 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from benchmark.errors import BenchmarkError
-from benchmark.schema import WORKER_ENV
-from benchmark.tracking.base import Guarded, StudyInfo, Tracker, TrackerGroup, TrialRun
-from benchmark.tracking.console import ConsoleTracker
-
-__all__ = ["StudyInfo", "Tracker", "TrialRun", "make_tracker", "TRACKERS"]
+if TYPE_CHECKING:
+    from benchmark.tracking.base import Tracker
 
 
 def _neptune(results_dir: Path) -> Tracker:
@@ -35,6 +38,10 @@ TRACKERS: dict[str, Callable[[Path], Tracker]] = {"neptune": _neptune, "mlflow":
 
 def make_tracker(names: list[str], results_dir: Path) -> Tracker:
     """The console plus the named trackers, each guarded (`none` adds nothing)."""
+    from benchmark.errors import BenchmarkError
+    from benchmark.tracking.base import Guarded, TrackerGroup
+    from benchmark.tracking.console import ConsoleTracker
+
     unknown = [name for name in names if name != "none" and name not in TRACKERS]
     if unknown:
         raise BenchmarkError(
@@ -48,6 +55,9 @@ def make_tracker(names: list[str], results_dir: Path) -> Tracker:
 def _live_progress() -> list[Tracker]:
     """A live display for a person at a terminal. Logs and pipes keep the lines alone, and
     so do `--workers` children: several displays on one terminal would overwrite each other."""
+    from benchmark.schema import WORKER_ENV
+    from benchmark.tracking.base import Guarded
+
     if not sys.stderr.isatty() or os.environ.get(WORKER_ENV) is not None:
         return []
     from rich.console import Console

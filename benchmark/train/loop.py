@@ -274,6 +274,7 @@ def fine_tune(
             started = time.perf_counter()
             loss = _accumulate_gradients(model, inputs, labels, settings)
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
+            learning_rate = scheduler.get_last_lr()[0]  # the step's own: `scheduler.step()` moves on
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
@@ -284,7 +285,7 @@ def fine_tune(
             result.train_seconds += elapsed
             if not math.isfinite(loss_value):
                 raise NonFiniteLoss(step, loss_value)
-            on_step(StepLog(step, loss_value, scheduler.get_last_lr()[0], float(grad_norm),
+            on_step(StepLog(step, loss_value, learning_rate, float(grad_norm),
                             tokens / elapsed if elapsed > 0 else 0.0, tokens))
             if step in checkpoints:
                 run_evaluation(step)

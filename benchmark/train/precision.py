@@ -1,9 +1,10 @@
 """`training.precision: auto`: fp32 or bf16 autocast, chosen by timing both on this machine.
 
 A CPU flag cannot decide it: a 2-core Xeon that reports AVX-512 BF16 (no AMX) ran
-MiniLM-L6 11-38% slower in bf16 than in fp32, and an AMD EPYC without native bf16 about
-100x slower. So before the first trial, every encoder trains a few steps at the run's
-batch shape in each candidate precision, and the fastest wins.
+MiniLM-L6 11-38% slower in bf16 than in fp32, and on a 2-core AMD EPYC without native bf16
+(AVX2) bf16 matmuls ran on fallback kernels 88-112x slower than fp32 (the matmul peaks of
+two `benchmarks.perf` runs). So before the first trial, every encoder trains a few steps at
+the run's batch shape in each candidate precision, and the fastest wins.
 """
 
 from __future__ import annotations
@@ -35,10 +36,10 @@ TIMED_STEPS = 3
 PROBE_BATCH = 8
 PROBE_STEPS = 1
 # A candidate whose step already takes this many times fp32's is clearly slower: it is timed
-# no further, so a 100x-slow fallback costs a step or two, not minutes.
+# no further, so a fallback kernel like the EPYC's costs a step or two, not minutes.
 GIVE_UP_RATIO = 3.0
 # The warm-up step (first-use costs) is this one example, not the batch: the cheap first look
-# at a candidate that a 100x-slow fallback needs.
+# at a candidate that such a fallback needs.
 WARM_UP_EXAMPLES = 1
 FORCED = "forced by training.precision"
 # Workers started by `--workers` train in the precision their parent measured: measuring in
