@@ -269,6 +269,25 @@ def test_float_batch_size_rejected(tmp_path):
     assert str(path) in message and "batch_size" in message
 
 
+@pytest.mark.parametrize("warmup", [5, 960])
+def test_a_pruner_warmup_at_or_below_the_first_checkpoint_is_refused(tmp_path, warmup):
+    """Counted in examples, a warm-up of a few "steps" ends before the first checkpoint (960
+    examples by default) and delays nothing; so does one that ends on it."""
+    data = _valid()
+    data["pruner"] = {"type": "median", "n_warmup_steps": warmup}
+    path = _write(tmp_path, data)
+    message = _error(path)
+    assert str(path) in message and f"pruner.n_warmup_steps: {warmup} delays no pruning decision" in message
+    assert "use 0 for no warm-up, or 1920 to spare the first checkpoint" in message
+
+
+@pytest.mark.parametrize("warmup", [0, 961, 1920])
+def test_a_pruner_warmup_past_the_first_checkpoint_or_none_loads(tmp_path, warmup):
+    data = _valid()
+    data["pruner"] = {"type": "percentile", "n_warmup_steps": warmup}
+    assert load_config(_write(tmp_path, data)).pruner.n_warmup_steps == warmup
+
+
 # --- restricted --------------------------------------------------------------
 
 

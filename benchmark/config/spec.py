@@ -425,6 +425,20 @@ class BenchmarkConfig(_Strict):
             )
         return self
 
+    @model_validator(mode="after")
+    def _check_pruner_warmup(self) -> BenchmarkConfig:
+        # Optuna prunes from the first reported step >= n_warmup_steps, and the first step
+        # reported is the first checkpoint: a warm-up up to it delays nothing, which is what a
+        # count of optimizer steps written here (the unit is examples) would silently do.
+        warmup, first = self.pruner.n_warmup_steps, self.training.eval_every_examples
+        if self.pruner.type in ("median", "percentile") and 0 < warmup <= first:
+            raise ValueError(
+                f"pruner.n_warmup_steps: {warmup} delays no pruning decision, since the first checkpoint is at "
+                f"{first} examples (training.eval_every_examples) and the unit is training examples, not steps; "
+                f"use 0 for no warm-up, or {2 * first} to spare the first checkpoint"
+            )
+        return self
+
     def batch_sizes(self) -> list[int]:
         """Every batch size a trial can sample, per-encoder overrides included."""
         spec = self.search_space.batch_size
