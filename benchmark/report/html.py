@@ -33,12 +33,23 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 from scikit_posthocs import critical_difference_diagram
 
-from benchmark import schema
 from benchmark.config import provenance
 from benchmark.files import write_atomic
 from benchmark.report import ranking
 from benchmark.report.leaderboard import FINAL_RESAMPLES, reference_flag_sentences
-from benchmark.schema import DATA_SEED_ATTR, ENCODER_PARAM, SURPLUS_ATTR
+from benchmark.schema import (
+    BENCHMARK_ATTR,
+    COMPARISON_ATTR,
+    CONFIG_FILE_ATTR,
+    CONFIG_SHA256_ATTR,
+    DATA_SEED_ATTR,
+    DEVICE_ATTR,
+    ENCODER_PARAM,
+    PRECISION_ATTR,
+    PRUNE_REASON_ATTR,
+    SURPLUS_ATTR,
+    VERSIONS_ATTR,
+)
 from benchmark.train.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, REFERENCE_PREFIX, TFIDF_LOGREG
 
 REPORT_FILE = "report.html"
@@ -540,7 +551,7 @@ def learning_curves_figure(study: optuna.Study, metric: str, colours: Colours) -
         encoder = str(trial.params.get(ENCODER_PARAM))
         steps = sorted(trial.intermediate_values)
         pruned = trial.state == TrialState.PRUNED
-        outcome = f"pruned at {steps[-1]} examples: {trial.user_attrs.get('prune_reason') or 'no reason stored'}" \
+        outcome = f"pruned at {steps[-1]} examples: {trial.user_attrs.get(PRUNE_REASON_ATTR) or 'no reason stored'}" \
             if pruned else "complete"
         figure.add_scatter(
             x=steps, y=[trial.intermediate_values[step] for step in steps], mode="lines+markers",
@@ -634,7 +645,7 @@ def importance_obstacle(study: optuna.Study) -> str | None:
 def encoder_importance_note(study: optuna.Study) -> str:
     """What the encoder's bar means: in a balanced comparison the encoder is assigned, not
     sampled, so its share is the spread between encoders, not a tuning choice."""
-    comparison = study.user_attrs.get(schema.COMPARISON_ATTR)
+    comparison = study.user_attrs.get(COMPARISON_ATTR)
     how = {"balanced": "In this balanced comparison the encoder is assigned in turn, not sampled: ",
            "search": "In this search the sampler chose the encoder, drawing the better ones more often: "}.get(
         comparison, "")
@@ -775,17 +786,17 @@ def provenance_table(studies: dict[str, optuna.Study], trials: pd.DataFrame | No
     rows = []
     for dataset, study in studies.items():
         attrs = study.user_attrs
-        versions = attrs.get(schema.VERSIONS_ATTR) or {}
-        trained = [trial.user_attrs for trial in study.get_trials(deepcopy=False) if "device" in trial.user_attrs]
+        versions = attrs.get(VERSIONS_ATTR) or {}
+        trained = [trial.user_attrs for trial in study.get_trials(deepcopy=False) if DEVICE_ATTR in trial.user_attrs]
         own = trials[trials["study"] == study.study_name] if trials is not None and "study" in trials else None
         rows.append({
-            "dataset": dataset, "config": attrs.get("benchmark", provenance.UNKNOWN),
-            "config file": attrs.get(schema.CONFIG_FILE_ATTR, provenance.UNKNOWN),
-            "config sha256": str(attrs.get(schema.CONFIG_SHA256_ATTR, provenance.UNKNOWN))[:SHA256_SHOWN],
+            "dataset": dataset, "config": attrs.get(BENCHMARK_ATTR, provenance.UNKNOWN),
+            "config file": attrs.get(CONFIG_FILE_ATTR, provenance.UNKNOWN),
+            "config sha256": str(attrs.get(CONFIG_SHA256_ATTR, provenance.UNKNOWN))[:SHA256_SHOWN],
             "seed": attrs.get(DATA_SEED_ATTR, provenance.UNKNOWN),
-            "device": _tally(trial.get("device") for trial in trained),
-            "precision": _tally(trial.get("precision") for trial in trained) if trained
-            else str(attrs.get("precision", provenance.UNKNOWN)),
+            "device": _tally(trial.get(DEVICE_ATTR) for trial in trained),
+            "precision": _tally(trial.get(PRECISION_ATTR) for trial in trained) if trained
+            else str(attrs.get(PRECISION_ATTR, provenance.UNKNOWN)),
             **{package: versions.get(package, provenance.UNKNOWN) for package in provenance.PACKAGES},
             "trials": trial_counts(own) if own is not None and not own.empty else "0 trials",
         })

@@ -19,10 +19,12 @@ from benchmark.schema import (
     BENCHMARK_ATTR,
     DATASET_ATTR,
     ENCODER_PARAM,
+    FAIL_REASON_ATTR,
     FINAL_OF_ATTR,
     INTERRUPTED_ATTR,
     METRIC_ATTR,
     PREDICTIONS_ATTR,
+    PRUNE_REASON_ATTR,
     REFERENCE_ATTR,
     SEED_ATTR,
     SEEDS_REQUESTED_ATTR,
@@ -31,6 +33,7 @@ from benchmark.schema import (
     SURPLUS_ATTR,
     TEST_LABELS_ATTR,
     TIMEOUT_STOP_ATTR,
+    TRAIN_TOKENS_ATTR,
 )
 from benchmark.train.baselines import reference_rows
 from benchmark.train.metrics import METRIC_NAMES
@@ -77,9 +80,9 @@ def trials_frame(storage: optuna.storages.BaseStorage | str) -> pd.DataFrame:
             }
             row.update({f"{leaderboard.PARAM_PREFIX}{name}": value for name, value in trial.params.items()
                         if name != ENCODER_PARAM})
-            row.update({"train_tokens": trial.user_attrs.get("train_tokens"),
-                        "prune_reason": trial.user_attrs.get("prune_reason"),
-                        "fail_reason": trial.user_attrs.get("fail_reason")})
+            row.update({"train_tokens": trial.user_attrs.get(TRAIN_TOKENS_ATTR),
+                        "prune_reason": trial.user_attrs.get(PRUNE_REASON_ATTR),
+                        "fail_reason": trial.user_attrs.get(FAIL_REASON_ATTR)})
             # A study attribute on every row, so that `dataset_summary` reads it per dataset.
             row["timeout_stop"] = attrs.get(TIMEOUT_STOP_ATTR)
             row["stopped_encoders"] = attrs.get(STOPPED_ATTR)

@@ -27,6 +27,7 @@ from benchmark.schema import (
     SEED_ATTR,
     SEEDS_REQUESTED_ATTR,
     SOURCE_TRIAL_ATTR,
+    SPLIT_SIZES_ATTR,
     TEST_LABELS_ATTR,
     final_study_name,
 )
@@ -64,7 +65,7 @@ def evaluation_candidates(storage: optuna.storages.BaseStorage, dataset_study: D
         ) from None
     data = dataset_study.data
     sizes = {split: len(getattr(data, split)) for split in ("train", "validation", "test")}
-    searched = search.user_attrs.get("split_sizes")
+    searched = search.user_attrs.get(SPLIT_SIZES_ATTR)
     if searched is not None and searched != sizes:
         raise BenchmarkError(
             f"datasets.{name}: the config now gives splits of {sizes}, but study '{search.study_name}' "

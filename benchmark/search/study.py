@@ -14,7 +14,6 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmark import schema
 from benchmark.config import provenance
 from benchmark.config.spec import BenchmarkConfig
 from benchmark.redaction import mask_password
@@ -22,11 +21,20 @@ from benchmark.schema import (
     BENCHMARK_ATTR,
     DATA_SEED_ATTR,
     DATASET_ATTR,
+    DUPLICATES_DROPPED_ATTR,
     ENCODER_CHOICES_ATTR,
     ENCODER_PARAM,
+    FAIL_REASON_ATTR,
     FINISHED,
     INTERRUPTED_ATTR,
+    LABEL_NAMES_ATTR,
     METRIC_ATTR,
+    PRECISION_ATTR,
+    PRECISION_DECIDED_ATTR,
+    PRECISION_TIMINGS_ATTR,
+    PRUNE_REASON_ATTR,
+    REFERENCE_ATTR,
+    SPLIT_SIZES_ATTR,
     STOPPED_ATTR,
     SURPLUS_ATTR,
     TIMEOUT_STOP_ATTR,
@@ -85,22 +93,23 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
     study.set_metric_names([dataset_study.metric])
     study.set_user_attr(DATA_SEED_ATTR, config.training.seed)
     study.set_user_attr(ENCODER_CHOICES_ATTR, list(dataset_study.encoder_choices))
-    study.set_user_attr("label_names", list(data.label_names))
-    study.set_user_attr("split_sizes", {split: len(getattr(data, split)) for split in ("train", "validation", "test")})
-    study.set_user_attr("duplicates_dropped", data.duplicates_dropped)
+    study.set_user_attr(LABEL_NAMES_ATTR, list(data.label_names))
+    study.set_user_attr(SPLIT_SIZES_ATTR, {split: len(getattr(data, split))
+                                          for split in ("train", "validation", "test")})
+    study.set_user_attr(DUPLICATES_DROPPED_ATTR, data.duplicates_dropped)
     for name, value in provenance.study_attrs(config).items():  # what the report's header names
         study.set_user_attr(name, value)
     # This run's choice; a study topped up on another machine may hold trials of another
     # (each trial's own `precision` attribute says which).
     chosen = dataset_study.precision
-    study.set_user_attr("precision", chosen.choice)
-    study.set_user_attr("precision_timings", chosen.seconds_per_step)
-    study.set_user_attr("precision_decided", chosen.basis)
+    study.set_user_attr(PRECISION_ATTR, chosen.choice)
+    study.set_user_attr(PRECISION_TIMINGS_ATTR, chosen.seconds_per_step)
+    study.set_user_attr(PRECISION_DECIDED_ATTR, chosen.basis)
     # The leaderboards' reference rows, computed once per study (seconds on a CPU). The test
     # split is scored here only as a reference number for the final table: nothing of the
     # search reads it.
-    if not baselines.is_current(study.user_attrs.get(schema.REFERENCE_ATTR), data):
-        study.set_user_attr(schema.REFERENCE_ATTR, baselines.reference_baselines(data))
+    if not baselines.is_current(study.user_attrs.get(REFERENCE_ATTR), data):
+        study.set_user_attr(REFERENCE_ATTR, baselines.reference_baselines(data))
     return study
 
 
@@ -140,7 +149,7 @@ def _guard_against_surplus(trial: optuna.Trial, n_trials: int, encoder: str, per
     else:
         return
     trial.set_user_attr(SURPLUS_ATTR, True)
-    trial.set_user_attr("fail_reason", f"surplus: {reason}")
+    trial.set_user_attr(FAIL_REASON_ATTR, f"surplus: {reason}")
     raise SurplusTrial()
 
 
@@ -265,7 +274,7 @@ def stop_failing_encoders(study: optuna.Study, name: str, encoders: list[str],
         failures = consecutive_failures(trials, encoder)
         if encoder in stopped or len(failures) < max(STOP_AFTER_FAILURES, retried.get(encoder, 0) + 1):
             continue
-        last = str(failures[-1].user_attrs.get("fail_reason") or "no reason recorded").splitlines()[0]
+        last = str(failures[-1].user_attrs.get(FAIL_REASON_ATTR) or "no reason recorded").splitlines()[0]
         newly[encoder] = f"{len(failures)} consecutive failed trials, the last: {last}"
     if not newly:
         return stopped
@@ -356,9 +365,9 @@ def progress_printer(name: str, metric: str, n_trials: int) -> Callable[[optuna.
         if trial.state == TrialState.COMPLETE:
             outcome += f" {metric}={trial.value:.4f}"
         elif trial.state == TrialState.PRUNED:
-            outcome += f" ({trial.user_attrs.get('prune_reason', '')})"
+            outcome += f" ({trial.user_attrs.get(PRUNE_REASON_ATTR, '')})"
         elif trial.state == TrialState.FAIL:
-            outcome += f" ({trial.user_attrs.get('fail_reason', 'see the log above')})"
+            outcome += f" ({trial.user_attrs.get(FAIL_REASON_ATTR, 'see the log above')})"
         best = max((t.value for t in trials if t.state == TrialState.COMPLETE), default=None)
         best_text = f"best {metric} {best:.4f}" if best is not None else "no complete trial yet"
         print(
