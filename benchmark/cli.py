@@ -119,6 +119,13 @@ def _flag_problem(args: argparse.Namespace) -> str | None:
         return f"--seed must lie in 0..{MAX_SEED} (a 32-bit unsigned seed, as training.seed), got {args.seed}"
     if args.storage is not None and not args.storage.strip():
         return "--storage is empty; give a storage URL, or leave the flag out for sqlite:///RESULTS_DIR/optuna.db"
+    if args.storage is not None:
+        from benchmark.config.storage_url import parse_storage_url
+
+        try:
+            parse_storage_url(args.storage)
+        except BenchmarkError as error:
+            return str(error)
     return None
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from benchmark.errors import BenchmarkError
 from benchmark.redaction import mask_password
-from benchmark.search.storage import default_storage_url, open_storage
+from benchmark.search.storage import default_storage_url, open_existing_storage, open_storage
 
 
 @pytest.mark.parametrize("url, masked", [
@@ -136,3 +136,43 @@ def test_a_file_that_is_no_database_is_named_as_such(tmp_path):
     with pytest.raises(BenchmarkError, match=r"results.csv is not an SQLite database or is corrupt "
                                              r"\(SQLite: file is not a database\)"):
         open_storage(f"sqlite:///{table}")
+
+
+@pytest.mark.parametrize("suffix", ["?timeout=30", "?timeout=30&cached_statements=50"])
+def test_a_sqlite_url_with_a_query_names_the_same_file_for_writing_and_reading(tmp_path, monkeypatch, suffix):
+    """Issue 26, point 8: `--check`, `--final-eval` and `--leaderboard` read what `--study` wrote."""
+    monkeypatch.chdir(tmp_path)
+    for url in (f"sqlite:///s.db{suffix}", f"sqlite:///{tmp_path / 'abs.db'}{suffix}"):
+        optuna.create_study(storage=open_storage(url), study_name="s").add_trial(optuna.trial.create_trial(value=1.0))
+        existing = open_existing_storage(url)
+        assert existing is not None, url
+        assert optuna.get_all_study_names(existing) == ["s"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["abs.db", "s.db"], "no file named after the query"
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://",
+                                 "sqlite:///file:x?mode=memory&uri=true"])
+def test_an_in_memory_sqlite_storage_is_refused(url):
+    """Issue 26, point 9: its heartbeat thread saw another, empty database, and nothing persisted."""
+    for opener in (open_storage, open_existing_storage):
+        with pytest.raises(BenchmarkError, match=r"^--storage: .* is an in-memory SQLite database, which nothing "
+                                                 r"outlives .*give a file, e.g. sqlite:///results/optuna.db$"):
+            opener(url)
+
+
+@pytest.mark.parametrize("content", [b"", b"SQLite format 3\x00\xff\xfe", b"encoder,accuracy\nbert,0.5\n",
+                                     b"not json at all\n"])
+def test_a_file_that_is_no_journal_is_named_as_such(tmp_path, content):
+    """Issue 26, point 14: it said "Expecting value: line 1 column 1"; an empty file is a new journal."""
+    path = tmp_path / "optuna.log"
+    path.write_bytes(content)
+    if not content:
+        assert optuna.get_all_study_names(open_storage(f"journal:{path}")) == []
+        return
+    for opener in (open_storage, open_existing_storage):
+        with pytest.raises(BenchmarkError) as caught:
+            opener(f"journal:{path}")
+        assert str(caught.value) == (f"--storage: {path} is not an Optuna journal file (its first line is not a "
+                                     "JSON record); give journal: a journal file or a new path, or an SQLite "
+                                     "file as sqlite:///PATH")
+    assert path.read_bytes() == content, "left as it was"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import warnings
 from contextlib import closing
@@ -11,6 +12,7 @@ from urllib.parse import quote
 import optuna
 
 from benchmark.config.spec import HeartbeatSpec
+from benchmark.config.storage_url import StorageUrl, parse_storage_url
 from benchmark.errors import BenchmarkError
 from benchmark.redaction import mask_password, mask_secrets_of
 from benchmark.search.optuna_internals import stale_trial_retry_callback
@@ -28,21 +30,20 @@ def open_storage(url: str, heartbeat: HeartbeatSpec = HeartbeatSpec()) -> optuna
     file and `redis://...` a Redis journal, for users with no database (Optuna has no
     heartbeats for journals).
     """
+    parsed = parse_storage_url(url)
     try:
-        if url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:"))
-            path.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        if url.startswith(("redis://", "rediss://", "unix://")):
+        if parsed.kind == "journal":
+            parsed.path.parent.mkdir(parents=True, exist_ok=True)
+            return _journal(parsed.path)
+        if parsed.kind == "redis":
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalRedisBackend(url))
-        if url.startswith("sqlite:///"):
-            path = Path(url.removeprefix("sqlite:///"))
-            if path.is_file():
-                check_sqlite_file(path)
-            path.parent.mkdir(parents=True, exist_ok=True)
+        if parsed.kind == "sqlite":
+            if parsed.path.is_file():
+                check_sqlite_file(parsed.path)
+            parsed.path.parent.mkdir(parents=True, exist_ok=True)
         with warnings.catch_warnings():  # heartbeats have been "experimental" since Optuna 2.8
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return _database(url, heartbeat)
+            return _database(parsed, heartbeat)
     except BenchmarkError:
         raise
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
@@ -56,22 +57,21 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage | None:
     Creates nothing, neither a file nor a directory nor Optuna's tables (which opening a
     database storage does), so a command that only reads leaves no trace.
     """
+    parsed = parse_storage_url(url)
     database_url = url
     try:
-        if url.startswith("journal:"):
-            path = Path(url.removeprefix("journal:"))
-            if not path.is_file():
-                return None
-            return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        if url.startswith(("redis://", "rediss://", "unix://")):
+        if parsed.kind == "journal":
+            return _journal(parsed.path) if parsed.path.is_file() else None
+        if parsed.kind == "redis":
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalRedisBackend(url))
-        if url.startswith("sqlite:///"):
-            path = Path(url.removeprefix("sqlite:///"))
-            if not path.is_file():
+        if parsed.kind == "sqlite":
+            if not parsed.path.is_file():
                 return None
-            check_sqlite_file(path)
-            # SQLite's own read-only mode: not even a lock or journal file is written.
-            database_url = f"sqlite:///file:{quote(str(path))}?mode=ro&uri=true"
+            check_sqlite_file(parsed.path)
+            # SQLite's own read-only mode: not even a lock or journal file is written. The
+            # user's query (a `timeout`) goes along.
+            query = "&".join(part for part in ("mode=ro&uri=true", parsed.query) if part)
+            database_url = f"sqlite:///file:{quote(str(parsed.path))}?{query}"
         import sqlalchemy
 
         engine = sqlalchemy.create_engine(database_url)
@@ -106,11 +106,35 @@ def check_sqlite_file(path: Path) -> None:
                              "restore it from a backup or point --storage at another file")
 
 
-def _database(url: str, heartbeat: HeartbeatSpec) -> optuna.storages.RDBStorage:
+def _journal(path: Path) -> optuna.storages.JournalStorage:
+    check_journal_file(path)
+    return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+
+def check_journal_file(path: Path) -> None:
+    """Optuna replays a journal line by line as JSON: another file (an SQLite database, a
+    log) would fail there with "Expecting value: line 1 column 1". Its first line says it."""
+    if not path.is_file():
+        return
+    with path.open("rb") as handle:
+        first = handle.readline(1 << 20)
+    try:
+        if first.strip():
+            json.loads(first.decode())
+    except ValueError:  # UnicodeDecodeError too
+        raise BenchmarkError(f"--storage: {path} is not an Optuna journal file (its first line is not a JSON "
+                             "record); give journal: a journal file or a new path, or an SQLite file as "
+                             "sqlite:///PATH") from None
+
+
+def _database(parsed: StorageUrl, heartbeat: HeartbeatSpec) -> optuna.storages.RDBStorage:
+    # SQLite serializes writers: let local workers wait for the lock instead of failing,
+    # unless the URL sets its own `timeout`.
+    sqlite_timeout = parsed.kind == "sqlite" and "timeout=" not in parsed.query
     return optuna.storages.RDBStorage(
-        url,
-        # SQLite serializes writers: let local workers wait for the lock instead of failing.
-        engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True},
+        parsed.url,
+        engine_kwargs=({"connect_args": {"timeout": 60}} if sqlite_timeout
+                       else {} if parsed.kind == "sqlite" else {"pool_pre_ping": True}),
         heartbeat_interval=heartbeat.interval_s,
         grace_period=heartbeat.grace_s,
         heartbeat_stale_trial_callback=stale_trial_retry_callback(heartbeat.max_retries),
