@@ -12,7 +12,7 @@ import torch
 from optuna.trial import TrialState
 
 from benchmark.config.spec import load_config
-from benchmark.schema import ENCODER_PARAM, STOPPED_ATTR
+from benchmark.schema import ENCODER_PARAM, FINISHED, STOPPED_ATTR
 from benchmark.search import trial as trial_module
 from benchmark.search.preflight import prepare
 from benchmark.search.study import study_sampler
@@ -229,3 +229,42 @@ def test_out_of_memory_retry_reports_only_new_checkpoints_halves_the_evaluation_
     assert trial.user_attrs["train_seconds"] == round(retried["seconds_after"], 3)
     assert trial.user_attrs["oom_retry"] == (f"OutOfMemoryError after {failed['seconds_at_failure']:.1f} s of "
                                              f"training; retried with micro-batch 4 and evaluation batch 16")
+
+
+def test_a_rerun_after_kill_9_says_what_it_waits_for_and_why_the_dead_trial_failed(
+        tmp_path, tiny_encoders, capsys, monkeypatch):
+    """Issue 26, point 11: the rerun waited about 50 s in silence, then failed the killed trial
+    with no reason."""
+    from benchmark.config.spec import HeartbeatSpec
+    from benchmark.search import study as study_module
+    from benchmark.search.storage import open_storage
+
+    heartbeat = {"interval_s": 1, "grace_s": 3, "max_retries": 1}
+    results = tmp_path / "results"
+    args = _study_args(write_config(tmp_path, tiny_encoders, encoders=("bert",), heartbeat=heartbeat, **ONE_EPOCH),
+                       results)
+    assert run_cli(*args, "--n-trials", "1") == 0
+    # What a process killed mid-trial leaves: a running trial whose heartbeats stopped.
+    storage = open_storage(f"sqlite:///{results / 'optuna.db'}", HeartbeatSpec(**heartbeat))
+    killed = optuna.load_study(study_name="tiny-topics", storage=storage).ask()
+    killed.suggest_categorical(ENCODER_PARAM, ["bert"])
+    open_study = study_module.open_study
+
+    def killed_just_before(*args, **kwargs):  # however long the rerun takes to load
+        storage.record_heartbeat(killed._trial_id)
+        return open_study(*args, **kwargs)
+
+    monkeypatch.setattr(study_module, "open_study", killed_just_before)
+    capsys.readouterr()
+
+    assert run_cli(*args, "--n-trials", "2") == 0
+    err = capsys.readouterr().err
+    assert ("[topics] waiting for 1 trial(s) running elsewhere, in another worker or in a process that stopped: "
+            "such a trial is failed and queued again once it has sent no heartbeat for 3 s (heartbeat.grace_s)\n"
+            in err)
+    assert err.count("waiting for") == 1, "said once, not every poll"
+    reason = "its process stopped reporting (no heartbeat for 3 s)"
+    assert f"[topics] trial 1 failed: {reason}; its parameters are queued again" in err
+    study = _load(results)
+    assert study.trials[1].state == TrialState.FAIL and study.trials[1].user_attrs["fail_reason"] == reason
+    assert study.trials[2].state in FINISHED and "fail_reason" not in study.trials[2].user_attrs, "the retry ran"

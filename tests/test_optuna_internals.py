@@ -11,11 +11,13 @@ import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState
 
+from benchmark.schema import FAIL_REASON_ATTR
 from benchmark.search import optuna_internals
 from benchmark.search.optuna_internals import (
     OPTIMIZE_LOGGER,
     encoder_view,
     enqueued_params,
+    fail_stale_trials,
     heartbeat_enabled,
     stale_trial_retry_callback,
     storage_of,
@@ -80,8 +82,8 @@ def test_enqueued_params_before_the_trial_is_sampled(tmp_path):
 
 
 def test_a_stale_trial_is_queued_again_with_its_parameters(tmp_path):
-    """The heartbeat callback's retry: the dead worker's trial fails, and a waiting copy
-    carries its parameters, which the sampler sees as fixed."""
+    """The heartbeat callback's retry: the dead worker's trial fails with the reason, and a
+    waiting copy carries its parameters, which the sampler sees as fixed."""
     storage = _sqlite(tmp_path, heartbeat_interval=1, grace_period=1,
                       failed_trial_callback=stale_trial_retry_callback(max_retry=2))
     sampler = _Recording()
@@ -91,9 +93,12 @@ def test_a_stale_trial_is_queued_again_with_its_parameters(tmp_path):
     encoder = dead.params["encoder"]
     storage.record_heartbeat(dead._trial_id)
     time.sleep(2.5)
-    optuna.storages.fail_stale_trials(study)
-    states = [t.state for t in study.get_trials()]
-    assert states == [TrialState.FAIL, TrialState.WAITING]
+    assert fail_stale_trials(study, "its process stopped reporting") == [dead.number]
+    failed, waiting = study.get_trials()
+    assert (failed.state, waiting.state) == (TrialState.FAIL, TrialState.WAITING)
+    assert failed.user_attrs[FAIL_REASON_ATTR] == "its process stopped reporting"
+    assert FAIL_REASON_ATTR not in waiting.user_attrs, "the retry has not failed"
+    assert fail_stale_trials(study, "again") == [], "a failed trial is failed once"
     retried = study.ask()
     assert retried.suggest_categorical("encoder", ["bert", "roberta"]) == encoder
     assert sampler.fixed[-1] == {"encoder": encoder}

@@ -1,15 +1,17 @@
 """Every use of Optuna's private API, in one place.
 
 The harness needs a few things Optuna has no public API for: whether a storage runs
-heartbeats, a study's storage and id, the parameters an enqueued trial is fixed to, the
-logger of the optimize loop, and a study seen through some encoders' trials only (for the
-per-encoder pruner and sampler). tests/test_optuna_internals.py pins each against the
-installed Optuna, so an upgrade that moves one fails a test instead of a study.
+heartbeats, a study's storage and id, which of its running trials stopped beating, the
+parameters an enqueued trial is fixed to, the logger of the optimize loop, and a study
+seen through some encoders' trials only (for the per-encoder pruner and sampler).
+tests/test_optuna_internals.py pins each against the installed Optuna, so an upgrade that
+moves one fails a test instead of a study.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Collection, Container
+from copy import deepcopy
 from typing import Any
 
 import optuna
@@ -19,7 +21,7 @@ from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.study._frozen import FrozenStudy
 from optuna.trial import FrozenTrial, TrialState
 
-from benchmark.schema import ENCODER_PARAM
+from benchmark.schema import ENCODER_PARAM, FAIL_REASON_ATTR
 
 # The logger of `Study.optimize`'s loop, which logs a trial's failure with its traceback.
 OPTIMIZE_LOGGER = "optuna.study._optimize"
@@ -32,6 +34,36 @@ def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
 def heartbeat_enabled(storage: optuna.storages.BaseStorage) -> bool:
     """Whether `storage` runs heartbeats, so that a RUNNING trial is known to be alive."""
     return is_heartbeat_enabled(storage)
+
+
+def fail_stale_trials(study: optuna.Study, reason: str) -> list[int]:
+    """`optuna.storages.fail_stale_trials`, with `reason` stored on each failed trial (Optuna
+    stores none) but not on its retry. Returns the numbers of the trials failed here.
+
+    The reason is written while the trial still runs (a finished trial takes no attribute);
+    a trial that a slow process finishes in between keeps it, stale, beside its COMPLETE.
+    """
+    storage = study._storage
+    failed = []
+    for trial_id in storage._get_stale_trial_ids(study._study_id):
+        try:
+            storage.set_trial_user_attr(trial_id, FAIL_REASON_ATTR, reason)
+            if storage.set_trial_state_values(trial_id, state=TrialState.FAIL):
+                failed.append(storage.get_trial(trial_id))
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # failed by another worker, or finished by its own at the last moment
+    retry = storage.get_heartbeat_stale_trial_callback()
+    for trial in failed:
+        if retry is not None:
+            # The retry copies the trial's attributes: not the reason why this one failed.
+            retry(study, _without_user_attr(trial, FAIL_REASON_ATTR))
+    return [trial.number for trial in failed]
+
+
+def _without_user_attr(trial: FrozenTrial, key: str) -> FrozenTrial:
+    copy = deepcopy(trial)
+    copy.user_attrs.pop(key, None)
+    return copy
 
 
 def trials_of_every_study(storage: optuna.storages.BaseStorage) -> list[tuple[FrozenStudy, list[FrozenTrial]]]:

@@ -41,7 +41,7 @@ from benchmark.schema import (
     WORKER_ENV,
     timeout_stop_text,
 )
-from benchmark.search.optuna_internals import heartbeat_enabled, storage_of
+from benchmark.search.optuna_internals import fail_stale_trials, heartbeat_enabled, storage_of
 from benchmark.search.pruning import make_pruner
 from benchmark.search.sampling import PerEncoderSampler, balanced_round_order, make_sampler
 from benchmark.search.trial import DatasetStudy, run_trial
@@ -114,6 +114,10 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
 
 
 _WAIT_FOR_OTHERS_S = 2.0
+
+
+def stale_trial_reason(grace_s: int) -> str:
+    return f"its process stopped reporting (no heartbeat for {grace_s} s)"
 
 
 class SurplusTrial(Exception):
@@ -208,10 +212,14 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
         _guard_against_surplus(trial, n_trials, encoder, per_encoder)
         return run_trial(trial, dataset_study)
 
+    grace_s = dataset_study.config.heartbeat.grace_s
+    waiting = False  # said once per wait, not every _WAIT_FOR_OTHERS_S
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while deadline is None or time.monotonic() < deadline:
-        if heartbeat_enabled(storage):
-            optuna.storages.fail_stale_trials(study)  # a dead worker's trial is failed and requeued
+        if heartbeat_enabled(storage):  # a dead worker's trial is failed and requeued
+            for number in fail_stale_trials(study, stale_trial_reason(grace_s)):
+                print(f"[{name}] trial {number} failed: {stale_trial_reason(grace_s)}; its parameters are "
+                      "queued again (up to heartbeat.max_retries times)", file=sys.stderr, flush=True)
         stopped = stop_failing_encoders(study, name, encoders, retried)
         if all(encoder in stopped for encoder in encoders):
             print(f"[{name}] every encoder is stopped; the study ends", file=sys.stderr, flush=True)
@@ -221,8 +229,14 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
         if finished >= target:
             break
         if finished + running >= target:
+            if not waiting:
+                print(f"[{name}] waiting for {running} trial(s) running elsewhere, in another worker or in a "
+                      f"process that stopped: such a trial is failed and queued again once it has sent no "
+                      f"heartbeat for {grace_s} s (heartbeat.grace_s)", file=sys.stderr, flush=True)
+            waiting = True
             time.sleep(_WAIT_FOR_OTHERS_S)
             continue
+        waiting = False
         # A failed trial is recorded as failed; only a run of them stops its encoder.
         study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
     mark_timeout_stop(study, name, trial_target(study, n_trials, per_encoder, encoders, stopped_encoders(study)),
