@@ -253,3 +253,20 @@ def test_no_channel_shows_a_password(tmp_path, tiny_encoders, capsys, monkeypatc
     assert "storage_url" in received
     for channel in (printed.out, printed.err, files, received):
         assert "secret" not in channel
+
+
+def test_a_study_without_a_complete_trial_prints_no_raw_optuna_warning(tmp_path):
+    """Issue 26, point 13: `[W ...] There are no complete trials.` leaked to stderr from the report's
+    plots. In a process of its own: Optuna's log handler holds the stderr of the process it started in."""
+    url = f"sqlite:///{tmp_path / 'failed.db'}"
+    study = optuna.create_study(storage=url, study_name="tiny-topics", direction="maximize")
+    for name, value in ((BENCHMARK_ATTR, "tiny"), (DATASET_ATTR, "topics"), (METRIC_ATTR, "accuracy")):
+        study.set_user_attr(name, value)
+    study.add_trial(optuna.trial.create_trial(
+        state=TrialState.FAIL, params={"encoder": "bert", "dropout": 0.1}, user_attrs={"fail_reason": "boom"},
+        distributions={"encoder": CategoricalDistribution(["bert"]), "dropout": FloatDistribution(0, 0.3)}))
+    results = tmp_path / "results"
+    run = subprocess.run([sys.executable, "-m", "benchmark.cli", "--leaderboard", "--storage", url, "--results-dir",
+                          str(results)], cwd=ROOT, capture_output=True, text=True)
+    assert (run.returncode, run.stderr) == (0, "")
+    assert "No complete trial in topics yet: nothing to draw." in (results / "report.html").read_text()

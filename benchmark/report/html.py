@@ -727,15 +727,20 @@ def dataset_section(index: int, dataset: pd.Series, study: optuna.Study, costs: 
                     colours: Colours) -> str:
     name, metric = str(dataset["dataset"]), str(dataset["metric"])
     prefix = f"dataset-{index}"
+    # Optuna draws nothing of a study without a complete trial, and logs a warning to stderr
+    # instead: the page says it once in place of both plots.
+    nothing_complete = (_note(f"No complete trial in {name} yet: nothing to draw.")
+                        if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) else None)
     parts = [f'<section id="{prefix}"><h2>Dataset {html.escape(name)}</h2>',
              f"<p>Study <code>{html.escape(str(dataset['study']))}</code>, metric {html.escape(metric)}.</p>",
              "<h3>Optimization history</h3>",
-             figure_div(plot_optimization_history(study, target_name=metric_label(metric)), f"{prefix}-history"),
+             nothing_complete or figure_div(plot_optimization_history(study, target_name=metric_label(metric)),
+                                            f"{prefix}-history"),
              "<h3>Parameter importances</h3>"]
     obstacle = importance_obstacle(study)
     parts.append(_note(obstacle) if obstacle else importances_html(study, metric, f"{prefix}-importances"))
     parts += ["<h3>Parallel coordinates</h3>",
-              figure_div(parallel_coordinate_figure(study, metric), f"{prefix}-parallel"),
+              nothing_complete or figure_div(parallel_coordinate_figure(study, metric), f"{prefix}-parallel"),
               "<h3>Proposals per encoder</h3>", _note(PROPOSALS_NOTE),
               figure_div(proposals_figure(study, colours), f"{prefix}-proposals"),
               "<h3>Learning curves</h3>",
