@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # like every module that needs torch, imported only where use
 
 DEFAULT_CONFIG = Path("search_spaces/default.yaml")
 MAX_SEED = 2**32 - 1
+MAX_SEEDS = 50
 
 
 def _names(text: str) -> list[str]:
@@ -65,13 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="seed for the data splits, the sampler and training "
                              "(default: the config's training.seed); keep it when topping up a study")
     parser.add_argument("--seeds", type=int, default=5, metavar="K",
-                        help="--final-eval: seeds per encoder and dataset, at least 2 (default: %(default)s)")
+                        help="--final-eval: seeds per encoder and dataset, 2 to 50 (default: %(default)s)")
     parser.add_argument("--workers", type=int, default=1, metavar="K",
-                        help="local worker processes sharing the studies through the storage, one GPU "
+                        help="--study: local worker processes sharing the studies through the storage, one GPU "
                              "each when there are several (default: 1); on many machines, run the same "
                              "command against one --storage database instead")
     parser.add_argument("--tracker", type=_names, default=["none"], metavar="NAMES",
-                        help="experiment trackers for trial curves, comma-separated: none (default), "
+                        help="--study: experiment trackers for trial curves, comma-separated: none (default), "
                              + ", ".join(TRACKERS))
     return parser
 
@@ -115,6 +116,15 @@ def _flag_problem(args: argparse.Namespace) -> str | None:
     if args.seeds < 2:
         return (f"--seeds must be at least 2 per encoder, got {args.seeds}: the paired bootstrap resamples "
                 "each encoder's seeds, and one seed shows none of their spread")
+    if args.seeds > MAX_SEEDS:
+        return (f"--seeds must be at most {MAX_SEEDS} per encoder, got {args.seeds}: every seed retrains each "
+                "encoder of every dataset once more, and beyond a few dozen the interval barely narrows")
+    if args.final_eval and args.workers != 1:
+        return (f"--workers {args.workers}: --final-eval trains its runs one after another in this process; "
+                "leave --workers out (it shares the work of --study only)")
+    if args.final_eval and args.tracker != ["none"]:
+        return (f"--tracker {','.join(args.tracker)}: --final-eval sends nothing to trackers (its runs are kept "
+                "in the storage, and --leaderboard rebuilds their tables); leave --tracker out")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         return f"--seed must lie in 0..{MAX_SEED} (a 32-bit unsigned seed, as training.seed), got {args.seed}"
     if args.storage is not None and not args.storage.strip():
@@ -228,7 +238,7 @@ def _check(args: argparse.Namespace) -> None:
     n_trials = _n_trials(args, config)
     from benchmark.search.check import run_check  # torch: only once the config is known good
 
-    run_check(config, _storage_url(args), n_trials, args.results_dir)
+    run_check(config, _storage_url(args), n_trials, args.results_dir, args.timeout or config.budget.timeout_s)
 
 
 def _study(args: argparse.Namespace, argv: list[str]) -> None:
@@ -280,13 +290,22 @@ def _final_eval(args: argparse.Namespace) -> None:
     config = _config(args)
     from benchmark.report.results import write_leaderboards
     from benchmark.search import preflight
-    from benchmark.search.final_eval import evaluation_candidates, run_final_evaluation
+    from benchmark.search.final_eval import evaluation_candidates, pending_seeds, plan_text, run_final_evaluation
+    from benchmark.train.estimate import duration_text
 
     url = _storage_url(args)
     _check_studies_exist(config, url)
     _check_results_dir(args.results_dir)
     prepared = preflight.prepare(config, url, ["none"], args.results_dir)
     candidates = [evaluation_candidates(prepared.storage, study) for study in prepared.studies]
+    total = 0.0
+    for dataset_study, trials in zip(prepared.studies, candidates):
+        line, seconds = plan_text(dataset_study, trials, pending_seeds(prepared.storage, dataset_study, trials,
+                                                                       args.seeds))
+        print(line, file=sys.stderr)
+        total += seconds
+    print(f"final evaluation: about {duration_text(total)} in all (each run as long as the search trial it "
+          "retrains)", file=sys.stderr, flush=True)
     try:
         for dataset_study, trials in zip(prepared.studies, candidates):
             run_final_evaluation(prepared.storage, dataset_study, trials, args.seeds)

@@ -143,3 +143,29 @@ def test_the_precision_measurement_keeps_each_encoders_step_for_the_estimate(tin
     assert precision.step_seconds(chosen, encoders, 3, 16, 32, torch.device("cpu")) == {"bert": 0.4, "roberta": 1.0}
     assert current == ["bert", "roberta"]
     assert math.isclose(chosen.seconds_per_step["bf16"], 1.4)
+
+
+def test_check_reads_a_storage_named_with_a_query_string(tmp_path, tiny_encoders, capsys, steps_of_half_a_second):
+    """Issue 26, point 8: `--check` called `sqlite:///s.db?timeout=30` "new" although `--study` used it."""
+    config = write_config(tmp_path, tiny_encoders, training__precision="fp32")
+    optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="tiny-topics")
+    url = f"sqlite:///{tmp_path / 's.db'}?timeout=30"
+    assert main(["--check", "--config", str(config), "--storage", url, "--datasets", "topics"]) == 0
+    assert f"storage: {url} (holds 1 studies)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, warned", [(["--timeout", "5"], True), (["--timeout", "100000"], False), ([], False)])
+def test_check_warns_when_one_trial_outlasts_the_timeout(tmp_path, tiny_encoders, capsys, steps_of_half_a_second,
+                                                         flags, warned):
+    """Issue 26, point 13: `num_epochs: 1000` with a 5 s timeout ran until it was killed, unwarned."""
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",), training__precision="fp32",
+                          search_space__num_epochs={"type": "int", "low": 1000, "high": 1000})
+    assert main(["--check", "--config", str(config), "--datasets", "topics", *flags]) == 0
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.startswith("warning: study tiny-topics")]
+    assert len(lines) == warned, err
+    if warned:
+        assert lines[0].startswith("warning: study tiny-topics: one bert trial is estimated at ")
+        assert lines[0].endswith("longer than the timeout of 5 s (--timeout or budget.timeout_s), which starts no "
+                                 "new trial after it but stops none that runs; lower search_space.num_epochs or "
+                                 "raise the timeout")

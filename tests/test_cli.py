@@ -56,8 +56,9 @@ def test_tracker_help_lists_every_tracker_make_tracker_accepts(capsys, monkeypat
                          "mlflow, recorder"), line
 
 
-def test_the_largest_seed_runs(tmp_path, tiny_encoders):
-    """Every seed derived from --seed (per trial, per final run, per sampler) stays valid."""
+def test_the_largest_seed_runs(tmp_path, tiny_encoders, capsys):
+    """Every seed derived from --seed (per trial, per final run, per sampler) stays valid; the
+    final evaluation says what it will train and how long that takes before it starts."""
     config = write_config(tmp_path, tiny_encoders, encoders=("bert",), search_space__num_epochs={
         "type": "int", "low": 1, "high": 1})
     results = tmp_path / "results"
@@ -66,6 +67,12 @@ def test_the_largest_seed_runs(tmp_path, tiny_encoders):
     assert main(["--final-eval", "--config", str(config), "--results-dir", str(results), "--datasets", "topics",
                  "--seeds", "2", "--seed", str(2**32 - 1)]) == 0
     assert pd.read_csv(results / "final.csv")["seeds"].tolist() == [2]
+    err = capsys.readouterr().err
+    plan = err.index("[topics] final evaluation: 2 run(s) to train: bert 2 (")
+    assert plan < err.index("final evaluation: about ") < err.index("[topics] final bert"), err
+    assert main(["--final-eval", "--config", str(config), "--results-dir", str(results), "--datasets", "topics",
+                 "--seeds", "2", "--seed", str(2**32 - 1)]) == 0
+    assert "[topics] final evaluation: 0 run(s) to train: bert 0 (0 s)" in capsys.readouterr().err, "resumed"
 
 
 def _study_with_every_state(url: str) -> None:
@@ -270,3 +277,12 @@ def test_a_study_without_a_complete_trial_prints_no_raw_optuna_warning(tmp_path)
                           str(results)], cwd=ROOT, capture_output=True, text=True)
     assert (run.returncode, run.stderr) == (0, "")
     assert "No complete trial in topics yet: nothing to draw." in (results / "report.html").read_text()
+
+
+def test_leaderboard_reads_a_storage_named_with_a_query_string(tmp_path, capsys):
+    """Issue 26, point 8: `--leaderboard` said there was no study in `sqlite:///s.db?timeout=30`."""
+    _study_with_every_state(f"sqlite:///{tmp_path / 's.db'}")
+    results = tmp_path / "results"
+    assert main(["--leaderboard", "--storage", f"sqlite:///{tmp_path / 's.db'}?timeout=30",
+                 "--results-dir", str(results)]) == 0
+    assert pd.read_csv(results / "datasets.csv")["complete"].tolist() == [2]

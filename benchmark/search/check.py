@@ -7,6 +7,7 @@ is only read, and only where it exists.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,8 +26,10 @@ from benchmark.train import estimate, precision
 from benchmark.train.encoders import Encoder
 
 
-def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_dir: Path) -> None:
-    """Check everything a run checks, then print (stdout) what the run would do and how long it would take."""
+def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_dir: Path,
+              timeout_s: float | None = None) -> None:
+    """Check everything a run checks, then print (stdout) what the run would do and how long it
+    would take, and warn (stderr) where one trial will outlast the study's `timeout_s`."""
     started = time.perf_counter()
     preflight.quiet_libraries()
     storage = open_existing_storage(storage_url)
@@ -85,6 +88,12 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
         print(f"study {study} ({config.datasets[name].metric}): {held} to {n_trials} trials ({share}); "
               f"to run: {_per_encoder_text(to_run)}; estimate {estimate.duration_text(seconds)} "
               f"({', '.join(f'{e} {estimate.duration_text(per_trial[e])} per trial' for e in encoders)})")
+        longest = max(encoders, key=per_trial.__getitem__)
+        if timeout_s is not None and per_trial[longest] > timeout_s:
+            print(f"warning: study {study}: one {longest} trial is estimated at {estimate.duration_text(per_trial[longest])}, "
+                  f"longer than the timeout of {estimate.duration_text(timeout_s)} (--timeout or budget.timeout_s), "
+                  "which starts no new trial after it but stops none that runs; lower search_space.num_epochs or "
+                  "raise the timeout", file=sys.stderr)
     print(f"estimate: {estimate.duration_text(total)} for {total_trials:g} trial(s) in {len(inputs.datasets)} "
           f"study(ies), plus about {estimate.duration_text(setup_seconds)} of loading and measuring before the "
           f"first trial (what this check took, and the run's precision measurement scaled from the probe); "

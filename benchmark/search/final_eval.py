@@ -29,10 +29,12 @@ from benchmark.schema import (
     SOURCE_TRIAL_ATTR,
     SPLIT_SIZES_ATTR,
     TEST_LABELS_ATTR,
+    WALL_SECONDS_ATTR,
     final_study_name,
 )
 from benchmark.search.trial import DatasetStudy, loop_settings
 from benchmark.train.encoders import load_classifier, load_tokenizer
+from benchmark.train.estimate import duration_text
 from benchmark.train.loop import Evaluation, Hyperparameters, StepLog, fine_tune, predict
 from benchmark.train.memory import release_memory
 from benchmark.train.metrics import classification_metrics
@@ -87,10 +89,39 @@ def evaluation_candidates(storage: optuna.storages.BaseStorage, dataset_study: D
     return candidates
 
 
+def pending_seeds(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy,
+                  candidates: dict[str, FrozenTrial], seeds: int) -> dict[str, list[int]]:
+    """Per encoder, the seeds still to run: an interrupted evaluation resumes. Reads only."""
+    final_name = final_study_name(dataset_study.study_name)
+    done = set()
+    if final_name in optuna.get_all_study_names(storage):
+        # A run stored before predictions were kept is run again: the comparison needs them.
+        done = {(t.user_attrs[SOURCE_TRIAL_ATTR], t.user_attrs[SEED_ATTR])
+                for t in optuna.load_study(study_name=final_name, storage=storage).get_trials(
+                    deepcopy=False, states=(TrialState.COMPLETE,))
+                if PREDICTIONS_ATTR in t.user_attrs}
+    return {encoder: [seed for seed in range(seeds) if (source.number, seed) not in done]
+            for encoder, source in candidates.items()}
+
+
+def plan_text(dataset_study: DatasetStudy, candidates: dict[str, FrozenTrial], pending: dict[str, list[int]]
+              ) -> tuple[str, float]:
+    """What the evaluation of one study will run, and its estimated seconds: each run as long
+    as the search trial it retrains took (which also evaluated at every checkpoint: an upper
+    bound as far as that goes)."""
+    seconds = {encoder: len(pending[encoder]) * float(source.user_attrs.get(WALL_SECONDS_ATTR) or 0)
+               for encoder, source in candidates.items()}
+    runs = ", ".join(f"{encoder} {len(pending[encoder])} ({duration_text(seconds[encoder])})"
+                     for encoder in candidates)
+    return (f"[{dataset_study.data.name}] final evaluation: {sum(map(len, pending.values()))} run(s) to train: "
+            f"{runs}"), sum(seconds.values())
+
+
 def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy,
                          candidates: dict[str, FrozenTrial], seeds: int) -> None:
     name = dataset_study.data.name
     search_name = dataset_study.study_name
+    pending = pending_seeds(storage, dataset_study, candidates, seeds)
     final = optuna.create_study(storage=storage, study_name=final_study_name(search_name),
                                 direction="maximize", load_if_exists=True)
     final.set_user_attr(FINAL_OF_ATTR, search_name)
@@ -98,12 +129,8 @@ def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: Da
     final.set_user_attr(METRIC_ATTR, dataset_study.metric)
     final.set_user_attr(TEST_LABELS_ATTR, dataset_study.data.test.labels.tolist())
     final.set_user_attr(SEEDS_REQUESTED_ATTR, seeds)
-    # A run stored before predictions were kept is run again: the comparison needs them.
-    done = {(t.user_attrs[SOURCE_TRIAL_ATTR], t.user_attrs[SEED_ATTR])
-            for t in final.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if PREDICTIONS_ATTR in t.user_attrs}
     for encoder_name, source in candidates.items():
-        todo = [seed for seed in range(seeds) if (source.number, seed) not in done]
+        todo = pending[encoder_name]
         if not todo:
             continue
         encoder = dataset_study.encoders[encoder_name]
