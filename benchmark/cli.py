@@ -97,6 +97,16 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:
+        from benchmark.search.storage import refused_write
+
+        said = refused_write(error)
+        if said is None:
+            raise
+        # Outside a trial (the study's own attributes, the tables' reads): no trial to fail.
+        print(f"error: --storage: {_masked(_storage_url(args))} refused a write ({said}); free space on its disk "
+              "(or check its server) and run the same command again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt as interrupt:
         terminated = isinstance(interrupt, Terminated)
         print(f"interrupted by {'SIGTERM' if terminated else 'Ctrl-C'}: finished trials are kept in the storage; "
@@ -161,7 +171,7 @@ def _leaderboard(args: argparse.Namespace) -> None:
     the storage is known to hold a benchmark study."""
     import optuna
 
-    from benchmark.report.results import benchmark_trial_count, write_leaderboards
+    from benchmark.report.results import benchmark_trial_count
     from benchmark.search.storage import open_existing_storage
 
     url = _storage_url(args)
@@ -172,20 +182,51 @@ def _leaderboard(args: argparse.Namespace) -> None:
     _check_results_dir(args.results_dir)
     # Optuna announces every in-memory study the report builds for its plots.
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _print_tables(write_leaderboards(storage, args.results_dir), args.results_dir)
+    _print_tables(_write_tables(storage, args.results_dir), args.results_dir)
+
+
+def _write_tables(storage, results_dir: Path) -> dict:
+    """Every table and the report, written whole: a Ctrl-C or SIGTERM that arrives meanwhile (a
+    second Ctrl-C right after the first) waits until they are, then stops the command."""
+    from benchmark.report.results import write_leaderboards
+
+    received: list[int] = []
+
+    def defer(signum: int, frame: object) -> None:
+        if not received:
+            print(f"{signal.Signals(signum).name}: writing the tables and the report first (seconds); "
+                  "then the command stops", file=sys.stderr, flush=True)
+        received.append(signum)
+
+    previous = {signum: signal.signal(signum, defer) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        tables = write_leaderboards(storage, results_dir)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:  # stopped as the signal would have, only later
+        raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt()
+    return tables
 
 
 def _check_results_dir(directory: Path) -> None:
     """Before any training: a directory that cannot take the tables would lose the run's summary."""
+    import shutil
     import tempfile
+
+    from benchmark.report.html import bytes_needed
 
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=directory):
             pass
+        free, needed = shutil.disk_usage(directory).free, bytes_needed(directory)
     except OSError as error:
         raise BenchmarkError(f"--results-dir: cannot write to {directory} ({error.strerror or error}); "
                              "choose another directory or fix its permissions") from None
+    if free < needed:
+        raise BenchmarkError(f"--results-dir: {directory} has {free / 1e6:.1f} MB free, and the report and tables "
+                             f"need about {needed / 1e6:.0f} MB; free space or choose another directory")
 
 
 def _masked(url: str) -> str:
@@ -247,7 +288,7 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
     n_trials = _n_trials(args, config)
     # Only now the heavy imports (torch, transformers): a config error answers at once.
     from benchmark.report.html import REPORT_FILES
-    from benchmark.report.results import RESULT_FILES, write_leaderboards
+    from benchmark.report.results import RESULT_FILES
     from benchmark.search import preflight
     from benchmark.search.study import every_encoder_stopped, run_study
 
@@ -274,11 +315,14 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
         print(f"studies done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     finally:
         # Also on Ctrl-C: the tables then show every trial that finished.
-        tables = write_leaderboards(prepared.storage, args.results_dir)
-        attachments = [args.results_dir / name for name in (*RESULT_FILES, *REPORT_FILES)]
-        for dataset_study in prepared.studies:
-            prepared.tracker.end_study(dataset_study.study_name, [path for path in attachments if path.is_file()])
-        prepared.tracker.close()
+        try:
+            tables = _write_tables(prepared.storage, args.results_dir)
+        finally:
+            attachments = [args.results_dir / name for name in (*RESULT_FILES, *REPORT_FILES)]
+            for dataset_study in prepared.studies:
+                prepared.tracker.end_study(dataset_study.study_name,
+                                           [path for path in attachments if path.is_file()])
+            prepared.tracker.close()
     _print_tables(tables, args.results_dir)
     if halted:
         raise BenchmarkError(
@@ -288,7 +332,6 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
 
 def _final_eval(args: argparse.Namespace) -> None:
     config = _config(args)
-    from benchmark.report.results import write_leaderboards
     from benchmark.search import preflight
     from benchmark.search.final_eval import evaluation_candidates, pending_seeds, plan_text, run_final_evaluation
     from benchmark.train.estimate import duration_text
@@ -310,7 +353,7 @@ def _final_eval(args: argparse.Namespace) -> None:
         for dataset_study, trials in zip(prepared.studies, candidates):
             run_final_evaluation(prepared.storage, dataset_study, trials, args.seeds)
     finally:
-        tables = write_leaderboards(prepared.storage, args.results_dir)
+        tables = _write_tables(prepared.storage, args.results_dir)
     _print_tables(tables, args.results_dir)
 
 

@@ -868,6 +868,14 @@ def report_html(tables: dict[str, pd.DataFrame], studies: dict[str, optuna.Study
 
 # Writing
 
+def bytes_needed(results_dir: Path) -> int:
+    """Free space the results need, at least: the report (plotly's script alone is megabytes)
+    written beside the one it replaces, and as much again for the tables and figures."""
+    files = [results_dir / name for name in REPORT_FILES]
+    written = sum(path.stat().st_size for path in files if path.is_file())
+    return 2 * max(len(get_plotlyjs()), written)
+
+
 def write_figure(png: Path, figure: Figure) -> list[Path]:
     """`figure` in each of `FIGURE_FORMATS`, named like `png`; returns the paths written."""
     paths = []

@@ -1,11 +1,11 @@
 """Every use of Optuna's private API, in one place.
 
 The harness needs a few things Optuna has no public API for: whether a storage runs
-heartbeats, a study's storage and id, which of its running trials stopped beating, the
-parameters an enqueued trial is fixed to, the logger of the optimize loop, and a study
-seen through some encoders' trials only (for the per-encoder pruner and sampler).
-tests/test_optuna_internals.py pins each against the installed Optuna, so an upgrade that
-moves one fails a test instead of a study.
+heartbeats, a study's storage and id, which of its running trials stopped beating, how to
+fail a running trial, the parameters an enqueued trial is fixed to, the logger of the
+optimize loop, and a study seen through some encoders' trials only (for the per-encoder
+pruner and sampler). tests/test_optuna_internals.py pins each against the installed
+Optuna, so an upgrade that moves one fails a test instead of a study.
 """
 
 from __future__ import annotations
@@ -58,6 +58,19 @@ def fail_stale_trials(study: optuna.Study, reason: str) -> list[int]:
             # The retry copies the trial's attributes: not the reason why this one failed.
             retry(study, _without_user_attr(trial, FAIL_REASON_ATTR))
     return [trial.number for trial in failed]
+
+
+def fail_running_trial(study: optuna.Study, number: int, reason: str) -> bool:
+    """Fail trial `number`, if it still runs, with `reason`; whether the storage took it (a full
+    disk takes no write at all)."""
+    trial = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
+    if trial.state != TrialState.RUNNING:
+        return False
+    try:
+        study._storage.set_trial_user_attr(trial._trial_id, FAIL_REASON_ATTR, reason)
+        return study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    except (optuna.exceptions.OptunaError, OSError):
+        return False
 
 
 def _without_user_attr(trial: FrozenTrial, key: str) -> FrozenTrial:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import sqlite3
 import warnings
@@ -88,6 +89,28 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage | None:
         raise BenchmarkError(f"--storage: cannot read {mask_password(url)}: {mask_secrets_of(url, detail)}") from None
 
 
+_DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def refused_write(error: BaseException) -> str | None:
+    """What the storage's driver said, where `error` comes from a write the storage refused (a
+    full disk, a lost connection): the deepest such error of its chain. None for any other error.
+
+    Optuna wraps the driver's error, and where it fails while recording a trial's end it raises
+    `AssertionError: Should not reach.` over it."""
+    import sqlalchemy.exc
+
+    said = None
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if (isinstance(error, (sqlite3.Error, sqlalchemy.exc.SQLAlchemyError, optuna.exceptions.StorageInternalError))
+                or isinstance(error, OSError) and error.errno in _DISK_ERRNOS):  # a journal file's
+            said = str(error).splitlines()[0] if str(error) else type(error).__name__
+        error = error.__cause__ or error.__context__
+    return said
+
+
 def check_sqlite_file(path: Path) -> None:
     """A damaged SQLite file opens without complaint and fails at the first write, where
     Optuna blames "invalid data in the commit": check it whole first (SQLite's
@@ -127,11 +150,25 @@ def check_journal_file(path: Path) -> None:
                              "sqlite:///PATH") from None
 
 
+class _QuietHeartbeatStorage(optuna.storages.RDBStorage):
+    """Optuna records heartbeats in a thread of its own, where an error (a full disk) prints a
+    traceback and ends the heartbeats. A refused heartbeat is missed instead, and the next one
+    tries again: the trial's own writes say why the storage refuses them."""
+
+    def record_heartbeat(self, trial_id: int) -> None:
+        import sqlalchemy.exc
+
+        try:
+            super().record_heartbeat(trial_id)
+        except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
+            pass
+
+
 def _database(parsed: StorageUrl, heartbeat: HeartbeatSpec) -> optuna.storages.RDBStorage:
     # SQLite serializes writers: let local workers wait for the lock instead of failing,
     # unless the URL sets its own `timeout`.
     sqlite_timeout = parsed.kind == "sqlite" and "timeout=" not in parsed.query
-    return optuna.storages.RDBStorage(
+    return _QuietHeartbeatStorage(
         parsed.url,
         engine_kwargs=({"connect_args": {"timeout": 60}} if sqlite_timeout
                        else {} if parsed.kind == "sqlite" else {"pool_pre_ping": True}),

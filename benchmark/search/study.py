@@ -16,6 +16,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.config import provenance
 from benchmark.config.spec import BenchmarkConfig
+from benchmark.errors import BenchmarkError
 from benchmark.redaction import mask_password
 from benchmark.schema import (
     BENCHMARK_ATTR,
@@ -41,9 +42,10 @@ from benchmark.schema import (
     WORKER_ENV,
     timeout_stop_text,
 )
-from benchmark.search.optuna_internals import fail_stale_trials, heartbeat_enabled, storage_of
+from benchmark.search.optuna_internals import fail_running_trial, fail_stale_trials, heartbeat_enabled, storage_of
 from benchmark.search.pruning import make_pruner
 from benchmark.search.sampling import PerEncoderSampler, balanced_round_order, make_sampler
+from benchmark.search.storage import refused_write
 from benchmark.search.trial import DatasetStudy, run_trial
 from benchmark.search.warm_start import enqueue_warm_start
 from benchmark.tracking.base import StudyInfo
@@ -114,6 +116,20 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
 
 
 _WAIT_FOR_OTHERS_S = 2.0
+
+
+def refused_write_text(storage_url: str, said: str, study: optuna.Study, number: int | None, grace_s: int) -> str:
+    """One line for a write the storage refused mid-trial, after failing trial `number` (the one
+    this process started last) with the reason where the storage still takes a write."""
+    text = f"--storage: {mask_password(storage_url)} refused a write ({said})"
+    running = [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))]
+    if number in running:
+        if fail_running_trial(study, number, f"the storage refused a write: {said}"):
+            text += f"; trial {number} is marked failed with this reason"
+        else:
+            text += (f"; trial {number} stays RUNNING there, since no write gets through, until a later run "
+                     f"fails it {grace_s} s after its last heartbeat")
+    return text + "; free space on its disk (or check its server) and run the same command again"
 
 
 def stale_trial_reason(grace_s: int) -> str:
@@ -205,7 +221,11 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
                  *tracker_callbacks]
     per_encoder = dataset_study.config.trials_per_encoder(n_trials)
 
+    started = None  # the number of the trial this process started last
+
     def objective(trial: optuna.Trial) -> float:
+        nonlocal started
+        started = trial.number
         # Asked first (run_trial asks again and gets the same answer), so the guard knows it;
         # the sampler chose it before the trial started (see `sampling.PerEncoderSampler`).
         encoder = trial.suggest_categorical(ENCODER_PARAM, list(dataset_study.encoder_choices))
@@ -238,7 +258,13 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
             continue
         waiting = False
         # A failed trial is recorded as failed; only a run of them stops its encoder.
-        study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+        try:
+            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+        except Exception as error:  # the objective's own are caught: here the storage refused a write
+            said = refused_write(error)
+            if said is None:
+                raise
+            raise BenchmarkError(refused_write_text(storage_url, said, study, started, grace_s)) from None
     mark_timeout_stop(study, name, trial_target(study, n_trials, per_encoder, encoders, stopped_encoders(study)),
                       timeout_s, encoders)
     return study
