@@ -3,7 +3,11 @@ existing study, a max_length longer than an encoder's positions, the out-of-memo
 
 from __future__ import annotations
 
+import errno
+import os
+import time
 from collections import Counter
+from types import SimpleNamespace
 
 import optuna
 import pandas as pd
@@ -11,6 +15,7 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
+from benchmark.cli import main
 from benchmark.config.spec import load_config
 from benchmark.schema import ENCODER_PARAM, FINISHED, STOPPED_ATTR
 from benchmark.search import trial as trial_module
@@ -268,3 +273,156 @@ def test_a_rerun_after_kill_9_says_what_it_waits_for_and_why_the_dead_trial_fail
     study = _load(results)
     assert study.trials[1].state == TrialState.FAIL and study.trials[1].user_attrs["fail_reason"] == reason
     assert study.trials[2].state in FINISHED and "fail_reason" not in study.trials[2].user_attrs, "the retry ran"
+
+
+# Full disks (issue 26, point 10), without root: the writes are refused as a full disk refuses them.
+
+def _no_space(*args) -> OSError:
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *args)
+
+
+def test_a_results_dir_too_small_for_the_report_is_one_line_and_leaves_nothing_half_written(
+        tmp_path, capsys, monkeypatch):
+    from benchmark import files
+    from tests.test_cli import _study_with_every_state
+
+    url = f"sqlite:///{tmp_path / 'full.db'}"
+    _study_with_every_state(url)
+    real_fdopen = os.fdopen
+
+    class SmallDisk:
+        """The report (megabytes) does not fit; the tables (bytes) do."""
+
+        def __init__(self, handle, mode):
+            self.file = real_fdopen(handle, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, content):
+            if len(content) > 1_000_000:
+                self.file.write(content[:4096])  # what fitted
+                raise _no_space()
+            return self.file.write(content)
+
+    monkeypatch.setattr(files, "os", SimpleNamespace(**{**vars(os), "fdopen": SmallDisk}))
+    results = tmp_path / "results"
+    assert main(["--leaderboard", "--storage", url, "--results-dir", str(results)]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: --results-dir: cannot write {results / 'report.html'} (No space left on device); "
+                   "nothing half-written is left, and the storage keeps every trial: free space (or choose another "
+                   "--results-dir) and run --leaderboard to write the tables\n")
+    assert not (results / "report.html").exists()
+    assert not [path.name for path in results.iterdir() if path.name.startswith(".")], "no temporary file left"
+
+
+def test_a_results_dir_without_room_for_the_report_is_refused_before_training(tmp_path, tiny_encoders, capsys,
+                                                                                monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=10**9 - 10**6,
+                                                                           free=10**6))
+    results = tmp_path / "results"
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",))
+    assert run_cli(*_study_args(config, results)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: --results-dir: {results} has 1.0 MB free, and the report and tables need about ")
+    assert err.endswith(" MB; free space or choose another directory\n") and err.count("\n") == 1
+    assert not (results / "optuna.db").exists(), "refused before the storage was opened"
+
+
+def test_a_killed_writes_temporary_file_is_removed_by_the_next_write_and_an_interrupted_one_leaves_none(
+        tmp_path, monkeypatch):
+    from benchmark import files
+
+    target = tmp_path / "report.html"
+    stale, live = tmp_path / ".report.html.killed", tmp_path / ".report.html.another_worker"
+    for path in (stale, live):
+        path.write_bytes(b"")
+    old = time.time() - files.STALE_TEMPORARY_S - 60
+    os.utime(stale, (old, old))
+    files.write_atomic(target, "<html>")
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".report.html.another_worker", "report.html"]
+
+    real_fdopen = os.fdopen
+
+    def interrupted(handle, mode):
+        real_fdopen(handle, mode).close()
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(files, "os", SimpleNamespace(**{**vars(os), "fdopen": interrupted}))
+    with pytest.raises(KeyboardInterrupt):
+        files.write_atomic(target, "<html> new")
+    assert target.read_text() == "<html>"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [".report.html.another_worker", "report.html"]
+
+
+def _refuse_storage_writes(monkeypatch, heal_after: int | None) -> None:
+    """From the first intermediate value on, every write to an SQLite storage fails as on a
+    full disk (or only the first `heal_after` of them)."""
+    import sqlite3
+
+    refused: list[str] = []
+    full = False
+
+    def refusing(method: str):
+        real = getattr(optuna.storages.RDBStorage, method)
+
+        def write(self, *args, **kwargs):
+            nonlocal full
+            full = full or method == "set_trial_intermediate_value"
+            if full and (heal_after is None or len(refused) < heal_after):
+                refused.append(method)
+                try:
+                    raise sqlite3.OperationalError("database or disk is full")
+                except sqlite3.OperationalError as driver_error:
+                    raise optuna.exceptions.StorageInternalError(
+                        "An exception is raised during the commit. This typically happens due to invalid data in "
+                        "the commit, e.g. exceeding max length. ") from driver_error
+            return real(self, *args, **kwargs)
+
+        return write
+
+    for method in ("set_trial_intermediate_value", "set_trial_user_attr", "set_trial_state_values",
+                   "set_trial_param", "set_study_user_attr", "record_heartbeat"):
+        monkeypatch.setattr(optuna.storages.RDBStorage, method, refusing(method))
+
+
+def test_a_full_storage_disk_mid_trial_is_one_line_and_says_the_trial_stays_running(
+        tmp_path, tiny_encoders, capsys, monkeypatch):
+    results = tmp_path / "results"
+    args = _study_args(write_config(tmp_path, tiny_encoders, encoders=("bert",), **ONE_EPOCH), results)
+    _refuse_storage_writes(monkeypatch, heal_after=None)
+    assert run_cli(*args, "--n-trials", "1", "--datasets", "topics") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Should not reach" not in err, err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert error_lines == [
+        f"error: --storage: sqlite:///{results / 'optuna.db'} refused a write (database or disk is full); trial 0 "
+        "stays RUNNING there, since no write gets through, until a later run fails it 90 s after its last "
+        "heartbeat; free space on its disk (or check its server) and run the same command again"], err
+    monkeypatch.undo()
+    assert _load(results).trials[0].state == TrialState.RUNNING
+
+
+def test_a_storage_that_refuses_one_write_mid_trial_gets_the_trial_failed_with_the_reason(
+        tmp_path, tiny_encoders, capsys, monkeypatch):
+    results = tmp_path / "results"
+    args = _study_args(write_config(tmp_path, tiny_encoders, encoders=("bert",), **ONE_EPOCH), results)
+    # The report of the value, the trial's failure reason and its cost, then Optuna's record of
+    # its failure are refused: the storage takes writes again only after Optuna gave up.
+    _refuse_storage_writes(monkeypatch, heal_after=4)
+    assert run_cli(*args, "--n-trials", "1", "--datasets", "topics") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Should not reach" not in err, err
+    assert err.endswith(
+        f"error: --storage: sqlite:///{results / 'optuna.db'} refused a write (database or disk is full); trial 0 "
+        "is marked failed with this reason; free space on its disk (or check its server) and run the same "
+        "command again\n"), err
+    monkeypatch.undo()
+    trial = _load(results).trials[0]
+    assert trial.state == TrialState.FAIL
+    assert trial.user_attrs["fail_reason"] == "the storage refused a write: database or disk is full"
