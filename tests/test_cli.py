@@ -286,3 +286,31 @@ def test_leaderboard_reads_a_storage_named_with_a_query_string(tmp_path, capsys)
     assert main(["--leaderboard", "--storage", f"sqlite:///{tmp_path / 's.db'}?timeout=30",
                  "--results-dir", str(results)]) == 0
     assert pd.read_csv(results / "datasets.csv")["complete"].tolist() == [2]
+
+
+def test_a_second_ctrl_c_while_the_tables_are_written_waits_for_them(tmp_path, tiny_encoders):
+    """Issue 26, point 12: a second Ctrl-C within a second of the first left the results
+    directory without its report, under the same "clean" message."""
+    from benchmark.report.html import REPORT_FILE
+    from benchmark.report.results import PREDICTIONS_FILE, TABLES
+
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",), search_space__num_epochs=SLOW_TRIALS,
+                          training__precision="fp32")
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    results = tmp_path / "results"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "benchmark.cli", "--study", "--config", str(config), "--results-dir", str(results),
+         "--storage", storage, "--datasets", "topics", "--n-trials", "3"],
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_as_if_in_a_terminal)
+    _wait_for(lambda: _training_trial(storage), 120, "a trial to start training")
+    process.send_signal(signal.SIGINT)
+    # The first file of the tables is written: the report (seconds) is still to come.
+    _wait_for(lambda: (results / PREDICTIONS_FILE).exists(), 120, "the tables to be written")
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "SIGINT: writing the tables and the report first (seconds); then the command stops" in err, err
+    assert "Traceback" not in err, err
+    written = {path.name for path in results.iterdir()}
+    assert {REPORT_FILE, "trials.csv", *(f"{name}.csv" for name in TABLES)} <= written, written
+    assert not [name for name in written if name.startswith(".")], "no temporary file left"
