@@ -210,20 +210,25 @@ def _write_tables(storage, results_dir: Path) -> dict:
 
 
 def _check_results_dir(directory: Path) -> None:
-    """Before any training: a directory that cannot take the tables would lose the run's summary."""
+    """Before any training: a directory that cannot take the tables would lose the run's summary.
+    Creates nothing: the tables create it when they are written."""
+    import errno
+    import os
     import shutil
     import tempfile
 
     from benchmark.report.html import bytes_needed
 
+    existing = next(path for path in (directory, *directory.parents) if path.exists() or path == path.parent)
     try:
-        directory.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=directory):
+        if not existing.is_dir():
+            raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR))
+        with tempfile.TemporaryFile(dir=existing):  # where the directory will be made
             pass
-        free, needed = shutil.disk_usage(directory).free, bytes_needed(directory)
     except OSError as error:
         raise BenchmarkError(f"--results-dir: cannot write to {directory} ({error.strerror or error}); "
                              "choose another directory or fix its permissions") from None
+    free, needed = shutil.disk_usage(existing).free, bytes_needed(directory)
     if free < needed:
         raise BenchmarkError(f"--results-dir: {directory} has {free / 1e6:.1f} MB free, and the report and tables "
                              f"need about {needed / 1e6:.0f} MB; free space or choose another directory")

@@ -291,17 +291,25 @@ def prepare(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, seed:
             f"datasets.{name}: no train split; the source has {', '.join(frames) or 'none'} "
             f"(map one with 'splits: {{train: NAME}}')"
         )
+    twice = [split for split in SPLITS if split != "train" and chosen[split] == chosen["train"]]
+    if twice:
+        raise BenchmarkError(
+            f"datasets.{name}.splits.{twice[0]}: names the source split '{chosen['train']}', which is already "
+            f"the train split; scored on the examples it trained on, a model shows nothing (and dropping repeated "
+            f"texts would empty train); map another split, or leave {twice[0]} out to cut it from train"
+        )
     tables = {split: _check_table(name, split, frames[source_split], spec)
               for split, source_split in chosen.items() if source_split is not None}
     tables, duplicates = _drop_duplicates(tables)
+    dropped = f" after dropping {duplicates} duplicate text(s)" if duplicates else ""
 
     # From train alone: a class the model is never trained on cannot be learned, and
     # reading the label set off the test split would leak what it holds.
     label_names = tuple(sorted({str(v) for v in tables["train"]["label"]}))
     if len(label_names) < 2:
         raise BenchmarkError(
-            f"datasets.{name}: column '{spec.label}' has a single class ({', '.join(label_names)}) "
-            f"in the train split; classification needs at least two"
+            f"datasets.{name}: column '{spec.label}' has a single class ({', '.join(label_names) or 'none'}) "
+            f"in the train split{dropped}; classification needs at least two"
         )
     for split, table in tables.items():
         unseen = sorted({str(v) for v in table["label"]} - set(label_names))
@@ -330,8 +338,7 @@ def prepare(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, seed:
 
     for split in SPLITS:
         if len(splits[split]) == 0:
-            raise BenchmarkError(f"datasets.{name}: the {split} split is empty"
-                                 f"{f' after dropping {duplicates} duplicate(s)' if duplicates else ''}")
+            raise BenchmarkError(f"datasets.{name}: the {split} split is empty{dropped}")
     return TextClassificationData(name=name, label_names=label_names, duplicates_dropped=duplicates, **splits)
 
 
@@ -417,7 +424,7 @@ def _check_table(name: str, split: str, frame: pd.DataFrame, spec: DatasetSpec) 
         if bad.any():
             raise BenchmarkError(
                 f"datasets.{name}.{key}: column '{column}' has {int(bad.sum())} empty or non-text "
-                f"value(s), the first being {values[bad].iloc[0]!r} ({_rows(spec, split, values.index[bad])}); "
+                f"value(s), the first being {_shown(values[bad].iloc[0])} ({_rows(spec, split, values.index[bad])}); "
                 f"fill in or remove those rows"
             )
     unlabeled = table["label"].isna()
@@ -452,7 +459,7 @@ def _check_labels(name: str, split: str, labels: pd.Series, spec: DatasetSpec) -
     kinds = labels.map(_label_kind)
     odd = ~kinds.isin(["text", "number", "boolean"])
     if odd.any():
-        raise BenchmarkError(f"{key} holds {kinds[odd].iloc[0]} values such as {labels[odd].iloc[0]!r} "
+        raise BenchmarkError(f"{key} holds {kinds[odd].iloc[0]} values such as {_shown(labels[odd].iloc[0])} "
                              f"({_rows(spec, split, labels.index[odd])}); a label is one text or number per row")
     if kinds.nunique() > 1:
         examples = ", ".join(f"{kind} {labels[kinds == kind].iloc[0]!r} "
@@ -472,6 +479,19 @@ def _check_labels(name: str, split: str, labels: pd.Series, spec: DatasetSpec) -
     if clash:
         raise BenchmarkError(f"{key} has labels that differ only in surrounding spaces: "
                              f"{', '.join(map(repr, clash))}; they would be separate classes, so strip the spaces")
+
+
+def _shown(value) -> str:
+    """A cell as its file holds it, on one line: `123 (a number)`, not numpy's `np.int64(123)`;
+    a list cell (Parquet, JSON) by its first items, not numpy's two-line array."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, (np.ndarray, list, tuple)):
+        items = [item.item() if isinstance(item, np.generic) else item for item in list(value)]
+        return f"a list of {len(items)} ({', '.join(map(repr, items[:3]))}{', ...' if len(items) > 3 else ''})"
+    if value is None or isinstance(value, float) and np.isnan(value):
+        return "an empty cell"
+    return f"{value!r} (a number)" if isinstance(value, numbers.Number) else repr(value)
 
 
 def _rows(spec: DatasetSpec, split: str, index: pd.Index) -> str:

@@ -19,7 +19,7 @@ from benchmark.data.tokenization import TokenizationCache
 from benchmark.errors import BenchmarkError
 from benchmark.schema import DATA_SEED_ATTR, ENCODER_CHOICES_ATTR, ENCODER_PARAM, study_name
 from benchmark.search.optuna_internals import OPTIMIZE_LOGGER
-from benchmark.search.storage import open_storage
+from benchmark.search.storage import open_existing_storage, open_storage
 from benchmark.search.trial import INTERRUPTED_TRIAL_LOG, DatasetStudy
 from benchmark.tracking import make_tracker
 from benchmark.tracking.base import Tracker
@@ -63,11 +63,15 @@ class Inputs:
 
 def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path) -> Prepared:
     quiet_libraries()
+    # The storage is read first and created only once every input loaded: bad input leaves no
+    # empty storage behind.
+    existing = open_existing_storage(storage_url)
+    if existing is not None:
+        check_seed_matches(existing, config)
+    choices = encoder_choices(existing, config)
     tracker = make_tracker(tracker_names, results_dir)
-    storage = open_storage(storage_url, config.heartbeat)
-    check_seed_matches(storage, config)
-    choices = encoder_choices(storage, config)
     inputs = load_inputs(config)
+    storage = open_storage(storage_url, config.heartbeat)
     tokenization = TokenizationCache()
     studies = [DatasetStudy(study_name(config.name, name), config, loaded, config.datasets[name].metric, inputs.encoders,
                             tokenization, tracker, inputs.device, inputs.precision, choices[name])
@@ -155,12 +159,14 @@ def check_seed_matches(storage: optuna.storages.BaseStorage, config: BenchmarkCo
             )
 
 
-def encoder_choices(storage: optuna.storages.BaseStorage, config: BenchmarkConfig) -> dict[str, tuple[str, ...]]:
+def encoder_choices(storage: optuna.storages.BaseStorage | None, config: BenchmarkConfig
+                    ) -> dict[str, tuple[str, ...]]:
     """Per dataset, its study's `encoder` choices. Optuna refuses a categorical whose choices
     change within a study, so a new study gets every encoder of the config file (a run with
     `--encoders` samples only some of them), and an existing one keeps those it was created
     with: a later run may compare fewer, and is refused before training if it adds one."""
-    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    existing = ({s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+                if storage is not None else set())
     choices = {}
     for name in config.datasets:
         recorded = None

@@ -48,8 +48,7 @@ def open_storage(url: str, heartbeat: HeartbeatSpec = HeartbeatSpec()) -> optuna
     except BenchmarkError:
         raise
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BenchmarkError(f"--storage: cannot open {mask_password(url)}: {mask_secrets_of(url, detail)}") from None
+        raise _unusable(url, exc) from None
 
 
 def open_existing_storage(url: str) -> optuna.storages.BaseStorage | None:
@@ -85,11 +84,15 @@ def open_existing_storage(url: str) -> optuna.storages.BaseStorage | None:
     except BenchmarkError:
         raise
     except Exception as exc:  # drivers raise their own types; all mean "cannot use it"
-        detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BenchmarkError(f"--storage: cannot read {mask_password(url)}: {mask_secrets_of(url, detail)}") from None
+        raise _unusable(url, exc) from None
 
 
 _DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO)
+
+
+def _unusable(url: str, exc: Exception) -> BenchmarkError:
+    detail = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return BenchmarkError(f"--storage: cannot open {mask_password(url)}: {mask_secrets_of(url, detail)}")
 
 
 def refused_write(error: BaseException) -> str | None:

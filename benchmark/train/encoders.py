@@ -112,11 +112,20 @@ def resolve(name: str, spec: EncoderSpec) -> Encoder:
     from transformers import AutoConfig
 
     location = source_for(name, spec).locate()
+    unreachable = hub_unreachable() if spec.source == "hub" else None
     try:
+        # Where the hub is unreachable only the cache is read: the hub would be retried for
+        # tens of seconds, with a warning per retry.
         config = AutoConfig.from_pretrained(
-            location, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+            location, revision=spec.revision, trust_remote_code=spec.trust_remote_code,
+            local_files_only=unreachable is not None,
         )
     except Exception as exc:  # hub, file and parse errors all mean "cannot use this encoder"
+        if unreachable is not None:
+            raise BenchmarkError(
+                f"encoders.{name}: the Hugging Face hub is unreachable ({unreachable}) and '{location}' is not in "
+                "the local Hugging Face cache; connect to the network, or give a local copy (source: local)"
+            ) from None
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BenchmarkError(
             f"encoders.{name}: cannot load the config of '{location}' ({first_line}); "
@@ -137,6 +146,31 @@ def resolve(name: str, spec: EncoderSpec) -> Encoder:
         raise BenchmarkError(f"encoders.{name}: cannot load the tokenizer of '{location}' ({first_line})"
                              f"{f'; {missing}' if missing else ''}") from None
     return encoder
+
+
+HUB_PROBE_S = 3.0  # a connection to the hub takes well under a second where it works
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be reached, found within HUB_PROBE_S; None where it can,
+    where HF_HUB_OFFLINE already has every load read the cache alone (failing at once), and
+    behind a proxy, which a direct connection would not go through."""
+    import os
+    import socket
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE or any(os.environ.get(name) for name in (
+            "HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")):
+        return None
+    endpoint = urlsplit(constants.ENDPOINT)
+    host, port = endpoint.hostname, endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=HUB_PROBE_S).close()
+    except OSError as error:
+        return f"{host}:{port}: {error.strerror or str(error) or type(error).__name__}"
+    return None
 
 
 # Architectures whose position ids start after the padding id (transformers'
