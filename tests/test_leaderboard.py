@@ -224,6 +224,7 @@ def test_to_markdown(trials):
 def test_a_crash_while_writing_leaves_the_previous_table_whole(tmp_path, monkeypatch):
     import os
 
+    from benchmark.errors import BenchmarkError
     from benchmark.files import write_atomic
 
     target = tmp_path / "leaderboard.csv"
@@ -233,7 +234,8 @@ def test_a_crash_while_writing_leaves_the_previous_table_whole(tmp_path, monkeyp
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError):
+    with pytest.raises(BenchmarkError, match=r"^--results-dir: cannot write .*leaderboard.csv \(disk full\); "
+                                             r"nothing half-written is left"):
         write_atomic(target, "encoder,value\nbert,0.95\nroberta,0.9")
     assert target.read_text() == "encoder,value\nbert,0.9\n"
     assert [p.name for p in tmp_path.iterdir()] == ["leaderboard.csv"], "no temporary file left behind"

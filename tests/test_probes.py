@@ -112,7 +112,7 @@ def test_a_digits_only_text_column_is_shown_as_the_file_holds_it(tmp_path, capsy
 def test_a_parquet_list_column_is_shown_on_one_line(tmp_path, capsys, tiny_encoders):
     table = make_texts(60, seed=1).assign(text=[["goal", "match", "team", "coach"]] * 60)
     line = _data_probe(tmp_path, capsys, tiny_encoders, table, suffix=".parquet")
-    assert "the first being a list of 4 ('goal', 'match', 'team', ...) (rows 1, 2, 3, 4, 5, ... of " in line, line
+    assert "the first being ['goal', 'match', 'team', ...] (rows 1, 2, 3, 4, 5, ... of " in line, line
     assert "array(" not in line and "dtype" not in line
 
 

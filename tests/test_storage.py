@@ -176,3 +176,28 @@ def test_a_file_that_is_no_journal_is_named_as_such(tmp_path, content):
                                      "JSON record); give journal: a journal file or a new path, or an SQLite "
                                      "file as sqlite:///PATH")
     assert path.read_bytes() == content, "left as it was"
+
+
+def test_a_storage_left_by_a_process_killed_mid_write_is_read_as_it_was_before_that_write(tmp_path):
+    """After kill -9 a rollback journal lies beside the database, and a read-only connection
+    cannot roll it back: `--study`, `--check` and `--leaderboard` said "attempt to write a
+    readonly database"."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "optuna.db"
+    url = f"sqlite:///{path}"
+    optuna.create_study(storage=url, study_name="s").add_trial(optuna.trial.create_trial(value=1.0))
+    killed_mid_write = (
+        "import os, sqlite3\n"
+        f"connection = sqlite3.connect({str(path)!r}, isolation_level=None)\n"
+        "connection.execute('PRAGMA cache_size=1')\n"  # pages spill to the file before the commit
+        "connection.execute('BEGIN IMMEDIATE')\n"
+        "connection.execute('CREATE TABLE half_written (x)')\n"
+        "connection.executemany('INSERT INTO half_written VALUES (?)', [('x' * 1000,)] * 2000)\n"
+        "os.kill(os.getpid(), 9)\n")
+    subprocess.run([sys.executable, "-c", killed_mid_write])
+    assert (tmp_path / "optuna.db-journal").stat().st_size > 0, "a hot journal"
+    existing = open_existing_storage(url)
+    assert optuna.get_all_study_names(existing) == ["s"]
+    assert len(optuna.load_study(study_name="s", storage=existing).trials) == 1

@@ -483,12 +483,12 @@ def _check_labels(name: str, split: str, labels: pd.Series, spec: DatasetSpec) -
 
 def _shown(value) -> str:
     """A cell as its file holds it, on one line: `123 (a number)`, not numpy's `np.int64(123)`;
-    a list cell (Parquet, JSON) by its first items, not numpy's two-line array."""
+    a list cell (Parquet, JSON) as `['a', 'b', ...]`, not numpy's two-line array."""
     if isinstance(value, np.generic):
         value = value.item()
     if isinstance(value, (np.ndarray, list, tuple)):
         items = [item.item() if isinstance(item, np.generic) else item for item in list(value)]
-        return f"a list of {len(items)} ({', '.join(map(repr, items[:3]))}{', ...' if len(items) > 3 else ''})"
+        return f"[{', '.join(map(repr, items[:3]))}{', ...' if len(items) > 3 else ''}]"
     if value is None or isinstance(value, float) and np.isnan(value):
         return "an empty cell"
     return f"{value!r} (a number)" if isinstance(value, numbers.Number) else repr(value)
