@@ -11,6 +11,7 @@ checkpoints were trained on the mean of the real tokens' states (`pooling: mean`
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -131,6 +132,14 @@ def resolve(name: str, spec: EncoderSpec) -> Encoder:
             f"encoders.{name}: cannot load the config of '{location}' ({first_line}); "
             f"a hub id needs network access or a copy in the local Hugging Face cache"
         ) from None
+    if unreachable is not None:
+        from huggingface_hub import constants
+
+        # HF_HUB_OFFLINE as if set before the start: the tokenizer and the weights, here and in
+        # every trial, are read from the cache too, with no retries.
+        constants.HF_HUB_OFFLINE = True
+        print(f"encoders.{name}: the Hugging Face hub is unreachable ({unreachable}); reading the local "
+              "Hugging Face cache only", file=sys.stderr, flush=True)
     if config.model_type not in DROPOUT_KEYS:
         raise BenchmarkError(
             f"encoders.{name}: architecture '{config.model_type}' has no dropout mapping; "
