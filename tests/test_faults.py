@@ -360,9 +360,9 @@ def test_a_killed_writes_temporary_file_is_removed_by_the_next_write_and_an_inte
     assert sorted(path.name for path in tmp_path.iterdir()) == [".report.html.another_worker", "report.html"]
 
 
-def _refuse_storage_writes(monkeypatch, heal_after: int | None) -> None:
-    """From the first intermediate value on, every write to an SQLite storage fails as on a
-    full disk (or only the first `heal_after` of them)."""
+def _refuse_storage_writes(monkeypatch, heal_after: int | None, first: str = "set_trial_intermediate_value") -> None:
+    """From the first call of `first` on (by default: a trial's first evaluation), every write
+    to an SQLite storage fails as on a full disk (or only the first `heal_after` of them)."""
     import sqlite3
 
     refused: list[str] = []
@@ -373,7 +373,7 @@ def _refuse_storage_writes(monkeypatch, heal_after: int | None) -> None:
 
         def write(self, *args, **kwargs):
             nonlocal full
-            full = full or method == "set_trial_intermediate_value"
+            full = full or method == first
             if full and (heal_after is None or len(refused) < heal_after):
                 refused.append(method)
                 try:
@@ -426,3 +426,14 @@ def test_a_storage_that_refuses_one_write_mid_trial_gets_the_trial_failed_with_t
     trial = _load(results).trials[0]
     assert trial.state == TrialState.FAIL
     assert trial.user_attrs["fail_reason"] == "the storage refused a write: database or disk is full"
+
+
+def test_a_full_storage_disk_before_any_trial_is_one_line(tmp_path, tiny_encoders, capsys, monkeypatch):
+    results = tmp_path / "results"
+    args = _study_args(write_config(tmp_path, tiny_encoders, encoders=("bert",), **ONE_EPOCH), results)
+    _refuse_storage_writes(monkeypatch, heal_after=None, first="set_study_user_attr")
+    assert run_cli(*args, "--n-trials", "1") == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert err.endswith(f"error: --storage: sqlite:///{results / 'optuna.db'} refused a write (database or disk is "
+                        "full); free space on its disk (or check its server) and run the same command again\n"), err
