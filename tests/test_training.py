@@ -359,3 +359,147 @@ def test_the_compile_setting_compiles_the_model_once_and_pads_to_a_few_shapes(to
         fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
                   lambda _: None, lambda _: None)
         assert compiled == [True] * compile_it
+
+
+def test_steps_read_off_the_device_in_groups_train_and_log_what_single_reads_do(topics, bert):
+    """The host reads losses every `sync_every` steps (a GPU's default, see host_sync_every),
+    without changing the training: the same steps, losses, norms and rates, in order, and every
+    group read before the checkpoint that follows it."""
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    hp = Hyperparameters(learning_rate=3e-3, warmup_ratio=0.1, dropout=0.0, max_grad_norm=1.0,
+                         weight_decay=0.01, batch_size=8, num_epochs=2)
+    runs = []
+    for sync_every in (1, 5):
+        torch.manual_seed(0)
+        model = load_classifier(bert, topics.label_names, dropout=0.0)
+        settings = LoopSettings(eval_every_examples=24, eval_batch_size=32, seed=0, device=CPU,
+                                autocast_dtype=None, sync_every=sync_every)
+        events = []
+        result = fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
+                           lambda s: events.append(("step", s)), lambda e: events.append(("eval", e)))
+        runs.append((result, events))
+    (single, single_events), (grouped, grouped_events) = runs
+    assert [kind for kind, _ in grouped_events] == [kind for kind, _ in single_events], \
+        "each checkpoint still follows the logs of every step before it"
+    single_steps = [s for kind, s in single_events if kind == "step"]
+    grouped_steps = [s for kind, s in grouped_events if kind == "step"]
+    assert [s.step for s in grouped_steps] == list(range(1, grouped.steps + 1))
+    assert [s.loss for s in grouped_steps] == pytest.approx([s.loss for s in single_steps], rel=1e-5)
+    assert [s.grad_norm for s in grouped_steps] == pytest.approx([s.grad_norm for s in single_steps], rel=1e-5)
+    assert [s.learning_rate for s in grouped_steps] == [s.learning_rate for s in single_steps]
+    assert all(s.tokens_per_second > 0 for s in grouped_steps) and grouped.train_seconds > 0
+    assert grouped.final.metrics == single.final.metrics
+
+
+def test_a_nan_loss_is_caught_at_the_next_read_with_its_own_step(topics, bert, monkeypatch):
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    real = benchmark.train.loop._accumulate_gradients
+    calls = []
+
+    def nan_at_step_3(model, inputs, labels, settings):
+        calls.append(1)
+        loss = real(model, inputs, labels, settings)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(benchmark.train.loop, "_accumulate_gradients", nan_at_step_3)
+    hp = Hyperparameters(learning_rate=1e-3, warmup_ratio=0.0, dropout=0.0, max_grad_norm=1.0,
+                         weight_decay=0.0, batch_size=8, num_epochs=1)
+    settings = LoopSettings(eval_every_examples=10**6, eval_batch_size=32, seed=0, device=CPU,
+                            autocast_dtype=None, sync_every=4)
+    steps = []
+    result = benchmark.train.loop.TrainingResult()
+    with pytest.raises(benchmark.train.loop.NonFiniteLoss) as raised:
+        fine_tune(load_classifier(bert, topics.label_names, dropout=0.0), tokenized.train, tokenized.validation,
+                  topics.num_labels, hp, settings, steps.append, lambda e: None, result)
+    assert raised.value.step == 3 and len(calls) == 4, "noticed at the read after step 4, named as step 3"
+    assert [s.step for s in steps] == [1, 2] and result.train_seconds > 0
+
+
+def test_the_host_reads_a_gpu_every_few_steps_and_a_cpu_every_step():
+    from benchmark.train.loop import CUDA_SYNC_EVERY, host_sync_every
+
+    assert host_sync_every(torch.device("cuda")) == CUDA_SYNC_EVERY > 1
+    assert host_sync_every(CPU) == 1
+
+
+def test_evaluation_batches_are_sized_to_the_memory_a_gpu_leaves():
+    from benchmark.train.loop import EVAL_BYTES_PER_TOKEN, MAX_EVAL_BATCH, evaluation_batch_size
+
+    assert evaluation_batch_size(64, 128, None) == 64, "a CPU keeps the configured size"
+    assert evaluation_batch_size(64, 128, 140 * 2**30) == MAX_EVAL_BATCH  # an H200
+    # 16 GiB: a quarter of it holds 4 GiB / (128 x 64 KiB) = 512 examples at 128 tokens, 256 at 256.
+    assert evaluation_batch_size(64, 128, 16 * 2**30) == 512
+    assert evaluation_batch_size(64, 256, 16 * 2**30) == 256
+    one_example = 4 * 128 * EVAL_BYTES_PER_TOKEN
+    assert evaluation_batch_size(64, 128, 100 * one_example) == 64, "never below the configured size"
+    assert evaluation_batch_size(64, 128, one_example // 2) == 64, "nothing fits: as configured"
+
+
+def test_available_gpu_memory_is_capped_by_the_process_share(monkeypatch):
+    from benchmark.train.loop import available_device_memory
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (60 * gib, 100 * gib))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 0.25)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 5 * gib)
+    gpu = torch.device("cuda")
+    assert available_device_memory(gpu) == 20 * gib, "a quarter of 100 GiB, less the 5 GiB held"
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)
+    assert available_device_memory(gpu) == 60 * gib, "the device's free memory"
+    assert available_device_memory(CPU) is None
+
+
+def test_batches_go_to_a_gpu_through_pinned_memory_without_waiting(monkeypatch):
+    from benchmark.data.tokenization import to_device
+
+    copies = []
+
+    class Pinned:
+        def to(self, device, non_blocking=False):
+            copies.append((device, non_blocking))
+            return "on the gpu"
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: Pinned())
+    gpu = torch.device("cuda")
+    assert to_device(np.arange(3), gpu) == "on the gpu" and copies == [(gpu, True)]
+    on_cpu = to_device(np.arange(3), CPU)
+    assert copies == [(gpu, True)], "no pinning for a CPU"
+    assert torch.equal(on_cpu, torch.arange(3))
+
+
+def test_the_tokenization_cache_is_keyed_by_the_texts_not_the_dataset_name(topics, bert):
+    import dataclasses
+
+    cache = TokenizationCache()
+    loads = []
+
+    def loader():
+        loads.append(1)
+        return load_tokenizer(bert)
+
+    first = cache.get(topics, bert.location, 32, loader)
+    renamed = dataclasses.replace(topics, name="another study of the same texts")
+    assert cache.get(renamed, bert.location, 32, loader) is first and len(loads) == 1
+    fewer = dataclasses.replace(topics, train=topics.train.subset(np.arange(20)))  # same name, other examples
+    assert len(cache.get(fewer, bert.location, 32, loader).train) == 20 and len(loads) == 2
+    assert cache.get(topics, (bert.location, "another revision"), 32, loader) is not first
+
+
+def test_a_second_run_in_the_process_reuses_the_first_runs_tokens(tmp_path, tiny_encoders, monkeypatch):
+    """Studies, and the final evaluation after them, prepared separately in one process
+    (benchmarks, notebooks) tokenize each split once."""
+    from benchmark.config.spec import load_config
+    from benchmark.data import tokenization
+    from benchmark.search import preflight
+    from tests.test_study import write_config
+
+    monkeypatch.setattr(tokenization, "SHARED", TokenizationCache())
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",), training__precision="fp32"))
+    tokenized = []
+    for run in ("study", "final-eval"):
+        prepared = preflight.prepare(config, f"sqlite:///{tmp_path / 'optuna.db'}", ["none"], tmp_path / run)
+        study = prepared.studies[0]
+        encoder = study.encoders["bert"]
+        tokenized.append(study.tokenization.get(study.data, (encoder.location, encoder.revision), 32,
+                                                lambda: load_tokenizer(encoder)))
+    assert tokenized[1] is tokenized[0]
