@@ -233,7 +233,9 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
     from benchmark.report.results import RESULT_FILES, write_leaderboards
     from benchmark.search import preflight
     from benchmark.search.study import every_encoder_stopped, run_study
+    from benchmark.search.workers import apply_share
 
+    apply_share()  # a --workers child: its threads and GPU memory, before torch allocates any
     timeout = args.timeout or config.budget.timeout_s
     url = _storage_url(args)
     # Everything that can be wrong with the input fails here, before any training (and
@@ -306,19 +308,17 @@ def _check_studies_exist(config, url: str) -> None:
 
 def _run_workers(count: int, argv: list[str], chosen: Precision) -> None:
     """Start `count` copies of this command as single workers on the same storage, training
-    in the precision measured here."""
+    in the precision measured here, each on its share of the cores and GPUs (search/workers.py)."""
     import os
     import subprocess
 
     from benchmark.schema import WORKER_ENV
+    from benchmark.search.workers import usable_cores, worker_shares
     from benchmark.train.precision import for_workers
 
-    gpus = _visible_gpus()
     workers = []
-    for index in range(count):
-        env = dict(os.environ, **{WORKER_ENV: str(index)}, **for_workers(chosen))
-        if len(gpus) > 1:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    for index, share in enumerate(worker_shares(count, usable_cores(), _visible_gpus())):
+        env = dict(os.environ, **{WORKER_ENV: str(index)}, **for_workers(chosen), **share.environment())
         # A later --workers wins over the user's, so each child is a single worker.
         command = [sys.executable, "-m", "benchmark.cli", *argv, "--workers", "1"]
         workers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))

@@ -144,14 +144,20 @@ def test_each_step_logs_the_learning_rate_it_trained_with(topics, bert):
         [1e-3 * f for f in (1 / 5, 2 / 5, 3 / 5, 4 / 5, 4 / 4, 3 / 4, 2 / 4, 1 / 4)])
 
 
-def test_tokenizer_runs_once_per_dataset_tokenizer_and_length(topics, bert):
-    cache = TokenizationCache()
+def _counting_loader(encoder):
+    """A tokenizer loader, and the list that grows by one at each of its loads."""
     loads = []
 
     def loader():
         loads.append(1)
-        return load_tokenizer(bert)
+        return load_tokenizer(encoder)
 
+    return loads, loader
+
+
+def test_tokenizer_runs_once_per_dataset_tokenizer_and_length(topics, bert):
+    cache = TokenizationCache()
+    loads, loader = _counting_loader(bert)
     first = cache.get(topics, bert.location, 32, loader)
     assert cache.get(topics, bert.location, 32, loader) is first
     cache.get(topics, bert.location, 16, loader)
@@ -252,10 +258,10 @@ def _run(bert, topics, tokenized, settings):
                          weight_decay=0.01, batch_size=16, num_epochs=2)
     torch.manual_seed(123)
     model = load_classifier(bert, topics.label_names, dropout=0.0)
-    steps = []
+    steps, logged_at_evaluations = [], []
     result = fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
-                       steps.append, lambda e: None)
-    return result, steps
+                       steps.append, lambda e: logged_at_evaluations.append(len(steps)))
+    return result, steps, logged_at_evaluations
 
 
 def test_the_fast_path_computes_what_the_plain_path_computes(topics, bert, monkeypatch):
@@ -274,10 +280,10 @@ def test_the_fast_path_computes_what_the_plain_path_computes(topics, bert, monke
         return real_evaluate(model, split, settings, num_labels)
 
     monkeypatch.setattr(benchmark.train.loop, "evaluate", recording_evaluate)
-    plain_result, plain_steps = _run(bert, topics, tokenized, plain)
+    plain_result, plain_steps, _ = _run(bert, topics, tokenized, plain)
     plain_sizes = [len(labels) for labels in evaluated]
     evaluated.clear()
-    fast_result, fast_steps = _run(bert, topics, tokenized, fast)
+    fast_result, fast_steps, _ = _run(bert, topics, tokenized, fast)
 
     assert [s.loss for s in fast_steps] == pytest.approx([s.loss for s in plain_steps], rel=1e-4)
     assert fast_result.final.metrics == plain_result.final.metrics
@@ -364,25 +370,14 @@ def test_the_compile_setting_compiles_the_model_once_and_pads_to_a_few_shapes(to
 def test_steps_read_off_the_device_in_groups_train_and_log_what_single_reads_do(topics, bert):
     """The host reads losses every `sync_every` steps (a GPU's default, see host_sync_every),
     without changing the training: the same steps, losses, norms and rates, in order, and every
-    group read before the checkpoint that follows it."""
+    step logged before the checkpoint that follows it."""
     tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
-    hp = Hyperparameters(learning_rate=3e-3, warmup_ratio=0.1, dropout=0.0, max_grad_norm=1.0,
-                         weight_decay=0.01, batch_size=8, num_epochs=2)
-    runs = []
-    for sync_every in (1, 5):
-        torch.manual_seed(0)
-        model = load_classifier(bert, topics.label_names, dropout=0.0)
-        settings = LoopSettings(eval_every_examples=24, eval_batch_size=32, seed=0, device=CPU,
-                                autocast_dtype=None, sync_every=sync_every)
-        events = []
-        result = fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
-                           lambda s: events.append(("step", s)), lambda e: events.append(("eval", e)))
-        runs.append((result, events))
-    (single, single_events), (grouped, grouped_events) = runs
-    assert [kind for kind, _ in grouped_events] == [kind for kind, _ in single_events], \
-        "each checkpoint still follows the logs of every step before it"
-    single_steps = [s for kind, s in single_events if kind == "step"]
-    grouped_steps = [s for kind, s in grouped_events if kind == "step"]
+    runs = [_run(bert, topics, tokenized, LoopSettings(eval_every_examples=96, eval_batch_size=32, seed=0,
+                                                        device=CPU, autocast_dtype=None, sync_every=sync_every))
+            for sync_every in (1, 5)]
+    (single, single_steps, single_logged), (grouped, grouped_steps, grouped_logged) = runs
+    assert grouped.steps > 5 + 1, "a group of 5, then the groups the checkpoints cut"
+    assert grouped_logged == single_logged == [e.step for e in grouped.evaluations]
     assert [s.step for s in grouped_steps] == list(range(1, grouped.steps + 1))
     assert [s.loss for s in grouped_steps] == pytest.approx([s.loss for s in single_steps], rel=1e-5)
     assert [s.grad_norm for s in grouped_steps] == pytest.approx([s.grad_norm for s in single_steps], rel=1e-5)
@@ -423,7 +418,11 @@ def test_the_host_reads_a_gpu_every_few_steps_and_a_cpu_every_step():
 
 
 def test_evaluation_batches_are_sized_to_the_memory_a_gpu_leaves():
-    from benchmark.train.loop import EVAL_BYTES_PER_TOKEN, MAX_EVAL_BATCH, evaluation_batch_size
+    from benchmark.train.loop import (
+        EVAL_BYTES_PER_TOKEN,
+        MAX_EVAL_BATCH,
+        evaluation_batch_size,
+    )
 
     assert evaluation_batch_size(64, 128, None) == 64, "a CPU keeps the configured size"
     assert evaluation_batch_size(64, 128, 140 * 2**30) == MAX_EVAL_BATCH  # an H200
@@ -471,12 +470,7 @@ def test_the_tokenization_cache_is_keyed_by_the_texts_not_the_dataset_name(topic
     import dataclasses
 
     cache = TokenizationCache()
-    loads = []
-
-    def loader():
-        loads.append(1)
-        return load_tokenizer(bert)
-
+    loads, loader = _counting_loader(bert)
     first = cache.get(topics, bert.location, 32, loader)
     renamed = dataclasses.replace(topics, name="another study of the same texts")
     assert cache.get(renamed, bert.location, 32, loader) is first and len(loads) == 1
@@ -501,5 +495,5 @@ def test_a_second_run_in_the_process_reuses_the_first_runs_tokens(tmp_path, tiny
         study = prepared.studies[0]
         encoder = study.encoders["bert"]
         tokenized.append(study.tokenization.get(study.data, (encoder.location, encoder.revision), 32,
-                                                lambda: load_tokenizer(encoder)))
+                                                lambda encoder=encoder: load_tokenizer(encoder)))
     assert tokenized[1] is tokenized[0]
