@@ -424,7 +424,7 @@ def test_evaluation_batches_are_sized_to_the_memory_a_gpu_leaves():
         evaluation_batch_size,
     )
 
-    assert evaluation_batch_size(64, 128, None) == 64, "a CPU keeps the configured size"
+    assert evaluation_batch_size(64, 128, None) == 64, "MPS keeps the configured size"
     assert evaluation_batch_size(64, 128, 140 * 2**30) == MAX_EVAL_BATCH  # an H200
     # 16 GiB: a quarter of it holds 4 GiB / (128 x 64 KiB) = 512 examples at 128 tokens, 256 at 256.
     assert evaluation_batch_size(64, 128, 16 * 2**30) == 512
@@ -434,7 +434,7 @@ def test_evaluation_batches_are_sized_to_the_memory_a_gpu_leaves():
     assert evaluation_batch_size(64, 128, one_example // 2) == 64, "nothing fits: as configured"
 
 
-def test_available_gpu_memory_is_capped_by_the_process_share(monkeypatch):
+def test_available_memory_is_a_gpus_share_or_the_hosts_free_memory(monkeypatch):
     from benchmark.train.loop import available_device_memory
 
     gib = 2**30
@@ -445,7 +445,10 @@ def test_available_gpu_memory_is_capped_by_the_process_share(monkeypatch):
     assert available_device_memory(gpu) == 20 * gib, "a quarter of 100 GiB, less the 5 GiB held"
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)
     assert available_device_memory(gpu) == 60 * gib, "the device's free memory"
-    assert available_device_memory(CPU) is None
+    pages = {"SC_PHYS_PAGES": 3 * 2**18, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(benchmark.train.loop.os, "sysconf", pages.__getitem__)
+    assert available_device_memory(CPU) == 3 * gib, "a CPU: the host's memory"
+    assert available_device_memory(torch.device("mps")) is None
 
 
 def test_batches_go_to_a_gpu_through_pinned_memory_without_waiting(monkeypatch):

@@ -8,6 +8,7 @@ decision, a curve point).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -150,11 +151,13 @@ EVAL_MEMORY_SHARE = 0.25
 
 
 def evaluation_batch_size(configured: int, max_length: int, available_bytes: int | None) -> int:
-    """Evaluation batches sized to the device: where `available_bytes` is known (a GPU), the
-    largest power of two up to MAX_EVAL_BATCH whose activations fit EVAL_MEMORY_SHARE of it,
-    if that is more than `configured`. Inference keeps no activations for a backward pass, so a
-    GPU takes far larger batches than training does, and a small batch leaves it waiting on
-    the host. Elsewhere (None) the configured size."""
+    """Evaluation batches sized to the device: where `available_bytes` is known (a GPU, a
+    CPU), the largest power of two up to MAX_EVAL_BATCH whose activations fit EVAL_MEMORY_SHARE
+    of it, if that is more than `configured`. Inference keeps no activations for a backward
+    pass, so it takes far larger batches than training does; a small batch leaves a GPU
+    waiting on the host, and on this project's 2-core CPU a bf16 evaluation of 191 examples ran
+    1.8x faster as one batch than in batches of 64 (MiniLM-L6, 5 interleaved runs each).
+    Elsewhere (None: MPS, whose memory is the host's, shared with the GPU) the configured size."""
     if available_bytes is None:
         return configured
     fits = int(available_bytes * EVAL_MEMORY_SHARE) // (max_length * EVAL_BYTES_PER_TOKEN)
@@ -162,8 +165,12 @@ def evaluation_batch_size(configured: int, max_length: int, available_bytes: int
 
 
 def available_device_memory(device: torch.device) -> int | None:
-    """Bytes this process may still allocate on a CUDA device, within the share of the device
-    it was given (set_per_process_memory_fraction, see search/workers.py); None elsewhere."""
+    """Bytes this process may still allocate: on a CUDA device within the share of it that the
+    process was given (set_per_process_memory_fraction, see search/workers.py); on a CPU the
+    host's memory, whose total, unlike its free part, does not change from trial to trial
+    (nor, then, the evaluation batch and its rounding); None elsewhere."""
+    if device.type == "cpu":
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     if device.type != "cuda":
         return None
     free, total = torch.cuda.mem_get_info(device)
