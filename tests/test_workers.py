@@ -278,3 +278,35 @@ def test_a_worker_takes_its_share_before_training_and_a_lone_process_keeps_its_o
     calls.clear()
     apply_share({WORKER_ENV: "0", "OMP_NUM_THREADS": "8"})
     assert calls == [("threads", 8)], "a worker with a GPU of its own keeps all of its memory"
+
+
+def test_the_workers_benchmark_gives_every_run_equal_unpruned_trials_and_rates_them_by_hand(tmp_path, tiny_encoders):
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    import yaml
+
+    from benchmark.config.spec import load_config
+    from benchmarks import workers
+
+    original = load_config(write_config(tmp_path, tiny_encoders))
+    fixed = workers.fixed_work_config(original, trials=6)
+    path = tmp_path / "fixed.yaml"
+    path.write_text(yaml.safe_dump(fixed))
+    config = load_config(path)  # still a valid config
+    assert list(config.encoders) == [next(iter(original.encoders))]
+    assert list(config.datasets) == [next(iter(original.datasets))]
+    assert list(config.search_space.batch_size.choices) == [16]
+    assert (config.search_space.num_epochs.low, config.search_space.num_epochs.high) == (2, 2)
+    assert config.pruner.type == "none" and config.budget.n_trials == 6
+
+    start = datetime(2026, 1, 1)
+    trials = [SimpleNamespace(datetime_start=start + timedelta(seconds=s), datetime_complete=start + timedelta(seconds=e))
+              for s, e in ((10, 40), (12, 70), (45, 100))]
+    assert workers.study_span(trials) == 90.0
+    assert workers.trials_per_hour(3, 90.0) == pytest.approx(120.0)
+    runs = [{"workers": k, "trials_per_hour": rate, "trials_per_hour_with_startup": rate / 2}
+            for k, rate in ((1, 100.0), (2, 150.0), (1, 120.0), (2, 170.0))]
+    one, two = workers.summarize(runs)
+    assert (one["median"], two["median"], two["speed_up"]) == (110.0, 160.0, pytest.approx(160 / 110))
+    assert two["runs"] == [150.0, 170.0] and two["median_with_startup"] == 80.0
