@@ -32,7 +32,7 @@ def fixed_work_config(config, trials: int) -> dict:
     epoch count (the largest), no pruning, `trials` trials and no timeout."""
     encoder = next(iter(config.encoders))
     dataset = next(iter(config.datasets))
-    data = config.model_dump(mode="json", exclude={"source_file"}, exclude_none=True)
+    data = config.model_dump(mode="json", exclude={"source_file"}, exclude_unset=True)
     space = data["search_space"]
     space["batch_size"] = {"type": "categorical", "choices": [max(config.batch_sizes())]}
     epochs = config.search_space.num_epochs
@@ -41,7 +41,7 @@ def fixed_work_config(config, trials: int) -> dict:
     data["encoders"] = {encoder: {**data["encoders"][encoder], "overrides": {}}}
     data["datasets"] = {dataset: data["datasets"][dataset]}
     data["pruner"] = {"type": "none"}
-    data["sampler"]["warm_start"] = "none"  # one dataset: nothing to start from
+    data["sampler"] = {**data.get("sampler", {}), "warm_start": "none"}  # one dataset: nothing to start from
     data["budget"] = {"n_trials": trials, "timeout_s": 24 * 3600}
     return data
 

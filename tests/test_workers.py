@@ -299,6 +299,9 @@ def test_the_workers_benchmark_gives_every_run_equal_unpruned_trials_and_rates_t
     assert list(config.search_space.batch_size.choices) == [16]
     assert (config.search_space.num_epochs.low, config.search_space.num_epochs.high) == (2, 2)
     assert config.pruner.type == "none" and config.budget.n_trials == 6
+    shipped = tmp_path / "quick.yaml"  # offline sources too: only the keys the file set are written
+    shipped.write_text(yaml.safe_dump(workers.fixed_work_config(load_config(ROOT / "search_spaces/quick.yaml"), 4)))
+    assert load_config(shipped).budget.n_trials == 4
 
     start = datetime(2026, 1, 1)
     trials = [SimpleNamespace(datetime_start=start + timedelta(seconds=s), datetime_complete=start + timedelta(seconds=e))
