@@ -294,7 +294,8 @@ def test_verdict_strength_from_the_fixture(trials):
     # compared at n = min(1, 2) = 1: e2's band is [0.85, 0.85], e1's lies within [0.80, 0.82].
     assert news["complete_per_encoder"] == "e1 2, e2 1, e3 1"
     assert news["top_two_bands_overlap"] == "no at n=1"
-    assert news["search_verdict"].startswith("too few trials to compare: e2 rests on 1 and e1 on 2 complete")
+    assert news["search_verdict"].startswith(
+        "too few trials to compare: at n=1 complete trial(s) each (the fewest, e2, e3), e2 leads e1")
     reviews = strength.loc["reviews"]
     # e1 and e2 tie on 0.60 (name breaks it); n=2: e1's band [0.58, 0.60] meets e2's [0.55, 0.60]
     assert reviews["complete_per_encoder"] == "e1 2, e2 2, e3 0"
@@ -317,6 +318,36 @@ def test_verdict_strength_overlap_at_the_budget_spent(second, overlap, verdict):
     assert row["complete_per_encoder"] == "a 3, b 3"
     assert row["top_two_bands_overlap"] == overlap
     assert row["search_verdict"].startswith(verdict)
+
+
+def _two_encoders(a_values, b_values) -> pd.DataFrame:
+    rows = [_trial("b-d", "d", "accuracy", i, "COMPLETE", v, "a", i, 1, {}) for i, v in enumerate(a_values)]
+    rows += [_trial("b-d", "d", "accuracy", len(a_values) + i, "COMPLETE", v, "b", len(a_values) + i, 1, {})
+             for i, v in enumerate(b_values)]
+    return _frame(rows)
+
+
+def test_ahead_is_decided_at_equal_n_not_by_the_best_of_all_trials():
+    # The reproduction: a's best of 20 (0.9) tops b's best of 3 (0.86), but at n=3
+    # a's band is about [0.50, 0.65] and b's [0.85, 0.86]: b is ahead, not a.
+    frame = _two_encoders([0.5] * 19 + [0.9], [0.85, 0.85, 0.86])
+    curves = expected_performance(frame, resamples=300)
+    at_3 = curves[curves["n"] == 3].set_index("encoder")
+    assert at_3.loc["a", "band_high"] < at_3.loc["b", "band_low"]
+    row = verdict_strength(frame, curves).iloc[0]
+    assert row["top_two_bands_overlap"] == "no at n=3"
+    assert row["search_verdict"].startswith("b ahead of a: their expected-performance bands are apart at n=3")
+
+
+def test_a_band_of_zero_width_is_no_verdict():
+    # Every trial of b scored the same (as when each predicts the majority class): its band
+    # has no width, and the bands being apart says nothing about which encoder is ahead.
+    frame = _two_encoders([0.30, 0.31, 0.32], [0.26, 0.26, 0.26])
+    row = verdict_strength(frame, expected_performance(frame, resamples=300)).iloc[0]
+    assert row["top_two_bands_overlap"] == "no at n=3"
+    assert row["search_verdict"].startswith("no verdict between a and b at n=3 complete trials each: every "
+                                            "complete trial of b scored the same")
+    assert "ahead" not in row["search_verdict"]
 
 
 def test_a_study_cut_short_by_its_timeout_says_so(trials):

@@ -282,33 +282,44 @@ def verdict_strength(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame
     top two encoders' expected-performance bands (see `expected_performance`) still
     overlap at the budget spent.
 
-    The bands are compared at n = the smaller of the two encoders' complete trials: the
-    same budget for both, so the encoder that got more trials is not credited with a
-    best-of-more, and both curves are defined there.
+    Every encoder with a complete trial is compared at n = the fewest complete trials any of
+    them has: the same budget for all, so the encoder that got more trials is not credited
+    with a best-of-more, and every curve is defined there. The top two are those with the
+    highest expected best at that n, and "ahead" goes to the one whose band lies above the
+    other's: a best-of-all-trials order can put first an encoder whose band at n lies
+    below. A band of zero width (every complete trial scored the same) reads as no verdict:
+    it says the values did not vary, not that they are known exactly.
     """
     rows = []
     columns = dataset_columns(trials) if not trials.empty else {}
     for study, group in trials.groupby("study", sort=True):
         complete = group[group["state"] == "COMPLETE"]
         counts = complete.groupby("encoder").size().reindex(sorted(group["encoder"].dropna().unique()), fill_value=0)
-        best = complete.groupby("encoder")["value"].max()
-        ranked = sorted(best.index, key=lambda encoder: (-best[encoder], encoder))
         overlap, verdict = "", "no two encoders have a complete trial to compare"
-        if len(ranked) >= 2:
-            a, b = ranked[:2]
-            n = int(min(counts[a], counts[b]))
+        compared = counts[counts > 0]
+        if len(compared) >= 2:
+            n = int(compared.min())
             bands = curves[(curves["study"] == study) & (curves["n"] == n)].set_index("encoder")
-            overlapping = bool(bands.loc[a, "band_low"] <= bands.loc[b, "band_high"]
-                               and bands.loc[b, "band_low"] <= bands.loc[a, "band_high"])
+            ranked = sorted(compared.index, key=lambda encoder: (-bands.loc[encoder, "expected_max"], encoder))
+            a, b = ranked[:2]
+            low, high = bands["band_low"], bands["band_high"]
+            overlapping = bool(low[a] <= high[b] and low[b] <= high[a])
             overlap = f"{'yes' if overlapping else 'no'} at n={n}"
+            flat = [encoder for encoder in (a, b) if low[encoder] == high[encoder]]
             if n <= TOO_FEW_TRIALS:
-                verdict = (f"too few trials to compare: {a} rests on {counts[a]} and {b} on {counts[b]} complete "
-                           "trial(s); run more trials before reading a ranking")
+                fewest = ", ".join(compared.index[compared == n])
+                verdict = (f"too few trials to compare: at n={n} complete trial(s) each (the fewest, {fewest}), "
+                           f"{a} leads {b}; run more trials before reading a ranking")
             elif overlapping:
                 verdict = (f"{a} and {b} overlap at n={n} complete trials each: more trials, not a choice between "
                            "them, is what the data supports")
+            elif flat:
+                verdict = (f"no verdict between {a} and {b} at n={n} complete trials each: every complete trial of "
+                           f"{' and of '.join(flat)} scored the same, so its band has no width and shows no spread "
+                           "to compare against")
             else:
-                verdict = (f"{a} ahead of {b}: their expected-performance bands are apart at n={n} complete "
+                leader, other = (a, b) if low[a] > high[b] else (b, a)
+                verdict = (f"{leader} ahead of {other}: their expected-performance bands are apart at n={n} complete "
                            "trials each")
         rows.append({"dataset": columns[study],
                      "complete_per_encoder": ", ".join(f"{encoder} {count}" for encoder, count in counts.items()),
