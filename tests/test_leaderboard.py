@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from benchmark import schema
 from benchmark.report.leaderboard import (
@@ -378,54 +379,84 @@ HALF = np.where(np.arange(40) < 20, LABELS, 1 - LABELS)  # right on the first 20
 
 def test_final_evaluation_compares_encoders_on_the_same_examples():
     # news: strong is right everywhere (3 seeds), weak on the first 20 examples (3 seeds):
-    #   accuracy 1.0 and 0.5, difference 0.5; weak is behind in every resample that draws an
-    #   example from the last 20 (all but 2^-40 of them), so p = 2 (0 + 1) / 2001.
-    # reviews: a and b are right everywhere in every seed (every resampled difference is 0,
-    #   p = 1), c is half right. Holm over the 3 pairs: raw 1, 2/2001, 2/2001 -> 1, 6/2001, 6/2001.
+    #   accuracy 1.0 and 0.5, difference 0.5. Every seed predicts the same, so no seed spread
+    #   shows and the variance is the examples' alone: a paired t-test of the 40 examples'
+    #   right-or-wrong, t = 0.5 / sqrt(0.25 x 40/39 / 40) = 6.24 on 39 degrees of freedom.
+    # reviews: a and b are right everywhere in every seed (no spread at all: no interval, and
+    #   p = 1 for a difference of 0), c is half right. Holm over the 3 pairs: raw 1, p, p -> 1, 3p, 3p.
     expected = pd.concat([_expected("news", ["weak", "strong"]), _expected("reviews", ["c", "b", "a"])])
     runs = pd.DataFrame(_runs("news", "weak", HALF, HALF, HALF) + _runs("news", "strong", RIGHT, RIGHT, RIGHT)
                         + _runs("reviews", "a", RIGHT, RIGHT, RIGHT) + _runs("reviews", "b", RIGHT, RIGHT, RIGHT)
                         + _runs("reviews", "c", HALF, HALF, HALF))
-    final, pairwise = final_evaluation(expected, runs, {"news": LABELS, "reviews": LABELS}, resamples=2000)
+    final, pairwise = final_evaluation(expected, runs, {"news": LABELS, "reviews": LABELS})
+    paired = scipy_stats.ttest_rel((RIGHT == LABELS).astype(float), (HALF == LABELS).astype(float))
+    assert paired.statistic == pytest.approx(6.245, abs=1e-3)
+    p = paired.pvalue
     assert final[["dataset", "encoder"]].values.tolist() == [
         ["news", "strong"], ["news", "weak"], ["reviews", "a"], ["reviews", "b"], ["reviews", "c"]]
     assert final["mean"].tolist() == pytest.approx([1.0, 0.5, 1.0, 1.0, 0.5])
     assert (final[["seeds", "seeds_requested", "test_examples"]] == [3, 3, 40]).all().all()
     assert final["source_trial"].tolist() == [1, 0, 2, 1, 0]
-    assert ((final["ci_low"] >= 0) & (final["ci_low"] <= final["mean"] + 1e-12)
-            & (final["mean"] <= final["ci_high"] + 1e-12) & (final["ci_high"] <= 1)).all()
-    assert (final.iloc[0]["ci_low"], final.iloc[0]["ci_high"]) == (1.0, 1.0)
+    # weak: 0.5 +- t(0.975, 39) x sqrt(0.25 x 40/39 / 40); strong, a and b showed no spread: no interval.
+    half = scipy_stats.t.ppf(0.975, 39) * math.sqrt(0.25 * 40 / 39 / 40)
+    assert final["ci_low"].tolist() == pytest.approx([NAN, 0.5 - half, NAN, NAN, 0.5 - half], nan_ok=True)
+    assert final["ci_high"].tolist() == pytest.approx([NAN, 0.5 + half, NAN, NAN, 0.5 + half], nan_ok=True)
     assert final["not_shown_worse_than_best"].tolist() == [True, False, True, True, False]
     assert (final["missing"] == "").all()
 
     assert pairwise[["dataset", "encoder_a", "encoder_b"]].values.tolist() == [
         ["news", "strong", "weak"], ["reviews", "a", "b"], ["reviews", "a", "c"], ["reviews", "b", "c"]]
     assert pairwise["difference"].tolist() == pytest.approx([0.5, 0.0, 0.5, 0.5])
-    assert pairwise["p_value"].tolist() == pytest.approx([2 / 2001, 1.0, 2 / 2001, 2 / 2001])
-    assert pairwise["p_holm"].tolist() == pytest.approx([2 / 2001, 1.0, 6 / 2001, 6 / 2001])
+    assert pairwise["p_value"].tolist() == pytest.approx([p, 1.0, p, p])
+    assert pairwise["df"].tolist() == pytest.approx([39, math.inf, 39, 39])
+    assert pairwise["p_holm"].tolist() == pytest.approx([p, 1.0, 3 * p, 3 * p])
     assert pairwise["significant_after_holm"].tolist() == [True, False, True, True]
     assert pairwise["pairs"].tolist() == [1, 3, 3, 3]
-    assert (pairwise.loc[1, "ci_low"], pairwise.loc[1, "ci_high"]) == (0.0, 0.0)
-    assert (pairwise["ci_low"] <= pairwise["difference"] + 1e-12).all()
-    assert (pairwise["difference"] <= pairwise["ci_high"] + 1e-12).all()
+    assert math.isnan(pairwise.loc[1, "ci_low"]) and math.isnan(pairwise.loc[1, "ci_high"])
+    assert pairwise.loc[0, ["ci_low", "ci_high"]].tolist() == pytest.approx([0.5 - half, 0.5 + half])
 
     verdicts = top_encoder_verdicts(final, pairwise).set_index("dataset")
     news = pairwise.iloc[0]
     assert verdicts.loc["news", "final_verdict"] == (
         f"news (test split, 40 examples x 3 seeds each): strong - weak = +0.500 accuracy "
-        f"[95% CI {news['ci_low']:+.3f}, {news['ci_high']:+.3f}], Holm-adjusted p = 0.001 over 1 pair: strong higher")
+        f"[95% CI {news['ci_low']:+.3f}, {news['ci_high']:+.3f}], Holm-adjusted p = {p:.2g} over 1 pair: "
+        "strong higher")
     assert verdicts.loc["reviews", "final_verdict"] == (
-        "reviews (test split, 40 examples x 3 seeds each): a - b = +0.000 accuracy [95% CI +0.000, +0.000], "
-        "Holm-adjusted p = 1 over 3 pairs: not shown different; not shown worse than a: a, b")
+        "reviews (test split, 40 examples x 3 seeds each): a - b = +0.000 accuracy [no interval: the runs show no "
+        "spread], Holm-adjusted p = 1 over 3 pairs: not shown different; not shown worse than a: a, b")
     assert verdicts.loc["reviews", "final_not_shown_worse_than_best"] == "a, b"
     assert verdicts.loc["news", "final_missing"] == ""
+
+
+def test_two_seeds_that_disagree_count_at_their_one_degree_of_freedom_each():
+    # The issue's failure: resampling 2 seeds shows a fraction of their spread. On 400 test
+    # examples, a's two seeds score 0.85 and 0.75, b's 0.70 and 0.65: every resample of the
+    # seeds kept a ahead (by 0.05 at least), and the bootstrap said p = 0.01. What two seeds
+    # each show is Welch's t-test of the four scores, p = 0.2; the examples' part only adds.
+    labels = np.array([0, 1] * 200)
+    rng = np.random.default_rng(3)
+
+    def seed(accuracy):
+        right = rng.permutation(labels.size) < round(labels.size * accuracy)
+        return np.where(right, labels, 1 - labels)
+
+    runs = pd.DataFrame(_runs("news", "a", seed(0.85), seed(0.75)) + _runs("news", "b", seed(0.70), seed(0.65)))
+    final, pairwise = final_evaluation(_expected("news", ["a", "b"], seeds_requested=2), runs, {"news": labels})
+    welch = scipy_stats.ttest_ind_from_stats(0.80, np.std([0.85, 0.75], ddof=1), 2, 0.675,
+                                             np.std([0.70, 0.65], ddof=1), 2, equal_var=False)
+    pair = pairwise.iloc[0]
+    assert pair["difference"] == pytest.approx(0.125)
+    assert not pair["significant_after_holm"]
+    assert pair["p_value"] >= welch.pvalue - 1e-9 and welch.pvalue > 0.15
+    assert pair["df"] < 2  # the seeds' few degrees of freedom, not the examples' 399
+    assert top_encoder_verdicts(final, pairwise).iloc[0]["final_verdict"].endswith("not shown different")
 
 
 def test_an_interrupted_final_evaluation_draws_no_verdict():
     # ghost was never evaluated and weak has 2 of its 3 seeds: either could change the verdict.
     expected = _expected("news", ["weak", "strong", "ghost"])
     runs = pd.DataFrame(_runs("news", "weak", HALF, HALF) + _runs("news", "strong", RIGHT, RIGHT, RIGHT))
-    final, pairwise = final_evaluation(expected, runs, {"news": LABELS}, resamples=200)
+    final, pairwise = final_evaluation(expected, runs, {"news": LABELS})
     assert final["encoder"].tolist() == ["strong", "weak", "ghost"]
     assert final["seeds"].tolist() == [3, 2, 0]
     assert final["missing"].tolist() == ["", "1 of 3 seeds missing", "not evaluated"]
@@ -443,8 +474,7 @@ def test_an_interrupted_final_evaluation_draws_no_verdict():
 
 def test_final_evaluation_of_one_encoder_compares_nothing():
     runs = pd.DataFrame(_runs("news", "solo", RIGHT, HALF))
-    final, pairwise = final_evaluation(_expected("news", ["solo"], seeds_requested=2), runs, {"news": LABELS},
-                                       resamples=100)
+    final, pairwise = final_evaluation(_expected("news", ["solo"], seeds_requested=2), runs, {"news": LABELS})
     assert pairwise.empty and final["mean"].tolist() == pytest.approx([0.75])
     assert final["not_shown_worse_than_best"].tolist() == [True]
     assert top_encoder_verdicts(final, pairwise).iloc[0]["final_verdict"] == (

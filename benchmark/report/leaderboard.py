@@ -20,8 +20,6 @@ FINISHED_STATES = ("COMPLETE", "PRUNED")
 # `results.trials_frame`).
 INTERRUPTED_STATE = "INTERRUPTED"
 SIGNIFICANCE_LEVEL = 0.05
-# Bootstrap resamples of the final evaluation: the smallest p-value it can show is 2 / 2001.
-FINAL_RESAMPLES = 2000
 
 
 def dataset_columns(trials: pd.DataFrame) -> dict[str, str]:
@@ -330,24 +328,25 @@ def verdict_strength(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame
 FINAL_COLUMNS = ["dataset", "encoder", "metric", "seeds", "seeds_requested", "test_examples", "mean", "ci_low",
                  "ci_high", "source_trial", "not_shown_worse_than_best", "missing"]
 PAIRWISE_COLUMNS = ["dataset", "encoder_a", "encoder_b", "metric", "difference", "ci_low", "ci_high", "p_value",
-                    "p_holm", "significant_after_holm", "pairs", "test_examples", "seeds_a", "seeds_b", "missing"]
+                    "p_holm", "significant_after_holm", "df", "pairs", "test_examples", "seeds_a", "seeds_b", "missing"]
 VERDICT_COLUMNS = ["dataset", "final_verdict", "final_not_shown_worse_than_best", "final_missing"]
 
 
-def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[str, np.ndarray],
-                     resamples: int = FINAL_RESAMPLES, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame,
+                     labels: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The final runs' test predictions, summarized per encoder and compared pairwise per dataset.
 
     `expected` has a row per encoder that the final evaluation should have run (`dataset`,
     `encoder`, `metric`, `source_trial`, `seeds_requested`); `runs` a row per run of those
     (`dataset`, `encoder`, `seed`, `predictions`); `labels` each dataset's test labels.
-    Means, 95% intervals and two-sided p-values come from `stats.paired_bootstrap` (test
-    examples and seeds resampled together); p-values are Holm-adjusted over every pair of
-    encoders in a dataset.
+    Means, 95% t intervals and two-sided p-values come from `stats.compare_seeded` (a
+    variance that counts the test examples and the seeds, with the seeds' few degrees of
+    freedom); p-values are Holm-adjusted over every pair of encoders in a dataset.
 
     `not_shown_worse_than_best`: the encoder's adjusted p against the top-mean encoder is at
-    least 0.05 (the top one included). The best was chosen after the fact, and this is no
-    proof of equivalence: the test set and seeds could not tell them apart, nothing more.
+    least 0.05 (the top one included); empty where that p is unknown (no spread in the runs,
+    see `stats.t_interval`). The best was chosen after the fact, and this is no proof of
+    equivalence: the test set and seeds could not tell them apart, nothing more.
     Where an encoder has no run or fewer seeds than requested, `missing` says so and the
     dataset gets no verdict (the adjusted p-values and this column stay empty): the missing
     runs could change it. Each pair's `missing` lists the dataset's missing runs, since they
@@ -364,9 +363,7 @@ def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[st
         complete = not any(missing.values())
         estimates, differences = {}, {}
         if predictions:  # keyed in name order (groupby sorts), so ties rank by name
-            draws = stats.draw_resamples(len(truth), {name: len(rows) for name, rows in predictions.items()},
-                                         resamples, seed)
-            estimates, differences = stats.paired_bootstrap(truth, predictions, metric, draws)
+            estimates, differences = stats.compare_seeded(truth, predictions, metric)
         adjusted = dict(zip(differences, stats.holm([d.p_value for d in differences.values()])))
         order = [*estimates, *(name for name in sorted(missing) if name not in estimates)]
         missing_text = missing_runs_text((encoder, missing[encoder]) for encoder in order)
@@ -376,7 +373,7 @@ def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[st
                 "difference": difference.value, "ci_low": difference.low, "ci_high": difference.high,
                 "p_value": difference.p_value, "p_holm": adjusted[a, b] if complete else np.nan,
                 "significant_after_holm": adjusted[a, b] < SIGNIFICANCE_LEVEL if complete else None,
-                "pairs": len(differences), "test_examples": len(truth),
+                "df": difference.df, "pairs": len(differences), "test_examples": len(truth),
                 "seeds_a": len(predictions[a]), "seeds_b": len(predictions[b]), "missing": missing_text,
             })
         sources = plan.set_index("encoder")["source_trial"]
@@ -384,7 +381,7 @@ def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[st
         for encoder in order:
             estimate = estimates.get(encoder)
             not_worse = None
-            if complete and estimate is not None:
+            if complete and estimate is not None and (encoder == top or not np.isnan(adjusted[top, encoder])):
                 not_worse = encoder == top or bool(adjusted[top, encoder] >= SIGNIFICANCE_LEVEL)
             final_rows.append({
                 "dataset": dataset, "encoder": encoder, "metric": metric,
@@ -435,10 +432,14 @@ def top_encoder_verdicts(final: pd.DataFrame, pairwise: pd.DataFrame) -> pd.Data
             top, second = evaluated["encoder"].iloc[:2]
             pair = pairwise[(pairwise["dataset"] == dataset) & (pairwise["encoder_a"] == top)
                             & (pairwise["encoder_b"] == second)].iloc[0]
-            outcome = f"{top} higher" if pair["significant_after_holm"] else "not shown different"
+            # No spread across seeds or examples: a zero-width interval would read as certainty.
+            interval = ("no interval: the runs show no spread" if pd.isna(pair["ci_low"])
+                        else f"95% CI {pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}")
+            outcome = (f"{top} higher" if pair["significant_after_holm"] else "not shown different"
+                       if pd.notna(pair["p_holm"]) else "no verdict, the runs show no spread to test against")
             verdict = (f"{header}: {top} - {second} = {pair['difference']:+.3f} {pair['metric']} "
-                       f"[95% CI {pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}], Holm-adjusted p = "
-                       f"{pair['p_holm']:.2g} over {pair['pairs']} pair{'s' if pair['pairs'] != 1 else ''}: {outcome}")
+                       f"[{interval}], Holm-adjusted p = {pair['p_holm']:.2g} over {pair['pairs']} "
+                       f"pair{'s' if pair['pairs'] != 1 else ''}: {outcome}")
             if len(evaluated) > 2:
                 verdict += f"; not shown worse than {top}: {', '.join(not_worse)}"
         rows.append({"dataset": dataset, "final_verdict": verdict,
