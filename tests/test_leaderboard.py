@@ -653,6 +653,34 @@ def test_reference_rows_are_listed_but_never_ranked_and_flag_the_encoders(trials
     assert cells[MAJORITY][trials_cell] == "" and cells[MAJORITY][rank_cell] == ""
 
 
+RANDOM = "(reference) random guessing"
+
+
+def test_at_chance_is_the_better_of_the_majority_class_and_random_guessing(trials):
+    # The issue's case: macro-F1 with classes 0.43 / 0.40 / 0.17, where the majority class
+    # scores 0.2005 and uniform guessing 0.3215. reviews' e1 and e2 (0.60) clear both; on news
+    # (accuracy) the majority class is the better chance row. A reviews encoder at 0.25 sits
+    # above the majority class but below guessing: at chance.
+    references = _references([*REFERENCES[:4], ("bench-news", "accuracy", RANDOM, "validation", 0.33),
+                              ("bench-reviews", "macro_f1", MAJORITY, "validation", 0.2005),
+                              ("bench-reviews", "macro_f1", RANDOM, "validation", 0.3215),
+                              ("bench-reviews", "macro_f1", TFIDF, "validation", 0.59)])
+    weak = trials.assign(value=trials["value"].where(
+        ~((trials["study"] == "bench-reviews") & (trials["encoder"] == "e2")), 0.25))
+    flags = reference_flags(weak, references).set_index(["dataset", "encoder"])
+    assert flags.loc[("reviews", "e2"), ["chance", "at_chance", "not_above_tfidf"]].tolist() == [0.3215, True, True]
+    assert ("reviews", "e1") not in flags.index
+    assert flags.loc[("news", "e3"), ["chance", "at_chance"]].tolist() == [0.70, True]
+    sentence = [text for text in reference_flag_sentences(flags.reset_index()) if text.startswith("reviews")]
+    assert sentence == [
+        "reviews: e2 is at chance and not above tf-idf + logreg: its best validation macro_f1 is 0.2500 (best of 2 "
+        "complete trials), against 0.2005 for the majority class, 0.3215 for random guessing and 0.5900 for tf-idf "
+        "+ logreg (fitted on the same 400 training examples, scored on the same 200 validation examples)"]
+    # Both chance rows are on the leaderboard, after the encoders.
+    table = encoder_leaderboard(weak, references).set_index("encoder")
+    assert table.loc[[MAJORITY, RANDOM], "reviews"].tolist() == pytest.approx([0.2005, 0.3215])
+
+
 def test_final_table_gets_the_reference_test_scores(trials):
     final = pd.DataFrame({"dataset": ["news", "news", "reviews"], "encoder": ["e2", "e1", "e1"],
                           "mean": [0.84, 0.81, 0.6]})

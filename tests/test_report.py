@@ -549,15 +549,17 @@ def test_reference_notes_state_the_flags_in_words():
     from benchmark.report.leaderboard import FLAG_COLUMNS
 
     references = pd.DataFrame({"study": ["tiny-topics"], "reference": ["(reference) majority class"]})
-    flags = pd.DataFrame([["topics", "bert", "accuracy", 0.5, 2, 0.5, 0.7, 200, 400, True, True]],
+    flags = pd.DataFrame([["topics", "bert", "accuracy", 0.5, 2, 0.5, 0.25, 0.5, 0.7, 200, 400, True, True]],
                          columns=FLAG_COLUMNS)
     notes = report.reference_notes(references, flags)
     assert "They take no rank and no normalized score." in notes
+    assert "Chance is the better of the first two in the dataset&#x27;s metric" in notes
     assert ("topics: bert is at chance and not above tf-idf + logreg: its best validation accuracy is 0.5000 "
-            "(best of 2 complete trials), against 0.5000 for the majority class and 0.7000 for tf-idf + logreg "
-            "(fitted on the same 400 training examples, scored on the same 200 validation examples).") in notes
+            "(best of 2 complete trials), against 0.5000 for the majority class, 0.2500 for random guessing and "
+            "0.7000 for tf-idf + logreg (fitted on the same 400 training examples, scored on the same 200 "
+            "validation examples).") in notes
     cleared = report.reference_notes(references, flags.iloc[:0])
-    assert "Every encoder&#x27;s best validation value clears both reference rows" in cleared
+    assert "Every encoder&#x27;s best validation value clears chance and tf-idf" in cleared
     assert report.reference_notes(pd.DataFrame(), flags) == ""  # a storage from before the reference rows
 
 

@@ -50,7 +50,14 @@ from benchmark.schema import (
     SURPLUS_ATTR,
     VERSIONS_ATTR,
 )
-from benchmark.train.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, REFERENCE_PREFIX, TFIDF_LOGREG
+from benchmark.train.baselines import (
+    BASELINE_NAMES,
+    MAJORITY,
+    RANDOM,
+    REFERENCE_NAMES,
+    REFERENCE_PREFIX,
+    TFIDF_LOGREG,
+)
 
 REPORT_FILE = "report.html"
 EXPECTED_PERFORMANCE_PNG = "expected_performance.png"
@@ -237,14 +244,16 @@ def reference_notes(references: pd.DataFrame | None, flags: pd.DataFrame | None)
     """What the leaderboard's reference rows are, and each encoder that does not clear them."""
     if references is None or references.empty or flags is None:
         return ""
-    about = (f"The rows marked {REFERENCE_PREFIX.strip()} are two baselines fitted on the same training split and "
+    about = (f"The rows marked {REFERENCE_PREFIX.strip()} are baselines fitted on the same training split and "
              f"scored on the same validation split as the encoders, at fixed settings: the "
-             f"{BASELINE_NAMES[MAJORITY]}, and {BASELINE_NAMES[TFIDF_LOGREG]} (TF-IDF of words and word pairs, "
-             f"logistic regression). They take no rank and no normalized score. An encoder's value is the best "
+             f"{BASELINE_NAMES[MAJORITY]}, {BASELINE_NAMES[RANDOM]} (uniform over the labels, the mean of seeded "
+             f"draws), and {BASELINE_NAMES[TFIDF_LOGREG]} (TF-IDF of words and word pairs, logistic regression). "
+             f"Chance is the better of the first two in the dataset's metric: on macro-F1 guessing can beat the "
+             f"majority class. They take no rank and no normalized score. An encoder's value is the best "
              f"of its trials on the same validation split, so a small margin above a reference row is no proof "
              f"that it does better.")
     verdicts = [f"{sentence}." for sentence in reference_flag_sentences(flags)] or [
-        "Every encoder's best validation value clears both reference rows on every dataset it has a complete "
+        "Every encoder's best validation value clears chance and tf-idf on every dataset it has a complete "
         "trial on."]
     return "".join(f"<p>{html.escape(text)}</p>" for text in [about, *verdicts])
 

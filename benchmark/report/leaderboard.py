@@ -11,7 +11,7 @@ import pandas as pd
 
 from benchmark.report import stats
 from benchmark.schema import timeout_stop_text
-from benchmark.train.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, TFIDF_LOGREG
+from benchmark.train.baselines import BASELINE_NAMES, CHANCE, MAJORITY, RANDOM, REFERENCE_NAMES, TFIDF_LOGREG
 
 PARAM_PREFIX = "param_"
 TRIALS_PREFIX = "trials: "
@@ -102,16 +102,20 @@ def reference_values(references: pd.DataFrame, split: str) -> pd.DataFrame:
         ["study", "reference", "value", "examples", "train_examples"]]
 
 
-FLAG_COLUMNS = ["dataset", "encoder", "metric", "best_value", "complete_trials", "majority", "tfidf_logreg",
-                "validation_examples", "train_examples", "at_chance", "not_above_tfidf"]
+FLAG_COLUMNS = ["dataset", "encoder", "metric", "best_value", "complete_trials", "majority", "random_guessing",
+                "chance", "tfidf_logreg", "validation_examples", "train_examples", "at_chance", "not_above_tfidf"]
 
 
 def reference_flags(trials: pd.DataFrame, references: pd.DataFrame) -> pd.DataFrame:
     """The encoders whose best validation value on a dataset does not clear a reference
-    baseline's on the same validation split: `at_chance` when it is at or below the
-    majority class's, `not_above_tfidf` when at or below TF-IDF + logistic regression's."""
+    baseline's on the same validation split: `at_chance` when it is at or below `chance`,
+    the better of the majority class's and random guessing's (see `baselines`), and
+    `not_above_tfidf` when at or below TF-IDF + logistic regression's. `random_guessing` is
+    NaN for a study stored before that row existed; chance is then the majority class's."""
     values = reference_values(references, "validation")
-    by_study = values.pivot(index="study", columns="reference", values="value")
+    by_study = values.pivot(index="study", columns="reference", values="value").reindex(
+        columns=list(REFERENCE_NAMES.values()))
+    chance = by_study[[REFERENCE_NAMES[name] for name in CHANCE]].max(axis=1)
     sizes = values.groupby("study")[["examples", "train_examples"]].first()
     columns = dataset_columns(trials) if not trials.empty else {}
     complete = trials[trials["state"] == "COMPLETE"].groupby(["study", "encoder"]).size()
@@ -119,17 +123,19 @@ def reference_flags(trials: pd.DataFrame, references: pd.DataFrame) -> pd.DataFr
     for row in (best_per_encoder(trials).itertuples() if not trials.empty else ()):
         if row.study not in by_study.index:
             continue
-        majority = by_study.at[row.study, REFERENCE_NAMES[MAJORITY]]
         tfidf = by_study.at[row.study, REFERENCE_NAMES[TFIDF_LOGREG]]
-        if row.value > majority and row.value > tfidf:
+        if row.value > chance[row.study] and row.value > tfidf:
             continue
         rows.append({
             "dataset": columns[row.study], "encoder": row.encoder,
             "metric": trials.loc[trials["study"] == row.study, "metric"].iloc[0], "best_value": row.value,
-            "complete_trials": int(complete[row.study, row.encoder]), "majority": majority, "tfidf_logreg": tfidf,
+            "complete_trials": int(complete[row.study, row.encoder]),
+            "majority": by_study.at[row.study, REFERENCE_NAMES[MAJORITY]],
+            "random_guessing": by_study.at[row.study, REFERENCE_NAMES[RANDOM]], "chance": chance[row.study],
+            "tfidf_logreg": tfidf,
             "validation_examples": int(sizes.at[row.study, "examples"]),
             "train_examples": int(sizes.at[row.study, "train_examples"]),
-            "at_chance": bool(row.value <= majority), "not_above_tfidf": bool(row.value <= tfidf),
+            "at_chance": bool(row.value <= chance[row.study]), "not_above_tfidf": bool(row.value <= tfidf),
         })
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
@@ -144,12 +150,18 @@ def reference_flag_sentences(flags: pd.DataFrame) -> list[str]:
     return [
         f"{flag.dataset}: {flag.encoder} is {_flag_words(flag)}: its best validation {flag.metric} is "
         f"{flag.best_value:.4f} (best of {flag.complete_trials} complete trial{'s' * (flag.complete_trials != 1)}), "
-        f"against {flag.majority:.4f} for the {BASELINE_NAMES[MAJORITY]} and {flag.tfidf_logreg:.4f} for "
-        f"{BASELINE_NAMES[TFIDF_LOGREG]} "
+        f"against {_references_text(flag)} "
         f"(fitted on the same {flag.train_examples} training examples, scored on the same "
         f"{flag.validation_examples} validation examples)"
         for flag in flags.itertuples()
     ]
+
+
+def _references_text(flag) -> str:
+    shown = [f"{flag.majority:.4f} for the {BASELINE_NAMES[MAJORITY]}",
+             *([] if pd.isna(flag.random_guessing) else [f"{flag.random_guessing:.4f} for {BASELINE_NAMES[RANDOM]}"]),
+             f"{flag.tfidf_logreg:.4f} for {BASELINE_NAMES[TFIDF_LOGREG]}"]
+    return ", ".join(shown[:-1]) + " and " + shown[-1]
 
 
 def with_reference_test_scores(final: pd.DataFrame, references: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:

@@ -87,10 +87,9 @@ def seeded_scores(labels: np.ndarray, predictions: np.ndarray, metric: str, num_
     rows = np.asarray(predictions)
     *batch, seeds, examples = rows.shape
     cells = num_labels * num_labels
-    codes = np.broadcast_to(np.asarray(labels)[..., None, :], rows.shape) * num_labels + rows
-    offsets = np.arange(codes.size // examples).reshape(*batch, seeds, 1) * cells
-    matrices = np.bincount((codes + offsets).ravel(), minlength=codes.size // examples * cells).reshape(
-        *batch, seeds, num_labels, num_labels)
+    truth = np.asarray(labels)[..., None, :]
+    matrices = metrics.confusion_matrix(truth, rows, num_labels)
+    codes = np.broadcast_to(truth, rows.shape) * num_labels + rows  # each example's cell in its seed's matrix
     score = METRICS[metric]
     full = score(matrices)
     # A cell at 0 is never left out; clipping keeps its unused matrix valid.

@@ -11,10 +11,14 @@ METRIC_RANGES = {"accuracy": (0.0, 1.0), "macro_f1": (0.0, 1.0), "mcc": (-1.0, 1
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> np.ndarray:
-    """Rows are true labels, columns predictions."""
-    matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
-    np.add.at(matrix, (np.asarray(labels), np.asarray(predictions)), 1)
-    return matrix
+    """Rows are true labels, columns predictions. `predictions` (..., n) against `labels`
+    (n,) or (..., n) give one matrix per leading index: (..., K, K)."""
+    predictions = np.asarray(predictions)
+    codes = np.broadcast_to(np.asarray(labels), predictions.shape) * num_labels + predictions
+    batch, cells = int(np.prod(predictions.shape[:-1])), num_labels * num_labels
+    offsets = (np.arange(batch) * cells).reshape(*predictions.shape[:-1], 1)
+    counts = np.bincount((codes + offsets).ravel(), minlength=batch * cells)
+    return counts.reshape(*predictions.shape[:-1], num_labels, num_labels)
 
 
 # Each metric takes one confusion matrix, or a stack of them (..., K, K), and gives a float,
@@ -52,6 +56,8 @@ def _value(values: np.ndarray) -> float | np.ndarray:
     return float(values) if np.ndim(values) == 0 else values
 
 
-def classification_metrics(labels: np.ndarray, predictions: np.ndarray, num_labels: int) -> dict[str, float]:
+def classification_metrics(labels: np.ndarray, predictions: np.ndarray,
+                           num_labels: int) -> dict[str, float | np.ndarray]:
+    """Every metric of `predictions` (n,), or of each row of a stack (..., n), against `labels`."""
     matrix = confusion_matrix(labels, predictions, num_labels)
     return {"accuracy": accuracy(matrix), "macro_f1": macro_f1(matrix), "mcc": mcc(matrix)}
