@@ -124,8 +124,8 @@ def _flag_problem(args: argparse.Namespace) -> str | None:
         if value is not None and not (math.isfinite(value) and value > 0):
             return f"{flag} must be a positive number, got {value}"
     if args.seeds < 2:
-        return (f"--seeds must be at least 2 per encoder, got {args.seeds}: the paired bootstrap resamples "
-                "each encoder's seeds, and one seed shows none of their spread")
+        return (f"--seeds must be at least 2 per encoder, got {args.seeds}: the final comparison counts the "
+                "seed-to-seed spread, and one seed shows none of it")
     if args.seeds > MAX_SEEDS:
         return (f"--seeds must be at most {MAX_SEEDS} per encoder, got {args.seeds}: every seed retrains each "
                 "encoder of every dataset once more, and beyond a few dozen the interval barely narrows")
@@ -296,7 +296,9 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
     from benchmark.report.results import RESULT_FILES
     from benchmark.search import preflight
     from benchmark.search.study import every_encoder_stopped, run_study
+    from benchmark.search.workers import apply_share
 
+    apply_share()  # a --workers child: its threads and GPU memory, before torch allocates any
     timeout = args.timeout or config.budget.timeout_s
     url = _storage_url(args)
     # Everything that can be wrong with the input fails here, before any training (and
@@ -380,19 +382,17 @@ def _check_studies_exist(config, url: str) -> None:
 
 def _run_workers(count: int, argv: list[str], chosen: Precision) -> None:
     """Start `count` copies of this command as single workers on the same storage, training
-    in the precision measured here."""
+    in the precision measured here, each on its share of the cores and GPUs (search/workers.py)."""
     import os
     import subprocess
 
     from benchmark.schema import WORKER_ENV
+    from benchmark.search.workers import usable_cores, worker_shares
     from benchmark.train.precision import for_workers
 
-    gpus = _visible_gpus()
     workers = []
-    for index in range(count):
-        env = dict(os.environ, **{WORKER_ENV: str(index)}, **for_workers(chosen))
-        if len(gpus) > 1:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    for index, share in enumerate(worker_shares(count, usable_cores(), _visible_gpus())):
+        env = dict(os.environ, **{WORKER_ENV: str(index)}, **for_workers(chosen), **share.environment())
         # A later --workers wins over the user's, so each child is a single worker.
         command = [sys.executable, "-m", "benchmark.cli", *argv, "--workers", "1"]
         workers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))

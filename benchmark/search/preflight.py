@@ -15,7 +15,7 @@ import torch
 from benchmark.config.spec import BenchmarkConfig
 from benchmark.data import dataset as data
 from benchmark.data.dataset import TextClassificationData
-from benchmark.data.tokenization import TokenizationCache
+from benchmark.data import tokenization
 from benchmark.errors import BenchmarkError
 from benchmark.schema import DATA_SEED_ATTR, ENCODER_CHOICES_ATTR, ENCODER_PARAM, study_name
 from benchmark.search.optuna_internals import OPTIMIZE_LOGGER
@@ -72,9 +72,8 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     tracker = make_tracker(tracker_names, results_dir)
     inputs = load_inputs(config)
     storage = open_storage(storage_url, config.heartbeat)
-    tokenization = TokenizationCache()
     studies = [DatasetStudy(study_name(config.name, name), config, loaded, config.datasets[name].metric, inputs.encoders,
-                            tokenization, tracker, inputs.device, inputs.precision, choices[name])
+                            tokenization.SHARED, tracker, inputs.device, inputs.precision, choices[name])
                for name, loaded in inputs.datasets.items()]
     return Prepared(storage, tracker, studies)
 
