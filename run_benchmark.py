@@ -1,6 +1,6 @@
 """Entry point: `python run_benchmark.py --help`."""
 
-from benchmark.cli import main
+from benchmark.cli import run
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

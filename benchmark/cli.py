@@ -424,5 +424,16 @@ def _visible_gpus() -> list[str]:
     return [str(index) for index in range(torch.cuda.device_count())]
 
 
+def run() -> int:
+    """The process's entry point: once the command has stopped on Ctrl-C or SIGTERM, a further
+    one while the interpreter shuts down (torch's exit hooks take a moment) is ignored, not a
+    traceback."""
+    code = main()
+    if code in (130, 128 + signal.SIGTERM):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    return code
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(run())

@@ -310,8 +310,10 @@ def test_a_second_ctrl_c_while_the_tables_are_written_waits_for_them(tmp_path, t
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err
-    assert "SIGINT: writing the tables and the report first (seconds); then the command stops" in err, err
-    assert "Traceback" not in err, err
+    # Sent while the tables are written (deferred, and said once) or, on a fast machine, just
+    # after (ignored at exit): either way nothing is cut short and no traceback shows.
+    assert err.count("SIGINT: writing the tables and the report first (seconds); then the command stops") <= 1
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     written = {path.name for path in results.iterdir()}
     assert {REPORT_FILE, "trials.csv", *(f"{name}.csv" for name in TABLES)} <= written, written
     assert not [name for name in written if name.startswith(".")], "no temporary file left"
