@@ -156,14 +156,14 @@ def _train_with_trainer(study, encoder_name: str, train, hp, args) -> Measuremen
 
 
 def _trainer_arguments(workdir: Path, device: torch.device, bf16: bool, sampling: str, batch_size: int,
-                       **overrides):
+                       seed: int = 0, **overrides):
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(workdir), per_device_train_batch_size=batch_size, per_device_eval_batch_size=64,
         bf16=bf16, use_cpu=device.type == "cpu", train_sampling_strategy=sampling,
         save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
-        seed=0, **overrides,
+        seed=seed, **overrides,
     )
 
 
@@ -227,7 +227,7 @@ def _search_config(config, plan: Plan):
 
 
 def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
-    """This harness's search, its sampler seeded by `seed` (the data split keeps the config's)."""
+    """This harness's search, its sampler and training seeded by `seed` (the data split keeps the config's)."""
     from benchmark.search.preflight import prepare
     from benchmark.search.study import run_study
 
@@ -248,7 +248,8 @@ def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
 
 
 def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
-    """`Trainer.hyperparameter_search(backend="optuna")` over the same space, data and budget."""
+    """`Trainer.hyperparameter_search(backend="optuna")` over the same space, data and budget;
+    `seed` seeds its sampler and its training (Trainer seeds every trial's model with it)."""
     import optuna
     from transformers import DataCollatorWithPadding, Trainer
 
@@ -294,7 +295,7 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
     args = _trainer_arguments(Path(workdir) / "trainer", study_spec.device,
                               bf16=study_spec.autocast_dtype == torch.bfloat16,
                               sampling="group_by_length" if config.training.group_by_length else "random",
-                              batch_size=16, eval_strategy="epoch")
+                              batch_size=16, seed=seed, eval_strategy="epoch")
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=validation,
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
     storage = f"sqlite:///{workdir}/trainer.db"
