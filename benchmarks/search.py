@@ -205,7 +205,7 @@ def repeats_text(report: dict) -> list[str]:
         return ["Each run's seed seeds its sampler and every trial's training (seed + trial number). "
                 "No method warm-starts, so no source was searched."]
     seconds = [run["seconds"] for run in report["source_runs"]]
-    per_round = len(seconds) / report["plan"]["repeats"]
+    per_round = len(seconds) / len(next(iter(report["methods"].values()))["runs"])
     return [f"Each run's seed seeds its sampler and every trial's training (seed + trial number). Each round "
             f"searched its own warm-start sources first ({', '.join(report['warm_start_sources'])}, with the round's "
             f"seed and the same budget): {len(seconds)} source searches, {float(np.median(seconds)):.0f} s each "
@@ -220,13 +220,18 @@ def render_markdown(report: dict) -> str:
     target = summary["target"]
     target_text = (f"{target:.4f}" if target is not None
                    else "none (the peer was not run, or no run of it completed a trial)")
-    seeds = ", ".join(str(run["seed"]) for run in next(iter(report["methods"].values()))["runs"])
+    runs = next(iter(report["methods"].values()))["runs"]
+    seeds = ", ".join(str(run["seed"]) for run in runs)
+    stopped = ([] if len(runs) == plan["repeats"] else
+               [f"**{len(runs)} of the {plan['repeats']} planned rounds**: the benchmark was stopped, or is still "
+                "running, after these.", ""])
     lines = [
         "# Search benchmark",
         "",
+        *stopped,
         *repeats_text(report),
         "",
-        f"{plan['repeats']} runs per method, each in a fresh process with its own seed ({seeds}), "
+        f"{len(runs)} runs per method, each in a fresh process with its own seed ({seeds}), "
         f"{plan['budget_s']:.0f} s of wall clock each; encoder {report['encoder']}, dataset {report['dataset']} "
         f"({plan['train_examples']} training examples, validation {report['metric']}), {report['precision']}, "
         f"on {report['device']}. "
@@ -350,7 +355,9 @@ def run(config, plan: SearchPlan, methods: Sequence[str], out: Path, dataset: st
                 result = in_fresh_process(search_ours, configure(target_config, method.patch(target_config)),
                                           search_plan, str(run_dir), seed)
             report["methods"][name]["runs"].append({"seed": seed, **result})
-    return write_outputs(report, out)
+        # After every round: a run stopped later keeps its finished rounds, each a whole set of paired runs.
+        write_outputs(report, out)
+    return report
 
 
 def write_outputs(report: dict, out: Path) -> dict:

@@ -302,6 +302,25 @@ def test_every_round_searches_its_own_sources_with_its_seed_and_states_their_cos
     assert "3 source searches, 3 s each (median), so 3 s per warm-started run that its clock does not count" in text
 
 
+def test_a_benchmark_stopped_in_a_round_keeps_the_rounds_it_finished(tmp_path, tiny_encoders, monkeypatch):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",)))
+    calls: list = []
+    fake = _fake_searches(calls)
+
+    def stopped_in_round_two(function, config, plan, workdir, seed):
+        if seed == search.RUN_SEED_STRIDE and function is search.search_trainer:
+            raise KeyboardInterrupt
+        return fake(function, config, plan, workdir, seed)
+
+    monkeypatch.setattr(search, "in_fresh_process", stopped_in_round_two)
+    plan = search.SearchPlan(repeats=3, budget_s=4, train_examples=16, validation_examples=16, precision="fp32")
+    with pytest.raises(KeyboardInterrupt):
+        search.run(config, plan, ["shipped", "trainer"], tmp_path / "out", dataset="topic_pairs")
+    written = json.loads((tmp_path / "out" / "SEARCH.json").read_text())
+    assert [len(entry["runs"]) for entry in written["methods"].values()] == [1, 1]
+    assert "**1 of the 3 planned rounds**" in (tmp_path / "out" / "SEARCH.md").read_text()
+
+
 def test_a_report_of_the_old_code_says_its_repeats_are_not_independent():
     assert "not independent" in search.repeats_text({"plan": {"repeats": 5}, "methods": {}})[0]
     cold = search.repeats_text({"plan": {"repeats": 5}, "warm_start_sources": [], "source_runs": []})
