@@ -46,17 +46,18 @@ def test_time_to_target_medians_and_success_counts_on_step_curves():
     # a run with no complete trial counts as the worst: median of (0.6, none, 0.7) = 0.6
     assert floor["median_final_best"] == 0.6
     assert floor["median_time_to_target"] is None and floor["reached"] == 0
-    runs = {name: [{"trials": [{"state": "complete", "ended_s": when} for when, _ in curve]} for curve in curves[name]]
-            for name in curves}
+    runs = {name: [{"seed": 1000 * index, "trials": [{"state": "complete", "ended_s": when} for when, _ in curve]}
+                   for index, curve in enumerate(curves[name])] for name in curves}
     # a pruned trial counts among the trials, not the complete ones; one ended past the budget in neither
     runs["fast"][0]["trials"] += [{"state": "pruned", "ended_s": 45.0}, {"state": "complete", "ended_s": 101.0}]
     table = search.render_markdown({
         "plan": {"repeats": 3, "budget_s": 100.0, "train_examples": 240}, "encoder": "enc", "dataset": "d",
-        "metric": "macro_f1", "device": "cpu", "precision": "fp32",
+        "metric": "macro_f1", "device": "cpu", "precision": "fp32", "warm_start_sources": [], "source_runs": [],
         "methods": {name: {"description": name, "runs": runs[name]} for name in curves}, "summary": summary})
     assert "| fast | 0.8000 | 70 | 2/3 | 1/3 | 0.850, 0.800, 0.750 | 2/3, 1/1, 1/1 |" in table
     assert "| floor | 0.6000 | not reached | 0/3 | 0/3 | 0.600, -, 0.700 | 1/1, 0/0, 1/1 |" in table
     assert "Target: the peer's (trainer) median final best, 0.8000." in table
+    assert "3 runs per method, each in a fresh process with its own seed (0, 1000, 2000)" in table
 
 
 def test_an_even_count_whose_middle_runs_never_reach_has_no_median():
