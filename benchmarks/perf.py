@@ -241,14 +241,14 @@ def _train_with_trainer(study, encoder_name: str, train, hp, args) -> Measuremen
 
 
 def _trainer_arguments(workdir: Path, device: torch.device, bf16: bool, sampling: str, batch_size: int,
-                       **overrides):
+                       seed: int = 0, **overrides):
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(workdir), per_device_train_batch_size=batch_size, per_device_eval_batch_size=64,
         bf16=bf16, use_cpu=device.type == "cpu", train_sampling_strategy=sampling,
         save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
-        seed=0, **overrides,
+        seed=seed, **overrides,
     )
 
 
@@ -345,7 +345,7 @@ def _search_config(config, plan: Plan):
 
 
 def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
-    """This harness's search, its sampler seeded by `seed` (the data split keeps the config's)."""
+    """This harness's search, its sampler and training seeded by `seed` (the data split keeps the config's)."""
     from benchmark.search.preflight import prepare
     from benchmark.search.study import run_study
 
@@ -361,7 +361,8 @@ def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
 
 
 def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
-    """`Trainer.hyperparameter_search(backend="optuna")` over the same space, data and budget."""
+    """`Trainer.hyperparameter_search(backend="optuna")` over the same space, data and budget;
+    `seed` seeds its sampler and its training (Trainer seeds every trial's model with it)."""
     import optuna
     from transformers import DataCollatorWithPadding, Trainer
 
@@ -370,6 +371,7 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
     from benchmark.search.preflight import prepare
     from benchmark.search.trial import sample_hyperparameters
     from benchmark.train.encoders import load_classifier, load_tokenizer
+    from benchmark.train.loop import balanced_class_weights
     from benchmark.train.metrics import classification_metrics
 
     config = _search_config(config, plan)
@@ -383,10 +385,14 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
     validation = _hf_dataset(tokenize_split(tokenizer, study_spec.data.validation, max_length))
     metric = study_spec.metric
     dropout_spec = config.search_space.dropout
+    weights = torch.tensor(balanced_class_weights(study_spec.data.train.labels, study_spec.data.num_labels),
+                           dtype=torch.float32)
+    sampled = {}  # the running trial's class weights, which TrainingArguments has no field for
 
     def hp_space(trial: optuna.Trial) -> dict:
         # The same sampling code as our trials, mapped onto TrainingArguments' names.
         hp = sample_hyperparameters(trial, config.search_space, config.encoders[encoder_name])
+        sampled["class_weights"] = hp.class_weights
         return {"learning_rate": hp.learning_rate, "warmup_steps": hp.warmup_ratio, "weight_decay": hp.weight_decay,
                 "max_grad_norm": hp.max_grad_norm, "per_device_train_batch_size": hp.batch_size,
                 "num_train_epochs": hp.num_epochs}
@@ -400,6 +406,12 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
             dropout = trial.suggest_float("dropout", dropout_spec.low, dropout_spec.high, log=dropout_spec.log)
         return load_classifier(encoder, study_spec.data.label_names, dropout)
 
+    def weighted_loss(outputs, labels, num_items_in_batch=None):
+        """The harness's loss (see `loop._accumulate_gradients`), so both sides train on the same objective."""
+        weight = weights.to(labels.device) if sampled["class_weights"] == "balanced" else None
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight, reduction="sum")
+        return loss / (len(labels) if num_items_in_batch is None else num_items_in_batch)
+
     def compute_metrics(prediction) -> dict:
         predictions = np.asarray(prediction.predictions).argmax(-1)
         return classification_metrics(np.asarray(prediction.label_ids), predictions, study_spec.data.num_labels)
@@ -407,9 +419,12 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
     args = _trainer_arguments(Path(workdir) / "trainer", study_spec.device,
                               bf16=study_spec.autocast_dtype == torch.bfloat16,
                               sampling="group_by_length" if config.training.group_by_length else "random",
-                              batch_size=16, eval_strategy="epoch")
+                              batch_size=16, seed=seed, eval_strategy="epoch")
+    # Trainer's own loss where no trial weighs the classes: the peer as it ships.
+    weighing = "balanced" in config.search_space.class_weights.choices
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=validation,
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
+                      compute_loss_func=weighted_loss if weighing else None)
     storage = f"sqlite:///{workdir}/trainer.db"
     with rss_sampler() as memory, _or_none(utilization_sampler(study_spec.device)) as utilization:
         started = time.time()

@@ -322,11 +322,19 @@ def prepare(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, seed:
             splits[missing] = splits["train"].subset(taken)
             splits["train"] = splits["train"].subset(rest)
 
+    # A capped train split keeps every class of the label set (which train defines); a capped
+    # held-out split below its class count loses some, which the preflight warns of.
+    train_classes = len(np.unique(splits["train"].labels))
+    if spec.max_train_examples is not None and spec.max_train_examples < train_classes:
+        raise BenchmarkError(
+            f"datasets.{name}.max_train_examples: {spec.max_train_examples} cannot keep one example of each of "
+            f"the {train_classes} classes of the train split, and a class missing from train cannot be learned; "
+            f"use at least {train_classes}"
+        )
     for split, limit in (("train", spec.max_train_examples), ("validation", spec.max_validation_examples),
                          ("test", spec.max_test_examples)):
         if limit is not None and len(splits[split]) > limit:
-            _, kept = stratified_split(splits[split].labels, limit / len(splits[split]), rng)
-            splits[split] = splits[split].subset(kept)
+            splits[split] = splits[split].subset(stratified_cap(splits[split].labels, limit, rng))
 
     for split in SPLITS:
         if len(splits[split]) == 0:
@@ -509,3 +517,21 @@ def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generat
         taken.append(members[:count])
         rest.append(members[count:])
     return np.sort(np.concatenate(rest)), np.sort(np.concatenate(taken))
+
+
+def stratified_cap(labels: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of exactly `limit` examples (`limit` < len(labels)), each class in proportion
+    to its count by largest remainder, and at least one of each class while `limit` allows."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = limit * counts / len(labels)
+    kept = np.floor(quotas).astype(int)
+    floor = 1 if limit >= len(classes) else 0
+    kept = np.maximum(kept, floor)
+    # Flooring leaves a shortfall, the one-of-each floor a surplus: settle either one example
+    # at a time, where the kept count is furthest below (or above) the class's quota.
+    while kept.sum() < limit:
+        kept[np.argmax(np.where(kept < counts, quotas - kept, -np.inf))] += 1
+    while kept.sum() > limit:
+        kept[np.argmax(np.where(kept > floor, kept - quotas, -np.inf))] -= 1
+    chosen = [rng.permutation(np.flatnonzero(labels == label))[:count] for label, count in zip(classes, kept)]
+    return np.sort(np.concatenate(chosen))

@@ -133,8 +133,9 @@ def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: Da
 
 def _train_and_test(dataset_study: DatasetStudy, source: FrozenTrial, test, seed: int):
     encoder = dataset_study.encoders[source.params[ENCODER_PARAM]]
+    # A trial stored before `class_weights` was a parameter trained unweighted: its default.
     hp = Hyperparameters(**{field.name: source.params[field.name]
-                            for field in dataclasses.fields(Hyperparameters)})
+                            for field in dataclasses.fields(Hyperparameters) if field.name in source.params})
     training = dataset_study.config.training
     tokenized = dataset_study.tokenization.get(dataset_study.data, (encoder.location, encoder.revision), training.max_length,
                                                lambda: load_tokenizer(encoder))

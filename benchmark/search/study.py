@@ -206,7 +206,7 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
         # the sampler chose it before the trial started (see `sampling.PerEncoderSampler`).
         encoder = trial.suggest_categorical(ENCODER_PARAM, list(dataset_study.encoder_choices))
         _guard_against_surplus(trial, n_trials, encoder, per_encoder)
-        return run_trial(trial, dataset_study)
+        return run_trial(trial, dataset_study, seed)
 
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     while deadline is None or time.monotonic() < deadline:

@@ -269,8 +269,11 @@ def fine_tune_with_oom_retry(trial: optuna.Trial, study: DatasetStudy, encoder: 
                      on_step, on_evaluation, cost.progress)
 
 
-def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
-    """Train one sampled configuration; the value is the final validation metric."""
+def run_trial(trial: optuna.Trial, study: DatasetStudy, seed: int | None = None) -> float:
+    """Train one sampled configuration; the value is the final validation metric.
+
+    It trains with seed `seed + trial.number`, `seed` being the run's (the command line's is
+    `training.seed`, the default): runs with other seeds train other models, not only other draws."""
     encoder_name, hp = sample_trial(trial, study)
     encoder = study.encoders[encoder_name]
     run = start_run(trial, study, encoder_name, hp)
@@ -281,7 +284,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
             tokenized = study.tokenization.get(
                 study.data, (encoder.location, encoder.revision), training.max_length, lambda: load_tokenizer(encoder)
             )
-            settings = loop_settings(study, training.seed + trial.number)
+            settings = loop_settings(study, (training.seed if seed is None else seed) + trial.number)
             on_step, on_evaluation = trial_callbacks(trial, study, run, cost)
             result = fine_tune_with_oom_retry(trial, study, encoder, hp, tokenized, settings, cost,
                                               on_step, on_evaluation)
