@@ -88,6 +88,14 @@ def study_name(benchmark: str, dataset: str) -> str:
 
 
 def final_study_name(search_study: str) -> str:
+    """The final evaluation's study of `search_study`. The ':' is a character no config or
+    dataset name may hold (config/spec.py), so no search study can take this name: with a
+    '-', dataset `d-final` would share one study with the final evaluation of `d`."""
+    return f"{search_study}:final"
+
+
+def legacy_final_study_name(search_study: str) -> str:
+    """The name `final_study_name` gave before it took a ':', kept where a storage holds one."""
     return f"{search_study}-final"
 
 

@@ -31,6 +31,7 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
     preflight.quiet_libraries()
     storage = open_existing_storage(storage_url)
     if storage is not None:
+        preflight.check_study_owners(storage, config)
         preflight.check_seed_matches(storage, config)
         preflight.encoder_choices(storage, config)  # refuses an encoder the study cannot take
     inputs = preflight.load_inputs(config, probe=True)

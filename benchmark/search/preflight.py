@@ -17,7 +17,15 @@ from benchmark.data import dataset as data
 from benchmark.data.dataset import TextClassificationData
 from benchmark.data.tokenization import TokenizationCache
 from benchmark.errors import BenchmarkError
-from benchmark.schema import DATA_SEED_ATTR, ENCODER_CHOICES_ATTR, ENCODER_PARAM, study_name
+from benchmark.schema import (
+    BENCHMARK_ATTR,
+    DATA_SEED_ATTR,
+    DATASET_ATTR,
+    ENCODER_CHOICES_ATTR,
+    ENCODER_PARAM,
+    FINAL_OF_ATTR,
+    study_name,
+)
 from benchmark.search.optuna_internals import OPTIMIZE_LOGGER
 from benchmark.search.storage import open_storage
 from benchmark.search.trial import INTERRUPTED_TRIAL_LOG, DatasetStudy
@@ -65,6 +73,7 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     quiet_libraries()
     tracker = make_tracker(tracker_names, results_dir)
     storage = open_storage(storage_url, config.heartbeat)
+    check_study_owners(storage, config)
     check_seed_matches(storage, config)
     choices = encoder_choices(storage, config)
     inputs = load_inputs(config)
@@ -137,6 +146,28 @@ def measured_batch(config: BenchmarkConfig, probe: bool) -> int:
     probe (`probe`) a smaller one."""
     largest = max(config.batch_sizes())
     return min(precision.PROBE_BATCH, largest) if probe else largest
+
+
+def check_study_owners(storage: optuna.storages.BaseStorage, config: BenchmarkConfig) -> None:
+    """Each dataset's study name must not hold another's study: another config's (config `a`
+    with dataset `b-c`, and config `a-b` with dataset `c`) or a final evaluation's (named
+    `<study>-final` in storages from before `schema.final_study_name` took a ':')."""
+    existing = {s.study_name: s.user_attrs for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    for name in config.datasets:
+        attrs = existing.get(study_name(config.name, name))
+        if attrs is None:
+            continue
+        if FINAL_OF_ATTR in attrs:
+            owner = f"the final evaluation of study '{attrs[FINAL_OF_ATTR]}'"
+        elif attrs.get(BENCHMARK_ATTR, config.name) != config.name or attrs.get(DATASET_ATTR, name) != name:
+            owner = f"dataset '{attrs.get(DATASET_ATTR)}' of config '{attrs.get(BENCHMARK_ATTR)}'"
+        else:
+            continue
+        raise BenchmarkError(
+            f"datasets.{name}: the storage's study '{study_name(config.name, name)}' holds {owner}, "
+            f"not this dataset's search; rename the dataset (or `name` in {config.source_file or 'the config'}), "
+            f"or use another --storage"
+        )
 
 
 def check_seed_matches(storage: optuna.storages.BaseStorage, config: BenchmarkConfig) -> None:
