@@ -28,7 +28,11 @@ DATA_SEED_ATTR = "data_seed"
 # a study, so they are fixed when the study is created (see `DatasetStudy.encoder_choices`).
 ENCODER_CHOICES_ATTR = "encoder_choices"
 LABEL_NAMES_ATTR = "label_names"
-SPLIT_SIZES_ATTR = "split_sizes"
+SPLIT_SIZES_ATTR = "split_sizes"  # as the study was created
+# As the study was created: each split's sha256 (`TextClassificationData.fingerprints`) and the
+# training settings that shaped its trials (`search.lineage`); a later run must match them.
+SPLIT_FINGERPRINTS_ATTR = "split_fingerprints"
+TRAINING_SETTINGS_ATTR = "training_settings"
 DUPLICATES_DROPPED_ATTR = "duplicates_dropped"
 PRECISION_ATTR = "precision"  # also a trial attribute: the precision it trained in
 PRECISION_TIMINGS_ATTR = "precision_timings"

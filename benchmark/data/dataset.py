@@ -7,6 +7,7 @@ source gets the same checks and the same clear errors.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
@@ -62,6 +63,14 @@ class TextClassificationData:
         drawn = np.sort(np.random.default_rng(seed).choice(len(self.train), min(count, len(self.train)), replace=False))
         pairs = [] if self.train.text_pairs is None else [self.train.text_pairs[i] for i in drawn]
         return [self.train.texts[i] for i in drawn] + pairs
+
+    def fingerprints(self) -> dict[str, str]:
+        """Per split, a sha256 of its texts, pairs and labels (by name), in order: equal only
+        for the same examples, so a study can tell whether its data changed under it."""
+        return {split: hashlib.sha256(json.dumps([
+            getattr(self, split).texts, getattr(self, split).text_pairs,
+            [self.label_names[label] for label in getattr(self, split).labels]]).encode()).hexdigest()
+            for split in SPLITS}
 
     def absent_classes(self) -> dict[str, tuple[str, ...]]:
         """Per split, the classes of the label set (built from train) it has no example of."""

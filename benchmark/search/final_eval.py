@@ -28,7 +28,6 @@ from benchmark.schema import (
     SEED_ATTR,
     SEEDS_REQUESTED_ATTR,
     SOURCE_TRIAL_ATTR,
-    SPLIT_SIZES_ATTR,
     TEST_LABELS_ATTR,
     final_study_name,
     legacy_final_study_name,
@@ -56,8 +55,8 @@ def best_trial_per_encoder(study: optuna.Study) -> dict[str, FrozenTrial]:
 
 def evaluation_candidates(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy) -> dict[str, FrozenTrial]:
     """The trials to retrain (each encoder's best), after checking that the study exists
-    and was searched on the data the config gives now. Cheap: run it for every dataset
-    before training any."""
+    (`preflight.prepare` checked that it was searched on the data the config gives now, with
+    `lineage.FINAL_SETTINGS`). Cheap: run it for every dataset before training any."""
     name = dataset_study.data.name
     try:
         search = optuna.load_study(study_name=dataset_study.study_name, storage=storage)
@@ -66,13 +65,6 @@ def evaluation_candidates(storage: optuna.storages.BaseStorage, dataset_study: D
             f"--final-eval: no study '{dataset_study.study_name}' in the storage; run --study first"
         ) from None
     data = dataset_study.data
-    sizes = {split: len(getattr(data, split)) for split in ("train", "validation", "test")}
-    searched = search.user_attrs.get(SPLIT_SIZES_ATTR)
-    if searched is not None and searched != sizes:
-        raise BenchmarkError(
-            f"datasets.{name}: the config now gives splits of {sizes}, but study '{search.study_name}' "
-            f"searched on {searched}; run --final-eval with the config (and --seed) the search used"
-        )
     final_name = final_study_of(storage, search.study_name)
     if final_name in optuna.get_all_study_names(storage):
         # The stored predictions are compared example by example, so the test split must not move.

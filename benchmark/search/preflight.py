@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from benchmark.schema import (
     FINAL_OF_ATTR,
     study_name,
 )
+from benchmark.search import lineage
 from benchmark.search.optuna_internals import OPTIMIZE_LOGGER
 from benchmark.search.storage import open_storage
 from benchmark.search.trial import INTERRUPTED_TRIAL_LOG, DatasetStudy
@@ -69,14 +71,18 @@ class Inputs:
     tokenizers: dict[str, Any]  # per encoder, as loaded for the vocabulary check
 
 
-def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path) -> Prepared:
+def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path,
+            compared: tuple[str, ...] = lineage.SEARCH_SETTINGS) -> Prepared:
+    """`compared`: the training settings that must be those each existing study was created
+    with (the search's, or for the final evaluation those of its retraining)."""
     quiet_libraries()
     tracker = make_tracker(tracker_names, results_dir)
     storage = open_storage(storage_url, config.heartbeat)
     check_study_owners(storage, config)
     check_seed_matches(storage, config)
     choices = encoder_choices(storage, config)
-    inputs = load_inputs(config)
+    inputs = load_inputs(config, check_data=lambda datasets: lineage.check_unchanged(storage, config, datasets,
+                                                                                      compared))
     tokenization = TokenizationCache()
     studies = [DatasetStudy(study_name(config.name, name), config, loaded, config.datasets[name].metric, inputs.encoders,
                             tokenization, tracker, inputs.device, inputs.precision, choices[name])
@@ -84,9 +90,11 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     return Prepared(storage, tracker, studies)
 
 
-def load_inputs(config: BenchmarkConfig, probe: bool = False) -> Inputs:
-    """Resolve every encoder, load and split every dataset, pick the device and the precision;
-    trains nothing but the precision measurement's few steps and writes nothing."""
+def load_inputs(config: BenchmarkConfig, probe: bool = False,
+                check_data: Callable[[dict[str, TextClassificationData]], None] = lambda datasets: None) -> Inputs:
+    """Resolve every encoder, load and split every dataset (then `check_data` them), pick the
+    device and the precision; trains nothing but the precision measurement's few steps and
+    writes nothing."""
     seed = config.training.seed
     resolved = {}
     for name, spec in config.encoders.items():
@@ -121,6 +129,7 @@ def load_inputs(config: BenchmarkConfig, probe: bool = False) -> Inputs:
             print(f"warning: datasets.{name}: the {split} split has no example of class(es) "
                   f"{', '.join(map(repr, classes))}; {effect}", file=sys.stderr, flush=True)
         datasets[name] = loaded
+    check_data(datasets)
     # Per dataset: a tokenizer can cover one dataset's language and not another's.
     tokenizers = {}
     for name, encoder in resolved.items():

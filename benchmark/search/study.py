@@ -34,13 +34,13 @@ from benchmark.schema import (
     PRECISION_TIMINGS_ATTR,
     PRUNE_REASON_ATTR,
     REFERENCE_ATTR,
-    SPLIT_SIZES_ATTR,
     STOPPED_ATTR,
     SURPLUS_ATTR,
     TIMEOUT_STOP_ATTR,
     WORKER_ENV,
     timeout_stop_text,
 )
+from benchmark.search import lineage
 from benchmark.search.optuna_internals import heartbeat_enabled, storage_of
 from benchmark.search.pruning import make_pruner
 from benchmark.search.sampling import PerEncoderSampler, balanced_round_order, make_sampler
@@ -94,8 +94,7 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
     study.set_user_attr(DATA_SEED_ATTR, config.training.seed)
     study.set_user_attr(ENCODER_CHOICES_ATTR, list(dataset_study.encoder_choices))
     study.set_user_attr(LABEL_NAMES_ATTR, list(data.label_names))
-    study.set_user_attr(SPLIT_SIZES_ATTR, {split: len(getattr(data, split))
-                                          for split in ("train", "validation", "test")})
+    lineage.record(study, data, config)  # refused by preflight where this run's differ
     study.set_user_attr(DUPLICATES_DROPPED_ATTR, data.duplicates_dropped)
     for name, value in provenance.study_attrs(config).items():  # what the report's header names
         study.set_user_attr(name, value)
