@@ -15,7 +15,7 @@ ENCODER_PARAM = "encoder"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
-# `--workers` children find their index here, for distinct sampler seeds.
+# `--workers` children find their index here (they show no live display).
 WORKER_ENV = "ENCODER_BENCHMARK_WORKER"
 
 # --- study user attributes ----------------------------------------------------------------------
