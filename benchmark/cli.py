@@ -274,13 +274,13 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
 def _final_eval(args: argparse.Namespace) -> None:
     config = _config(args)
     from benchmark.report.results import write_leaderboards
-    from benchmark.search import preflight
+    from benchmark.search import lineage, preflight
     from benchmark.search.final_eval import evaluation_candidates, run_final_evaluation
 
     url = _storage_url(args)
     _check_studies_exist(config, url)
     _check_results_dir(args.results_dir)
-    prepared = preflight.prepare(config, url, ["none"], args.results_dir)
+    prepared = preflight.prepare(config, url, ["none"], args.results_dir, lineage.FINAL_SETTINGS)
     candidates = [evaluation_candidates(prepared.storage, study) for study in prepared.studies]
     try:
         for dataset_study, trials in zip(prepared.studies, candidates):

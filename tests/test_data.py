@@ -519,6 +519,40 @@ def test_a_pair_is_a_duplicate_only_when_both_texts_repeat():
     assert data.train.text_pairs[-2:] == ("answer one", "answer two")
 
 
+def test_texts_that_differ_only_in_invisible_characters_are_duplicates():
+    # Each copy gives a BERT tokenizer the ids of its original: a zero-width space or joiner,
+    # a soft hyphen, a byte-order mark, a variation selector, a no-break space, full-width letters.
+    frame = numbered(60)
+    originals = frame["text"].iloc[:6].tolist()
+    copies = ["\u200b" + originals[0], originals[1].replace(" ", " \u200d", 1), originals[2] + "\u00ad",
+              "\ufeff" + originals[3] + "\ufe0f", originals[4].replace(" ", "\u00a0"),
+              originals[5].replace("doc", "\uff44\uff4f\uff43")]
+    held = frame_of(*[(text, label) for text, label in zip(copies, frame["label"].iloc[:6])])
+    data = prepare("d", {"train": frame, "test": held}, spec(), seed=0)
+    assert data.duplicates_dropped == 6
+    assert not set(data.train.texts + data.validation.texts) & set(originals), "no test text leaks into train"
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200b\u200c\u2060", "\ufeff \u00ad", "\ufe0f"])
+def test_a_text_of_invisible_characters_only_is_blank(invisible):
+    frame = numbered(30)
+    frame.loc[4, "text"] = invisible
+    message = error_of(lambda: prepare("d", {"train": frame}, spec(), seed=0))
+    assert "datasets.d.text: column 'text' has 1 empty or non-text value(s)" in message
+    assert "row 5 of unused.csv" in message
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_delimited_labels_are_read_as_written_so_007_and_7_stay_two_classes(tmp_path, suffix):
+    frame = pd.DataFrame({"text": [f"text number {i}" for i in range(60)], "label": ["007", "7", "42"] * 20})
+    path = tmp_path / f"d{suffix}"
+    frame.to_csv(path, index=False, sep="," if suffix == ".csv" else "\t")
+    data = load_dataset("d", file_spec(path), seed=0)
+    assert data.label_names == ("007", "42", "7")
+    counts = np.bincount(np.concatenate([getattr(data, split).labels for split in SPLITS]))
+    assert counts.tolist() == [20, 20, 20]
+
+
 def test_no_duplicates_means_nothing_dropped(topics_csv):
     assert load_dataset("topics", file_spec(topics_csv), seed=0).duplicates_dropped == 0
 

@@ -7,10 +7,12 @@ source gets the same checks and the same clear errors.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
 import numbers
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +63,14 @@ class TextClassificationData:
         drawn = np.sort(np.random.default_rng(seed).choice(len(self.train), min(count, len(self.train)), replace=False))
         pairs = [] if self.train.text_pairs is None else [self.train.text_pairs[i] for i in drawn]
         return [self.train.texts[i] for i in drawn] + pairs
+
+    def fingerprints(self) -> dict[str, str]:
+        """Per split, a sha256 of its texts, pairs and labels (by name), in order: equal only
+        for the same examples, so a study can tell whether its data changed under it."""
+        return {split: hashlib.sha256(json.dumps([
+            getattr(self, split).texts, getattr(self, split).text_pairs,
+            [self.label_names[label] for label in getattr(self, split).labels]]).encode()).hexdigest()
+            for split in SPLITS}
 
     def absent_classes(self) -> dict[str, tuple[str, ...]]:
         """Per split, the classes of the label set (built from train) it has no example of."""
@@ -114,12 +124,13 @@ class FileSource:
     path: Path
     dataset_name: str
     encoding: str = "utf-8"
+    label: str = "label"  # the label column, read as text from delimited files
 
     def load(self) -> dict[str, pd.DataFrame]:
         key = f"datasets.{self.dataset_name}.path"
         readers = {
-            ".csv": lambda: _read_csv(self._text()),
-            ".tsv": lambda: _read_tsv(self._text()),
+            ".csv": lambda: _read_csv(self._text(), self.label),
+            ".tsv": lambda: _read_tsv(self._text(), self.label),
             ".jsonl": lambda: _json_lines(self._text()),
             ".json": lambda: _json_document(self._text()),
             ".parquet": lambda: pd.read_parquet(self.path),
@@ -157,13 +168,14 @@ class FileSource:
             ) from None
 
 
-def _read_csv(text: str, sep: str = ",") -> pd.DataFrame:
+def _read_csv(text: str, label: str, sep: str = ",") -> pd.DataFrame:
     # Only an empty cell is missing: "NA", "null" or "None" are texts (and labels) like any other.
-    return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""])
+    # Labels as written: read as numbers, `007` and `7` would become one class unseen.
+    return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""], dtype={label: str})
 
 
-def _read_tsv(text: str) -> pd.DataFrame:
-    frame = _read_csv(text, sep="\t")
+def _read_tsv(text: str, label: str) -> pd.DataFrame:
+    frame = _read_csv(text, label, sep="\t")
     # A stray quote at the start of a field makes the parser read on to the next quote, so
     # the rows in between become one cell, holding their tabs and line breaks. A text with
     # both is rare enough that this is the likelier story.
@@ -271,7 +283,7 @@ def source_for(name: str, spec: DatasetSpec) -> DatasetSource:
     if spec.source == "hub":
         return HubSource(spec.id, spec.subset, name)
     if spec.source == "file":
-        return FileSource(spec.path, name, spec.encoding)
+        return FileSource(spec.path, name, spec.encoding, spec.label)
     return OfflineSource(spec.id or name, name)
 
 
@@ -361,9 +373,25 @@ def _check_splittable(name: str, spec: DatasetSpec, labels: np.ndarray, label_na
     )
 
 
+# Invisible characters that NFKC keeps and a tokenizer drops (BERT's and MPNet's drop format and
+# control characters, and combining marks with the accents): besides the categories Cf and Cc,
+# the combining grapheme joiner, the variation selectors and the Hangul fillers.
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u3164\uffa0") | {chr(c) for c in range(0xFE00, 0xFE10)} | {
+    chr(c) for c in range(0xE0100, 0xE01F0)}
+
+
+def normalized_text(text: str) -> str:
+    """The text as duplicates are compared: NFKC, without invisible characters, with runs of
+    whitespace as one space, case folded. Texts a tokenizer turns into the same ids (`a\u200bb`
+    and `ab`) compare equal; "" for a text that shows nothing."""
+    visible = "".join(char for char in unicodedata.normalize("NFKC", text)
+                      if char.isspace() or not (unicodedata.category(char) in ("Cf", "Cc") or char in _INVISIBLE))
+    return " ".join(visible.split()).casefold()
+
+
 def _drop_duplicates(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], int]:
-    """The tables without repeated texts (equal after case folding and collapsing
-    whitespace; for pairs, both texts), and how many rows that dropped.
+    """The tables without repeated texts (equal in `normalized_text`; for pairs, both texts),
+    and how many rows that dropped.
 
     A text in two splits would be scored on examples the model trained on, so held-out
     splits keep their copy: test first, then validation, then train, and the test split
@@ -380,7 +408,7 @@ def _drop_duplicates(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Data
         columns = [table[column] for column in ("text", "text_pair") if column in table]
         keep = []
         for texts in zip(*columns):
-            key = tuple(" ".join(text.split()).casefold() for text in texts)
+            key = tuple(map(normalized_text, texts))
             keep.append(key not in seen)
             seen.add(key)
         kept[split] = table[keep]
@@ -420,8 +448,9 @@ def _check_table(name: str, split: str, frame: pd.DataFrame, spec: DatasetSpec) 
         if column is None:
             continue
         values = table[key]
-        # A blank text is as empty to the model as a missing one: [CLS] [SEP] and a label.
-        bad = values.map(lambda v: not isinstance(v, str) or not v.strip())
+        # A blank text (also one of invisible characters only) is as empty to the model as a
+        # missing one: [CLS] [SEP] and a label.
+        bad = values.map(lambda v: not isinstance(v, str) or not normalized_text(v))
         if bad.any():
             raise BenchmarkError(
                 f"datasets.{name}.{key}: column '{column}' has {int(bad.sum())} empty or non-text "
@@ -455,7 +484,8 @@ def _label_kind(value) -> str:
 def _check_labels(name: str, split: str, labels: pd.Series, spec: DatasetSpec) -> None:
     """Labels become classes through their text, so values that would merge or split
     classes unseen are refused: 1 and "1" (one class, two spellings), "pos" and " pos"
-    (two classes), and a blank cell (a class of its own)."""
+    (two classes), and a blank cell (a class of its own). Text labels are kept as written:
+    "007" and "7" are two classes."""
     key = f"datasets.{name}.label: column '{spec.label}'"
     kinds = labels.map(_label_kind)
     odd = ~kinds.isin(["text", "number", "boolean"])

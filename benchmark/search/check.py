@@ -19,7 +19,7 @@ from benchmark.config.spec import BenchmarkConfig
 from benchmark.data.tokenization import tokenize_split
 from benchmark.redaction import mask_password
 from benchmark.schema import ENCODER_PARAM, FINISHED, SURPLUS_ATTR, study_name
-from benchmark.search import preflight
+from benchmark.search import lineage, preflight
 from benchmark.search.storage import open_existing_storage
 from benchmark.train import estimate, precision
 from benchmark.train.encoders import Encoder
@@ -31,9 +31,15 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
     preflight.quiet_libraries()
     storage = open_existing_storage(storage_url)
     if storage is not None:
+        preflight.check_study_owners(storage, config)
         preflight.check_seed_matches(storage, config)
         preflight.encoder_choices(storage, config)  # refuses an encoder the study cannot take
-    inputs = preflight.load_inputs(config, probe=True)
+
+    def check_data(datasets: dict) -> None:
+        if storage is not None:
+            lineage.check_unchanged(storage, config, datasets, lineage.SEARCH_SETTINGS)
+
+    inputs = preflight.load_inputs(config, probe=True, check_data=check_data)
     batch_size, max_length = preflight.measured_batch(config, probe=True), config.training.max_length
     num_labels = max(loaded.num_labels for loaded in inputs.datasets.values())
     steps = precision.step_seconds(inputs.precision, inputs.encoders.values(), num_labels, batch_size, max_length,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,16 @@ from benchmark.data import dataset as data
 from benchmark.data.dataset import TextClassificationData
 from benchmark.data import tokenization
 from benchmark.errors import BenchmarkError
-from benchmark.schema import DATA_SEED_ATTR, ENCODER_CHOICES_ATTR, ENCODER_PARAM, study_name
+from benchmark.schema import (
+    BENCHMARK_ATTR,
+    DATA_SEED_ATTR,
+    DATASET_ATTR,
+    ENCODER_CHOICES_ATTR,
+    ENCODER_PARAM,
+    FINAL_OF_ATTR,
+    study_name,
+)
+from benchmark.search import lineage
 from benchmark.search.optuna_internals import OPTIMIZE_LOGGER
 from benchmark.search.storage import open_storage
 from benchmark.search.trial import INTERRUPTED_TRIAL_LOG, DatasetStudy
@@ -61,22 +71,29 @@ class Inputs:
     tokenizers: dict[str, Any]  # per encoder, as loaded for the vocabulary check
 
 
-def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path) -> Prepared:
+def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path,
+            compared: tuple[str, ...] = lineage.SEARCH_SETTINGS) -> Prepared:
+    """`compared`: the training settings that must be those each existing study was created
+    with (the search's, or for the final evaluation those of its retraining)."""
     quiet_libraries()
     tracker = make_tracker(tracker_names, results_dir)
     storage = open_storage(storage_url, config.heartbeat)
+    check_study_owners(storage, config)
     check_seed_matches(storage, config)
     choices = encoder_choices(storage, config)
-    inputs = load_inputs(config)
+    inputs = load_inputs(config, check_data=lambda datasets: lineage.check_unchanged(storage, config, datasets,
+                                                                                      compared))
     studies = [DatasetStudy(study_name(config.name, name), config, loaded, config.datasets[name].metric, inputs.encoders,
                             tokenization.SHARED, tracker, inputs.device, inputs.precision, choices[name])
                for name, loaded in inputs.datasets.items()]
     return Prepared(storage, tracker, studies)
 
 
-def load_inputs(config: BenchmarkConfig, probe: bool = False) -> Inputs:
-    """Resolve every encoder, load and split every dataset, pick the device and the precision;
-    trains nothing but the precision measurement's few steps and writes nothing."""
+def load_inputs(config: BenchmarkConfig, probe: bool = False,
+                check_data: Callable[[dict[str, TextClassificationData]], None] = lambda datasets: None) -> Inputs:
+    """Resolve every encoder, load and split every dataset (then `check_data` them), pick the
+    device and the precision; trains nothing but the precision measurement's few steps and
+    writes nothing."""
     seed = config.training.seed
     resolved = {}
     for name, spec in config.encoders.items():
@@ -111,6 +128,7 @@ def load_inputs(config: BenchmarkConfig, probe: bool = False) -> Inputs:
             print(f"warning: datasets.{name}: the {split} split has no example of class(es) "
                   f"{', '.join(map(repr, classes))}; {effect}", file=sys.stderr, flush=True)
         datasets[name] = loaded
+    check_data(datasets)
     # Per dataset: a tokenizer can cover one dataset's language and not another's.
     tokenizers = {}
     for name, encoder in resolved.items():
@@ -136,6 +154,28 @@ def measured_batch(config: BenchmarkConfig, probe: bool) -> int:
     probe (`probe`) a smaller one."""
     largest = max(config.batch_sizes())
     return min(precision.PROBE_BATCH, largest) if probe else largest
+
+
+def check_study_owners(storage: optuna.storages.BaseStorage, config: BenchmarkConfig) -> None:
+    """Each dataset's study name must not hold another's study: another config's (config `a`
+    with dataset `b-c`, and config `a-b` with dataset `c`) or a final evaluation's (named
+    `<study>-final` in storages from before `schema.final_study_name` took a ':')."""
+    existing = {s.study_name: s.user_attrs for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    for name in config.datasets:
+        attrs = existing.get(study_name(config.name, name))
+        if attrs is None:
+            continue
+        if FINAL_OF_ATTR in attrs:
+            owner = f"the final evaluation of study '{attrs[FINAL_OF_ATTR]}'"
+        elif attrs.get(BENCHMARK_ATTR, config.name) != config.name or attrs.get(DATASET_ATTR, name) != name:
+            owner = f"dataset '{attrs.get(DATASET_ATTR)}' of config '{attrs.get(BENCHMARK_ATTR)}'"
+        else:
+            continue
+        raise BenchmarkError(
+            f"datasets.{name}: the storage's study '{study_name(config.name, name)}' holds {owner}, "
+            f"not this dataset's search; rename the dataset (or `name` in {config.source_file or 'the config'}), "
+            f"or use another --storage"
+        )
 
 
 def check_seed_matches(storage: optuna.storages.BaseStorage, config: BenchmarkConfig) -> None:
