@@ -8,12 +8,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from benchmark.errors import BenchmarkError
-
-if TYPE_CHECKING:  # like every module that needs torch, imported only where used
-    from benchmark.train.precision import Precision
 
 DEFAULT_CONFIG = Path("search_spaces/default.yaml")
 MAX_SEED = 2**32 - 1
@@ -248,7 +244,7 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
     halted = []  # the studies in which every encoder was stopped by failing trials
     try:
         if args.workers > 1:
-            _run_workers(args.workers, argv, prepared.studies[0].precision)
+            _run_workers(args.workers, argv)
         else:
             for dataset_study in prepared.studies:
                 study = run_study(prepared.storage, url, dataset_study, n_trials, timeout, seed)
@@ -304,19 +300,18 @@ def _check_studies_exist(config, url: str) -> None:
                              "(or check --storage)")
 
 
-def _run_workers(count: int, argv: list[str], chosen: Precision) -> None:
-    """Start `count` copies of this command as single workers on the same storage, training
-    in the precision measured here."""
+def _run_workers(count: int, argv: list[str]) -> None:
+    """Start `count` copies of this command as single workers on the same storage. Each trains
+    every encoder in the precision that `preflight.prepare` stored in the studies here."""
     import os
     import subprocess
 
     from benchmark.schema import WORKER_ENV
-    from benchmark.train.precision import for_workers
 
     gpus = _visible_gpus()
     workers = []
     for index in range(count):
-        env = dict(os.environ, **{WORKER_ENV: str(index)}, **for_workers(chosen))
+        env = dict(os.environ, **{WORKER_ENV: str(index)})
         if len(gpus) > 1:
             env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
         # A later --workers wins over the user's, so each child is a single worker.

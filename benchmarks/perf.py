@@ -91,7 +91,7 @@ def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str, fuse
 
     # One tiny evaluation at the end, which fine_tune always does; its time is subtracted.
     validation = train.subset(np.arange(min(len(train), 8)))
-    settings = replace(loop_settings(study, seed=0, eval_every_examples=10**9), autocast_dtype=dtype,
+    settings = replace(loop_settings(study, encoder_name, seed=0, eval_every_examples=10**9), autocast_dtype=dtype,
                        fused_optimizer=fused, eval_subset_examples=None,
                        group_by_length=sampling == "group_by_length", compile=compiled,
                        pad_to_multiple_of=padding_multiple(study.device, compiled))
@@ -292,7 +292,7 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
         return classification_metrics(np.asarray(prediction.label_ids), predictions, study_spec.data.num_labels)
 
     args = _trainer_arguments(Path(workdir) / "trainer", study_spec.device,
-                              bf16=study_spec.autocast_dtype == torch.bfloat16,
+                              bf16=study_spec.precisions[encoder_name].choice == "bf16",
                               sampling="group_by_length" if config.training.group_by_length else "random",
                               batch_size=16, eval_strategy="epoch")
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=validation,
@@ -358,20 +358,30 @@ def run(config, plan: Plan, out: Path) -> dict:
     # bf16 is trained only where `precision: auto` measured it faster than fp32 (prepare did,
     # unless the config forces a precision): elsewhere it is slower, or even a fallback kernel
     # far slower than fp32 (a CPU without AVX-512 BF16 or AMX).
-    native_bf16 = study.precision.choice == "bf16"
+    # `precision: auto` chooses per encoder; these tables know one configured precision: the
+    # first encoder's (the one the table says).
+    chosen = study.precisions
+    first = next(iter(chosen.values()))
+    in_use = first.choice
+    native_bf16 = any(encoder.choice == "bf16" for encoder in chosen.values())
     precisions = {"fp32": None, **({"bf16": torch.bfloat16} if native_bf16 else {})}
+    # Summed over the encoders where each timed fp32 and bf16 at the same batch.
+    timed = [encoder.seconds_per_step for encoder in chosen.values()]
+    comparable = all(step and {"fp32", "bf16"} <= step.keys() for step in timed)
     report: dict = {
         "plan": asdict(plan), "device": describe_device(device), "torch_threads": torch.get_num_threads(),
         "dataset": dataset_name, "native_bf16": native_bf16, "matmul_peak_flops": {}, "throughput": {},
         "levers": {},
-        "precision": {"choice": study.precision.choice, "seconds_per_step": study.precision.seconds_per_step,
-                      "described": study.precision.describe()},
+        "precision": {"choice": in_use,
+                      "seconds_per_step": {name: sum(step[name] for step in timed) for name in ("fp32", "bf16")}
+                      if comparable else None,
+                      "described": "; ".join(f"{name}: {encoder.describe()}" for name, encoder in chosen.items())},
         # The path a trial takes: the lever rows and the target against default Trainer use it.
-        "configured": {"precision": study.precision.choice,
+        "configured": {"precision": in_use,
                        "sampling": "group_by_length" if config.training.group_by_length else "random"},
     }
     configured = "ours {precision} {sampling}".format(**report["configured"])
-    configured_dtype = precisions[study.precision.choice]
+    configured_dtype = first.mode.autocast
     for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         # A slow fallback is measured on a small matrix, or it would take minutes.
         size = plan.matmul_size if name in precisions else min(plan.matmul_size, 256)
@@ -452,7 +462,7 @@ def _eval_schedule_lever(study, config, plan: Plan) -> dict:
     timings = {"encoder": encoder_name, "epochs": epochs, "batch_size": hp.batch_size,
                "train_examples": len(train), "eval_every_examples": config.training.eval_every_examples}
     for schedule in ("fixed", "geometric"):
-        settings = replace(loop_settings(study, seed=0), eval_schedule=schedule)
+        settings = replace(loop_settings(study, encoder.name, seed=0), eval_schedule=schedule)
         torch.manual_seed(0)
         model = load_classifier(encoder, study.data.label_names, hp.dropout)
         result = fine_tune(model, train, validation, study.data.num_labels, hp, settings, _ignore, _ignore)
@@ -475,7 +485,7 @@ def _eval_subset_lever(study, config) -> dict:
     _, subset = stratified_split(validation.labels, min(size, len(validation) - 1) / len(validation),
                                  np.random.default_rng(EVAL_SUBSET_SEED))
     model = load_classifier(encoder, study.data.label_names, 0.0).to(study.device)
-    settings = loop_settings(study, seed=0)
+    settings = loop_settings(study, encoder.name, seed=0)
     timings = {}
     for name, split in (("full", validation), ("subset", validation.subset(subset))):
         started = time.perf_counter()
