@@ -139,7 +139,7 @@ def test_check_shows_each_encoders_precision_and_times_it_once(tmp_path, tiny_en
     out = capsys.readouterr().out
     assert measured == [("bert", ["fp32", "bf16"]), ("roberta", ["fp32", "bf16"])]  # the estimate reuses them
     assert "precision bert: bf16 (measured at 16x32 after an untimed warm-up step each" in out
-    assert "precision roberta: fp32 (measured at 16x32" in out and "the run decides the same way)" in out
+    assert "precision roberta: fp32 (measured at 16x32" in out and "the run decides the same way" in out
     assert "one training step of 16x32 in bf16: 0.20 s" in out and "one training step of 16x32 in fp32: 0.51 s" in out
     assert "timed here in its precision (bert bf16 at 16x32, roberta fp32 at 16x32 tokens)" in out
 
@@ -153,4 +153,4 @@ def test_check_shows_each_encoders_precision_and_times_it_once(tmp_path, tiny_en
     assert main(["--check", "--config", str(config), "--storage", url]) == 0
     out = capsys.readouterr().out
     assert measured == [("bert", ["bf16"]), ("roberta", ["fp32"])]
-    assert "precision bert: bf16 (measured at 16x32" in out and "stored in a study: the run keeps it)" in out
+    assert "precision bert: bf16 (measured at 16x32" in out and "stored in a study: the run keeps it" in out

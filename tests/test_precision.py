@@ -177,7 +177,9 @@ def test_a_forced_precision_is_not_measured(tiny, setting, monkeypatch):
 
 
 def test_tf32_forced_where_there_is_none_is_one_clear_error(tiny):
-    with pytest.raises(BenchmarkError, match="training.precision: tf32 needs a CUDA GPU of compute capability 8.0"):
+    with pytest.raises(BenchmarkError, match=r"training.precision: this run's device \(cpu\) cannot compute in tf32 "
+                                             r"\(TF32 needs a CUDA GPU of compute capability 8.0 or newer.*use auto or "
+                                             r"fp32 or bf16$"):
         decide("tf32", tiny[0], 3, 8, 16, CPU)
 
 
@@ -196,7 +198,8 @@ def test_tf32_matmuls_hold_within_the_block_only():
 
 
 def test_a_real_measurement_times_both_candidates_and_says_what_it_cost(tiny):
-    chosen = measure_encoder(tiny[0], 3, 4, 16, CPU, ["fp32", "bf16"])
+    # A budget no loaded machine exhausts on this tiny model: the shape is the one asked for.
+    chosen = measure_encoder(tiny[0], 3, 4, 16, CPU, ["fp32", "bf16"], budget_s=600)
     assert chosen.decided == precision.MEASURED and chosen.shape == (4, 16)
     assert set(chosen.seconds_per_step) == {"fp32", "bf16"} and chosen.cost_seconds > 0
     assert chosen.describe().endswith(f"the measurement took {chosen.cost_seconds:.1f} s)")
@@ -235,7 +238,8 @@ def test_each_encoder_gets_its_own_precision_stored_in_every_study_and_a_rerun_r
     monkeypatch.setattr(precision, "measure_encoder", lambda *args: pytest.fail("measured a stored choice"))
     again = prepare(config, url, ["none"], tmp_path).studies
     assert [study.precisions for study in again] == [study.precisions for study in studies]
-    assert "precision bert: bf16 (the study's stored choice" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "precision bert: bf16 (measured at 16x32" in err and "; stored in a study: kept" in err
 
 
 def test_a_forced_precision_trains_as_forced_whatever_the_study_holds(tmp_path, tiny_encoders, fake_steps):
@@ -269,6 +273,8 @@ def test_trials_train_in_their_encoders_precision_and_say_so_even_from_half_prec
                           encoders=("fp16-saved", "bf16-saved"), pruner={"type": "none"})
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
     # As a run on a GPU would have stored it; the other encoder is measured here, for real.
+    # TF32 counts as computable here, so that the trial's matmul setting shows.
+    monkeypatch.setattr(precision, "candidates", lambda device: ["fp32", "tf32", "bf16"])
     gpu = EncoderPrecision("tf32", precision.MEASURED, (16, 32), {"fp32": 0.2, "tf32": 0.1})
     optuna.create_study(storage=url, study_name="tiny-topics", direction="maximize").set_user_attr(
         "precision_by_encoder", {"fp16-saved": gpu.stored()})
@@ -294,3 +300,17 @@ def test_trials_train_in_their_encoders_precision_and_say_so_even_from_half_prec
         # The weights in fp32 whatever the checkpoint's dtype; the compute as the trial says.
         assert seen[trial.number] == ({torch.float32}, precision.CANDIDATES[used].autocast,
                                       "high" if used == "tf32" else torch.get_float32_matmul_precision())
+
+
+def test_a_stored_choice_this_device_cannot_compute_in_is_measured_again_and_the_trials_say_so(
+        tmp_path, tiny_encoders, fake_steps):
+    fake_steps({("fp32", "bert"): 1e-3, ("bf16", "bert"): 4e-4, ("fp32", "roberta"): 1e-3, ("bf16", "roberta"): 3e-3})
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    gpu = EncoderPrecision("tf32", precision.MEASURED, (16, 32), {"fp32": 0.2, "tf32": 0.1})
+    optuna.create_study(storage=url, study_name="tiny-topics", direction="maximize").set_user_attr(
+        "precision_by_encoder", {"bert": gpu.stored()})
+    config = load_config(write_config(tmp_path, tiny_encoders)).restricted(["topics"], None)
+    study = prepare(config, url, ["none"], tmp_path).studies[0]
+    assert study.precisions["bert"].choice == "bf16" and study.precisions["bert"].decided == precision.MEASURED
+    stored = optuna.load_study(study_name="tiny-topics", storage=url).user_attrs["precision_by_encoder"]
+    assert stored["bert"]["choice"] == "tf32", "the GPU's choice stays for the GPU"

@@ -802,7 +802,8 @@ def provenance_table(studies: dict[str, optuna.Study], trials: pd.DataFrame | No
     for dataset, study in studies.items():
         attrs = study.user_attrs
         versions = attrs.get(VERSIONS_ATTR) or {}
-        trained = [trial for trial in study.get_trials(deepcopy=False) if DEVICE_ATTR in trial.user_attrs]
+        trained = [trial for trial in study.get_trials(deepcopy=False)
+                   if DEVICE_ATTR in trial.user_attrs and not trial.user_attrs.get(SURPLUS_ATTR)]
         own = trials[trials["study"] == study.study_name] if trials is not None and "study" in trials else None
         rows.append({
             "dataset": dataset, "config": attrs.get(BENCHMARK_ATTR, provenance.UNKNOWN),

@@ -72,7 +72,7 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
               f"{loaded.duplicates_dropped} duplicates dropped")
     for name, chosen in inputs.precisions.items():
         print(f"precision {name}: {chosen.describe()}; "
-              f"{'stored in a study: the run keeps it' if name in stored else 'the run decides the same way'})")
+              f"{'stored in a study: the run keeps it' if name in stored else 'the run decides the same way'}")
     print(f"storage: {mask_password(storage_url)} ("
           f"{'holds ' + str(len(optuna.get_all_study_summaries(storage, False))) + ' studies' if storage else 'new'})")
     print(f"results: {results_dir}/ ({_results_dir_state(results_dir)})")

@@ -79,8 +79,11 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     studies = []
     for name, loaded in inputs.datasets.items():
         held = record_precisions(storage, study_name(config.name, name), inputs.precisions)
-        # `auto` trains as the study holds; a forced precision is this run's, whatever it holds.
-        precisions = held if config.training.precision == "auto" else inputs.precisions
+        # `auto` trains as the study holds, where this device can; a forced precision is this
+        # run's, whatever the study holds.
+        precisions = {encoder: held[encoder] if config.training.precision == "auto"
+                      and precision.computable(held[encoder].choice, inputs.device) else chosen
+                      for encoder, chosen in inputs.precisions.items()}
         studies.append(DatasetStudy(study_name(config.name, name), config, loaded, config.datasets[name].metric,
                                     inputs.encoders, tokenization, tracker, inputs.device, precisions, choices[name]))
     return Prepared(storage, tracker, studies)
@@ -137,10 +140,10 @@ def load_inputs(config: BenchmarkConfig, stored: dict[str, EncoderPrecision]) ->
     num_labels = max(loaded.num_labels for loaded in datasets.values())
     precisions = {}
     for name, encoder in resolved.items():
-        if setting == "auto" and name in stored:
+        if setting == "auto" and name in stored and precision.computable(stored[name].choice, device):
             precisions[name] = stored[name]
-            print(f"precision {name}: {stored[name].choice} (the study's stored choice, "
-                  f"{stored[name].describe()})", file=sys.stderr, flush=True)
+            print(f"precision {name}: {stored[name].describe()}; stored in a study: kept", file=sys.stderr,
+                  flush=True)
             continue
         precisions[name] = precision.decide(setting, encoder, num_labels, max(config.batch_sizes()),
                                             config.training.max_length, device)

@@ -14,13 +14,16 @@ the tests replay other devices' timings):
    fp32's probe (the same shape: like with like) is clearly slower and stops there; if only
    fp32 is left, it wins;
 2. the batch: fp32 takes an untimed warm-up step and a timed one at the largest batch the
-   search samples (halved while the probe says the two would take over half of what is left
-   of BUDGET_S). Scaled from that step by the probes' ratios, the batch is halved again while
-   every candidate's warm-up and TIMED_STEPS timed steps would not fit; then each candidate
-   takes them (the median counts);
+   search samples, halved while the probes say that every candidate's warm-up and
+   TIMED_STEPS timed steps would not fit in what is left of BUDGET_S (or, where nothing
+   fits, while fp32's two steps would take over half of it). Scaled from that real step by
+   the probes' ratios (a GPU's one-example probe is bound by launches, so the probes
+   overestimate a batch there), the largest batch that fits is timed: an untimed warm-up
+   step and up to TIMED_STEPS timed steps per candidate, the median counting;
 3. the fastest at that batch wins, where anything but fp32 must be MIN_SPEEDUP faster.
 Every step, warm-ups included, counts toward BUDGET_S, and no step starts that its estimate
-says would overrun it.
+says would overrun it; where not even fp32 fits at a batch of two, the probes decide. A step
+far slower than its estimate (a machine whose load changes) can still overrun it.
 """
 
 from __future__ import annotations
@@ -87,7 +90,7 @@ class EncoderPrecision:
     decided: str = FORCED  # MEASURED, FORCED, or why nothing was measured
     shape: tuple[int, int] | None = None  # batch x tokens that `seconds_per_step` was timed at
     seconds_per_step: dict[str, float] | None = None  # per candidate timed at `shape` (median)
-    probe_seconds: dict[str, float] | None = None  # per candidate probed: one warm step of PROBE_EXAMPLES
+    probe_seconds: dict[str, float] | None = None  # per candidate probed: its warm step of the probe
     stopped: tuple[str, ...] = ()  # stopped after the probe: GIVE_UP_RATIO x fp32's or slower
     unmeasured: tuple[str, ...] = ()  # not timed at `shape`: the budget did not allow it
     cost_seconds: float | None = None  # wall time of the measurement, loading included
@@ -246,12 +249,17 @@ def measure(names: list[str], timer: Timer, batch_size: int, max_length: int, bu
     return Measurement(shape, timed, probe, stopped, unmeasured, spent)
 
 
+def computable(name: str, device: torch.device) -> bool:
+    """Whether `device` computes in candidate `name`: a study measured on a GPU may hold TF32."""
+    return name in candidates(device)
+
+
 def forced(setting: str, device: torch.device) -> EncoderPrecision:
     """A precision the config forces, refused where this device cannot compute in it."""
-    if setting == "tf32" and "tf32" not in candidates(device):
-        raise BenchmarkError(f"training.precision: tf32 needs a CUDA GPU of compute capability "
-                             f"{'.'.join(map(str, TF32_CAPABILITY))} or newer, and this run's device is {device}; "
-                             f"use auto, fp32 or bf16")
+    if not computable(setting, device):
+        raise BenchmarkError(f"training.precision: this run's device ({device}) cannot compute in {setting} (TF32 "
+                             f"needs a CUDA GPU of compute capability {'.'.join(map(str, TF32_CAPABILITY))} or newer, "
+                             f"bf16 a CPU or a CUDA GPU with bf16); use auto or {' or '.join(candidates(device))}")
     return EncoderPrecision(setting)
 
 
