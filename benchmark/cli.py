@@ -109,8 +109,8 @@ def _flag_problem(args: argparse.Namespace) -> str | None:
         if value is not None and not (math.isfinite(value) and value > 0):
             return f"{flag} must be a positive number, got {value}"
     if args.seeds < 2:
-        return (f"--seeds must be at least 2 per encoder, got {args.seeds}: the paired bootstrap resamples "
-                "each encoder's seeds, and one seed shows none of their spread")
+        return (f"--seeds must be at least 2 per encoder, got {args.seeds}: the final comparison counts the "
+                "seed-to-seed spread, and one seed shows none of it")
     if args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         return f"--seed must lie in 0..{MAX_SEED} (a 32-bit unsigned seed, as training.seed), got {args.seed}"
     if args.storage is not None and not args.storage.strip():

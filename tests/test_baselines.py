@@ -20,6 +20,7 @@ from benchmark.train.baselines import (
     documents,
     is_current,
     majority_scores,
+    random_guessing_scores,
     reference_baselines,
     tfidf_logreg_scores,
 )
@@ -53,6 +54,24 @@ def test_majority_class_metrics_by_hand():
 
 def test_a_tie_for_the_majority_goes_to_the_lowest_label_id():
     assert baselines.majority_class(np.array([1, 0, 1, 0])) == 0
+
+
+def test_random_guessing_is_the_expectation_of_uniform_guesses():
+    # Classes in proportions 0.43 / 0.40 / 0.17 (the issue's). Guessing uniformly, class k's
+    # precision is its share p_k and its recall 1/3, so F1_k = 2 p_k (1/3) / (p_k + 1/3):
+    # macro-F1 0.3214 in the limit, where the majority class scores 0.2005. Accuracy is 1/3,
+    # MCC 0; the seeded draws land within 0.003 of each, and the same data give the same row.
+    labels = np.repeat([0, 1, 2], [430, 400, 170])
+    data = _data(_split(["some text"] * 1000, labels), _split(["some text"] * 1000, labels),
+                 _split(["some text"] * 100, labels[::10]),
+                 labels=("a", "b", "c"))
+    shares = np.array([0.43, 0.40, 0.17])
+    guessed = random_guessing_scores(data)
+    assert guessed["validation"] == pytest.approx(
+        {"accuracy": 1 / 3, "macro_f1": float(np.mean(2 * shares / 3 / (shares + 1 / 3))), "mcc": 0.0}, abs=3e-3)
+    assert majority_scores(data)["validation"]["macro_f1"] == pytest.approx(0.2005, abs=1e-4)
+    assert random_guessing_scores(data) == guessed
+    assert reference_baselines(data)["random"] == guessed
 
 
 SENTIMENT = _data(
@@ -146,10 +165,21 @@ def test_stored_rows_reach_the_leaderboard_from_the_storage():
     assert flags[["encoder", "at_chance", "validation_examples", "train_examples"]].values.tolist() == [
         ["e1", True, 4, 6], ["e2", False, 4, 6]]
     test_rows = references[references["split"] == "test"].set_index("reference")
-    # The test split (1 positive, 1 negative): majority accuracy 1/2, tf-idf 1.
+    # The test split (1 positive, 1 negative): majority accuracy 1/2, guessing 1/2 expected, tf-idf 1.
     assert test_rows["accuracy"].to_dict() == pytest.approx(
-        {"(reference) majority class": 0.5, "(reference) tf-idf + logreg": 1.0})
-    assert test_rows["examples"].tolist() == [2, 2]
+        {"(reference) majority class": 0.5, "(reference) random guessing": 0.5, "(reference) tf-idf + logreg": 1.0},
+        abs=0.02)
+    assert test_rows["examples"].tolist() == [2, 2, 2]
+    assert table.loc["(reference) random guessing", "toy"] == pytest.approx(
+        reference_baselines(SENTIMENT)["random"]["validation"]["macro_f1"])
+
+
+def test_a_study_stored_before_random_guessing_still_reads():
+    # Its attribute lacks the row (and its settings differ, so its next run recomputes it).
+    recorded = {name: value for name, value in reference_baselines(SENTIMENT).items() if name != "random"}
+    rows = baselines.reference_rows(recorded)
+    assert {row["reference"] for row in rows} == {"(reference) majority class", "(reference) tf-idf + logreg"}
+    assert not is_current({**recorded, "settings": "TfidfVectorizer(...) without guessing"}, SENTIMENT)
 
 
 def test_texts_without_words_are_a_clear_error():

@@ -10,6 +10,7 @@ from datetime import datetime, timedelta
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as scipy_stats
 
 from benchmark import schema
 from benchmark.report.leaderboard import (
@@ -294,7 +295,8 @@ def test_verdict_strength_from_the_fixture(trials):
     # compared at n = min(1, 2) = 1: e2's band is [0.85, 0.85], e1's lies within [0.80, 0.82].
     assert news["complete_per_encoder"] == "e1 2, e2 1, e3 1"
     assert news["top_two_bands_overlap"] == "no at n=1"
-    assert news["search_verdict"].startswith("too few trials to compare: e2 rests on 1 and e1 on 2 complete")
+    assert news["search_verdict"].startswith(
+        "too few trials to compare: at n=1 complete trial(s) each (the fewest, e2, e3), e2 leads e1")
     reviews = strength.loc["reviews"]
     # e1 and e2 tie on 0.60 (name breaks it); n=2: e1's band [0.58, 0.60] meets e2's [0.55, 0.60]
     assert reviews["complete_per_encoder"] == "e1 2, e2 2, e3 0"
@@ -317,6 +319,36 @@ def test_verdict_strength_overlap_at_the_budget_spent(second, overlap, verdict):
     assert row["complete_per_encoder"] == "a 3, b 3"
     assert row["top_two_bands_overlap"] == overlap
     assert row["search_verdict"].startswith(verdict)
+
+
+def _two_encoders(a_values, b_values) -> pd.DataFrame:
+    rows = [_trial("b-d", "d", "accuracy", i, "COMPLETE", v, "a", i, 1, {}) for i, v in enumerate(a_values)]
+    rows += [_trial("b-d", "d", "accuracy", len(a_values) + i, "COMPLETE", v, "b", len(a_values) + i, 1, {})
+             for i, v in enumerate(b_values)]
+    return _frame(rows)
+
+
+def test_ahead_is_decided_at_equal_n_not_by_the_best_of_all_trials():
+    # The issue's reproduction: a's best of 20 (0.9) tops b's best of 3 (0.86), but at n=3
+    # a's band is about [0.50, 0.65] and b's [0.85, 0.86]: b is ahead, not a.
+    frame = _two_encoders([0.5] * 19 + [0.9], [0.85, 0.85, 0.86])
+    curves = expected_performance(frame, resamples=300)
+    at_3 = curves[curves["n"] == 3].set_index("encoder")
+    assert at_3.loc["a", "band_high"] < at_3.loc["b", "band_low"]
+    row = verdict_strength(frame, curves).iloc[0]
+    assert row["top_two_bands_overlap"] == "no at n=3"
+    assert row["search_verdict"].startswith("b ahead of a: their expected-performance bands are apart at n=3")
+
+
+def test_a_band_of_zero_width_is_no_verdict():
+    # Every trial of b scored the same (as when each predicts the majority class): its band
+    # has no width, and the bands being apart says nothing about which encoder is ahead.
+    frame = _two_encoders([0.30, 0.31, 0.32], [0.26, 0.26, 0.26])
+    row = verdict_strength(frame, expected_performance(frame, resamples=300)).iloc[0]
+    assert row["top_two_bands_overlap"] == "no at n=3"
+    assert row["search_verdict"].startswith("no verdict between a and b at n=3 complete trials each: every "
+                                            "complete trial of b scored the same")
+    assert "ahead" not in row["search_verdict"]
 
 
 def test_a_study_cut_short_by_its_timeout_says_so(trials):
@@ -347,54 +379,84 @@ HALF = np.where(np.arange(40) < 20, LABELS, 1 - LABELS)  # right on the first 20
 
 def test_final_evaluation_compares_encoders_on_the_same_examples():
     # news: strong is right everywhere (3 seeds), weak on the first 20 examples (3 seeds):
-    #   accuracy 1.0 and 0.5, difference 0.5; weak is behind in every resample that draws an
-    #   example from the last 20 (all but 2^-40 of them), so p = 2 (0 + 1) / 2001.
-    # reviews: a and b are right everywhere in every seed (every resampled difference is 0,
-    #   p = 1), c is half right. Holm over the 3 pairs: raw 1, 2/2001, 2/2001 -> 1, 6/2001, 6/2001.
+    #   accuracy 1.0 and 0.5, difference 0.5. Every seed predicts the same, so no seed spread
+    #   shows and the variance is the examples' alone: a paired t-test of the 40 examples'
+    #   right-or-wrong, t = 0.5 / sqrt(0.25 x 40/39 / 40) = 6.24 on 39 degrees of freedom.
+    # reviews: a and b are right everywhere in every seed (no spread at all: no interval, and
+    #   p = 1 for a difference of 0), c is half right. Holm over the 3 pairs: raw 1, p, p -> 1, 3p, 3p.
     expected = pd.concat([_expected("news", ["weak", "strong"]), _expected("reviews", ["c", "b", "a"])])
     runs = pd.DataFrame(_runs("news", "weak", HALF, HALF, HALF) + _runs("news", "strong", RIGHT, RIGHT, RIGHT)
                         + _runs("reviews", "a", RIGHT, RIGHT, RIGHT) + _runs("reviews", "b", RIGHT, RIGHT, RIGHT)
                         + _runs("reviews", "c", HALF, HALF, HALF))
-    final, pairwise = final_evaluation(expected, runs, {"news": LABELS, "reviews": LABELS}, resamples=2000)
+    final, pairwise = final_evaluation(expected, runs, {"news": LABELS, "reviews": LABELS})
+    paired = scipy_stats.ttest_rel((RIGHT == LABELS).astype(float), (HALF == LABELS).astype(float))
+    assert paired.statistic == pytest.approx(6.245, abs=1e-3)
+    p = paired.pvalue
     assert final[["dataset", "encoder"]].values.tolist() == [
         ["news", "strong"], ["news", "weak"], ["reviews", "a"], ["reviews", "b"], ["reviews", "c"]]
     assert final["mean"].tolist() == pytest.approx([1.0, 0.5, 1.0, 1.0, 0.5])
     assert (final[["seeds", "seeds_requested", "test_examples"]] == [3, 3, 40]).all().all()
     assert final["source_trial"].tolist() == [1, 0, 2, 1, 0]
-    assert ((final["ci_low"] >= 0) & (final["ci_low"] <= final["mean"] + 1e-12)
-            & (final["mean"] <= final["ci_high"] + 1e-12) & (final["ci_high"] <= 1)).all()
-    assert (final.iloc[0]["ci_low"], final.iloc[0]["ci_high"]) == (1.0, 1.0)
+    # weak: 0.5 +- t(0.975, 39) x sqrt(0.25 x 40/39 / 40); strong, a and b showed no spread: no interval.
+    half = scipy_stats.t.ppf(0.975, 39) * math.sqrt(0.25 * 40 / 39 / 40)
+    assert final["ci_low"].tolist() == pytest.approx([NAN, 0.5 - half, NAN, NAN, 0.5 - half], nan_ok=True)
+    assert final["ci_high"].tolist() == pytest.approx([NAN, 0.5 + half, NAN, NAN, 0.5 + half], nan_ok=True)
     assert final["not_shown_worse_than_best"].tolist() == [True, False, True, True, False]
     assert (final["missing"] == "").all()
 
     assert pairwise[["dataset", "encoder_a", "encoder_b"]].values.tolist() == [
         ["news", "strong", "weak"], ["reviews", "a", "b"], ["reviews", "a", "c"], ["reviews", "b", "c"]]
     assert pairwise["difference"].tolist() == pytest.approx([0.5, 0.0, 0.5, 0.5])
-    assert pairwise["p_value"].tolist() == pytest.approx([2 / 2001, 1.0, 2 / 2001, 2 / 2001])
-    assert pairwise["p_holm"].tolist() == pytest.approx([2 / 2001, 1.0, 6 / 2001, 6 / 2001])
+    assert pairwise["p_value"].tolist() == pytest.approx([p, 1.0, p, p])
+    assert pairwise["df"].tolist() == pytest.approx([39, math.inf, 39, 39])
+    assert pairwise["p_holm"].tolist() == pytest.approx([p, 1.0, 3 * p, 3 * p])
     assert pairwise["significant_after_holm"].tolist() == [True, False, True, True]
     assert pairwise["pairs"].tolist() == [1, 3, 3, 3]
-    assert (pairwise.loc[1, "ci_low"], pairwise.loc[1, "ci_high"]) == (0.0, 0.0)
-    assert (pairwise["ci_low"] <= pairwise["difference"] + 1e-12).all()
-    assert (pairwise["difference"] <= pairwise["ci_high"] + 1e-12).all()
+    assert math.isnan(pairwise.loc[1, "ci_low"]) and math.isnan(pairwise.loc[1, "ci_high"])
+    assert pairwise.loc[0, ["ci_low", "ci_high"]].tolist() == pytest.approx([0.5 - half, 0.5 + half])
 
     verdicts = top_encoder_verdicts(final, pairwise).set_index("dataset")
     news = pairwise.iloc[0]
     assert verdicts.loc["news", "final_verdict"] == (
         f"news (test split, 40 examples x 3 seeds each): strong - weak = +0.500 accuracy "
-        f"[95% CI {news['ci_low']:+.3f}, {news['ci_high']:+.3f}], Holm-adjusted p = 0.001 over 1 pair: strong higher")
+        f"[95% CI {news['ci_low']:+.3f}, {news['ci_high']:+.3f}], Holm-adjusted p = {p:.2g} over 1 pair: "
+        "strong higher")
     assert verdicts.loc["reviews", "final_verdict"] == (
-        "reviews (test split, 40 examples x 3 seeds each): a - b = +0.000 accuracy [95% CI +0.000, +0.000], "
-        "Holm-adjusted p = 1 over 3 pairs: not shown different; not shown worse than a: a, b")
+        "reviews (test split, 40 examples x 3 seeds each): a - b = +0.000 accuracy [no interval: the runs show no "
+        "spread], Holm-adjusted p = 1 over 3 pairs: not shown different; not shown worse than a: a, b")
     assert verdicts.loc["reviews", "final_not_shown_worse_than_best"] == "a, b"
     assert verdicts.loc["news", "final_missing"] == ""
+
+
+def test_two_seeds_that_disagree_count_at_their_one_degree_of_freedom_each():
+    # The issue's failure: resampling 2 seeds shows a fraction of their spread. On 400 test
+    # examples, a's two seeds score 0.85 and 0.75, b's 0.70 and 0.65: every resample of the
+    # seeds kept a ahead (by 0.05 at least), and the bootstrap said p = 0.01. What two seeds
+    # each show is Welch's t-test of the four scores, p = 0.2; the examples' part only adds.
+    labels = np.array([0, 1] * 200)
+    rng = np.random.default_rng(3)
+
+    def seed(accuracy):
+        right = rng.permutation(labels.size) < round(labels.size * accuracy)
+        return np.where(right, labels, 1 - labels)
+
+    runs = pd.DataFrame(_runs("news", "a", seed(0.85), seed(0.75)) + _runs("news", "b", seed(0.70), seed(0.65)))
+    final, pairwise = final_evaluation(_expected("news", ["a", "b"], seeds_requested=2), runs, {"news": labels})
+    welch = scipy_stats.ttest_ind_from_stats(0.80, np.std([0.85, 0.75], ddof=1), 2, 0.675,
+                                             np.std([0.70, 0.65], ddof=1), 2, equal_var=False)
+    pair = pairwise.iloc[0]
+    assert pair["difference"] == pytest.approx(0.125)
+    assert not pair["significant_after_holm"]
+    assert pair["p_value"] >= welch.pvalue - 1e-9 and welch.pvalue > 0.15
+    assert pair["df"] < 2  # the seeds' few degrees of freedom, not the examples' 399
+    assert top_encoder_verdicts(final, pairwise).iloc[0]["final_verdict"].endswith("not shown different")
 
 
 def test_an_interrupted_final_evaluation_draws_no_verdict():
     # ghost was never evaluated and weak has 2 of its 3 seeds: either could change the verdict.
     expected = _expected("news", ["weak", "strong", "ghost"])
     runs = pd.DataFrame(_runs("news", "weak", HALF, HALF) + _runs("news", "strong", RIGHT, RIGHT, RIGHT))
-    final, pairwise = final_evaluation(expected, runs, {"news": LABELS}, resamples=200)
+    final, pairwise = final_evaluation(expected, runs, {"news": LABELS})
     assert final["encoder"].tolist() == ["strong", "weak", "ghost"]
     assert final["seeds"].tolist() == [3, 2, 0]
     assert final["missing"].tolist() == ["", "1 of 3 seeds missing", "not evaluated"]
@@ -412,8 +474,7 @@ def test_an_interrupted_final_evaluation_draws_no_verdict():
 
 def test_final_evaluation_of_one_encoder_compares_nothing():
     runs = pd.DataFrame(_runs("news", "solo", RIGHT, HALF))
-    final, pairwise = final_evaluation(_expected("news", ["solo"], seeds_requested=2), runs, {"news": LABELS},
-                                       resamples=100)
+    final, pairwise = final_evaluation(_expected("news", ["solo"], seeds_requested=2), runs, {"news": LABELS})
     assert pairwise.empty and final["mean"].tolist() == pytest.approx([0.75])
     assert final["not_shown_worse_than_best"].tolist() == [True]
     assert top_encoder_verdicts(final, pairwise).iloc[0]["final_verdict"] == (
@@ -590,6 +651,34 @@ def test_reference_rows_are_listed_but_never_ranked_and_flag_the_encoders(trials
     trials_cell, rank_cell = cells["encoder"].index("trials: news"), cells["encoder"].index("mean_rank")
     assert cells["e3"][trials_cell] == "2"  # an integer still, beside the reference rows' blanks
     assert cells[MAJORITY][trials_cell] == "" and cells[MAJORITY][rank_cell] == ""
+
+
+RANDOM = "(reference) random guessing"
+
+
+def test_at_chance_is_the_better_of_the_majority_class_and_random_guessing(trials):
+    # The issue's case: macro-F1 with classes 0.43 / 0.40 / 0.17, where the majority class
+    # scores 0.2005 and uniform guessing 0.3215. reviews' e1 and e2 (0.60) clear both; on news
+    # (accuracy) the majority class is the better chance row. A reviews encoder at 0.25 sits
+    # above the majority class but below guessing: at chance.
+    references = _references([*REFERENCES[:4], ("bench-news", "accuracy", RANDOM, "validation", 0.33),
+                              ("bench-reviews", "macro_f1", MAJORITY, "validation", 0.2005),
+                              ("bench-reviews", "macro_f1", RANDOM, "validation", 0.3215),
+                              ("bench-reviews", "macro_f1", TFIDF, "validation", 0.59)])
+    weak = trials.assign(value=trials["value"].where(
+        ~((trials["study"] == "bench-reviews") & (trials["encoder"] == "e2")), 0.25))
+    flags = reference_flags(weak, references).set_index(["dataset", "encoder"])
+    assert flags.loc[("reviews", "e2"), ["chance", "at_chance", "not_above_tfidf"]].tolist() == [0.3215, True, True]
+    assert ("reviews", "e1") not in flags.index
+    assert flags.loc[("news", "e3"), ["chance", "at_chance"]].tolist() == [0.70, True]
+    sentence = [text for text in reference_flag_sentences(flags.reset_index()) if text.startswith("reviews")]
+    assert sentence == [
+        "reviews: e2 is at chance and not above tf-idf + logreg: its best validation macro_f1 is 0.2500 (best of 2 "
+        "complete trials), against 0.2005 for the majority class, 0.3215 for random guessing and 0.5900 for tf-idf "
+        "+ logreg (fitted on the same 400 training examples, scored on the same 200 validation examples)"]
+    # Both chance rows are on the leaderboard, after the encoders.
+    table = encoder_leaderboard(weak, references).set_index("encoder")
+    assert table.loc[[MAJORITY, RANDOM], "reviews"].tolist() == pytest.approx([0.2005, 0.3215])
 
 
 def test_final_table_gets_the_reference_test_scores(trials):

@@ -123,3 +123,17 @@ def test_agrees_with_sklearn_when_a_class_is_never_predicted():
     result = classification_metrics(labels, predictions, 4)
     assert result["macro_f1"] == pytest.approx(f1_score(labels, predictions, average="macro", zero_division=0))
     assert result["mcc"] == pytest.approx(matthews_corrcoef(labels, predictions))
+
+
+@pytest.mark.parametrize("metric", [accuracy, macro_f1, mcc])
+def test_a_stack_of_matrices_scores_as_each_matrix_alone(metric):
+    rng = np.random.default_rng(0)
+    stack = rng.integers(0, 9, size=(40, 3, 3))
+    stack[0] = 0  # empty: every metric's undefined case
+    stack[1] = np.diag([4, 0, 0])  # one class only
+    stack[2, :, :] = 0
+    stack[2, :, 1] = 5  # one prediction for every label
+    each = [metric(matrix) for matrix in stack]
+    assert all(isinstance(value, float) for value in each)
+    assert metric(stack) == pytest.approx(each)
+    assert metric(stack.reshape(4, 10, 3, 3)).shape == (4, 10)

@@ -114,3 +114,49 @@ def test_only_encoders_complete_on_every_dataset_are_ranked():
     assert matrix.loc["y", "e2"] == pytest.approx(0.65)
     assert ranking.left_out(trials, matrix) == ["e3"]
     assert ranking.dataset_metrics(trials) == {"x": "accuracy", "y": "accuracy"}
+
+
+def test_encoders_are_ranked_at_the_budget_they_share_not_by_their_best_of_all():
+    # Pruning left a 2 complete trials and b 3 on every dataset. By best value b leads on
+    # each (0.82 > 0.80); at n = 2 a's expected best is 0.25 x 0.70 + 0.75 x 0.80 = 0.775 and
+    # b's (1/9) 0.60 + (3/9) 0.75 + (5/9) 0.82 = 0.7722: a leads.
+    rows = []
+    for d in ("x", "y", "z"):
+        rows += [_trial(f"b-{d}", d, "macro_f1", i, "COMPLETE", v, "a", i, 1, {}) for i, v in enumerate([0.80, 0.70])]
+        rows += [_trial(f"b-{d}", d, "macro_f1", 2 + i, "COMPLETE", v, "b", 2 + i, 1, {})
+                 for i, v in enumerate([0.60, 0.75, 0.82])]
+        rows.append(_trial(f"b-{d}", d, "macro_f1", 5, "PRUNED", 0.5, "a", 5, 1, {}))
+    trials = _frame(rows)
+    matrix = ranking.score_matrix(trials)
+    assert matrix["a"].tolist() == pytest.approx([0.775] * 3)
+    assert matrix["b"].tolist() == pytest.approx([0.60 / 9 + 0.75 / 3 + 0.82 * 5 / 9] * 3)
+    assert ranking.mean_ranks(matrix)["encoder"].tolist() == ["a", "b"]
+    assert ranking.compared_trials(trials) == {"x": 2, "y": 2, "z": 2}
+    tests = ranking.ranking_tests(matrix, ranking.dataset_metrics(trials), ranking.compared_trials(trials))
+    assert tests["trials_compared"].tolist() == ["x 2, y 2, z 2"]
+    assert ranking.ranking_verdict(tests).endswith(
+        "Each encoder is scored on a dataset by its expected best of n complete trials, n the fewest any ranked "
+        "encoder has there (x 2, y 2, z 2), so no best of more trials meets a best of fewer.")
+
+
+def test_the_wilcoxon_floor_counts_only_non_zero_differences():
+    # Six datasets would allow p = 2 / 64 = 0.031; two ties leave four differences, whose
+    # smallest p is 2 / 16 = 0.125, whatever their signs.
+    scores = pd.DataFrame({"a": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], "b": [0.85, 0.75, 0.65, 0.55, 0.5, 0.4]},
+                          index=[f"d{i}" for i in range(6)])
+    [row] = ranking.ranking_tests(scores, dict.fromkeys(scores.index, "accuracy")).to_dict("records")
+    assert row["p_value"] == pytest.approx(0.125)
+    assert row["note"] == ("4 of the 6 differences are non-zero (the test drops ties), so the two-sided test "
+                           "cannot go below p = 0.125; p < 0.05 needs at least 6 non-zero differences")
+
+
+def test_differences_that_are_all_equal_give_no_interval():
+    # +0.01 on each of 3 datasets: s = 0, and [+0.01, +0.01] would read as a difference known
+    # exactly, where three datasets cannot even reach p < 0.25.
+    scores = pd.DataFrame({"a": [0.91, 0.81, 0.71], "b": [0.90, 0.80, 0.70]}, index=["d1", "d2", "d3"])
+    tests = ranking.ranking_tests(scores, dict.fromkeys(scores.index, "accuracy"))
+    row = tests.iloc[0]
+    assert math.isnan(row["ci_low"]) and math.isnan(row["ci_high"])
+    assert "all 3 differences are equal (+0.0100), so they give no interval" in row["note"]
+    verdict = ranking.ranking_verdict(tests)
+    assert "mean difference +0.0100, no interval)" in verdict and "[+0.0100, +0.0100]" not in verdict

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 import re
 import shutil
@@ -251,7 +252,7 @@ def test_svgs_hold_the_pngs_figures_with_editable_text(written):
     texts = {stem: "".join(root.itertext()) for stem, root in svgs.items()}
     assert all(root.tag == "{http://www.w3.org/2000/svg}svg" for root in svgs.values())
     assert "topics (complete trials: bert 3, roberta 3)" in texts["expected_performance"]
-    assert "test accuracy (mean, 95% bootstrap CI)" in texts["final_evaluation"]
+    assert "test accuracy (mean, 95% CI)" in texts["final_evaluation"]
 
 
 def test_png_panels_share_one_legend_of_every_encoder(storage):
@@ -317,7 +318,7 @@ def test_an_unevaluated_encoder_is_listed_and_named_on_the_axis_not_drawn(storag
                                    ci_high=[0.8437, float("nan")], not_shown_worse_than_best=[None, None],
                                    missing=["", "not evaluated"])
     shown = report.final_display(final)
-    assert shown.iloc[1][["seeds", "95% CI (bootstrap)", "not shown worse than the best", "missing"]].tolist() == [
+    assert shown.iloc[1][["seeds", "95% CI (seeds and examples)", "not shown worse than the best", "missing"]].tolist() == [
         "0 of 5", "–", "–", "not evaluated"]
     colours = report.encoder_colours(ENCODERS)
     # Its place on the axis says it is missing, so an empty place is not read as no encoder.
@@ -473,7 +474,7 @@ def test_chromium_renders_every_figure(written, tmp_path):
     expected = figures["expected-performance"]
     assert [expected["layout"][axis]["title"]["text"] for axis in ("yaxis", "yaxis2")] == [
         "expected best validation macro-F1", "expected best validation accuracy"]
-    assert figures["final-evaluation"]["layout"]["yaxis"]["title"]["text"] == "test accuracy (mean, 95% bootstrap CI)"
+    assert figures["final-evaluation"]["layout"]["yaxis"]["title"]["text"] == "test accuracy (mean, 95% CI)"
     assert figures["dataset-0-curves"]["layout"]["yaxis"]["title"]["text"] == "validation macro-F1"
     # Integer ticks for n, as drawn; pairs' single trial is a point with its sentence.
     assert expected["xticks"] and all(tick.isdigit() for tick in expected["xticks"])
@@ -549,15 +550,17 @@ def test_reference_notes_state_the_flags_in_words():
     from benchmark.report.leaderboard import FLAG_COLUMNS
 
     references = pd.DataFrame({"study": ["tiny-topics"], "reference": ["(reference) majority class"]})
-    flags = pd.DataFrame([["topics", "bert", "accuracy", 0.5, 2, 0.5, 0.7, 200, 400, True, True]],
+    flags = pd.DataFrame([["topics", "bert", "accuracy", 0.5, 2, 0.5, 0.25, 0.5, 0.7, 200, 400, True, True]],
                          columns=FLAG_COLUMNS)
     notes = report.reference_notes(references, flags)
     assert "They take no rank and no normalized score." in notes
+    assert "Chance is the better of the first two in the dataset&#x27;s metric" in notes
     assert ("topics: bert is at chance and not above tf-idf + logreg: its best validation accuracy is 0.5000 "
-            "(best of 2 complete trials), against 0.5000 for the majority class and 0.7000 for tf-idf + logreg "
-            "(fitted on the same 400 training examples, scored on the same 200 validation examples).") in notes
+            "(best of 2 complete trials), against 0.5000 for the majority class, 0.2500 for random guessing and "
+            "0.7000 for tf-idf + logreg (fitted on the same 400 training examples, scored on the same 200 "
+            "validation examples).") in notes
     cleared = report.reference_notes(references, flags.iloc[:0])
-    assert "Every encoder&#x27;s best validation value clears both reference rows" in cleared
+    assert "Every encoder&#x27;s best validation value clears chance and tf-idf" in cleared
     assert report.reference_notes(pd.DataFrame(), flags) == ""  # a storage from before the reference rows
 
 
@@ -617,8 +620,8 @@ def test_chromium_draws_the_critical_difference_diagram(storage, tmp_path):
 
 
 def test_a_mean_just_beside_its_percentile_interval_still_draws(storage):
-    # A percentile bootstrap interval of macro-F1 can miss the observed mean by a hair;
-    # matplotlib refuses negative error lengths, which would stop the whole report.
+    # A mean rounded past its metric's bound (MCC 1.0000000000000002) lies beside its cut
+    # interval by a hair; matplotlib refuses negative error lengths, which would stop the report.
     final = full_tables(storage)["final"].assign(seeds=[5, 5], mean=[0.80, 0.60], ci_low=[0.801, 0.55],
                                                  ci_high=[0.85, 0.599], missing=["", ""])
     colours = report.encoder_colours(ENCODERS)
@@ -643,3 +646,17 @@ def test_the_header_gives_each_encoders_precision_as_its_trials_trained(tmp_path
     old.set_user_attr(schema.PRECISION_ATTR, "bf16")
     table = report.provenance_table({"trained": trained, "stored": stored, "old": old}, None)
     assert table["precision"].tolist() == ["bert bf16 (2), fp32 (1); roberta tf32", "bert bf16; roberta fp32", "bf16"]
+
+
+def test_a_mean_without_an_interval_draws_no_bar(storage):
+    # Runs without spread (every seed right on every example) have no interval: no bar,
+    # since one of zero length would read as a score known exactly, and the figures still draw.
+    final = full_tables(storage)["final"].assign(seeds=[5, 5], mean=[1.0, 0.60], ci_low=[math.nan, 0.55],
+                                                 ci_high=[math.nan, 0.65], missing=["", ""])
+    colours = report.encoder_colours(ENCODERS)
+    figure = report.final_figure(final, colours)
+    bars = [(trace.error_y.arrayminus[0], trace.error_y.array[0]) for trace in figure.data]
+    assert all(math.isnan(length) for length in bars[0]) and bars[1] == pytest.approx((0.05, 0.05))
+    [panel] = [ax for ax in report.final_evaluation_png(final, colours).axes if ax.get_visible()]
+    assert len(panel.containers) == 2
+    assert report.final_display(final)["95% CI (seeds and examples)"].tolist()[0] == "–"

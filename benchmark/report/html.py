@@ -36,7 +36,7 @@ from scikit_posthocs import critical_difference_diagram
 from benchmark.config import provenance
 from benchmark.files import write_atomic
 from benchmark.report import ranking
-from benchmark.report.leaderboard import FINAL_RESAMPLES, reference_flag_sentences
+from benchmark.report.leaderboard import reference_flag_sentences
 from benchmark.schema import (
     BENCHMARK_ATTR,
     COMPARISON_ATTR,
@@ -51,7 +51,14 @@ from benchmark.schema import (
     SURPLUS_ATTR,
     VERSIONS_ATTR,
 )
-from benchmark.train.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, REFERENCE_PREFIX, TFIDF_LOGREG
+from benchmark.train.baselines import (
+    BASELINE_NAMES,
+    MAJORITY,
+    RANDOM,
+    REFERENCE_NAMES,
+    REFERENCE_PREFIX,
+    TFIDF_LOGREG,
+)
 
 REPORT_FILE = "report.html"
 EXPECTED_PERFORMANCE_PNG = "expected_performance.png"
@@ -64,11 +71,13 @@ REPORT_FILES = (REPORT_FILE, *(str(Path(png).with_suffix(f".{ext}")) for png in 
     EXPECTED_PERFORMANCE_PNG, FINAL_EVALUATION_PNG, CRITICAL_DIFFERENCE_PNG) for ext in FIGURE_FORMATS))
 
 FINAL_METHOD = (
-    f"Means, 95% intervals and p-values come from {FINAL_RESAMPLES:,} bootstrap resamples that draw test "
-    "examples and seeds together, the same examples for every encoder (a paired comparison); a difference is "
-    "a minus b in metric points. p_holm is Holm-adjusted over every pair of encoders of the dataset. The best "
-    "encoder is picked after the fact; \"not shown worse than the best\" means its adjusted p against the best "
-    "is 0.05 or more, which is no proof that the two are equivalent. A dataset with missing runs gets no verdict.")
+    "A score is the metric on the test split, averaged over the seeds. Means, 95% intervals and p-values are t "
+    "intervals and t-tests whose variance counts both the test examples (the same ones for every encoder: a paired "
+    "comparison) and the seeds, on the seeds' few degrees of freedom, so 2 or 3 seeds give wide intervals; a "
+    "difference is a minus b in metric points. p_holm is Holm-adjusted over every pair of encoders of the dataset. "
+    "Where the runs show no spread at all, there is no interval (–) and no verdict. The best encoder is picked "
+    "after the fact; \"not shown worse than the best\" means its adjusted p against the best is 0.05 or more, "
+    "which is no proof that the two are equivalent. A dataset with missing runs gets no verdict.")
 
 PALETTE = qualitative.Plotly + qualitative.D3
 FIGURE_HEIGHT_PX = 460
@@ -214,13 +223,13 @@ def rests_on(trials: pd.DataFrame | None, what: str) -> str:
 
 
 def final_display(final: pd.DataFrame) -> pd.DataFrame:
-    """The final evaluation as read: what each mean rests on, its 95% bootstrap interval, and
-    what is missing."""
+    """The final evaluation as read: what each mean rests on, its 95% t interval over seeds and
+    test examples, and what is missing."""
     shown = final[["dataset", "encoder", "metric"]].copy()
     shown["seeds"] = [f"{seeds} of {requested}" for seeds, requested in zip(final["seeds"], final["seeds_requested"])]
     shown["test examples"] = final["test_examples"]
     shown["mean"] = final["mean"]
-    shown["95% CI (bootstrap)"] = ["–" if math.isnan(low) else f"[{low:.4f}, {high:.4f}]"
+    shown["95% CI (seeds and examples)"] = ["–" if math.isnan(low) else f"[{low:.4f}, {high:.4f}]"
                                    for low, high in zip(final["ci_low"], final["ci_high"])]
     shown["source trial"] = final["source_trial"]
     shown["not shown worse than the best"] = final["not_shown_worse_than_best"].map(
@@ -236,14 +245,16 @@ def reference_notes(references: pd.DataFrame | None, flags: pd.DataFrame | None)
     """What the leaderboard's reference rows are, and each encoder that does not clear them."""
     if references is None or references.empty or flags is None:
         return ""
-    about = (f"The rows marked {REFERENCE_PREFIX.strip()} are two baselines fitted on the same training split and "
+    about = (f"The rows marked {REFERENCE_PREFIX.strip()} are baselines fitted on the same training split and "
              f"scored on the same validation split as the encoders, at fixed settings: the "
-             f"{BASELINE_NAMES[MAJORITY]}, and {BASELINE_NAMES[TFIDF_LOGREG]} (TF-IDF of words and word pairs, "
-             f"logistic regression). They take no rank and no normalized score. An encoder's value is the best "
+             f"{BASELINE_NAMES[MAJORITY]}, {BASELINE_NAMES[RANDOM]} (uniform over the labels, the mean of seeded "
+             f"draws), and {BASELINE_NAMES[TFIDF_LOGREG]} (TF-IDF of words and word pairs, logistic regression). "
+             f"Chance is the better of the first two in the dataset's metric: on macro-F1 guessing can beat the "
+             f"majority class. They take no rank and no normalized score. An encoder's value is the best "
              f"of its trials on the same validation split, so a small margin above a reference row is no proof "
              f"that it does better.")
     verdicts = [f"{sentence}." for sentence in reference_flag_sentences(flags)] or [
-        "Every encoder's best validation value clears both reference rows on every dataset it has a complete "
+        "Every encoder's best validation value clears chance and tf-idf on every dataset it has a complete "
         "trial on."]
     return "".join(f"<p>{html.escape(text)}</p>" for text in [about, *verdicts])
 
@@ -498,9 +509,12 @@ def _final_label(encoder) -> str:
 
 
 def _error_bar(encoder) -> tuple[float, float]:
-    """How far the interval reaches below and above the mean. A percentile bootstrap interval
-    of a nonlinear metric (macro-F1) can sit just beside the observed mean, and a negative
-    length would stop matplotlib from drawing the figure at all."""
+    """How far the interval reaches below and above the mean; no bar where there is no interval
+    (the runs showed no spread), since a bar of zero length would read as a score known exactly.
+    A mean rounded past its metric's bound (MCC 1.0000000000000002) lies beside its cut
+    interval, and a negative length would stop matplotlib from drawing the figure at all."""
+    if math.isnan(encoder.ci_low):
+        return math.nan, math.nan
     return max(encoder.mean - encoder.ci_low, 0.0), max(encoder.ci_high - encoder.mean, 0.0)
 
 
@@ -517,7 +531,7 @@ def _final_traces(figure: go.Figure, row: int, column: int, final: pd.DataFrame,
 
 
 def final_figure(final: pd.DataFrame, colours: Colours) -> go.Figure:
-    figure = dataset_panels(final, _final_traces, colours, "test {metric} (mean, 95% bootstrap CI)")
+    figure = dataset_panels(final, _final_traces, colours, "test {metric} (mean, 95% CI)")
     return figure.update_layout(title="Final evaluation over seeds and test examples")
 
 
@@ -534,7 +548,7 @@ def _final_panel(ax: Axes, final: pd.DataFrame, colours: Colours) -> None:
 
 
 def final_evaluation_png(final: pd.DataFrame, colours: Colours) -> Figure:
-    return panels_png(final, _final_panel, colours, "test {metric} (mean, 95% bootstrap CI)")
+    return panels_png(final, _final_panel, colours, "test {metric} (mean, 95% CI)")
 
 
 # Per dataset

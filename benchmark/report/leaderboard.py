@@ -11,7 +11,7 @@ import pandas as pd
 
 from benchmark.report import stats
 from benchmark.schema import timeout_stop_text
-from benchmark.train.baselines import BASELINE_NAMES, MAJORITY, REFERENCE_NAMES, TFIDF_LOGREG
+from benchmark.train.baselines import BASELINE_NAMES, CHANCE, MAJORITY, RANDOM, REFERENCE_NAMES, TFIDF_LOGREG
 
 PARAM_PREFIX = "param_"
 TRIALS_PREFIX = "trials: "
@@ -20,8 +20,6 @@ FINISHED_STATES = ("COMPLETE", "PRUNED")
 # `results.trials_frame`).
 INTERRUPTED_STATE = "INTERRUPTED"
 SIGNIFICANCE_LEVEL = 0.05
-# Bootstrap resamples of the final evaluation: the smallest p-value it can show is 2 / 2001.
-FINAL_RESAMPLES = 2000
 
 
 def dataset_columns(trials: pd.DataFrame) -> dict[str, str]:
@@ -104,16 +102,20 @@ def reference_values(references: pd.DataFrame, split: str) -> pd.DataFrame:
         ["study", "reference", "value", "examples", "train_examples"]]
 
 
-FLAG_COLUMNS = ["dataset", "encoder", "metric", "best_value", "complete_trials", "majority", "tfidf_logreg",
-                "validation_examples", "train_examples", "at_chance", "not_above_tfidf"]
+FLAG_COLUMNS = ["dataset", "encoder", "metric", "best_value", "complete_trials", "majority", "random_guessing",
+                "chance", "tfidf_logreg", "validation_examples", "train_examples", "at_chance", "not_above_tfidf"]
 
 
 def reference_flags(trials: pd.DataFrame, references: pd.DataFrame) -> pd.DataFrame:
     """The encoders whose best validation value on a dataset does not clear a reference
-    baseline's on the same validation split: `at_chance` when it is at or below the
-    majority class's, `not_above_tfidf` when at or below TF-IDF + logistic regression's."""
+    baseline's on the same validation split: `at_chance` when it is at or below `chance`,
+    the better of the majority class's and random guessing's (see `baselines`), and
+    `not_above_tfidf` when at or below TF-IDF + logistic regression's. `random_guessing` is
+    NaN for a study stored before that row existed; chance is then the majority class's."""
     values = reference_values(references, "validation")
-    by_study = values.pivot(index="study", columns="reference", values="value")
+    by_study = values.pivot(index="study", columns="reference", values="value").reindex(
+        columns=list(REFERENCE_NAMES.values()))
+    chance = by_study[[REFERENCE_NAMES[name] for name in CHANCE]].max(axis=1)
     sizes = values.groupby("study")[["examples", "train_examples"]].first()
     columns = dataset_columns(trials) if not trials.empty else {}
     complete = trials[trials["state"] == "COMPLETE"].groupby(["study", "encoder"]).size()
@@ -121,17 +123,19 @@ def reference_flags(trials: pd.DataFrame, references: pd.DataFrame) -> pd.DataFr
     for row in (best_per_encoder(trials).itertuples() if not trials.empty else ()):
         if row.study not in by_study.index:
             continue
-        majority = by_study.at[row.study, REFERENCE_NAMES[MAJORITY]]
         tfidf = by_study.at[row.study, REFERENCE_NAMES[TFIDF_LOGREG]]
-        if row.value > majority and row.value > tfidf:
+        if row.value > chance[row.study] and row.value > tfidf:
             continue
         rows.append({
             "dataset": columns[row.study], "encoder": row.encoder,
             "metric": trials.loc[trials["study"] == row.study, "metric"].iloc[0], "best_value": row.value,
-            "complete_trials": int(complete[row.study, row.encoder]), "majority": majority, "tfidf_logreg": tfidf,
+            "complete_trials": int(complete[row.study, row.encoder]),
+            "majority": by_study.at[row.study, REFERENCE_NAMES[MAJORITY]],
+            "random_guessing": by_study.at[row.study, REFERENCE_NAMES[RANDOM]], "chance": chance[row.study],
+            "tfidf_logreg": tfidf,
             "validation_examples": int(sizes.at[row.study, "examples"]),
             "train_examples": int(sizes.at[row.study, "train_examples"]),
-            "at_chance": bool(row.value <= majority), "not_above_tfidf": bool(row.value <= tfidf),
+            "at_chance": bool(row.value <= chance[row.study]), "not_above_tfidf": bool(row.value <= tfidf),
         })
     return pd.DataFrame(rows, columns=FLAG_COLUMNS)
 
@@ -146,12 +150,18 @@ def reference_flag_sentences(flags: pd.DataFrame) -> list[str]:
     return [
         f"{flag.dataset}: {flag.encoder} is {_flag_words(flag)}: its best validation {flag.metric} is "
         f"{flag.best_value:.4f} (best of {flag.complete_trials} complete trial{'s' * (flag.complete_trials != 1)}), "
-        f"against {flag.majority:.4f} for the {BASELINE_NAMES[MAJORITY]} and {flag.tfidf_logreg:.4f} for "
-        f"{BASELINE_NAMES[TFIDF_LOGREG]} "
+        f"against {_references_text(flag)} "
         f"(fitted on the same {flag.train_examples} training examples, scored on the same "
         f"{flag.validation_examples} validation examples)"
         for flag in flags.itertuples()
     ]
+
+
+def _references_text(flag) -> str:
+    shown = [f"{flag.majority:.4f} for the {BASELINE_NAMES[MAJORITY]}",
+             *([] if pd.isna(flag.random_guessing) else [f"{flag.random_guessing:.4f} for {BASELINE_NAMES[RANDOM]}"]),
+             f"{flag.tfidf_logreg:.4f} for {BASELINE_NAMES[TFIDF_LOGREG]}"]
+    return ", ".join(shown[:-1]) + " and " + shown[-1]
 
 
 def with_reference_test_scores(final: pd.DataFrame, references: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
@@ -282,33 +292,44 @@ def verdict_strength(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame
     top two encoders' expected-performance bands (see `expected_performance`) still
     overlap at the budget spent.
 
-    The bands are compared at n = the smaller of the two encoders' complete trials: the
-    same budget for both, so the encoder that got more trials is not credited with a
-    best-of-more, and both curves are defined there.
+    Every encoder with a complete trial is compared at n = the fewest complete trials any of
+    them has: the same budget for all, so the encoder that got more trials is not credited
+    with a best-of-more, and every curve is defined there. The top two are those with the
+    highest expected best at that n, and "ahead" goes to the one whose band lies above the
+    other's: a best-of-all-trials order can put first an encoder whose band at n lies
+    below. A band of zero width (every complete trial scored the same) reads as no verdict:
+    it says the values did not vary, not that they are known exactly.
     """
     rows = []
     columns = dataset_columns(trials) if not trials.empty else {}
     for study, group in trials.groupby("study", sort=True):
         complete = group[group["state"] == "COMPLETE"]
         counts = complete.groupby("encoder").size().reindex(sorted(group["encoder"].dropna().unique()), fill_value=0)
-        best = complete.groupby("encoder")["value"].max()
-        ranked = sorted(best.index, key=lambda encoder: (-best[encoder], encoder))
         overlap, verdict = "", "no two encoders have a complete trial to compare"
-        if len(ranked) >= 2:
-            a, b = ranked[:2]
-            n = int(min(counts[a], counts[b]))
+        compared = counts[counts > 0]
+        if len(compared) >= 2:
+            n = int(compared.min())
             bands = curves[(curves["study"] == study) & (curves["n"] == n)].set_index("encoder")
-            overlapping = bool(bands.loc[a, "band_low"] <= bands.loc[b, "band_high"]
-                               and bands.loc[b, "band_low"] <= bands.loc[a, "band_high"])
+            ranked = sorted(compared.index, key=lambda encoder: (-bands.loc[encoder, "expected_max"], encoder))
+            a, b = ranked[:2]
+            low, high = bands["band_low"], bands["band_high"]
+            overlapping = bool(low[a] <= high[b] and low[b] <= high[a])
             overlap = f"{'yes' if overlapping else 'no'} at n={n}"
+            flat = [encoder for encoder in (a, b) if low[encoder] == high[encoder]]
             if n <= TOO_FEW_TRIALS:
-                verdict = (f"too few trials to compare: {a} rests on {counts[a]} and {b} on {counts[b]} complete "
-                           "trial(s); run more trials before reading a ranking")
+                fewest = ", ".join(compared.index[compared == n])
+                verdict = (f"too few trials to compare: at n={n} complete trial(s) each (the fewest, {fewest}), "
+                           f"{a} leads {b}; run more trials before reading a ranking")
             elif overlapping:
                 verdict = (f"{a} and {b} overlap at n={n} complete trials each: more trials, not a choice between "
                            "them, is what the data supports")
+            elif flat:
+                verdict = (f"no verdict between {a} and {b} at n={n} complete trials each: every complete trial of "
+                           f"{' and of '.join(flat)} scored the same, so its band has no width and shows no spread "
+                           "to compare against")
             else:
-                verdict = (f"{a} ahead of {b}: their expected-performance bands are apart at n={n} complete "
+                leader, other = (a, b) if low[a] > high[b] else (b, a)
+                verdict = (f"{leader} ahead of {other}: their expected-performance bands are apart at n={n} complete "
                            "trials each")
         rows.append({"dataset": columns[study],
                      "complete_per_encoder": ", ".join(f"{encoder} {count}" for encoder, count in counts.items()),
@@ -319,24 +340,25 @@ def verdict_strength(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame
 FINAL_COLUMNS = ["dataset", "encoder", "metric", "seeds", "seeds_requested", "test_examples", "mean", "ci_low",
                  "ci_high", "source_trial", "not_shown_worse_than_best", "missing"]
 PAIRWISE_COLUMNS = ["dataset", "encoder_a", "encoder_b", "metric", "difference", "ci_low", "ci_high", "p_value",
-                    "p_holm", "significant_after_holm", "pairs", "test_examples", "seeds_a", "seeds_b", "missing"]
+                    "p_holm", "significant_after_holm", "df", "pairs", "test_examples", "seeds_a", "seeds_b", "missing"]
 VERDICT_COLUMNS = ["dataset", "final_verdict", "final_not_shown_worse_than_best", "final_missing"]
 
 
-def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[str, np.ndarray],
-                     resamples: int = FINAL_RESAMPLES, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame,
+                     labels: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The final runs' test predictions, summarized per encoder and compared pairwise per dataset.
 
     `expected` has a row per encoder that the final evaluation should have run (`dataset`,
     `encoder`, `metric`, `source_trial`, `seeds_requested`); `runs` a row per run of those
     (`dataset`, `encoder`, `seed`, `predictions`); `labels` each dataset's test labels.
-    Means, 95% intervals and two-sided p-values come from `stats.paired_bootstrap` (test
-    examples and seeds resampled together); p-values are Holm-adjusted over every pair of
-    encoders in a dataset.
+    Means, 95% t intervals and two-sided p-values come from `stats.compare_seeded` (a
+    variance that counts the test examples and the seeds, with the seeds' few degrees of
+    freedom); p-values are Holm-adjusted over every pair of encoders in a dataset.
 
     `not_shown_worse_than_best`: the encoder's adjusted p against the top-mean encoder is at
-    least 0.05 (the top one included). The best was chosen after the fact, and this is no
-    proof of equivalence: the test set and seeds could not tell them apart, nothing more.
+    least 0.05 (the top one included); empty where that p is unknown (no spread in the runs,
+    see `stats.t_interval`). The best was chosen after the fact, and this is no proof of
+    equivalence: the test set and seeds could not tell them apart, nothing more.
     Where an encoder has no run or fewer seeds than requested, `missing` says so and the
     dataset gets no verdict (the adjusted p-values and this column stay empty): the missing
     runs could change it. Each pair's `missing` lists the dataset's missing runs, since they
@@ -353,9 +375,7 @@ def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[st
         complete = not any(missing.values())
         estimates, differences = {}, {}
         if predictions:  # keyed in name order (groupby sorts), so ties rank by name
-            draws = stats.draw_resamples(len(truth), {name: len(rows) for name, rows in predictions.items()},
-                                         resamples, seed)
-            estimates, differences = stats.paired_bootstrap(truth, predictions, metric, draws)
+            estimates, differences = stats.compare_seeded(truth, predictions, metric)
         adjusted = dict(zip(differences, stats.holm([d.p_value for d in differences.values()])))
         order = [*estimates, *(name for name in sorted(missing) if name not in estimates)]
         missing_text = missing_runs_text((encoder, missing[encoder]) for encoder in order)
@@ -365,7 +385,7 @@ def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[st
                 "difference": difference.value, "ci_low": difference.low, "ci_high": difference.high,
                 "p_value": difference.p_value, "p_holm": adjusted[a, b] if complete else np.nan,
                 "significant_after_holm": adjusted[a, b] < SIGNIFICANCE_LEVEL if complete else None,
-                "pairs": len(differences), "test_examples": len(truth),
+                "df": difference.df, "pairs": len(differences), "test_examples": len(truth),
                 "seeds_a": len(predictions[a]), "seeds_b": len(predictions[b]), "missing": missing_text,
             })
         sources = plan.set_index("encoder")["source_trial"]
@@ -373,7 +393,7 @@ def final_evaluation(expected: pd.DataFrame, runs: pd.DataFrame, labels: dict[st
         for encoder in order:
             estimate = estimates.get(encoder)
             not_worse = None
-            if complete and estimate is not None:
+            if complete and estimate is not None and (encoder == top or not np.isnan(adjusted[top, encoder])):
                 not_worse = encoder == top or bool(adjusted[top, encoder] >= SIGNIFICANCE_LEVEL)
             final_rows.append({
                 "dataset": dataset, "encoder": encoder, "metric": metric,
@@ -424,10 +444,14 @@ def top_encoder_verdicts(final: pd.DataFrame, pairwise: pd.DataFrame) -> pd.Data
             top, second = evaluated["encoder"].iloc[:2]
             pair = pairwise[(pairwise["dataset"] == dataset) & (pairwise["encoder_a"] == top)
                             & (pairwise["encoder_b"] == second)].iloc[0]
-            outcome = f"{top} higher" if pair["significant_after_holm"] else "not shown different"
+            # No spread across seeds or examples: a zero-width interval would read as certainty.
+            interval = ("no interval: the runs show no spread" if pd.isna(pair["ci_low"])
+                        else f"95% CI {pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}")
+            outcome = (f"{top} higher" if pair["significant_after_holm"] else "not shown different"
+                       if pd.notna(pair["p_holm"]) else "no verdict, the runs show no spread to test against")
             verdict = (f"{header}: {top} - {second} = {pair['difference']:+.3f} {pair['metric']} "
-                       f"[95% CI {pair['ci_low']:+.3f}, {pair['ci_high']:+.3f}], Holm-adjusted p = "
-                       f"{pair['p_holm']:.2g} over {pair['pairs']} pair{'s' if pair['pairs'] != 1 else ''}: {outcome}")
+                       f"[{interval}], Holm-adjusted p = {pair['p_holm']:.2g} over {pair['pairs']} "
+                       f"pair{'s' if pair['pairs'] != 1 else ''}: {outcome}")
             if len(evaluated) > 2:
                 verdict += f"; not shown worse than {top}: {', '.join(not_worse)}"
         rows.append({"dataset": dataset, "final_verdict": verdict,
