@@ -229,7 +229,9 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
     from benchmark.report.results import RESULT_FILES, write_leaderboards
     from benchmark.search import preflight
     from benchmark.search.study import every_encoder_stopped, run_study
+    from benchmark.search.workers import apply_share
 
+    apply_share()  # a --workers child: its threads and GPU memory, before torch allocates any
     timeout = args.timeout or config.budget.timeout_s
     url = _storage_url(args)
     # Everything that can be wrong with the input fails here, before any training (and
@@ -301,19 +303,18 @@ def _check_studies_exist(config, url: str) -> None:
 
 
 def _run_workers(count: int, argv: list[str]) -> None:
-    """Start `count` copies of this command as single workers on the same storage. Each trains
-    every encoder in the precision that `preflight.prepare` stored in the studies here."""
+    """Start `count` copies of this command as single workers on the same storage, each on its
+    share of the cores and GPUs (search/workers.py). Each trains every encoder in the precision
+    that `preflight.prepare` stored in the studies here."""
     import os
     import subprocess
 
     from benchmark.schema import WORKER_ENV
+    from benchmark.search.workers import usable_cores, worker_shares
 
-    gpus = _visible_gpus()
     workers = []
-    for index in range(count):
-        env = dict(os.environ, **{WORKER_ENV: str(index)})
-        if len(gpus) > 1:
-            env["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
+    for index, share in enumerate(worker_shares(count, usable_cores(), _visible_gpus())):
+        env = dict(os.environ, **{WORKER_ENV: str(index)}, **share.environment())
         # A later --workers wins over the user's, so each child is a single worker.
         command = [sys.executable, "-m", "benchmark.cli", *argv, "--workers", "1"]
         workers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))

@@ -1,5 +1,5 @@
 """Names that cross layers: what the search writes into the Optuna storage and the report
-reads back, the `encoder` parameter, and the worker environment variable.
+reads back, the `encoder` parameter, and the workers' environment variables.
 
 The storage is the single source of truth, so these strings are its schema: renaming one
 orphans every stored study. Only Optuna (no torch) is imported here, so the read-only
@@ -17,6 +17,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 # `--workers` children find their index here, for distinct sampler seeds.
 WORKER_ENV = "ENCODER_BENCHMARK_WORKER"
+# ... and the fraction of their GPU's memory they may allocate, where several share it.
+GPU_MEMORY_SHARE_ENV = "ENCODER_BENCHMARK_GPU_MEMORY_SHARE"
 
 # --- study user attributes ----------------------------------------------------------------------
 # Mark a study as ours and say how to read it.

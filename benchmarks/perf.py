@@ -5,7 +5,8 @@
 Every row is measured in this one run, on this machine, with the same model, data and
 hyperparameters on both sides; the table reports ratios, because absolute times on a
 shared machine are noise. Each search runs in a fresh process, so its memory figures are
-its own. Writes PERF.json (every measurement) and PERF.md (the table).
+its own. Writes PERF.json (every measurement) and PERF.md (the table); PERF-cuda.json and
+PERF-cuda.md on a GPU.
 """
 
 from __future__ import annotations
@@ -18,7 +19,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, replace
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -53,19 +57,69 @@ QUICK = Plan(throughput_examples=32, batch_size=8, search_budget_s=8, search_tra
 # --- the measurements ----------------------------------------------------------------------------
 
 
-def matmul_peak(size: int, dtype: torch.dtype, device: torch.device, seconds: float = 2.0) -> float:
-    """FLOP/s of a square matrix multiply, the best of repeated timings."""
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    best = float("inf")
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline or best == float("inf"):
-        _synchronize(device)
-        started = time.perf_counter()
+# The matmul peak's precisions: how each multiplies fp32 or bf16 operands.
+MATMUL_PRECISIONS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "bf16": (torch.bfloat16, False)}
+# TF32 tensor cores: CUDA compute capability 8.0 (Ampere) and newer.
+TF32_CAPABILITY = (8, 0)
+# The matmul peak's sizes double from this while one product takes under SLOW_PRODUCT_S, up
+# to the plan's size: a fallback kernel (bf16 on a CPU without it: 100x slower) stops at a
+# small size instead of taking minutes, and a fast device reaches a size where the launch and
+# the synchronization no longer count.
+FIRST_MATMUL_SIZE = 256
+SLOW_PRODUCT_S = 0.05
+# Products per timing on a GPU: one 8192^3 bf16 product takes ~1.4 ms on an H200, near the
+# cost of the synchronization that ends a timing.
+CUDA_PRODUCTS_PER_TIMING = 10
+
+
+def matmul_precisions(device: torch.device) -> list[str]:
+    """fp32 and bf16 everywhere; TF32 where the GPU has its tensor cores."""
+    tf32 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= TF32_CAPABILITY
+    return ["fp32", *(["tf32"] if tf32 else []), "bf16"]
+
+
+@contextmanager
+def float32_matmuls(tf32: bool):
+    """fp32 matmuls in TF32 within the block where `tf32`, in full fp32 otherwise; restored after."""
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if tf32 else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
+
+
+def matmul_peak(max_size: int, precision: str, device: torch.device, seconds: float = 2.0) -> float:
+    """FLOP/s of warm square matrix multiplies in `precision`, the best of repeated timings.
+
+    Warm: the first product at a size loads the kernels and picks an algorithm, costing
+    up to hundreds of times a warm one on a GPU, so each size is multiplied once untimed
+    before its timings. The size grows as FIRST_MATMUL_SIZE and SLOW_PRODUCT_S describe."""
+    dtype, tf32 = MATMUL_PRECISIONS[precision]
+    products = CUDA_PRODUCTS_PER_TIMING if device.type == "cuda" else 1
+    with float32_matmuls(tf32):
+        size = min(FIRST_MATMUL_SIZE, max_size)
+        while True:
+            a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+            _timed_products(a, b, device, 1)  # untimed warm-up
+            one = _timed_products(a, b, device, 1)
+            if size * 2 > max_size or one >= SLOW_PRODUCT_S:
+                break
+            size *= 2
+        best = one * products if products == 1 else _timed_products(a, b, device, products)
+        deadline = time.perf_counter() + seconds
+        while time.perf_counter() < deadline:
+            best = min(best, _timed_products(a, b, device, products))
+    return 2 * size**3 * products / best
+
+
+def _timed_products(a: torch.Tensor, b: torch.Tensor, device: torch.device, products: int) -> float:
+    _synchronize(device)
+    started = time.perf_counter()
+    for _ in range(products):
         torch.matmul(a, b)
-        _synchronize(device)
-        best = min(best, time.perf_counter() - started)
-    return 2 * size**3 / best
+    _synchronize(device)
+    return time.perf_counter() - started
 
 
 def _synchronize(device: torch.device) -> None:
@@ -82,9 +136,12 @@ def training_flops_per_token(model: torch.nn.Module) -> float:
 
 
 def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str, fused: bool = True,
-                 attention: str | None = None, compiled: bool = False) -> tuple[Measurement, float]:
+                 attention: str | None = None, compiled: bool = False, tf32: bool = False,
+                 model_type: str | None = None) -> tuple[Measurement, float]:
     """One fine-tune in our loop; `attention` swaps the model's attention implementation,
-    `compiled` runs it under torch.compile (any compilation it triggers is counted)."""
+    `compiled` runs it under torch.compile (any compilation it triggers is counted), `tf32`
+    lets fp32 matmuls use TF32. With `model_type`, the model is that architecture at its base
+    size with random weights (see base_size_classifier) in place of the encoder."""
     from benchmark.search.trial import loop_settings
     from benchmark.train.encoders import load_classifier
     from benchmark.train.loop import fine_tune, padding_multiple
@@ -96,14 +153,42 @@ def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str, fuse
                        group_by_length=sampling == "group_by_length", compile=compiled,
                        pad_to_multiple_of=padding_multiple(study.device, compiled))
     torch.manual_seed(0)
-    model = load_classifier(study.encoders[encoder_name], study.data.label_names, hp.dropout)
+    model = (base_size_classifier(model_type, study.data.num_labels, hp.dropout) if model_type else
+             load_classifier(study.encoders[encoder_name], study.data.label_names, hp.dropout))
     flops = training_flops_per_token(model)
     if attention is not None:
         _transformer(model).set_attn_implementation(attention)
     started = time.perf_counter()
-    result = fine_tune(model, train, validation, study.data.num_labels, hp, settings, _ignore, _ignore)
+    with float32_matmuls(tf32):
+        result = fine_tune(model, train, validation, study.data.num_labels, hp, settings, _ignore, _ignore)
     seconds = time.perf_counter() - started - result.eval_seconds
     return Measurement(tokens=result.train_tokens, seconds=seconds, loss=result.final.loss), flops
+
+
+# The seeds' architectures at their base sizes, measured on any machine: speed does not depend
+# on the weights, so they are built from their configs (transformers' defaults are the base
+# sizes: 12 layers of 768) with random weights, and nothing is downloaded.
+BASE_SIZE_MODELS = {"bert-base-size": "bert", "roberta-base-size": "roberta"}
+
+
+def base_size_classifier(model_type: str, num_labels: int, dropout: float) -> torch.nn.Module:
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    config = AutoConfig.for_model(model_type, num_labels=num_labels, hidden_dropout_prob=dropout,
+                                  attention_probs_dropout_prob=dropout)
+    return AutoModelForSequenceClassification.from_config(config)
+
+
+def within_vocabulary(split, model_type: str):
+    """`split` with its token ids folded into `model_type`'s default vocabulary: any ids do
+    for a speed measurement, but not ids past the embedding table."""
+    from transformers import AutoConfig
+
+    from benchmark.data.tokenization import TokenizedSplit
+
+    vocabulary = AutoConfig.for_model(model_type).vocab_size
+    return TokenizedSplit(input_ids=tuple(ids % vocabulary for ids in split.input_ids),
+                          token_type_ids=split.token_type_ids, labels=split.labels, pad_token_id=split.pad_token_id)
 
 
 def _transformer(model: torch.nn.Module):
@@ -183,24 +268,22 @@ def _ignore(_) -> None:
 # --- the searches, each in its own process ---------------------------------------------------------
 
 
-class RssSampler:
-    """The process's resident memory every `interval` seconds, on a background thread."""
+class Sampler:
+    """`read()` every `interval` seconds on a background thread, as (time, value) readings."""
 
-    def __init__(self, interval: float = 0.25) -> None:
-        import psutil
-
-        self._process = psutil.Process()
+    def __init__(self, read: Callable[[], float], interval: float = 0.25) -> None:
+        self._read = read
         self._interval = interval
-        self.readings: list[tuple[float, int]] = []
+        self.readings: list[tuple[float, float]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         while not self._stop.is_set():
-            self.readings.append((time.time(), self._process.memory_info().rss))
+            self.readings.append((time.time(), self._read()))
             self._stop.wait(self._interval)
 
-    def __enter__(self) -> RssSampler:
+    def __enter__(self) -> Sampler:
         self._thread.start()
         return self
 
@@ -208,10 +291,45 @@ class RssSampler:
         self._stop.set()
         self._thread.join()
 
-    def at(self, moment: float) -> int:
+    def at(self, moment: float) -> float:
         """The last reading at or before `moment`."""
-        before = [rss for when, rss in self.readings if when <= moment]
+        before = [value for when, value in self.readings if when <= moment]
         return before[-1] if before else self.readings[0][1]
+
+
+def rss_sampler() -> Sampler:
+    """The process's resident memory."""
+    import psutil
+
+    process = psutil.Process()
+    return Sampler(lambda: process.memory_info().rss)
+
+
+# NVML's utilization covers the last sample period, 1/6 s to 1 s by GPU: read more often than that.
+UTILIZATION_INTERVAL_S = 0.1
+
+
+def utilization_sampler(device: torch.device) -> Sampler | None:
+    """The GPU's utilization as NVML reports it (the percentage of its last sample period
+    during which a kernel was running), or None where it cannot be read: not a CUDA device,
+    or no nvidia-ml-py (`pip install -e ".[perf]"`)."""
+    if device.type != "cuda":
+        return None
+    try:
+        torch.cuda.utilization(device)
+    except ModuleNotFoundError:  # torch reads NVML through nvidia-ml-py's pynvml
+        return None
+    return Sampler(lambda: torch.cuda.utilization(device), UTILIZATION_INTERVAL_S)
+
+
+def busy_share(readings: list[tuple[float, float]]) -> float | None:
+    """The share of the time from the first reading to the last with a kernel running: each
+    reading (a percentage of the period before it) weighted by the time since the one before.
+    None with fewer than two readings."""
+    if len(readings) < 2 or readings[-1][0] <= readings[0][0]:
+        return None
+    busy = sum(value / 100 * (when - before) for (before, _), (when, value) in pairwise(readings))
+    return busy / (readings[-1][0] - readings[0][0])
 
 
 def _search_config(config, plan: Plan):
@@ -235,16 +353,11 @@ def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
     url = f"sqlite:///{workdir}/ours.db"
     prepared = prepare(config, url, ["none"], Path(workdir))
     study_spec = prepared.studies[0]
-    with RssSampler() as memory:
+    with rss_sampler() as memory, _or_none(utilization_sampler(study_spec.device)) as utilization:
         started = time.time()
         study = run_study(prepared.storage, url, study_spec, config.budget.n_trials, plan.search_budget_s, seed)
         ended = time.time()
-    trials = _finished(study)
-    return {
-        "seconds": ended - started,
-        "trials": [_trial_record(t, started, memory) for t in trials],
-        "rss_peak": max(rss for _, rss in memory.readings),
-    }
+    return _search_record(_finished(study), started, ended, memory, utilization)
 
 
 def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
@@ -298,7 +411,7 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=validation,
                       data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
     storage = f"sqlite:///{workdir}/trainer.db"
-    with RssSampler() as memory:
+    with rss_sampler() as memory, _or_none(utilization_sampler(study_spec.device)) as utilization:
         started = time.time()
         trainer.hyperparameter_search(
             backend="optuna", direction="maximize", hp_space=hp_space, n_trials=10_000,
@@ -307,10 +420,20 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
         )
         ended = time.time()
     study = optuna.load_study(study_name="trainer", storage=storage)
+    return _search_record(_finished(study), started, ended, memory, utilization)
+
+
+def _or_none(sampler: Sampler | None):
+    return nullcontext() if sampler is None else sampler
+
+
+def _search_record(trials: list, started: float, ended: float, memory: Sampler, utilization: Sampler | None) -> dict:
+    """A search's timings, memory and, on a GPU with NVML, the share of its time the GPU was busy."""
     return {
         "seconds": ended - started,
-        "trials": [_trial_record(t, started, memory) for t in _finished(study)],
+        "trials": [_trial_record(t, started, memory) for t in trials],
         "rss_peak": max(rss for _, rss in memory.readings),
+        "busy_share": None if utilization is None else busy_share(utilization.readings),
     }
 
 
@@ -321,7 +444,7 @@ def _finished(study) -> list:
                   key=lambda t: t.datetime_complete)
 
 
-def _trial_record(trial, started: float, memory: RssSampler) -> dict:
+def _trial_record(trial, started: float, memory: Sampler) -> dict:
     ended = trial.datetime_complete.timestamp()
     return {
         "number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
@@ -341,10 +464,8 @@ def in_fresh_process(function, *args):
 
 def run(config, plan: Plan, out: Path) -> dict:
     """Measure every row for `config`'s encoders on its first dataset; write PERF.json/.md."""
-    from benchmark.data.tokenization import tokenize_split
     from benchmark.files import write_atomic
     from benchmark.search.preflight import prepare
-    from benchmark.train.encoders import load_tokenizer
     from benchmark.train.loop import Hyperparameters
 
     out.mkdir(parents=True, exist_ok=True)
@@ -371,7 +492,7 @@ def run(config, plan: Plan, out: Path) -> dict:
     report: dict = {
         "plan": asdict(plan), "device": describe_device(device), "torch_threads": torch.get_num_threads(),
         "dataset": dataset_name, "native_bf16": native_bf16, "matmul_peak_flops": {}, "throughput": {},
-        "levers": {},
+        "base_size": {}, "levers": {},
         "precision": {"choice": in_use,
                       "seconds_per_step": {name: sum(step[name] for step in timed) for name in ("fp32", "bf16")}
                       if comparable else None,
@@ -382,16 +503,13 @@ def run(config, plan: Plan, out: Path) -> dict:
     }
     configured = "ours {precision} {sampling}".format(**report["configured"])
     configured_dtype = first.mode.autocast
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        # A slow fallback is measured on a small matrix, or it would take minutes.
-        size = plan.matmul_size if name in precisions else min(plan.matmul_size, 256)
-        report["matmul_peak_flops"][name] = matmul_peak(size, dtype, device)
+    tf32 = "tf32" in matmul_precisions(device)
+    for name in matmul_precisions(device):
+        report["matmul_peak_flops"][name] = matmul_peak(plan.matmul_size, name, device)
         print(f"matmul peak {name}: {report['matmul_peak_flops'][name] / 1e9:.1f} GFLOP/s", file=sys.stderr)
 
     for encoder_name, encoder in study.encoders.items():
-        tokenized = tokenize_split(load_tokenizer(encoder), study.data.train, config.training.max_length)
-        train = tokenized.subset(np.arange(min(plan.throughput_examples, len(tokenized)) // plan.batch_size
-                                           * plan.batch_size))
+        train = _throughput_split(study, encoder, config.training.max_length, plan)
         rows: dict = {}
         for precision, dtype in precisions.items():
             for sampling in SAMPLINGS:
@@ -402,6 +520,8 @@ def run(config, plan: Plan, out: Path) -> dict:
         # The fused-optimizer lever: the same run with the multi-tensor (foreach) AdamW.
         rows["ours fp32 random foreach-adamw"], _ = measure_ours(study, encoder_name, train, hp, None, "random",
                                                                  fused=False)
+        if tf32:  # the TF32 lever: the same fp32 run with its matmuls in TF32
+            rows["ours fp32 random tf32"], _ = measure_ours(study, encoder_name, train, hp, None, "random", tf32=True)
         rows["trainer-defaults"] = measure_default_trainer(study, encoder_name, train, hp, workdir / "trainer")
         sampling = report["configured"]["sampling"]
         attention = _attention_implementation(study, encoder_name)
@@ -419,6 +539,17 @@ def run(config, plan: Plan, out: Path) -> dict:
         for key, value in rows.items():
             print(f"{encoder_name} {key}: {value.tokens_per_second:.0f} tokens/s", file=sys.stderr, flush=True)
 
+    # The base-size architectures, on the first encoder's tokens (ids folded into each vocabulary).
+    encoder_name, encoder = next(iter(study.encoders.items()))
+    train = _throughput_split(study, encoder, config.training.max_length, plan)
+    sampling = report["configured"]["sampling"]
+    for name, model_type in BASE_SIZE_MODELS.items():
+        measured, flops_per_token = measure_ours(study, encoder_name, within_vocabulary(train, model_type), hp,
+                                                 configured_dtype, sampling, model_type=model_type)
+        report["base_size"][name] = {"model_type": model_type, "flops_per_token": flops_per_token,
+                                     configured: asdict(measured)}
+        print(f"{name} {configured}: {measured.tokens_per_second:.0f} tokens/s", file=sys.stderr, flush=True)
+
     report["levers"]["eval_subset"] = _eval_subset_lever(study, config)
     report["levers"]["eval_schedule"] = _eval_schedule_lever(study, config, plan)
     report["search"] = {
@@ -428,9 +559,26 @@ def run(config, plan: Plan, out: Path) -> dict:
     }
     summary = summarize(report)
     report["summary"] = summary
-    write_atomic(out / "PERF.json", json.dumps(report, indent=2, default=float) + "\n")
-    write_atomic(out / "PERF.md", render_markdown(report, summary))
+    stem = report_stem(device)
+    write_atomic(out / f"{stem}.json", json.dumps(report, indent=2, default=float) + "\n")
+    write_atomic(out / f"{stem}.md", render_markdown(report, summary))
     return report
+
+
+def _throughput_split(study, encoder, max_length: int, plan: Plan):
+    """The throughput rows' examples: the first whole batches of the training split, up to
+    `plan.throughput_examples`, in the encoder's tokens."""
+    from benchmark.data.tokenization import tokenize_split
+    from benchmark.train.encoders import load_tokenizer
+
+    tokenized = tokenize_split(load_tokenizer(encoder), study.data.train, max_length)
+    return tokenized.subset(np.arange(min(plan.throughput_examples, len(tokenized)) // plan.batch_size
+                                      * plan.batch_size))
+
+
+def report_stem(device: torch.device) -> str:
+    """PERF on a CPU, PERF-cuda on a GPU: the two tables live side by side in results/perf."""
+    return "PERF-cuda" if device.type == "cuda" else "PERF"
 
 
 def _attention_implementation(study, encoder_name: str) -> str:
@@ -511,6 +659,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     from benchmark.config.spec import load_config
     from benchmark.errors import BenchmarkError
+    from benchmark.train.loop import pick_device
 
     try:
         config = load_config(args.config)
@@ -519,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     except BenchmarkError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"written to {args.out}/PERF.md and PERF.json", file=sys.stderr)
+    stem = report_stem(pick_device())
+    print(f"written to {args.out}/{stem}.md and {stem}.json", file=sys.stderr)
     return 0
 
 

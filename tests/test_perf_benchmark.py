@@ -181,3 +181,121 @@ def test_memory_growth_is_also_read_after_the_warm_up_trials():
     memory = _memory({"rss_peak": 250 * mib, "trials": trials})
     assert memory["growth_bytes"] == 110 * mib  # first to last, allocator warm-up included
     assert memory["growth_after_warmup_bytes"] == 10 * mib  # from trial 3 (200 MiB) to the last
+
+
+def test_on_a_gpu_the_table_adds_tf32_base_size_models_and_the_busy_share_by_hand():
+    report = _report(ours_seconds=1.0, trainer_seconds=1.5)
+    report["matmul_peak_flops"]["tf32"] = 50e9
+    report["throughput"]["enc"]["ours fp32 random tf32"] = {"tokens": 1000, "seconds": 0.5, "loss": 1.0}
+    configured = "ours fp32 group_by_length"
+    report["base_size"] = {"bert-base-size": {"model_type": "bert", "flops_per_token": 5e8,
+                                              configured: {"tokens": 1000, "seconds": 10.0, "loss": 1.0}}}
+    report["search"]["ours"]["busy_share"] = 0.45
+    report["search"]["trainer"]["busy_share"] = 0.30
+    summary = summarize(report)
+    # 2000 t/s against fp32's 800 t/s; MFU against TF32's own peak: 1e6 x 2000 / 50e9
+    assert summary["levers"]["TF32 matmuls (enc, fp32)"] == pytest.approx(2.5)
+    assert summary["mfu"]["enc"]["tf32"] == pytest.approx(0.04)
+    # 5e8 FLOP x 100 t/s of the fp32 peak in use, 100 GFLOP/s
+    assert summary["base_size_mfu"]["bert-base-size"] == pytest.approx(
+        {"precision": "fp32", "tokens_per_second": 100.0, "mfu": 0.5})
+    assert summary["targets"]["busy_share"] == 0.45
+    table = render_markdown(report, summary)
+    assert "measured matmul peak (warm) 100.0 GFLOP/s fp32, 1.3 GFLOP/s bf16, 50.0 GFLOP/s tf32" in table
+    assert ("| 3. model FLOPs utilization, bert-base-size (its config, random weights), fp32 | 50% of the fp32 "
+            "matmul peak (100 tokens/s) | - | - | - | - |") in table
+    assert ("| 6. device busy share: the search's wall time with a GPU kernel running (NVML) | 45% | 30% | - | "
+            ">= 60% | missed by 25% |") in table
+    assert "| busy_share (>= 0.6) | 0.45 | missed by 25% | the GPU idled while the host loaded" in table
+    cpu = _report(ours_seconds=1.0, trainer_seconds=1.5)
+    assert "busy_share" not in summarize(cpu)["targets"], "no GPU, no busy-share target"
+    assert "6. device busy share" not in render_markdown(cpu, summarize(cpu))
+
+
+def test_busy_share_weights_each_utilization_reading_by_its_period():
+    # 100% over the first second, 50% over the next two: 2 busy seconds of 3
+    assert perf.busy_share([(10.0, 0.0), (11.0, 100.0), (13.0, 50.0)]) == pytest.approx(2 / 3)
+    assert perf.busy_share([(10.0, 0.0), (12.0, 0.0)]) == 0.0
+    assert perf.busy_share([(10.0, 80.0)]) is None, "one reading covers no period"
+
+
+def test_gpu_utilization_is_sampled_only_where_nvml_answers(monkeypatch):
+    import time
+
+    import torch
+
+    assert perf.utilization_sampler(torch.device("cpu")) is None
+
+    def no_nvml(device):
+        raise ModuleNotFoundError("pynvml")
+
+    monkeypatch.setattr(torch.cuda, "utilization", no_nvml)
+    assert perf.utilization_sampler(torch.device("cuda")) is None
+    monkeypatch.setattr(torch.cuda, "utilization", lambda device: 70)
+    with perf.utilization_sampler(torch.device("cuda")) as sampler:
+        time.sleep(3 * perf.UTILIZATION_INTERVAL_S)
+    assert len(sampler.readings) >= 2 and perf.busy_share(sampler.readings) == pytest.approx(0.7)
+
+
+def test_tf32_is_measured_where_the_gpu_has_its_tensor_cores(monkeypatch):
+    import torch
+
+    assert perf.matmul_precisions(torch.device("cpu")) == ["fp32", "bf16"]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (9, 0))  # H100, H200
+    assert perf.matmul_precisions(torch.device("cuda")) == ["fp32", "tf32", "bf16"]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device: (7, 5))  # T4
+    assert perf.matmul_precisions(torch.device("cuda")) == ["fp32", "bf16"]
+    before = torch.get_float32_matmul_precision()
+    with perf.float32_matmuls(tf32=True):
+        assert torch.get_float32_matmul_precision() == "high"
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_the_matmul_peak_is_timed_warm_and_a_slow_kernel_stops_the_sizes_growing(monkeypatch):
+    import time
+
+    import torch
+
+    cold_s, warm_s = 0.2, 0.001
+    products = {}
+
+    def first_call_cold(a, b):
+        size = a.shape[0]
+        products[size] = products.get(size, 0) + 1
+        time.sleep(cold_s if products[size] == 1 else warm_s)
+
+    monkeypatch.setattr(torch, "matmul", first_call_cold)
+    peak = perf.matmul_peak(1024, "fp32", torch.device("cpu"), seconds=0.05)
+    assert set(products) == {256, 512, 1024}, "doubles up to the plan's size while products are fast"
+    assert peak > 2 * 1024**3 / (2 * warm_s), "the cold first call is not the peak"
+
+    sizes = []
+
+    def fallback_kernel(a, b):  # bf16 on a CPU without it: every product slow
+        sizes.append(a.shape[0])
+        time.sleep(perf.SLOW_PRODUCT_S)
+
+    monkeypatch.setattr(torch, "matmul", fallback_kernel)
+    perf.matmul_peak(4096, "bf16", torch.device("cpu"), seconds=0.0)
+    assert set(sizes) == {perf.FIRST_MATMUL_SIZE}, "a slow kernel is not grown to 4096"
+
+
+def test_base_size_models_are_built_from_their_configs_and_fed_ids_they_hold():
+    import numpy as np
+
+    from benchmark.data.tokenization import TokenizedSplit
+
+    model = perf.base_size_classifier("bert", num_labels=3, dropout=0.1)
+    assert model.config.hidden_size == 768 and model.config.num_hidden_layers == 12
+    assert 100e6 < sum(p.numel() for p in model.parameters()) < 120e6  # BERT-base: 110M
+    split = TokenizedSplit(input_ids=(np.array([0, 30521, 50264]),), token_type_ids=None, labels=np.array([0]),
+                           pad_token_id=0)
+    assert perf.within_vocabulary(split, "bert").input_ids[0].tolist() == [0, 30521, 50264 - 30522]
+    assert perf.within_vocabulary(split, "roberta").input_ids[0].tolist() == [0, 30521, 50264]
+
+
+def test_a_gpu_run_writes_its_table_beside_the_cpu_one():
+    import torch
+
+    assert perf.report_stem(torch.device("cpu")) == "PERF"
+    assert perf.report_stem(torch.device("cuda")) == "PERF-cuda"

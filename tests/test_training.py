@@ -144,14 +144,20 @@ def test_each_step_logs_the_learning_rate_it_trained_with(topics, bert):
         [1e-3 * f for f in (1 / 5, 2 / 5, 3 / 5, 4 / 5, 4 / 4, 3 / 4, 2 / 4, 1 / 4)])
 
 
-def test_tokenizer_runs_once_per_dataset_tokenizer_and_length(topics, bert):
-    cache = TokenizationCache()
+def _counting_loader(encoder):
+    """A tokenizer loader, and the list that grows by one at each of its loads."""
     loads = []
 
     def loader():
         loads.append(1)
-        return load_tokenizer(bert)
+        return load_tokenizer(encoder)
 
+    return loads, loader
+
+
+def test_tokenizer_runs_once_per_dataset_tokenizer_and_length(topics, bert):
+    cache = TokenizationCache()
+    loads, loader = _counting_loader(bert)
     first = cache.get(topics, bert.location, 32, loader)
     assert cache.get(topics, bert.location, 32, loader) is first
     cache.get(topics, bert.location, 16, loader)
@@ -252,10 +258,10 @@ def _run(bert, topics, tokenized, settings):
                          weight_decay=0.01, batch_size=16, num_epochs=2)
     torch.manual_seed(123)
     model = load_classifier(bert, topics.label_names, dropout=0.0)
-    steps = []
+    steps, logged_at_evaluations = [], []
     result = fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
-                       steps.append, lambda e: None)
-    return result, steps
+                       steps.append, lambda e: logged_at_evaluations.append(len(steps)))
+    return result, steps, logged_at_evaluations
 
 
 def test_the_fast_path_computes_what_the_plain_path_computes(topics, bert, monkeypatch):
@@ -274,10 +280,10 @@ def test_the_fast_path_computes_what_the_plain_path_computes(topics, bert, monke
         return real_evaluate(model, split, settings, num_labels)
 
     monkeypatch.setattr(benchmark.train.loop, "evaluate", recording_evaluate)
-    plain_result, plain_steps = _run(bert, topics, tokenized, plain)
+    plain_result, plain_steps, _ = _run(bert, topics, tokenized, plain)
     plain_sizes = [len(labels) for labels in evaluated]
     evaluated.clear()
-    fast_result, fast_steps = _run(bert, topics, tokenized, fast)
+    fast_result, fast_steps, _ = _run(bert, topics, tokenized, fast)
 
     assert [s.loss for s in fast_steps] == pytest.approx([s.loss for s in plain_steps], rel=1e-4)
     assert fast_result.final.metrics == plain_result.final.metrics
@@ -359,3 +365,138 @@ def test_the_compile_setting_compiles_the_model_once_and_pads_to_a_few_shapes(to
         fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
                   lambda _: None, lambda _: None)
         assert compiled == [True] * compile_it
+
+
+def test_steps_read_off_the_device_in_groups_train_and_log_what_single_reads_do(topics, bert):
+    """The host reads losses every `sync_every` steps (a GPU's default, see host_sync_every),
+    without changing the training: the same steps, losses, norms and rates, in order, and every
+    step logged before the checkpoint that follows it."""
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    runs = [_run(bert, topics, tokenized, LoopSettings(eval_every_examples=96, eval_batch_size=32, seed=0,
+                                                        device=CPU, autocast_dtype=None, sync_every=sync_every))
+            for sync_every in (1, 5)]
+    (single, single_steps, single_logged), (grouped, grouped_steps, grouped_logged) = runs
+    assert grouped.steps > 5 + 1, "a group of 5, then the groups the checkpoints cut"
+    assert grouped_logged == single_logged == [e.step for e in grouped.evaluations]
+    assert [s.step for s in grouped_steps] == list(range(1, grouped.steps + 1))
+    assert [s.loss for s in grouped_steps] == pytest.approx([s.loss for s in single_steps], rel=1e-5)
+    assert [s.grad_norm for s in grouped_steps] == pytest.approx([s.grad_norm for s in single_steps], rel=1e-5)
+    assert [s.learning_rate for s in grouped_steps] == [s.learning_rate for s in single_steps]
+    assert all(s.tokens_per_second > 0 for s in grouped_steps) and grouped.train_seconds > 0
+    assert grouped.final.metrics == single.final.metrics
+
+
+def test_a_nan_loss_is_caught_at_the_next_read_with_its_own_step(topics, bert, monkeypatch):
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    real = benchmark.train.loop._accumulate_gradients
+    calls = []
+
+    def nan_at_step_3(model, inputs, labels, settings):
+        calls.append(1)
+        loss = real(model, inputs, labels, settings)
+        return loss * float("nan") if len(calls) == 3 else loss
+
+    monkeypatch.setattr(benchmark.train.loop, "_accumulate_gradients", nan_at_step_3)
+    hp = Hyperparameters(learning_rate=1e-3, warmup_ratio=0.0, dropout=0.0, max_grad_norm=1.0,
+                         weight_decay=0.0, batch_size=8, num_epochs=1)
+    settings = LoopSettings(eval_every_examples=10**6, eval_batch_size=32, seed=0, device=CPU,
+                            autocast_dtype=None, sync_every=4)
+    steps = []
+    result = benchmark.train.loop.TrainingResult()
+    with pytest.raises(benchmark.train.loop.NonFiniteLoss) as raised:
+        fine_tune(load_classifier(bert, topics.label_names, dropout=0.0), tokenized.train, tokenized.validation,
+                  topics.num_labels, hp, settings, steps.append, lambda e: None, result)
+    assert raised.value.step == 3 and len(calls) == 4, "noticed at the read after step 4, named as step 3"
+    assert [s.step for s in steps] == [1, 2] and result.train_seconds > 0
+
+
+def test_the_host_reads_a_gpu_every_few_steps_and_a_cpu_every_step():
+    from benchmark.train.loop import CUDA_SYNC_EVERY, host_sync_every
+
+    assert host_sync_every(torch.device("cuda")) == CUDA_SYNC_EVERY > 1
+    assert host_sync_every(CPU) == 1
+
+
+def test_evaluation_batches_are_sized_to_the_memory_a_gpu_leaves():
+    from benchmark.train.loop import (
+        EVAL_BYTES_PER_TOKEN,
+        MAX_EVAL_BATCH,
+        evaluation_batch_size,
+    )
+
+    assert evaluation_batch_size(64, 128, None) == 64, "MPS keeps the configured size"
+    assert evaluation_batch_size(64, 128, 140 * 2**30) == MAX_EVAL_BATCH  # an H200
+    # 16 GiB: a quarter of it holds 4 GiB / (128 x 64 KiB) = 512 examples at 128 tokens, 256 at 256.
+    assert evaluation_batch_size(64, 128, 16 * 2**30) == 512
+    assert evaluation_batch_size(64, 256, 16 * 2**30) == 256
+    one_example = 4 * 128 * EVAL_BYTES_PER_TOKEN
+    assert evaluation_batch_size(64, 128, 100 * one_example) == 64, "never below the configured size"
+    assert evaluation_batch_size(64, 128, one_example // 2) == 64, "nothing fits: as configured"
+
+
+def test_available_memory_is_a_gpus_share_or_the_hosts_free_memory(monkeypatch):
+    from benchmark.train.loop import available_device_memory
+
+    gib = 2**30
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (60 * gib, 100 * gib))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 0.25)
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device: 5 * gib)
+    gpu = torch.device("cuda")
+    assert available_device_memory(gpu) == 20 * gib, "a quarter of 100 GiB, less the 5 GiB held"
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)
+    assert available_device_memory(gpu) == 60 * gib, "the device's free memory"
+    pages = {"SC_PHYS_PAGES": 3 * 2**18, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(benchmark.train.loop.os, "sysconf", pages.__getitem__)
+    assert available_device_memory(CPU) == 3 * gib, "a CPU: the host's memory"
+    assert available_device_memory(torch.device("mps")) is None
+
+
+def test_batches_go_to_a_gpu_through_pinned_memory_without_waiting(monkeypatch):
+    from benchmark.data.tokenization import to_device
+
+    copies = []
+
+    class Pinned:
+        def to(self, device, non_blocking=False):
+            copies.append((device, non_blocking))
+            return "on the gpu"
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", lambda self: Pinned())
+    gpu = torch.device("cuda")
+    assert to_device(np.arange(3), gpu) == "on the gpu" and copies == [(gpu, True)]
+    on_cpu = to_device(np.arange(3), CPU)
+    assert copies == [(gpu, True)], "no pinning for a CPU"
+    assert torch.equal(on_cpu, torch.arange(3))
+
+
+def test_the_tokenization_cache_is_keyed_by_the_texts_not_the_dataset_name(topics, bert):
+    import dataclasses
+
+    cache = TokenizationCache()
+    loads, loader = _counting_loader(bert)
+    first = cache.get(topics, bert.location, 32, loader)
+    renamed = dataclasses.replace(topics, name="another study of the same texts")
+    assert cache.get(renamed, bert.location, 32, loader) is first and len(loads) == 1
+    fewer = dataclasses.replace(topics, train=topics.train.subset(np.arange(20)))  # same name, other examples
+    assert len(cache.get(fewer, bert.location, 32, loader).train) == 20 and len(loads) == 2
+    assert cache.get(topics, (bert.location, "another revision"), 32, loader) is not first
+
+
+def test_a_second_run_in_the_process_reuses_the_first_runs_tokens(tmp_path, tiny_encoders, monkeypatch):
+    """Studies, and the final evaluation after them, prepared separately in one process
+    (benchmarks, notebooks) tokenize each split once."""
+    from benchmark.config.spec import load_config
+    from benchmark.data import tokenization
+    from benchmark.search import preflight
+    from tests.test_study import write_config
+
+    monkeypatch.setattr(tokenization, "SHARED", TokenizationCache())
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",), training__precision="fp32"))
+    tokenized = []
+    for run in ("study", "final-eval"):
+        prepared = preflight.prepare(config, f"sqlite:///{tmp_path / 'optuna.db'}", ["none"], tmp_path / run)
+        study = prepared.studies[0]
+        encoder = study.encoders["bert"]
+        tokenized.append(study.tokenization.get(study.data, (encoder.location, encoder.revision), 32,
+                                                lambda encoder=encoder: load_tokenizer(encoder)))
+    assert tokenized[1] is tokenized[0]

@@ -217,3 +217,98 @@ def test_worker_sampler_offsets_differ_and_a_lone_process_keeps_its_seed(monkeyp
         monkeypatch.setenv(WORKER_ENV, str(index))
         offsets.add(worker_offset())
     assert len(offsets) == 4 and 0 not in offsets
+
+
+def test_worker_shares_split_the_cores_and_a_shared_gpus_memory():
+    from benchmark.search.workers import SHARED_GPU_MEMORY, worker_shares
+
+    one_gpu = worker_shares(4, cores=16, gpus=["0"])
+    assert [s.threads for s in one_gpu] == [4] * 4
+    assert [s.gpu for s in one_gpu] == [None] * 4, "one GPU: inherited by every worker"
+    assert [s.memory_fraction for s in one_gpu] == pytest.approx([SHARED_GPU_MEMORY / 4] * 4)
+    two_gpus = worker_shares(3, cores=2, gpus=["2", "5"])
+    assert [s.gpu for s in two_gpus] == ["2", "5", "2"]
+    assert [s.memory_fraction for s in two_gpus] == pytest.approx([SHARED_GPU_MEMORY / 2, None, SHARED_GPU_MEMORY / 2])
+    assert [s.threads for s in two_gpus] == [1, 1, 1], "never fewer than one thread"
+    alone = worker_shares(2, cores=4, gpus=["0", "1"])
+    assert [(s.threads, s.gpu, s.memory_fraction) for s in alone] == [(2, "0", None), (2, "1", None)]
+    assert [s.threads for s in worker_shares(2, cores=2, gpus=[])] == [1, 1]
+
+
+def test_each_worker_starts_with_its_threads_and_gpu_memory_share(monkeypatch):
+    from benchmark import cli
+    from benchmark.schema import GPU_MEMORY_SHARE_ENV
+    from benchmark.search import workers
+
+    started = []
+
+    class FakeWorker:
+        def __init__(self, command, env, stdout):
+            started.append(env)
+            self.pid = len(started)
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeWorker)
+    monkeypatch.setattr(workers, "usable_cores", lambda: 16)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
+    monkeypatch.setenv("OMP_NUM_THREADS", "16")  # the user's, for a single process
+    cli._run_workers(4, ["--study"], Precision("fp32"))
+    assert [(env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) for env in started] == [("4", "4")] * 4
+    assert [float(env[GPU_MEMORY_SHARE_ENV]) for env in started] == pytest.approx([workers.SHARED_GPU_MEMORY / 4] * 4)
+
+
+def test_a_worker_takes_its_share_before_training_and_a_lone_process_keeps_its_own(monkeypatch):
+    import torch
+
+    from benchmark.schema import GPU_MEMORY_SHARE_ENV, WORKER_ENV
+    from benchmark.search.workers import apply_share
+
+    calls = []
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: calls.append(("threads", n)))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f: calls.append(("memory", f)))
+    share = {"OMP_NUM_THREADS": "4", GPU_MEMORY_SHARE_ENV: "0.2375"}
+    apply_share(share)
+    assert calls == [], "not a --workers child: nothing changes"
+    apply_share({**share, WORKER_ENV: "1"})
+    assert calls == [("threads", 4), ("memory", 0.2375)]
+    calls.clear()
+    apply_share({WORKER_ENV: "0", "OMP_NUM_THREADS": "8"})
+    assert calls == [("threads", 8)], "a worker with a GPU of its own keeps all of its memory"
+
+
+def test_the_workers_benchmark_gives_every_run_equal_unpruned_trials_and_rates_them_by_hand(tmp_path, tiny_encoders):
+    from datetime import datetime, timedelta
+    from types import SimpleNamespace
+
+    import yaml
+
+    from benchmark.config.spec import load_config
+    from benchmarks import workers
+
+    original = load_config(write_config(tmp_path, tiny_encoders))
+    fixed = workers.fixed_work_config(original, trials=6)
+    path = tmp_path / "fixed.yaml"
+    path.write_text(yaml.safe_dump(fixed))
+    config = load_config(path)  # still a valid config
+    assert list(config.encoders) == [next(iter(original.encoders))]
+    assert list(config.datasets) == [next(iter(original.datasets))]
+    assert list(config.search_space.batch_size.choices) == [16]
+    assert (config.search_space.num_epochs.low, config.search_space.num_epochs.high) == (2, 2)
+    assert config.pruner.type == "none" and config.budget.n_trials == 6
+    shipped = tmp_path / "quick.yaml"  # offline sources too: only the keys the file set are written
+    shipped.write_text(yaml.safe_dump(workers.fixed_work_config(load_config(ROOT / "search_spaces/quick.yaml"), 4)))
+    assert load_config(shipped).budget.n_trials == 4
+
+    start = datetime(2026, 1, 1)
+    trials = [SimpleNamespace(datetime_start=start + timedelta(seconds=s), datetime_complete=start + timedelta(seconds=e))
+              for s, e in ((10, 40), (12, 70), (45, 100))]
+    assert workers.study_span(trials) == 90.0
+    assert workers.trials_per_hour(3, 90.0) == pytest.approx(120.0)
+    runs = [{"workers": k, "trials_per_hour": rate, "trials_per_hour_with_startup": rate / 2}
+            for k, rate in ((1, 100.0), (2, 150.0), (1, 120.0), (2, 170.0))]
+    one, two = workers.summarize(runs)
+    assert (one["median"], two["median"], two["speed_up"]) == (110.0, 160.0, pytest.approx(160 / 110))
+    assert two["runs"] == [150.0, 170.0] and two["median_with_startup"] == 80.0

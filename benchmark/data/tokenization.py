@@ -1,8 +1,10 @@
-"""Tokenize once per (dataset, tokenizer, max length), then batch with dynamic padding."""
+"""Tokenize once per (split, tokenizer, max length), then batch with dynamic padding."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import hashlib
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -58,22 +60,47 @@ class TokenizedData:
     validation: TokenizedSplit
 
 
+def split_fingerprint(split: Split) -> str:
+    """A digest of the split's texts and pairs: what, with the tokenizer and the length, fixes
+    its tokens. A dataset's name does not: its seed and size limits change its examples."""
+    digest = hashlib.blake2b(digest_size=16)
+    for column in (split.texts, split.text_pairs or ()):
+        digest.update(len(column).to_bytes(8, "little"))
+        for text in column:
+            encoded = text.encode("utf-8", "surrogatepass")
+            digest.update(len(encoded).to_bytes(8, "little"))
+            digest.update(encoded)
+    return digest.hexdigest()
+
+
 class TokenizationCache:
-    """Keeps each dataset tokenized per tokenizer, so trials of one encoder share the work."""
+    """Keeps a dataset's splits tokenized per tokenizer and length, so that trials share the work.
 
-    def __init__(self) -> None:
-        self._entries: dict[tuple[str, str, int], TokenizedData] = {}
+    Keyed by what determines the tokens (the splits' texts, the tokenizer, the length), so one
+    cache serves every study and final evaluation of a process (`SHARED`) whatever their data.
+    The least recently used entries beyond `max_entries` are dropped.
+    """
 
-    def get(self, data: TextClassificationData, tokenizer_key: str, max_length: int,
+    def __init__(self, max_entries: int = 32) -> None:
+        self._entries: OrderedDict[tuple, TokenizedData] = OrderedDict()
+        self._max_entries = max_entries
+
+    def get(self, data: TextClassificationData, tokenizer_key: Hashable, max_length: int,
             load_tokenizer: Callable[[], object]) -> TokenizedData:
-        key = (data.name, tokenizer_key, max_length)
+        key = (split_fingerprint(data.train), split_fingerprint(data.validation), tokenizer_key, max_length)
         if key not in self._entries:
             tokenizer = load_tokenizer()
             self._entries[key] = TokenizedData(
-                *(tokenize_split(tokenizer, getattr(data, split), max_length)
-                  for split in ("train", "validation"))
-            )
+                *(tokenize_split(tokenizer, getattr(data, split), max_length) for split in ("train", "validation")))
+            while len(self._entries) > self._max_entries:
+                self._entries.popitem(last=False)
+        self._entries.move_to_end(key)
         return self._entries[key]
+
+
+# The process's cache: a study, the next study and a final evaluation in the same process
+# tokenize each split once.
+SHARED = TokenizationCache()
 
 
 def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng: np.random.Generator,
@@ -112,5 +139,15 @@ def batches(split: TokenizedSplit, order: np.ndarray, batch_size: int, device: t
             for row, (i, length) in enumerate(zip(indices, lengths)):
                 segments[row, :length] = split.token_type_ids[i]
             inputs["token_type_ids"] = segments
-        tensors = {name: torch.from_numpy(array).to(device) for name, array in inputs.items()}
-        yield tensors, torch.from_numpy(split.labels[indices]).to(device), int(sum(lengths))
+        tensors = {name: to_device(array, device) for name, array in inputs.items()}
+        yield tensors, to_device(split.labels[indices], device), int(sum(lengths))
+
+
+def to_device(array: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The array as a tensor on `device`. To a GPU through page-locked memory, without waiting:
+    a copy from pageable memory blocks the host until the GPU has drained its queue, so it
+    could not build the next batch while the GPU computes this one."""
+    tensor = torch.from_numpy(array)
+    if device.type != "cuda":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)

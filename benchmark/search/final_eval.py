@@ -139,7 +139,7 @@ def _train_and_test(dataset_study: DatasetStudy, source: FrozenTrial, test, seed
     hp = Hyperparameters(**{field.name: source.params[field.name]
                             for field in dataclasses.fields(Hyperparameters)})
     training = dataset_study.config.training
-    tokenized = dataset_study.tokenization.get(dataset_study.data, encoder.location, training.max_length,
+    tokenized = dataset_study.tokenization.get(dataset_study.data, (encoder.location, encoder.revision), training.max_length,
                                                lambda: load_tokenizer(encoder))
     # No evaluation before the end: nothing is pruned here, and the final one is what counts.
     never = len(tokenized.train) * hp.num_epochs + 1

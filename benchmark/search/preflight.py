@@ -14,7 +14,7 @@ import torch
 from benchmark.config.spec import BenchmarkConfig
 from benchmark.data import dataset as data
 from benchmark.data.dataset import TextClassificationData
-from benchmark.data.tokenization import TokenizationCache
+from benchmark.data import tokenization
 from benchmark.errors import BenchmarkError
 from benchmark.schema import (
     DATA_SEED_ATTR,
@@ -75,7 +75,6 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     check_seed_matches(storage, config)
     choices = encoder_choices(storage, config)
     inputs = load_inputs(config, stored_precisions(storage, config))
-    tokenization = TokenizationCache()
     studies = []
     for name, loaded in inputs.datasets.items():
         held = record_precisions(storage, study_name(config.name, name), inputs.precisions)
@@ -85,7 +84,7 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
                       and precision.computable(held[encoder].choice, inputs.device) else chosen
                       for encoder, chosen in inputs.precisions.items()}
         studies.append(DatasetStudy(study_name(config.name, name), config, loaded, config.datasets[name].metric,
-                                    inputs.encoders, tokenization, tracker, inputs.device, precisions, choices[name]))
+                                    inputs.encoders, tokenization.SHARED, tracker, inputs.device, precisions, choices[name]))
     return Prepared(storage, tracker, studies)
 
 

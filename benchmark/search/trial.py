@@ -46,6 +46,8 @@ from benchmark.train.loop import (
     NonFiniteLoss,
     StepLog,
     TrainingResult,
+    available_device_memory,
+    evaluation_batch_size,
     fine_tune,
     padding_multiple,
 )
@@ -104,7 +106,8 @@ def loop_settings(study: DatasetStudy, encoder: str, seed: int, eval_every_examp
     training = study.config.training
     return LoopSettings(
         eval_every_examples=eval_every_examples or training.eval_every_examples,
-        eval_batch_size=training.eval_batch_size,
+        eval_batch_size=evaluation_batch_size(training.eval_batch_size, training.max_length,
+                                              available_device_memory(study.device)),
         seed=seed,
         device=study.device,
         autocast_dtype=study.precisions[encoder].mode.autocast,
@@ -277,7 +280,7 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
         with trial_outcome(trial, run):
             training = study.config.training
             tokenized = study.tokenization.get(
-                study.data, encoder.location, training.max_length, lambda: load_tokenizer(encoder)
+                study.data, (encoder.location, encoder.revision), training.max_length, lambda: load_tokenizer(encoder)
             )
             settings = loop_settings(study, encoder_name, training.seed + trial.number)
             on_step, on_evaluation = trial_callbacks(trial, study, run, cost)

@@ -8,6 +8,7 @@ decision, a curve point).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -61,6 +62,9 @@ class LoopSettings:
     eval_schedule: str = "fixed"
     # The model runs under torch.compile (pad_to_multiple_of should then be padding_multiple's).
     compile: bool = False
+    # Steps whose losses and gradient norms are read on the host together; None: the device's
+    # default (see host_sync_every).
+    sync_every: int | None = None
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,56 @@ def padding_multiple(device: torch.device, compiled: bool = False) -> int:
     return max(8 if device.type == "cuda" else 1, COMPILE_PAD if compiled else 1)
 
 
+# Steps between host reads of the loss on a GPU: a NaN is noticed this many steps late at most.
+CUDA_SYNC_EVERY = 32
+
+
+def host_sync_every(device: torch.device) -> int:
+    """Steps whose losses and gradient norms the host reads at once. Reading a value off a GPU
+    waits for every kernel queued before it, so read after each step the GPU would idle while
+    Python prepares the next; on a CPU the value is there as the step ends."""
+    return CUDA_SYNC_EVERY if device.type == "cuda" else 1
+
+
+# Activation bytes per token that an evaluation forward pass holds at its peak, generously for a
+# base-size encoder in fp32 (the 4x-wide feed-forward output and attention's score rows, with
+# their copies). Too high for a small encoder, whose batches are then only smaller than they could be.
+EVAL_BYTES_PER_TOKEN = 64 * 1024
+# Larger evaluation batches gain little even on a large GPU, and pad more.
+MAX_EVAL_BATCH = 1024
+# What evaluation's activations may take of the memory left to the process: the trial's model,
+# gradients and optimizer state are loaded after it is read.
+EVAL_MEMORY_SHARE = 0.25
+
+
+def evaluation_batch_size(configured: int, max_length: int, available_bytes: int | None) -> int:
+    """Evaluation batches sized to the device: where `available_bytes` is known (a GPU, a
+    CPU), the largest power of two up to MAX_EVAL_BATCH whose activations fit EVAL_MEMORY_SHARE
+    of it, if that is more than `configured`. Inference keeps no activations for a backward
+    pass, so it takes far larger batches than training does; a small batch leaves a GPU
+    waiting on the host, and on this project's 2-core CPU a bf16 evaluation of 191 examples ran
+    1.8x faster as one batch than in batches of 64 (MiniLM-L6, 5 interleaved runs each).
+    Elsewhere (None: MPS, whose memory is the host's, shared with the GPU) the configured size."""
+    if available_bytes is None:
+        return configured
+    fits = int(available_bytes * EVAL_MEMORY_SHARE) // (max_length * EVAL_BYTES_PER_TOKEN)
+    return max(configured, min(MAX_EVAL_BATCH, 1 << (fits.bit_length() - 1))) if fits else configured
+
+
+def available_device_memory(device: torch.device) -> int | None:
+    """Bytes this process may still allocate: on a CUDA device within the share of it that the
+    process was given (set_per_process_memory_fraction, see search/workers.py); on a CPU the
+    host's memory, whose total, unlike its free part, does not change from trial to trial
+    (nor, then, the evaluation batch and its rounding); None elsewhere."""
+    if device.type == "cpu":
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if device.type != "cuda":
+        return None
+    free, total = torch.cuda.mem_get_info(device)
+    share = torch.cuda.get_per_process_memory_fraction(device)
+    return max(0, min(free, int(share * total) - torch.cuda.memory_reserved(device)))
+
+
 def _autocast(settings: LoopSettings):
     if settings.autocast_dtype is None:
         return nullcontext()
@@ -183,25 +237,27 @@ def predict(model: torch.nn.Module, split: TokenizedSplit, settings: LoopSetting
     """Mean loss over the whole split and the predicted label ids, in the split's order."""
     model.eval()
     order = np.argsort(split.lengths, kind="stable")  # similar lengths together: less padding
-    predictions = np.empty(len(split), dtype=np.int64)
-    loss_sum = 0.0
+    # Kept on the device and read once at the end: a read per batch would wait for the device.
+    losses, predicted = [], []
     with torch.inference_mode(), _autocast(settings):
-        position = 0
         for inputs, labels, _ in batches(split, order, settings.eval_batch_size, settings.device,
                                          settings.pad_to_multiple_of):
             logits = model(**inputs).logits.float()
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-            predictions[order[position:position + len(labels)]] = logits.argmax(-1).cpu().numpy()
-            position += len(labels)
+            losses.append(F.cross_entropy(logits, labels, reduction="sum"))
+            predicted.append(logits.argmax(-1))
+        loss_sum = torch.stack(losses).sum().item()
+        predictions = np.empty(len(split), dtype=np.int64)
+        predictions[order] = torch.cat(predicted).cpu().numpy()
     model.train()
     return loss_sum / len(split), predictions
 
 
 def _accumulate_gradients(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                          settings: LoopSettings) -> float:
-    """Backpropagate the batch's mean loss, in micro-batches when asked; returns that loss."""
+                          settings: LoopSettings) -> torch.Tensor:
+    """Backpropagate the batch's mean loss, in micro-batches when asked; returns that loss, on
+    the device (read on the host only every `host_sync_every` steps)."""
     chunk = settings.micro_batch_size or len(labels)
-    total = 0.0
+    total = torch.zeros((), device=labels.device)
     for start in range(0, len(labels), chunk):
         part = slice(start, start + chunk)
         with _autocast(settings):
@@ -209,7 +265,7 @@ def _accumulate_gradients(model: torch.nn.Module, inputs: dict[str, torch.Tensor
         # Summed over the chunk and divided by the whole batch: the chunks add up to the mean.
         loss = F.cross_entropy(logits.float(), labels[part], reduction="sum") / len(labels)
         loss.backward()
-        total += loss.item()
+        total += loss.detach()
     return total
 
 
@@ -230,6 +286,11 @@ def fine_tune(
     are exactly steps x batch size. `on_evaluation` may raise (Optuna's TrialPruned,
     say) to stop at once; a caller that passes its own `result` still has the timings
     of a run stopped that way.
+
+    Steps reach `on_step` in groups of `sync_every` (and before each evaluation), when their
+    losses and gradient norms are read off the device together; a non-finite loss raises
+    NonFiniteLoss then. Training time is the wall time of those groups, building the batches
+    included, and each step of a group reports the group's mean rate.
     """
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
@@ -263,30 +324,50 @@ def fine_tune(
         result.evaluations.append(evaluation)
         on_evaluation(evaluation)
 
+    sync_every = settings.sync_every or host_sync_every(settings.device)
+    pending: list[tuple[int, float, torch.Tensor, torch.Tensor, int]] = []  # steps not yet read
+    segment_started = time.perf_counter()
+
+    def read_pending() -> None:
+        """One host read for the pending steps: their time, then their logs, in order."""
+        nonlocal segment_started
+        values = torch.stack([torch.stack((loss, norm.float())) for _, _, loss, norm, _ in pending]).tolist()
+        elapsed = time.perf_counter() - segment_started
+        result.train_seconds += elapsed
+        rate = sum(tokens for *_, tokens in pending) / elapsed if elapsed > 0 else 0.0
+        steps = [(step, learning_rate, tokens) for step, learning_rate, _, _, tokens in pending]
+        pending.clear()
+        for (step, learning_rate, tokens), (loss, grad_norm) in zip(steps, values):
+            if not math.isfinite(loss):
+                raise NonFiniteLoss(step, loss)
+            on_step(StepLog(step, loss, learning_rate, grad_norm, rate, tokens))
+        segment_started = time.perf_counter()  # the callbacks' time is not training's
+
     lengths = train.lengths
     step = 0
-    for _ in range(hp.num_epochs):
-        order = rng.permutation(len(train))[:steps_per_epoch * hp.batch_size]
-        if settings.group_by_length:
-            order = length_grouped(order, lengths, hp.batch_size, rng)
-        for inputs, labels, tokens in batches(train, order, hp.batch_size, settings.device,
-                                              settings.pad_to_multiple_of):
-            started = time.perf_counter()
-            loss = _accumulate_gradients(model, inputs, labels, settings)
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
-            learning_rate = scheduler.get_last_lr()[0]  # the step's own: `scheduler.step()` moves on
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            step += 1
-            loss_value = loss
-            elapsed = time.perf_counter() - started
-            result.steps, result.train_tokens = step, result.train_tokens + tokens
-            result.train_seconds += elapsed
-            if not math.isfinite(loss_value):
-                raise NonFiniteLoss(step, loss_value)
-            on_step(StepLog(step, loss_value, learning_rate, float(grad_norm),
-                            tokens / elapsed if elapsed > 0 else 0.0, tokens))
-            if step in checkpoints:
-                run_evaluation(step)
+    try:
+        for _ in range(hp.num_epochs):
+            order = rng.permutation(len(train))[:steps_per_epoch * hp.batch_size]
+            if settings.group_by_length:
+                order = length_grouped(order, lengths, hp.batch_size, rng)
+            for inputs, labels, tokens in batches(train, order, hp.batch_size, settings.device,
+                                                  settings.pad_to_multiple_of):
+                loss = _accumulate_gradients(model, inputs, labels, settings)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
+                learning_rate = scheduler.get_last_lr()[0]  # the step's own: `scheduler.step()` moves on
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                step += 1
+                result.steps, result.train_tokens = step, result.train_tokens + tokens
+                pending.append((step, learning_rate, loss, grad_norm, tokens))
+                if step in checkpoints or len(pending) >= sync_every:
+                    read_pending()
+                if step in checkpoints:
+                    run_evaluation(step)
+                    segment_started = time.perf_counter()
+    except BaseException:
+        if pending:  # stopped mid-group (out of memory, say): its steps took time too
+            result.train_seconds += time.perf_counter() - segment_started
+        raise
     return result
