@@ -254,7 +254,7 @@ def test_each_worker_starts_with_its_threads_and_gpu_memory_share(monkeypatch):
     monkeypatch.setattr(workers, "usable_cores", lambda: 16)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setenv("OMP_NUM_THREADS", "16")  # the user's, for a single process
-    cli._run_workers(4, ["--study"], Precision("fp32"))
+    cli._run_workers(4, ["--study"])
     assert [(env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) for env in started] == [("4", "4")] * 4
     assert [float(env[GPU_MEMORY_SHARE_ENV]) for env in started] == pytest.approx([workers.SHARED_GPU_MEMORY / 4] * 4)
 
