@@ -36,9 +36,12 @@ SPLIT_SIZES_ATTR = "split_sizes"  # as the study was created
 SPLIT_FINGERPRINTS_ATTR = "split_fingerprints"
 TRAINING_SETTINGS_ATTR = "training_settings"
 DUPLICATES_DROPPED_ATTR = "duplicates_dropped"
-PRECISION_ATTR = "precision"  # also a trial attribute: the precision it trained in
-PRECISION_TIMINGS_ATTR = "precision_timings"
-PRECISION_DECIDED_ATTR = "precision_decided"
+# Per encoder, the precision its trials train in and what the choice rests on
+# (train/precision.py's EncoderPrecision): kept, so a resumed study trains as it did.
+PRECISION_BY_ENCODER_ATTR = "precision_by_encoder"
+# A trial attribute: the precision it trained in. Studies stored before the per-encoder
+# choice hold one for all their encoders under this name too.
+PRECISION_ATTR = "precision"
 # Encoders stopped after failing again and again: {encoder: the last failure's reason}.
 STOPPED_ATTR = "stopped_encoders"
 # Set when `budget.timeout_s` ended the study short of its trial budget.

@@ -373,11 +373,12 @@ def write_outputs(report: dict, out: Path) -> dict:
 
 
 def measured_precision(config, workdir: str) -> str:
-    """What `precision: auto` chooses for `config` on this machine."""
+    """What `precision: auto` chooses for `config`'s one encoder on this machine."""
     from benchmark.search.preflight import prepare
 
     prepared = prepare(config, f"sqlite:///{workdir}/precision.db", ["none"], Path(workdir))
-    return prepared.studies[0].precision.choice
+    (chosen,) = prepared.studies[0].precisions.values()
+    return chosen.choice
 
 
 def main(argv: list[str] | None = None) -> int:

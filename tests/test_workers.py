@@ -18,7 +18,6 @@ from benchmark.cli import main
 from benchmark.report.results import trials_frame
 from benchmark.schema import FINISHED
 from benchmark.search.storage import open_storage
-from benchmark.train.precision import Precision
 from tests.test_study import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,12 +197,12 @@ def test_each_local_worker_gets_its_own_gpu(monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", FakeWorker)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    cli._run_workers(3, ["--study", "--workers", "3"], Precision("fp32"))
+    cli._run_workers(3, ["--study", "--workers", "3"])
     assert [gpu for _, gpu in started] == ["2", "5", "2"]
     assert all(command[-2:] == ["--workers", "1"] for command, _ in started)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     started.clear()
-    cli._run_workers(2, ["--study"], Precision("fp32"))
+    cli._run_workers(2, ["--study"])
     assert [gpu for _, gpu in started] == ["0", "0"], "one GPU: the workers share it, as inherited"
 
 
@@ -242,7 +241,7 @@ def test_each_worker_starts_with_its_threads_and_gpu_memory_share(monkeypatch):
     monkeypatch.setattr(workers, "usable_cores", lambda: 16)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setenv("OMP_NUM_THREADS", "16")  # the user's, for a single process
-    cli._run_workers(4, ["--study"], Precision("fp32"))
+    cli._run_workers(4, ["--study"])
     assert [(env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) for env in started] == [("4", "4")] * 4
     assert [float(env[GPU_MEMORY_SHARE_ENV]) for env in started] == pytest.approx([workers.SHARED_GPU_MEMORY / 4] * 4)
 

@@ -345,8 +345,9 @@ class TrainingSpec(_Strict):
     eval_subset_examples: StrictInt | None = Field(default=None, gt=0)
     # Batches of similar lengths (as Trainer's `group_by_length`): less padding per batch.
     group_by_length: StrictBool = False
-    # `auto`: whichever trains faster here, timed before the first trial (benchmark/train/precision.py).
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # `auto`: per encoder, whichever trains faster here, timed before its first trial
+    # (benchmark/train/precision.py); `tf32` needs a CUDA GPU of compute capability 8.0 or newer.
+    precision: Literal["auto", "bf16", "fp32", "tf32"] = "auto"
     # NumPy and the samplers take 32-bit unsigned seeds.
     seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1)
     # The loss's class weights (see CLASS_WEIGHTS); search_space.class_weights searches them instead.

@@ -24,6 +24,7 @@ from benchmark.schema import (
     ENCODER_PARAM,
     FINAL_OF_ATTR,
     METRIC_ATTR,
+    PRECISION_ATTR,
     PREDICTIONS_ATTR,
     SEED_ATTR,
     SEEDS_REQUESTED_ATTR,
@@ -36,6 +37,7 @@ from benchmark.search.trial import DatasetStudy, loop_settings
 from benchmark.train.encoders import load_classifier, load_tokenizer
 from benchmark.train.loop import Evaluation, Hyperparameters, StepLog, fine_tune, predict
 from benchmark.train.memory import release_memory
+from benchmark.train.precision import matmuls
 from benchmark.train.metrics import classification_metrics
 
 # Far from the search's training seeds (the data seed plus the trial number).
@@ -128,6 +130,7 @@ def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: Da
                 distributions=source.distributions,
                 user_attrs={
                     SEED_ATTR: seed, SOURCE_TRIAL_ATTR: source.number, "test_loss": test_loss,
+                    PRECISION_ATTR: dataset_study.precisions[encoder_name].choice,
                     PREDICTIONS_ATTR: predictions.tolist(),
                     **{f"test_{key}": value for key, value in scores.items()},
                     "validation_loss": validation_loss,
@@ -149,13 +152,15 @@ def _train_and_test(dataset_study: DatasetStudy, source: FrozenTrial, test, seed
                                                lambda: load_tokenizer(encoder))
     # No evaluation before the end: nothing is pruned here, and the final one is what counts.
     never = len(tokenized.train) * hp.num_epochs + 1
-    settings = loop_settings(dataset_study, training.seed + SEED_OFFSET + seed, eval_every_examples=never)
+    settings = loop_settings(dataset_study, encoder.name, training.seed + SEED_OFFSET + seed,
+                             eval_every_examples=never)
     torch.manual_seed(settings.seed)
     model = load_classifier(encoder, dataset_study.data.label_names, hp.dropout)
     try:
-        result = fine_tune(model, tokenized.train, tokenized.validation, dataset_study.data.num_labels, hp,
-                           settings, _ignore, _ignore)
-        test_loss, predictions = predict(model, test, settings)
+        with matmuls(dataset_study.precisions[encoder.name].choice):
+            result = fine_tune(model, tokenized.train, tokenized.validation, dataset_study.data.num_labels, hp,
+                               settings, _ignore, _ignore)
+            test_loss, predictions = predict(model, test, settings)
         return result.final.loss, result.final.metrics, test_loss, predictions
     finally:
         del model

@@ -26,9 +26,6 @@ from benchmark.schema import (
     INTERRUPTED_ATTR,
     LABEL_NAMES_ATTR,
     METRIC_ATTR,
-    PRECISION_ATTR,
-    PRECISION_DECIDED_ATTR,
-    PRECISION_TIMINGS_ATTR,
     PRUNE_REASON_ATTR,
     REFERENCE_ATTR,
     STOPPED_ATTR,
@@ -85,12 +82,6 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
     study.set_user_attr(DUPLICATES_DROPPED_ATTR, data.duplicates_dropped)
     for name, value in provenance.study_attrs(config).items():  # what the report's header names
         study.set_user_attr(name, value)
-    # This run's choice; a study topped up on another machine may hold trials of another
-    # (each trial's own `precision` attribute says which).
-    chosen = dataset_study.precision
-    study.set_user_attr(PRECISION_ATTR, chosen.choice)
-    study.set_user_attr(PRECISION_TIMINGS_ATTR, chosen.seconds_per_step)
-    study.set_user_attr(PRECISION_DECIDED_ATTR, chosen.basis)
     # The leaderboards' reference rows, computed once per study (seconds on a CPU). The test
     # split is scored here only as a reference number for the final table: nothing of the
     # search reads it.
