@@ -357,6 +357,8 @@ def test_out_of_memory_retries_with_half_micro_batches_then_fails_with_reason(
                                       training__eval_every_examples=48)).restricted(["topics"], None)
     dataset_study = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
     monkeypatch.setattr(trial_module, "load_classifier", _OutOfMemoryAbove(limit)(trial_module.load_classifier))
+    # The configured evaluation batch (32), not one sized to this host's memory: the retry halves it.
+    monkeypatch.setattr(trial_module, "available_device_memory", lambda device: None)
     study = optuna.create_study(direction="maximize")
     study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=1, catch=(Exception,))
     trial = study.trials[0]
