@@ -8,12 +8,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from benchmark.errors import BenchmarkError
-
-if TYPE_CHECKING:  # like every module that needs torch, imported only where used
-    from benchmark.train.precision import Precision
 
 DEFAULT_CONFIG = Path("search_spaces/default.yaml")
 MAX_SEED = 2**32 - 1
@@ -313,7 +309,7 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
     halted = []  # the studies in which every encoder was stopped by failing trials
     try:
         if args.workers > 1:
-            _run_workers(args.workers, argv, prepared.studies[0].precision)
+            _run_workers(args.workers, argv)
         else:
             for dataset_study in prepared.studies:
                 study = run_study(prepared.storage, url, dataset_study, n_trials, timeout, seed)
@@ -339,14 +335,14 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
 
 def _final_eval(args: argparse.Namespace) -> None:
     config = _config(args)
-    from benchmark.search import preflight
+    from benchmark.search import lineage, preflight
     from benchmark.search.final_eval import evaluation_candidates, pending_seeds, plan_text, run_final_evaluation
     from benchmark.train.estimate import duration_text
 
     url = _storage_url(args)
     _check_studies_exist(config, url)
     _check_results_dir(args.results_dir)
-    prepared = preflight.prepare(config, url, ["none"], args.results_dir)
+    prepared = preflight.prepare(config, url, ["none"], args.results_dir, lineage.FINAL_SETTINGS)
     candidates = [evaluation_candidates(prepared.storage, study) for study in prepared.studies]
     total = 0.0
     for dataset_study, trials in zip(prepared.studies, candidates):
@@ -380,19 +376,19 @@ def _check_studies_exist(config, url: str) -> None:
                              "(or check --storage)")
 
 
-def _run_workers(count: int, argv: list[str], chosen: Precision) -> None:
-    """Start `count` copies of this command as single workers on the same storage, training
-    in the precision measured here, each on its share of the cores and GPUs (search/workers.py)."""
+def _run_workers(count: int, argv: list[str]) -> None:
+    """Start `count` copies of this command as single workers on the same storage, each on its
+    share of the cores and GPUs (search/workers.py). Each trains every encoder in the precision
+    that `preflight.prepare` stored in the studies here."""
     import os
     import subprocess
 
     from benchmark.schema import WORKER_ENV
     from benchmark.search.workers import usable_cores, worker_shares
-    from benchmark.train.precision import for_workers
 
     workers = []
     for index, share in enumerate(worker_shares(count, usable_cores(), _visible_gpus())):
-        env = dict(os.environ, **{WORKER_ENV: str(index)}, **for_workers(chosen), **share.environment())
+        env = dict(os.environ, **{WORKER_ENV: str(index)}, **share.environment())
         # A later --workers wins over the user's, so each child is a single worker.
         command = [sys.executable, "-m", "benchmark.cli", *argv, "--workers", "1"]
         workers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))

@@ -15,7 +15,7 @@ ENCODER_PARAM = "encoder"
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
-# `--workers` children find their index here, for distinct sampler seeds.
+# `--workers` children find their index here (they show no live display).
 WORKER_ENV = "ENCODER_BENCHMARK_WORKER"
 # ... and the fraction of their GPU's memory they may allocate, where several share it.
 GPU_MEMORY_SHARE_ENV = "ENCODER_BENCHMARK_GPU_MEMORY_SHARE"
@@ -30,11 +30,18 @@ DATA_SEED_ATTR = "data_seed"
 # a study, so they are fixed when the study is created (see `DatasetStudy.encoder_choices`).
 ENCODER_CHOICES_ATTR = "encoder_choices"
 LABEL_NAMES_ATTR = "label_names"
-SPLIT_SIZES_ATTR = "split_sizes"
+SPLIT_SIZES_ATTR = "split_sizes"  # as the study was created
+# As the study was created: each split's sha256 (`TextClassificationData.fingerprints`) and the
+# training settings that shaped its trials (`search.lineage`); a later run must match them.
+SPLIT_FINGERPRINTS_ATTR = "split_fingerprints"
+TRAINING_SETTINGS_ATTR = "training_settings"
 DUPLICATES_DROPPED_ATTR = "duplicates_dropped"
-PRECISION_ATTR = "precision"  # also a trial attribute: the precision it trained in
-PRECISION_TIMINGS_ATTR = "precision_timings"
-PRECISION_DECIDED_ATTR = "precision_decided"
+# Per encoder, the precision its trials train in and what the choice rests on
+# (train/precision.py's EncoderPrecision): kept, so a resumed study trains as it did.
+PRECISION_BY_ENCODER_ATTR = "precision_by_encoder"
+# A trial attribute: the precision it trained in. Studies stored before the per-encoder
+# choice hold one for all their encoders under this name too.
+PRECISION_ATTR = "precision"
 # Encoders stopped after failing again and again: {encoder: the last failure's reason}.
 STOPPED_ATTR = "stopped_encoders"
 # Set when `budget.timeout_s` ended the study short of its trial budget.
@@ -90,6 +97,14 @@ def study_name(benchmark: str, dataset: str) -> str:
 
 
 def final_study_name(search_study: str) -> str:
+    """The final evaluation's study of `search_study`. The ':' is a character no config or
+    dataset name may hold (config/spec.py), so no search study can take this name: with a
+    '-', dataset `d-final` would share one study with the final evaluation of `d`."""
+    return f"{search_study}:final"
+
+
+def legacy_final_study_name(search_study: str) -> str:
+    """The name `final_study_name` gave before it took a ':', kept where a storage holds one."""
     return f"{search_study}-final"
 
 

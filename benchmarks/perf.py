@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
 from itertools import pairwise
 from pathlib import Path
@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmark.train.precision import CANDIDATES, TF32_CAPABILITY, matmuls
 from benchmarks.table import Measurement, render_markdown, summarize
 
 # Batch orders on both sides: shuffled, and shuffled in groups of similar length.
@@ -58,9 +59,6 @@ QUICK = Plan(throughput_examples=32, batch_size=8, search_budget_s=8, search_tra
 
 
 # The matmul peak's precisions: how each multiplies fp32 or bf16 operands.
-MATMUL_PRECISIONS = {"fp32": (torch.float32, False), "tf32": (torch.float32, True), "bf16": (torch.bfloat16, False)}
-# TF32 tensor cores: CUDA compute capability 8.0 (Ampere) and newer.
-TF32_CAPABILITY = (8, 0)
 # The matmul peak's sizes double from this while one product takes under SLOW_PRODUCT_S, up
 # to the plan's size: a fallback kernel (bf16 on a CPU without it: 100x slower) stops at a
 # small size instead of taking minutes, and a fast device reaches a size where the launch and
@@ -78,26 +76,15 @@ def matmul_precisions(device: torch.device) -> list[str]:
     return ["fp32", *(["tf32"] if tf32 else []), "bf16"]
 
 
-@contextmanager
-def float32_matmuls(tf32: bool):
-    """fp32 matmuls in TF32 within the block where `tf32`, in full fp32 otherwise; restored after."""
-    previous = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("high" if tf32 else "highest")
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(previous)
-
-
 def matmul_peak(max_size: int, precision: str, device: torch.device, seconds: float = 2.0) -> float:
     """FLOP/s of warm square matrix multiplies in `precision`, the best of repeated timings.
 
     Warm: the first product at a size loads the kernels and picks an algorithm, costing
     up to hundreds of times a warm one on a GPU, so each size is multiplied once untimed
     before its timings. The size grows as FIRST_MATMUL_SIZE and SLOW_PRODUCT_S describe."""
-    dtype, tf32 = MATMUL_PRECISIONS[precision]
+    dtype = CANDIDATES[precision].autocast or torch.float32
     products = CUDA_PRODUCTS_PER_TIMING if device.type == "cuda" else 1
-    with float32_matmuls(tf32):
+    with matmuls(precision):
         size = min(FIRST_MATMUL_SIZE, max_size)
         while True:
             a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
@@ -148,7 +135,7 @@ def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str, fuse
 
     # One tiny evaluation at the end, which fine_tune always does; its time is subtracted.
     validation = train.subset(np.arange(min(len(train), 8)))
-    settings = replace(loop_settings(study, seed=0, eval_every_examples=10**9), autocast_dtype=dtype,
+    settings = replace(loop_settings(study, encoder_name, seed=0, eval_every_examples=10**9), autocast_dtype=dtype,
                        fused_optimizer=fused, eval_subset_examples=None,
                        group_by_length=sampling == "group_by_length", compile=compiled,
                        pad_to_multiple_of=padding_multiple(study.device, compiled))
@@ -159,7 +146,7 @@ def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str, fuse
     if attention is not None:
         _transformer(model).set_attn_implementation(attention)
     started = time.perf_counter()
-    with float32_matmuls(tf32):
+    with matmuls("tf32" if tf32 else "fp32"):
         result = fine_tune(model, train, validation, study.data.num_labels, hp, settings, _ignore, _ignore)
     seconds = time.perf_counter() - started - result.eval_seconds
     return Measurement(tokens=result.train_tokens, seconds=seconds, loss=result.final.loss), flops
@@ -241,14 +228,14 @@ def _train_with_trainer(study, encoder_name: str, train, hp, args) -> Measuremen
 
 
 def _trainer_arguments(workdir: Path, device: torch.device, bf16: bool, sampling: str, batch_size: int,
-                       **overrides):
+                       seed: int = 0, **overrides):
     from transformers import TrainingArguments
 
     return TrainingArguments(
         output_dir=str(workdir), per_device_train_batch_size=batch_size, per_device_eval_batch_size=64,
         bf16=bf16, use_cpu=device.type == "cpu", train_sampling_strategy=sampling,
         save_strategy="no", logging_strategy="no", report_to=[], disable_tqdm=True,
-        seed=0, **overrides,
+        seed=seed, **overrides,
     )
 
 
@@ -345,7 +332,7 @@ def _search_config(config, plan: Plan):
 
 
 def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
-    """This harness's search, its sampler seeded by `seed` (the data split keeps the config's)."""
+    """This harness's search, its sampler and training seeded by `seed` (the data split keeps the config's)."""
     from benchmark.search.preflight import prepare
     from benchmark.search.study import run_study
 
@@ -361,7 +348,8 @@ def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
 
 
 def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
-    """`Trainer.hyperparameter_search(backend="optuna")` over the same space, data and budget."""
+    """`Trainer.hyperparameter_search(backend="optuna")` over the same space, data and budget;
+    `seed` seeds its sampler and its training (Trainer seeds every trial's model with it)."""
     import optuna
     from transformers import DataCollatorWithPadding, Trainer
 
@@ -370,6 +358,7 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
     from benchmark.search.preflight import prepare
     from benchmark.search.trial import sample_hyperparameters
     from benchmark.train.encoders import load_classifier, load_tokenizer
+    from benchmark.train.loop import balanced_class_weights
     from benchmark.train.metrics import classification_metrics
 
     config = _search_config(config, plan)
@@ -383,10 +372,14 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
     validation = _hf_dataset(tokenize_split(tokenizer, study_spec.data.validation, max_length))
     metric = study_spec.metric
     dropout_spec = config.search_space.dropout
+    weights = torch.tensor(balanced_class_weights(study_spec.data.train.labels, study_spec.data.num_labels),
+                           dtype=torch.float32)
+    sampled = {}  # the running trial's class weights, which TrainingArguments has no field for
 
     def hp_space(trial: optuna.Trial) -> dict:
         # The same sampling code as our trials, mapped onto TrainingArguments' names.
         hp = sample_hyperparameters(trial, config.search_space, config.encoders[encoder_name])
+        sampled["class_weights"] = hp.class_weights
         return {"learning_rate": hp.learning_rate, "warmup_steps": hp.warmup_ratio, "weight_decay": hp.weight_decay,
                 "max_grad_norm": hp.max_grad_norm, "per_device_train_batch_size": hp.batch_size,
                 "num_train_epochs": hp.num_epochs}
@@ -400,16 +393,25 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
             dropout = trial.suggest_float("dropout", dropout_spec.low, dropout_spec.high, log=dropout_spec.log)
         return load_classifier(encoder, study_spec.data.label_names, dropout)
 
+    def weighted_loss(outputs, labels, num_items_in_batch=None):
+        """The harness's loss (see `loop._accumulate_gradients`), so both sides train on the same objective."""
+        weight = weights.to(labels.device) if sampled["class_weights"] == "balanced" else None
+        loss = torch.nn.functional.cross_entropy(outputs.logits.float(), labels, weight=weight, reduction="sum")
+        return loss / (len(labels) if num_items_in_batch is None else num_items_in_batch)
+
     def compute_metrics(prediction) -> dict:
         predictions = np.asarray(prediction.predictions).argmax(-1)
         return classification_metrics(np.asarray(prediction.label_ids), predictions, study_spec.data.num_labels)
 
     args = _trainer_arguments(Path(workdir) / "trainer", study_spec.device,
-                              bf16=study_spec.autocast_dtype == torch.bfloat16,
+                              bf16=study_spec.precisions[encoder_name].choice == "bf16",
                               sampling="group_by_length" if config.training.group_by_length else "random",
-                              batch_size=16, eval_strategy="epoch")
+                              batch_size=16, seed=seed, eval_strategy="epoch")
+    # Trainer's own loss where no trial weighs the classes: the peer as it ships.
+    weighing = "balanced" in config.search_space.class_weights.choices
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=validation,
-                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics)
+                      data_collator=DataCollatorWithPadding(tokenizer), compute_metrics=compute_metrics,
+                      compute_loss_func=weighted_loss if weighing else None)
     storage = f"sqlite:///{workdir}/trainer.db"
     with rss_sampler() as memory, _or_none(utilization_sampler(study_spec.device)) as utilization:
         started = time.time()
@@ -479,20 +481,30 @@ def run(config, plan: Plan, out: Path) -> dict:
     # bf16 is trained only where `precision: auto` measured it faster than fp32 (prepare did,
     # unless the config forces a precision): elsewhere it is slower, or even a fallback kernel
     # far slower than fp32 (a CPU without AVX-512 BF16 or AMX).
-    native_bf16 = study.precision.choice == "bf16"
+    # `precision: auto` chooses per encoder; these tables know one configured precision: the
+    # first encoder's (the one the table says).
+    chosen = study.precisions
+    first = next(iter(chosen.values()))
+    in_use = first.choice
+    native_bf16 = any(encoder.choice == "bf16" for encoder in chosen.values())
     precisions = {"fp32": None, **({"bf16": torch.bfloat16} if native_bf16 else {})}
+    # Summed over the encoders where each timed fp32 and bf16 at the same batch.
+    timed = [encoder.seconds_per_step for encoder in chosen.values()]
+    comparable = all(step and {"fp32", "bf16"} <= step.keys() for step in timed)
     report: dict = {
         "plan": asdict(plan), "device": describe_device(device), "torch_threads": torch.get_num_threads(),
         "dataset": dataset_name, "native_bf16": native_bf16, "matmul_peak_flops": {}, "throughput": {},
         "base_size": {}, "levers": {},
-        "precision": {"choice": study.precision.choice, "seconds_per_step": study.precision.seconds_per_step,
-                      "described": study.precision.describe()},
+        "precision": {"choice": in_use,
+                      "seconds_per_step": {name: sum(step[name] for step in timed) for name in ("fp32", "bf16")}
+                      if comparable else None,
+                      "described": "; ".join(f"{name}: {encoder.describe()}" for name, encoder in chosen.items())},
         # The path a trial takes: the lever rows and the target against default Trainer use it.
-        "configured": {"precision": study.precision.choice,
+        "configured": {"precision": in_use,
                        "sampling": "group_by_length" if config.training.group_by_length else "random"},
     }
     configured = "ours {precision} {sampling}".format(**report["configured"])
-    configured_dtype = precisions[study.precision.choice]
+    configured_dtype = first.mode.autocast
     tf32 = "tf32" in matmul_precisions(device)
     for name in matmul_precisions(device):
         report["matmul_peak_flops"][name] = matmul_peak(plan.matmul_size, name, device)
@@ -600,7 +612,7 @@ def _eval_schedule_lever(study, config, plan: Plan) -> dict:
     timings = {"encoder": encoder_name, "epochs": epochs, "batch_size": hp.batch_size,
                "train_examples": len(train), "eval_every_examples": config.training.eval_every_examples}
     for schedule in ("fixed", "geometric"):
-        settings = replace(loop_settings(study, seed=0), eval_schedule=schedule)
+        settings = replace(loop_settings(study, encoder.name, seed=0), eval_schedule=schedule)
         torch.manual_seed(0)
         model = load_classifier(encoder, study.data.label_names, hp.dropout)
         result = fine_tune(model, train, validation, study.data.num_labels, hp, settings, _ignore, _ignore)
@@ -623,7 +635,7 @@ def _eval_subset_lever(study, config) -> dict:
     _, subset = stratified_split(validation.labels, min(size, len(validation) - 1) / len(validation),
                                  np.random.default_rng(EVAL_SUBSET_SEED))
     model = load_classifier(encoder, study.data.label_names, 0.0).to(study.device)
-    settings = loop_settings(study, seed=0)
+    settings = loop_settings(study, encoder.name, seed=0)
     timings = {}
     for name, split in (("full", validation), ("subset", validation.subset(subset))):
         started = time.perf_counter()

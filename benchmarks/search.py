@@ -3,21 +3,24 @@
     python -m benchmarks.search [--quick] [--repeats R] [--budget-s S] [--methods a,b] [--out results/perf]
 
 Every method searches the same space (the config's), for one encoder on one dataset, with
-the same training examples and wall-clock budget; each of its R runs has its own sampler
-seed (run i: seed i for every method, so runs pair up across methods) and its own fresh
-process. Runs go round by round (every method's run 0, then every method's run 1, ...), so
-a change of machine load falls on every method alike. The levers are config options of the
+the same training examples and wall-clock budget; each of its R runs has its own seed (run
+i: `RUN_SEED_STRIDE` x i for every method, so runs pair up across methods), which seeds its
+sampler and every trial's training, and its own fresh process. Each round of runs has its
+own warm-start sources: the config's other datasets, searched by the shipped harness with
+the round's seed and the same budget (their time is reported beside the result, not on the
+methods' clocks). Runs go round by round (a round's sources, then every method's run 0,
+then the next round's ...), so a change of machine load falls on every method alike. The levers are config options of the
 harness, set here through the config: the benchmark has no search code of its own.
 
 One encoder (the config's first, MiniLM-L6 by default): the peer searches one model, and
 with two, each encoder's sampler would see half of a few-minute budget's trials.
 
-The default budget fills about an hour on a 2-core CPU: (3600 s / (methods x R + sources)) less
-`OVERHEAD_S` per run (a fresh process imports torch and transformers, loads the data and
+The default budget fills about an hour on a 2-core CPU: (3600 s / ((methods + sources) x R))
+less `OVERHEAD_S` per run (a fresh process imports torch and transformers, loads the data and
 model before its clock starts, and its last trial runs past the budget), where the sources
-are the warm-start studies, one per other dataset of the config, each searched once by the
-shipped harness with the same budget. With the 10 methods, R = 5 and the default config's 2
-other datasets: 3600 / 52 - 25 = 44 s a run, plus one `precision: auto` measurement.
+are the warm-start studies, one per other dataset of the config and round. With the 10
+methods, R = 5 and the default config's 2 other datasets: 3600 / 60 - 25 = 35 s a run, plus
+one `precision: auto` measurement.
 
 Writes SEARCH.json (every trial of every run), SEARCH.md (the table) and search_anytime.png
 (best-so-far against time: every run thin, each method's median and interquartile band).
@@ -45,6 +48,9 @@ HOUR_S = 3600.0
 # before its clock starts, and the last trial, started in time, running past it.
 OVERHEAD_S = 25.0
 PEER = "trainer"
+# Run i's seed: its trials train with seeds seed + trial number, so with this stride no two
+# runs share a training seed (a run ends far fewer than this many trials).
+RUN_SEED_STRIDE = 1000
 # Warm-started methods read the sources' studies from this file in their run's folder.
 SOURCE_DB = "ours.db"
 
@@ -118,7 +124,8 @@ QUICK = SearchPlan(repeats=2, budget_s=15, train_examples=32, validation_example
 
 
 def default_budget_s(runs: int, sources: int) -> float:
-    """Seconds per run that fit the benchmark into about an hour (see the module docstring)."""
+    """Seconds per run that fit the benchmark into about an hour (see the module docstring);
+    `runs` and `sources` count every round's."""
     return round(HOUR_S / (runs + sources) - OVERHEAD_S)
 
 
@@ -186,17 +193,45 @@ def trial_counts(runs: list[dict], budget_s: float) -> list[tuple[int, int]]:
     return [(sum(trial["state"] == "complete" for trial in trials), len(trials)) for trials in ended]
 
 
+def repeats_text(report: dict) -> list[str]:
+    """What makes the runs independent repeats, and what the warm-start sources cost; a report
+    without `source_runs` comes from the code before either."""
+    if "source_runs" not in report:
+        return ["**Made by the old code: its repeats are not independent.** The run seed reached only the "
+                "sampler (every trial trained with seed training.seed + trial number in every run), and the "
+                "warm-start sources were searched once and shared by every run, so a warm-started run's first "
+                "trials were the same configurations with the same seeds in every run."]
+    if not report["source_runs"]:
+        return ["Each run's seed seeds its sampler and every trial's training (seed + trial number). "
+                "No method warm-starts, so no source was searched."]
+    seconds = [run["seconds"] for run in report["source_runs"]]
+    per_round = len(seconds) / len(next(iter(report["methods"].values()))["runs"])
+    return [f"Each run's seed seeds its sampler and every trial's training (seed + trial number). Each round "
+            f"searched its own warm-start sources first ({', '.join(report['warm_start_sources'])}, with the round's "
+            f"seed and the same budget): {len(seconds)} source searches, {float(np.median(seconds)):.0f} s each "
+            f"(median), so {per_round * float(np.median(seconds)):.0f} s per warm-started run that its clock "
+            "does not count. A benchmark run spends it anyway on its other datasets, which is the lever's premise; "
+            "a study without them gets no warm start."]
+
+
 def render_markdown(report: dict) -> str:
     summary = report["summary"]
     plan = report["plan"]
     target = summary["target"]
     target_text = (f"{target:.4f}" if target is not None
                    else "none (the peer was not run, or no run of it completed a trial)")
+    runs = next(iter(report["methods"].values()))["runs"]
+    seeds = ", ".join(str(run["seed"]) for run in runs)
+    stopped = ([] if len(runs) == plan["repeats"] else
+               [f"**{len(runs)} of the {plan['repeats']} planned rounds**: the benchmark was stopped, or is still "
+                "running, after these.", ""])
     lines = [
         "# Search benchmark",
         "",
-        f"{plan['repeats']} runs per method, each in a fresh process with its own sampler seed "
-        f"(0-{plan['repeats'] - 1}), "
+        *stopped,
+        *repeats_text(report),
+        "",
+        f"{len(runs)} runs per method, each in a fresh process with its own seed ({seeds}), "
         f"{plan['budget_s']:.0f} s of wall clock each; encoder {report['encoder']}, dataset {report['dataset']} "
         f"({plan['train_examples']} training examples, validation {report['metric']}), {report['precision']}, "
         f"on {report['device']}. "
@@ -204,7 +239,7 @@ def render_markdown(report: dict) -> str:
         f"ended within the budget; one with none counts as the worst.",
         "",
         "| method | median final best | median time to target (s) | runs reaching target | within half the budget "
-        "| final best per run (seed 0, 1, ...) | trials per run, complete/ended in the budget |",
+        "| final best per run, in seed order | trials per run, complete/ended in the budget |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, row in summary["methods"].items():
@@ -290,35 +325,39 @@ def run(config, plan: SearchPlan, methods: Sequence[str], out: Path, dataset: st
     config = configure(config, {"training": {"precision": precision}})
     target_config = config.restricted([dataset], None)
     sources = [name for name in config.datasets if name != dataset]
-    source_dir = workdir / "sources"
-    if any(METHODS[name].warm(config) for name in methods):
-        source_dir.mkdir()
-        for name in sources:  # each in the same storage, as one benchmark run would leave them
-            print(f"warm-start source: {name}", file=sys.stderr, flush=True)
-            in_fresh_process(search_ours, config.restricted([name], None), search_plan, str(source_dir),
-                             config.training.seed)
+    warm = any(METHODS[name].warm(config) for name in methods)
     report: dict = {"plan": asdict(plan), "encoder": encoder, "dataset": dataset,
                     "metric": config.datasets[dataset].metric, "device": describe_device(pick_device()),
                     "precision": precision,
-                    "warm_start_sources": sources, "methods": {
+                    "warm_start_sources": sources if warm else [], "source_runs": [], "methods": {
                         name: {"description": METHODS[name].description,
                                "config": METHODS[name].patch(config) if METHODS[name].patch else None, "runs": []}
                         for name in methods}}
-    for seed in range(plan.repeats):
+    for repeat in range(plan.repeats):
+        seed = RUN_SEED_STRIDE * repeat
+        source_dir = workdir / f"sources-{seed}"
+        source_dir.mkdir()
+        for name in report["warm_start_sources"]:  # each in one storage, as a benchmark run leaves them
+            print(f"warm-start source {name}, round {repeat + 1}/{plan.repeats}", file=sys.stderr, flush=True)
+            result = in_fresh_process(search_ours, config.restricted([name], None), search_plan, str(source_dir),
+                                      seed)
+            report["source_runs"].append({"seed": seed, "dataset": name, **result})
         for name in methods:
             method = METHODS[name]
             run_dir = workdir / f"{name}-{seed}"
             run_dir.mkdir()
             if method.warm(config):
                 shutil.copy(source_dir / SOURCE_DB, run_dir / SOURCE_DB)
-            print(f"{name} run {seed + 1}/{plan.repeats}", file=sys.stderr, flush=True)
+            print(f"{name} run {repeat + 1}/{plan.repeats}", file=sys.stderr, flush=True)
             if method.patch is None:
                 result = in_fresh_process(search_trainer, target_config, search_plan, str(run_dir), seed)
             else:
                 result = in_fresh_process(search_ours, configure(target_config, method.patch(target_config)),
                                           search_plan, str(run_dir), seed)
             report["methods"][name]["runs"].append({"seed": seed, **result})
-    return write_outputs(report, out)
+        # After every round: a run stopped later keeps its finished rounds, each a whole set of paired runs.
+        write_outputs(report, out)
+    return report
 
 
 def write_outputs(report: dict, out: Path) -> dict:
@@ -334,11 +373,12 @@ def write_outputs(report: dict, out: Path) -> dict:
 
 
 def measured_precision(config, workdir: str) -> str:
-    """What `precision: auto` chooses for `config` on this machine."""
+    """What `precision: auto` chooses for `config`'s one encoder on this machine."""
     from benchmark.search.preflight import prepare
 
     prepared = prepare(config, f"sqlite:///{workdir}/precision.db", ["none"], Path(workdir))
-    return prepared.studies[0].precision.choice
+    (chosen,) = prepared.studies[0].precisions.values()
+    return chosen.choice
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -391,7 +431,7 @@ def main(argv: list[str] | None = None) -> int:
             plan = replace(QUICK, repeats=repeats, budget_s=args.budget_s or QUICK.budget_s)
         else:
             plan = SearchPlan(repeats=repeats, budget_s=args.budget_s or default_budget_s(len(methods) * repeats,
-                                                                                          sources),
+                                                                                          sources * repeats),
                               train_examples=args.train_examples, validation_examples=None)
         if plan.budget_s <= 0:
             raise BenchmarkError(f"{len(methods)} methods x {repeats} runs do not fit an hour; "

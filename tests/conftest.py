@@ -104,6 +104,23 @@ def tiny_encoders(tmp_path_factory) -> dict[str, Path]:
     return {model_type: build_tiny_encoder(root / model_type, model_type) for model_type in ARCHITECTURES}
 
 
+@pytest.fixture(scope="session")
+def half_saved(tiny_encoders, tmp_path_factory) -> dict:
+    """torch dtype -> the tiny BERT saved in it (fp16, bf16), as a user's local copy might be."""
+    import shutil
+
+    import torch
+    from transformers import AutoModel
+
+    copies = {}
+    for dtype in (torch.float16, torch.bfloat16):
+        directory = tmp_path_factory.mktemp(str(dtype).removeprefix("torch."))
+        shutil.copytree(tiny_encoders["bert"], directory, dirs_exist_ok=True)
+        AutoModel.from_pretrained(directory).to(dtype).save_pretrained(directory)
+        copies[dtype] = directory
+    return copies
+
+
 @pytest.fixture()
 def topics_csv(tmp_path) -> Path:
     path = tmp_path / "topics.csv"

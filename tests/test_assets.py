@@ -278,3 +278,85 @@ def test_drug_reviews_load_from_the_wheel_with_its_own_test_split(tmp_path, inde
     # (0.4, but every class with two or more examples reaches both sides)
     assert np.bincount(data.validation.labels).tolist() == [1, 1, 1]
     assert data.duplicates_dropped == 0
+
+
+# --- a damaged or unwritable cache -------------------------------------------------------------
+
+
+@pytest.mark.parametrize("damage, said", ids=["truncated", "deleted"], argvalues=[
+    (lambda root: (root / "a.txt").write_text("al"), "tinyasset/data/a.txt has 2 bytes, not 6"),
+    (lambda root: (root / "sub" / "b.txt").unlink(), "tinyasset/data/sub/b.txt is missing"),
+])
+def test_a_truncated_or_deleted_file_is_noticed_and_fetched_again(tmp_path, tinyasset_wheel, capsys, damage, said):
+    cache = tmp_path / "cache"
+    asset = tiny_asset(sha256(tinyasset_wheel))
+    root = fetch(asset, cache)
+    damage(root)  # under an intact `.complete` marker
+    assert fetch(asset, cache) == root
+    assert f"asset tinyasset: the cached copy in {cache / 'assets' / 'tinyasset'} is damaged ({said}); " \
+           "fetching it again" in capsys.readouterr().err
+    assert (root / "a.txt").read_text() == "alpha\n" and (root / "sub" / "b.txt").read_text() == "beta\n"
+    assert fetch(asset, cache) == root
+    assert "damaged" not in capsys.readouterr().err
+
+
+def test_a_copy_unpacked_before_sizes_were_recorded_is_kept_and_checked_from_then_on(
+        tmp_path, tinyasset_wheel, monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    asset = tiny_asset(sha256(tinyasset_wheel))
+    root = fetch(asset, cache)
+    (cache / "assets" / "tinyasset" / assets.SIZES_FILE).unlink()
+    with monkeypatch.context() as patched:
+        patched.setattr(assets.subprocess, "run", _no_pip)
+        assert fetch(asset, cache) == root  # reused, not fetched again
+    assert (cache / "assets" / "tinyasset" / assets.SIZES_FILE).is_file()
+    (root / "a.txt").unlink()
+    assert fetch(asset, cache) == root
+    assert "a.txt is missing" in capsys.readouterr().err and (root / "a.txt").is_file()
+
+
+def test_a_cache_under_a_file_is_one_clear_error(tmp_path, tinyasset_wheel, monkeypatch):
+    # Tests run as root, whom permissions do not stop: a path through a file fails for everyone.
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("ENCODER_BENCHMARK_CACHE", str(tmp_path / "a-file" / "cache"))
+    with pytest.raises(BenchmarkError) as caught:
+        fetch(tiny_asset(sha256(tinyasset_wheel)))
+    assert str(caught.value).startswith(f"asset cache {tmp_path / 'a-file' / 'cache'}: cannot write the asset "
+                                        "tinyasset there (Not a directory")
+    assert "set ENCODER_BENCHMARK_CACHE to a writable directory" in str(caught.value)
+
+
+def test_a_read_only_cache_is_one_clear_error_also_when_a_copy_must_be_replaced(tmp_path, tinyasset_wheel,
+                                                                                monkeypatch, capsys):
+    cache = tmp_path / "cache"
+    asset = tiny_asset(sha256(tinyasset_wheel))
+    root = fetch(asset, cache)
+    with monkeypatch.context() as patched:
+        _mount_read_only(patched)
+        assert fetch(asset, cache) == root  # an intact copy needs no write
+    (root / "a.txt").write_text("al")
+    with monkeypatch.context() as patched:
+        _mount_read_only(patched)
+        with pytest.raises(BenchmarkError) as caught:
+            fetch(asset, cache)
+    assert "damaged (tinyasset/data/a.txt has 2 bytes, not 6); fetching it again" in capsys.readouterr().err
+    assert str(caught.value).startswith(f"asset cache {cache}: cannot write the asset tinyasset there "
+                                        "(Read-only file system")
+
+
+def _mount_read_only(patched: pytest.MonkeyPatch) -> None:
+    """Every write refused at the OS boundary, as on a read-only mount (chmod does not stop root)."""
+    import errno
+    import os
+
+    def refuse(path, *args, **kwargs):
+        raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+
+    def open_for_reading(path, flags, *args, real_open=os.open, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            refuse(path)
+        return real_open(path, flags, *args, **kwargs)
+
+    for name in ("mkdir", "rename", "replace", "unlink", "rmdir"):
+        patched.setattr(os, name, refuse)
+    patched.setattr(os, "open", open_for_reading)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import math
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +10,13 @@ from pathlib import Path
 import numpy as np
 import optuna
 import pytest
-import torch
 
 from benchmark.cli import main
-from benchmark.config.spec import CategoricalParam, EncoderSpec, IntParam, RangeOverride, TrainingSpec
+from benchmark.config.spec import CategoricalParam, IntParam, RangeOverride, TrainingSpec, load_config
 from benchmark.schema import DATA_SEED_ATTR
 from benchmark.search import trial as trial_module
+from benchmark.search.preflight import prepare
 from benchmark.train import estimate, precision
-from benchmark.train.encoders import resolve
 from tests.test_study import write_config
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,9 +44,10 @@ def test_check_prints_the_plan_and_an_estimate_and_writes_nothing(tmp_path, tiny
     assert "study tiny-topics (accuracy): new to 4 trials (2 per encoder); to run: bert 2, roberta 2; estimate" in out
     assert "study tiny-topic_pairs (macro_f1): new to 4 trials (2 per encoder); to run: bert 2, roberta 2" in out
     # fp32 is forced, so nothing was measured for the choice: the check timed its own steps.
-    assert "one training step of 8x32 in fp32: 0.50 s" in out
+    assert "one training step of 16x32 in fp32: 0.50 s" in out
     assert "estimate: " in out and "for 8 trial(s) in 2 study(ies)" in out and "upper bound" in out
-    assert "estimate rests on: each encoder's training step timed here at 8x32 tokens in fp32" in out
+    assert ("estimate rests on: each encoder's training step timed here in its precision (bert fp32 at 16x32, "
+            "roberta fp32 at 16x32 tokens)") in out
     assert "dataset topics: 3 classes, train " in out and "'politics' " in out
     assert out.rstrip().endswith("check: nothing was trained or written")
     assert not results.exists()
@@ -127,22 +126,34 @@ def test_duration_text():
     assert [estimate.duration_text(s) for s in (45, 200, 7500)] == ["45 s", "3 min 20 s", "2 h 05 min"]
 
 
-def test_the_precision_measurement_keeps_each_encoders_step_for_the_estimate(tiny_encoders, monkeypatch):
-    encoders = [resolve(name, EncoderSpec(source="local", path=tiny_encoders[name])) for name in ("bert", "roberta")]
-    seconds = {("fp32", "bert"): 1.0, ("bf16", "bert"): 0.4, ("fp32", "roberta"): 2.0, ("bf16", "roberta"): 1.0}
-    current = []
+def test_check_shows_each_encoders_precision_and_times_it_once(tmp_path, tiny_encoders, monkeypatch, capsys):
+    per_token = {("fp32", "bert"): 1e-3, ("bf16", "bert"): 4e-4, ("fp32", "roberta"): 1e-3, ("bf16", "roberta"): 3e-3}
+    monkeypatch.setattr(precision, "_timed_step", lambda model, inputs, labels, device, name:
+                        per_token[name, model.config.model_type] * inputs["input_ids"].numel())
+    measured, real = [], precision.measure_encoder
+    monkeypatch.setattr(precision, "measure_encoder",
+                        lambda encoder, *args: measured.append((encoder.name, *args[-1:])) or real(encoder, *args))
+    config = write_config(tmp_path, tiny_encoders)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    assert main(["--check", "--config", str(config), "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert measured == [("bert", ["fp32", "bf16"]), ("roberta", ["fp32", "bf16"])]  # the estimate reuses them
+    assert "precision bert: bf16 (measured at 16x32 after an untimed warm-up step each" in out
+    assert "precision roberta: fp32 (measured at 16x32" in out and "the run decides the same way" in out
+    assert "one training step of 16x32 in bf16: 0.20 s" in out and "one training step of 16x32 in fp32: 0.51 s" in out
+    assert "timed here in its precision (bert bf16 at 16x32, roberta fp32 at 16x32 tokens)" in out
 
-    def measure(encoder, *args):
-        current.append(encoder.name)
-        return {name: (seconds[name, encoder.name], False) for name in ("fp32", "bf16")}
-
-    monkeypatch.setattr(precision, "measure_encoder", measure)
-    chosen = precision.decide("auto", encoders, 3, 16, 32, torch.device("cpu"))
-    assert chosen.choice == "bf16" and chosen.per_encoder == {"bert": 0.4, "roberta": 1.0}
-    # Reused as measured: not timed again.
-    assert precision.step_seconds(chosen, encoders, 3, 16, 32, torch.device("cpu")) == {"bert": 0.4, "roberta": 1.0}
-    assert current == ["bert", "roberta"]
-    assert math.isclose(chosen.seconds_per_step["bf16"], 1.4)
+    # Once a run has stored the choices, the check shows them and times only them.
+    monkeypatch.setattr(precision, "measure_encoder", real)
+    prepare(load_config(config), url, ["none"], tmp_path)  # what a run stores before its first trial
+    per_token[("bf16", "bert")] = 1.0  # what this machine would choose now no longer matters
+    monkeypatch.setattr(precision, "measure_encoder",
+                        lambda encoder, *args: measured.append((encoder.name, *args[-1:])) or real(encoder, *args))
+    measured.clear()
+    assert main(["--check", "--config", str(config), "--storage", url]) == 0
+    out = capsys.readouterr().out
+    assert measured == [("bert", ["bf16"]), ("roberta", ["fp32"])]
+    assert "precision bert: bf16 (measured at 16x32" in out and "stored in a study: the run keeps it" in out
 
 
 def test_check_reads_a_storage_named_with_a_query_string(tmp_path, tiny_encoders, capsys, steps_of_half_a_second):

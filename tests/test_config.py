@@ -616,3 +616,43 @@ def test_wrong_types_and_non_finite_numbers(tmp_path, dotted, value, expected):
     section, key = dotted.split(".")
     data[section][key] = value
     assert expected in _error(_write(tmp_path, data))
+
+
+def test_class_weights_default_to_none_as_a_one_choice_parameter(tmp_path):
+    config = load_config(_write(tmp_path, _valid()))
+    assert config.training.class_weights == "none"
+    assert config.search_space.class_weights == CategoricalParam(type="categorical", choices=("none",))
+
+
+def test_training_class_weights_become_the_searched_parameter(tmp_path):
+    data = _valid()
+    data["training"]["class_weights"] = "balanced"
+    config = load_config(_write(tmp_path, data))
+    assert config.search_space.class_weights.choices == ("balanced",)
+    assert ("class_weights", config.search_space.class_weights) in list(config.search_space)
+
+
+def test_class_weights_can_be_searched(tmp_path):
+    data = _valid()
+    data["search_space"]["class_weights"] = {"type": "categorical", "choices": ["none", "balanced"]}
+    config = load_config(_write(tmp_path, data))
+    assert config.search_space.class_weights.choices == ("none", "balanced")
+
+
+@pytest.mark.parametrize(("training", "space", "expected"), [
+    ("inverse", None, "training.class_weights: Input should be 'none' or 'balanced'"),
+    (None, {"type": "categorical", "choices": ["none", "inverse"]},
+     "search_space.class_weights: values must be 'none' or 'balanced', got 'inverse'"),
+    (None, {"type": "float", "low": 0.0, "high": 1.0}, "search_space.class_weights: must be a categorical parameter"),
+    ("balanced", {"type": "categorical", "choices": ["none", "balanced"]},
+     "training.class_weights: set it here or search it in search_space.class_weights, not both"),
+])
+def test_bad_class_weights_name_the_key(tmp_path, training, space, expected):
+    data = _valid()
+    if training is not None:
+        data["training"]["class_weights"] = training
+    if space is not None:
+        data["search_space"]["class_weights"] = space
+    path = _write(tmp_path, data)
+    message = _error(path)
+    assert message.startswith(f"{path}: ") and expected in message

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from benchmark.config.spec import DatasetSpec
-from benchmark.data.dataset import SPLITS, load_dataset, prepare, stratified_split
+from benchmark.data.dataset import SPLITS, load_dataset, prepare, stratified_cap, stratified_split
 from benchmark.errors import BenchmarkError
 from tests.conftest import make_texts
 
@@ -257,6 +257,46 @@ def test_max_train_examples_is_not_exceeded_by_rounding():
     assert sorted(np.bincount(data.train.labels).tolist()) == [3, 3, 4]
 
 
+def test_a_cap_below_one_per_class_is_exact_and_keeps_each_class_while_it_can():
+    # 10 classes of 5 capped at 5: half an example per class, which "one of each" made 10.
+    labels = np.repeat(np.arange(10), 5)
+    kept = stratified_cap(labels, 5, np.random.default_rng(0))
+    assert len(kept) == 5 and len(set(labels[kept])) == 5
+    kept = stratified_cap(labels, 12, np.random.default_rng(0))
+    assert len(kept) == 12 and np.bincount(labels[kept]).min() == 1
+
+
+# Classes of 30, 11 and 1: quotas limit x (30, 11, 1) / 42, floored, one of each, then settled
+# by largest remainder: e.g. at 41 the quotas 29.3, 10.7, 0.98 floor to 29 + 10 + 1 = 40, and the
+# largest remainder (0.74) gives the second class the 41st.
+@pytest.mark.parametrize(("limit", "expected"), [(3, [1, 1, 1]), (4, [2, 1, 1]), (7, [5, 1, 1]),
+                                                 (20, [14, 5, 1]), (41, [29, 11, 1])])
+def test_a_cap_keeps_exactly_its_count_in_proportion_and_a_one_example_class(limit, expected):
+    labels = np.array([0] * 30 + [1] * 11 + [2])
+    kept = stratified_cap(labels, limit, np.random.default_rng(1))
+    assert len(set(kept.tolist())) == len(kept) == limit
+    assert np.bincount(labels[kept], minlength=3).tolist() == expected
+
+
+def test_a_train_cap_keeps_a_one_example_class_in_the_label_set_and_in_train():
+    train = frame_of(*[(f"t{i}", "a") for i in range(30)], *[(f"u{i}", "b") for i in range(11)], ("v", "c"))
+    held = frame_of(("x", "a"), ("y", "b"), ("z", "c"))
+    data = prepare("d", {"train": train, "validation": held, "test": held.assign(text=["p", "q", "r"])},
+                   spec(max_train_examples=4), seed=0)
+    assert data.label_names == ("a", "b", "c")
+    assert len(data.train) == 4 and sorted(np.bincount(data.train.labels).tolist()) == [1, 1, 2]
+    assert data.absent_classes() == {}
+
+
+def test_a_train_cap_below_the_class_count_is_refused_by_its_key():
+    train = frame_of(*[(f"t{i}", "abcd"[i % 4]) for i in range(40)])
+    held = frame_of(*[(f"x{i}", "abcd"[i]) for i in range(4)])
+    message = error_of(lambda: prepare("d", {"train": train, "validation": held,
+                                             "test": held.assign(text=lambda f: "y" + f["text"])},
+                                       spec(max_train_examples=3), seed=0))
+    assert message.startswith("datasets.d.max_train_examples: 3 cannot keep one example of each of the 4 classes")
+
+
 # --- stratified_split itself ---------------------------------------------------------
 
 
@@ -477,6 +517,40 @@ def test_a_pair_is_a_duplicate_only_when_both_texts_repeat():
                    spec(text_pair="second"), seed=0)
     assert data.duplicates_dropped == 1
     assert data.train.text_pairs[-2:] == ("answer one", "answer two")
+
+
+def test_texts_that_differ_only_in_invisible_characters_are_duplicates():
+    # Each copy gives a BERT tokenizer the ids of its original: a zero-width space or joiner,
+    # a soft hyphen, a byte-order mark, a variation selector, a no-break space, full-width letters.
+    frame = numbered(60)
+    originals = frame["text"].iloc[:6].tolist()
+    copies = ["\u200b" + originals[0], originals[1].replace(" ", " \u200d", 1), originals[2] + "\u00ad",
+              "\ufeff" + originals[3] + "\ufe0f", originals[4].replace(" ", "\u00a0"),
+              originals[5].replace("doc", "\uff44\uff4f\uff43")]
+    held = frame_of(*[(text, label) for text, label in zip(copies, frame["label"].iloc[:6])])
+    data = prepare("d", {"train": frame, "test": held}, spec(), seed=0)
+    assert data.duplicates_dropped == 6
+    assert not set(data.train.texts + data.validation.texts) & set(originals), "no test text leaks into train"
+
+
+@pytest.mark.parametrize("invisible", ["\u200b", "\u200b\u200c\u2060", "\ufeff \u00ad", "\ufe0f"])
+def test_a_text_of_invisible_characters_only_is_blank(invisible):
+    frame = numbered(30)
+    frame.loc[4, "text"] = invisible
+    message = error_of(lambda: prepare("d", {"train": frame}, spec(), seed=0))
+    assert "datasets.d.text: column 'text' has 1 empty or non-text value(s)" in message
+    assert "row 5 of unused.csv" in message
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_delimited_labels_are_read_as_written_so_007_and_7_stay_two_classes(tmp_path, suffix):
+    frame = pd.DataFrame({"text": [f"text number {i}" for i in range(60)], "label": ["007", "7", "42"] * 20})
+    path = tmp_path / f"d{suffix}"
+    frame.to_csv(path, index=False, sep="," if suffix == ".csv" else "\t")
+    data = load_dataset("d", file_spec(path), seed=0)
+    assert data.label_names == ("007", "42", "7")
+    counts = np.bincount(np.concatenate([getattr(data, split).labels for split in SPLITS]))
+    assert counts.tolist() == [20, 20, 20]
 
 
 def test_no_duplicates_means_nothing_dropped(topics_csv):

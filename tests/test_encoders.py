@@ -316,3 +316,37 @@ def test_a_tokenizer_that_fails_to_load_from_a_bare_folder_names_the_missing_fil
     assert str(caught.value).endswith(f"); {bare} has none of the tokenizer files tokenizer_config.json, "
                                       f"tokenizer.json: save the model's tokenizer into the folder "
                                       f"(tokenizer.save_pretrained)")
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_a_half_precision_checkpoint_loads_in_fp32(half_saved, dtype, pooling):
+    from transformers import AutoModel
+
+    encoder = resolve("half", local(half_saved[dtype], pooling))
+    model = load_classifier(encoder, LABEL_NAMES, 0.1)
+    assert {parameter.dtype for parameter in model.parameters()} == {torch.float32}
+    saved = AutoModel.from_pretrained(half_saved[dtype]).state_dict()
+    backbone = (model.backbone if pooling == "mean" else model.bert).state_dict()
+    name = "embeddings.word_embeddings.weight"
+    assert saved[name].dtype == dtype and torch.equal(backbone[name], saved[name].float())
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_pretrained_weights_stay_in_host_memory_and_every_model_gets_its_own_copy(tiny_encoders, tmp_path, pooling):
+    directory = tmp_path / "bert"
+    shutil.copytree(tiny_encoders["bert"], directory)
+    encoder = resolve("bert", local(directory, pooling))
+    torch.manual_seed(3)
+    first = load_classifier(encoder, LABEL_NAMES, 0.1)
+    loaded = {name: parameter.detach().clone() for name, parameter in first.named_parameters()}
+    (directory / "model.safetensors").unlink()  # later trials read nothing from disk
+    with torch.no_grad():  # as training changes a model in place
+        for parameter in first.parameters():
+            parameter.add_(1.0)
+    torch.manual_seed(3)
+    second = load_classifier(encoder, LABEL_NAMES, 0.1)
+    # The same weights, and the same head from the same seed, whether they were cached before or not.
+    assert loaded.keys() == dict(second.named_parameters()).keys()
+    for name, parameter in second.named_parameters():
+        assert torch.equal(parameter, loaded[name]), name

@@ -202,6 +202,8 @@ def test_out_of_memory_retry_reports_only_new_checkpoints_halves_the_evaluation_
     dataset_study = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
     real = trial_module.fine_tune
     attempts = []
+    # The configured evaluation batch (32), not one sized to this host's memory: the retry halves it.
+    monkeypatch.setattr(trial_module, "available_device_memory", lambda device: None)
 
     def fine_tune(model, train, validation, num_labels, hp, settings, on_step, on_evaluation, progress):
         attempt = {"settings": settings, "seconds_before": progress.train_seconds}

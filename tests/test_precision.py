@@ -1,4 +1,5 @@
-"""`precision: auto` chooses by timing fp32 and bf16 steps; a forced precision is not measured."""
+"""`precision: auto` decides per encoder from warm, like-for-like timings within BUDGET_S; the
+decision replays three measured devices through fake timers. A forced precision is not measured."""
 
 from __future__ import annotations
 
@@ -7,11 +8,20 @@ import pytest
 import torch
 
 from benchmark.config.spec import EncoderSpec, load_config
+from benchmark.errors import BenchmarkError
 from benchmark.search.preflight import prepare
-from benchmark.search.study import open_study
 from benchmark.train import precision
 from benchmark.train.encoders import resolve
-from benchmark.train.precision import FORCED, Precision, choose, decide, measure_encoder
+from benchmark.train.precision import (
+    BUDGET_S,
+    FORCED,
+    EncoderPrecision,
+    candidates,
+    choose,
+    decide,
+    measure,
+    measure_encoder,
+)
 from tests.test_study import write_config
 
 CPU = torch.device("cpu")
@@ -22,112 +32,285 @@ def tiny(tiny_encoders):
     return [resolve(name, EncoderSpec(source="local", path=tiny_encoders[name])) for name in ("bert", "distilbert")]
 
 
-def test_bf16_wins_only_when_at_least_ten_percent_faster():
+class FakeDevice:
+    """A timer: warm seconds per step from `warm(candidate, tokens)` (tokens = batch x length),
+    the first call of each (candidate, shape) `cold(...)` times slower. Records every call."""
+
+    def __init__(self, warm, cold=lambda name, batch, tokens, first: 1.0):
+        self.warm, self.cold = warm, cold
+        self.calls: list[tuple[str, int, int]] = []
+
+    def __call__(self, name: str, batch: int, tokens: int) -> float:
+        first = (name, batch, tokens) not in self.calls
+        self.calls.append((name, batch, tokens))
+        seconds = self.warm(name, batch * tokens)
+        return seconds * self.cold(name, batch, tokens, not self.calls[:-1]) if first else seconds
+
+
+def linear(points: dict[str, tuple[float, float]], at: tuple[int, int]):
+    """Warm step seconds linear in tokens through each candidate's two measured (ms) points."""
+    def warm(name: str, tokens: int) -> float:
+        low, high = points[name]
+        slope = (high - low) / (at[1] - at[0])
+        return (low + slope * (tokens - at[0])) / 1000
+
+    return warm
+
+
+# The H200 (issue 24): warm ms per step at 32x128 and 128x128 tokens.
+H200 = {
+    "minilm": {"fp32": (13.3, 34.0), "tf32": (16.9, 18.9), "bf16": (17.6, 22.8)},
+    "bert-base": {"fp32": (57.8, 195.7), "tf32": (28.7, 62.5), "bf16": (41.4, 42.0)},
+}
+H200_FIRST_BF16_MS = {("minilm", 32): 2148, ("minilm", 128): 236, ("bert-base", 32): 235, ("bert-base", 128): 258}
+
+
+def h200(model: str) -> FakeDevice:
+    def cold(name, batch, tokens, first_of_process):
+        if first_of_process:
+            return 100.0  # CUDA's lazy initialization
+        if name == "bf16" and (model, batch) in H200_FIRST_BF16_MS and tokens == 128:
+            return H200_FIRST_BF16_MS[model, batch] / H200[model]["bf16"][batch == 128]
+        return 10.0
+
+    return FakeDevice(linear(H200[model], (32 * 128, 128 * 128)), cold)
+
+
+@pytest.mark.parametrize(("model", "batch", "winner"), [
+    ("minilm", 32, "fp32"), ("minilm", 128, "tf32"), ("bert-base", 32, "tf32"), ("bert-base", 128, "bf16")])
+def test_h200_cold_first_calls_do_not_count_and_each_model_gets_its_winner(model, batch, winner):
+    device = h200(model)
+    measured = measure(["fp32", "tf32", "bf16"], device, batch, 128, BUDGET_S)
+    assert measured.choice == winner
+    # Warm steps at the search's batch, compared there: the cold first bf16 step (up to 160x
+    # fp32's warm one) is an untimed warm-up, and nothing was stopped.
+    assert measured.shape == (batch, 128) and measured.stopped == ()
+    expected = {name: points[batch == 128] / 1000 for name, points in H200[model].items()}
+    assert measured.seconds_per_step == pytest.approx(expected)
+    assert measured.spent < 10
+    for name in ("fp32", "tf32", "bf16"):
+        timed = [call for call in device.calls if call == (name, batch, 128)]
+        assert len(timed) == 1 + precision.TIMED_STEPS  # one warm-up, then the timed steps
+
+
+# A 2-core AMD EPYC without AVX-512 (issue 24): per 32x64 step, fp32 14.93 s summed over
+# MiniLM-L6 and MPNet-base (about 1:5), bf16 28.17x slower.
+EPYC_FP32_S = {"minilm-l6": 2.5, "mpnet-base": 12.43}
+
+
+def cpu(seconds_per_32x64: float, bf16_factor: float) -> FakeDevice:
+    per_token = seconds_per_32x64 / (32 * 64)
+    return FakeDevice(lambda name, tokens: per_token * tokens * (bf16_factor if name == "bf16" else 1.0),
+                      lambda name, batch, tokens, first: 1.5)
+
+
+@pytest.mark.parametrize("model", EPYC_FP32_S)
+def test_epyc_without_fast_bf16_decides_fp32_after_a_probe_well_under_the_budget(model):
+    device = cpu(EPYC_FP32_S[model], 28.17)
+    measured = measure(["fp32", "bf16"], device, 32, 64, BUDGET_S)
+    assert measured.choice == "fp32" and measured.stopped == ("bf16",)
+    assert measured.spent < BUDGET_S / 3
+    # bf16 never stepped anything bigger than its probe; nothing was left to compare fp32 with.
+    assert {call for call in device.calls if call[0] == "bf16"} == {("bf16", 1, precision.PROBE_TOKENS)}
+    assert measured.probe_seconds["bf16"] / measured.probe_seconds["fp32"] == pytest.approx(28.17)
+    chosen = EncoderPrecision(measured.choice, precision.MEASURED, measured.shape, measured.seconds_per_step,
+                              measured.probe_seconds, measured.stopped, measured.unmeasured, 7.0)
+    assert "bf16 stopped after its 1-example probe at 28.2x fp32's" in chosen.describe()
+
+
+@pytest.mark.parametrize("model", EPYC_FP32_S)
+def test_xeon_with_slow_avx512_bf16_times_both_within_the_budget_and_keeps_fp32(model):
+    # AVX-512 BF16 without AMX: bf16 at 0.9x fp32's speed.
+    device = cpu(EPYC_FP32_S[model], 1 / 0.9)
+    measured = measure(["fp32", "bf16"], device, 32, 64, BUDGET_S)
+    assert measured.choice == "fp32" and measured.stopped == () and measured.unmeasured == ()
+    assert measured.seconds_per_step["bf16"] / measured.seconds_per_step["fp32"] == pytest.approx(1 / 0.9)
+    assert measured.spent <= BUDGET_S
+    batch = measured.shape[0]
+    assert batch == (32 if model == "minilm-l6" else 8)  # MPNet-base's 32 would not fit: halved
+    assert all(call[1:] in ((batch, 64), (1, precision.PROBE_TOKENS)) for call in device.calls)
+
+
+def test_a_fast_bf16_cpu_picks_bf16_and_a_lone_fp32_survivor_is_not_timed_further():
+    assert measure(["fp32", "bf16"], cpu(2.0, 0.5), 32, 64, BUDGET_S).choice == "bf16"
+    stopped = cpu(2.0, 50.0)
+    assert measure(["fp32", "bf16"], stopped, 32, 64, BUDGET_S).shape == (1, precision.PROBE_TOKENS)
+    assert all(batch == 1 for _, batch, _ in stopped.calls)
+
+
+@pytest.mark.parametrize("budget", [5.0, 0.0])
+def test_the_budget_holds_however_slow_the_device(budget):
+    # 100 s per 32x64 step in fp32: even one batch step would overrun the budget.
+    device = cpu(100.0, 1.0)
+    measured = measure(["fp32", "bf16"], device, 32, 64, budget)
+    assert measured.shape[0] < 32
+    assert measured.spent <= max(budget, 2 * 2 * 100.0 / (32 * 64) * precision.PROBE_TOKENS)  # the probes at least
+    assert "fp32" in measured.seconds_per_step  # a decision all the same
+
+
+def test_candidates_per_device(monkeypatch):
+    assert candidates(CPU) == ["fp32", "bf16"]
+    assert candidates(torch.device("mps")) == ["fp32"]
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: (9, 0))
+    assert candidates(torch.device("cuda")) == ["fp32", "tf32", "bf16"]
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: (7, 5))  # a T4: no TF32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *args, **kwargs: False)
+    assert candidates(torch.device("cuda")) == ["fp32"]
+
+
+def test_anything_but_fp32_wins_only_when_at_least_ten_percent_faster():
     assert choose({"fp32": 2.0, "bf16": 1.0}) == "bf16"
     assert choose({"fp32": 10.0, "bf16": 9.0}) == "bf16"  # exactly 10% faster
     assert choose({"fp32": 10.0, "bf16": 9.5}) == "fp32"  # 5% faster: within the margin
-    assert choose({"fp32": 1.0, "bf16": 7.7}) == "fp32"
-    assert choose({"fp32": 1.0}) == "fp32"
-
-
-@pytest.fixture()
-def fake_steps(monkeypatch):
-    """Replaces the timed step by seconds looked up per (precision, batch size); records calls."""
-    calls = []
-
-    def install(seconds: dict[tuple[str, int], float]) -> list[tuple[str, int]]:
-        def fake(model, inputs, labels, device, dtype):
-            key = ("fp32" if dtype is None else "bf16", len(labels))
-            calls.append(key)
-            return seconds[key]
-
-        monkeypatch.setattr(precision, "_timed_step", fake)
-        return calls
-
-    return install
-
-
-def test_auto_never_picks_a_slower_bf16_and_stops_timing_it(tiny, fake_steps):
-    # bf16's first batch step takes 3.5x fp32's: past GIVE_UP_RATIO, so no second one.
-    calls = fake_steps({("fp32", 1): 0.1, ("fp32", 8): 1.0, ("bf16", 1): 0.2, ("bf16", 8): 3.5})
-    chosen = decide("auto", tiny, 3, 8, 16, CPU)
-    assert chosen.choice == "fp32" and chosen.autocast_dtype is None
-    assert chosen.seconds_per_step == {"fp32": 2.0, "bf16": 7.0}  # summed over the two encoders
-    assert chosen.lower_bounds == ()
-    per_encoder = [("fp32", 1), ("fp32", 8), ("fp32", 8), ("fp32", 8), ("bf16", 1), ("bf16", 8)]
-    assert calls == per_encoder * 2
-    assert chosen.describe() == ("precision: fp32 (measured per step, summed over 2 encoder(s), at 8x16: "
-                                 "fp32 2.00 s, bf16 7.00 s = 3.50x slower; bf16 needs >=10% faster)")
-
-
-def test_a_fallback_slower_on_one_example_than_fp32_on_the_batch_is_never_timed_on_the_batch(tiny, fake_steps):
-    calls = fake_steps({("fp32", 1): 0.1, ("fp32", 8): 1.0, ("bf16", 1): 30.0})
-    chosen = decide("auto", tiny, 3, 8, 16, CPU)
-    assert chosen.choice == "fp32"
-    assert calls.count(("bf16", 1)) == 2 and ("bf16", 8) not in calls
-    assert chosen.seconds_per_step == {"fp32": 2.0, "bf16": 60.0} and chosen.lower_bounds == ("bf16",)
-    assert "bf16 >60.00 s = >30.00x slower" in chosen.describe()
-    assert "bf16 stopped after a one-example step (a lower bound)" in chosen.basis
-
-
-def test_auto_picks_bf16_where_it_is_clearly_faster(tiny, fake_steps):
-    calls = fake_steps({("fp32", 1): 0.1, ("fp32", 8): 1.0, ("bf16", 1): 0.1, ("bf16", 8): 0.5})
-    chosen = decide("auto", tiny, 3, 8, 16, CPU)
-    assert chosen.choice == "bf16" and chosen.autocast_dtype is torch.bfloat16
-    assert calls.count(("bf16", 8)) == 2 * precision.TIMED_STEPS
-    assert "bf16 1.00 s = 2.00x faster" in chosen.describe()
+    assert choose({"fp32": 10.0, "tf32": 8.0, "bf16": 7.0}) == "bf16"
+    assert choose({"fp32": 10.0, "tf32": 9.5, "bf16": 11.0}) == "fp32"
+    assert choose({"bf16": 3.0}) == "bf16"  # a forced one, timed alone
 
 
 @pytest.mark.parametrize("setting", ["fp32", "bf16"])
 def test_a_forced_precision_is_not_measured(tiny, setting, monkeypatch):
     monkeypatch.setattr(precision, "measure_encoder", lambda *args: pytest.fail("measured a forced precision"))
-    chosen = decide(setting, tiny, 3, 8, 16, CPU)
-    assert chosen == Precision(setting)
-    assert chosen.seconds_per_step is None and chosen.decided == FORCED
-    assert chosen.describe() == f"precision: {setting} (forced by training.precision; not measured)"
+    chosen = decide(setting, tiny[0], 3, 8, 16, CPU)
+    assert chosen == EncoderPrecision(setting) and chosen.decided == FORCED
+    assert chosen.describe() == f"{setting} (forced by training.precision; not measured)"
 
 
-def test_only_fp32_where_the_device_has_no_bf16_candidate(tiny, monkeypatch):
+def test_tf32_forced_where_there_is_none_is_one_clear_error(tiny):
+    with pytest.raises(BenchmarkError, match=r"training.precision: this run's device \(cpu\) cannot compute in tf32 "
+                                             r"\(TF32 needs a CUDA GPU of compute capability 8.0 or newer.*use auto or "
+                                             r"fp32 or bf16$"):
+        decide("tf32", tiny[0], 3, 8, 16, CPU)
+
+
+def test_only_fp32_where_the_device_has_no_other_candidate(tiny, monkeypatch):
     monkeypatch.setattr(precision, "measure_encoder", lambda *args: pytest.fail("measured a single candidate"))
-    assert decide("auto", tiny, 3, 8, 16, torch.device("mps")).choice == "fp32"
+    assert decide("auto", tiny[0], 3, 8, 16, torch.device("mps")).choice == "fp32"
 
 
-def test_workers_train_in_the_precision_their_parent_measured(tiny, monkeypatch):
-    parent = Precision("bf16", {"fp32": 2.0, "bf16": 1.0}, "measured", (8, 16), 2)
-    for name, value in precision.for_workers(parent).items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setattr(precision, "measure_encoder", lambda *args: pytest.fail("a worker measured again"))
-    assert decide("auto", tiny, 3, 8, 16, CPU) == parent
-    unmeasured = Precision("fp32", decided="the only candidate on mps")
-    monkeypatch.setenv(precision.INHERITED_ENV, precision.for_workers(unmeasured)[precision.INHERITED_ENV])
-    assert decide("auto", tiny, 3, 8, 16, CPU) == unmeasured
-    assert decide("fp32", tiny, 3, 8, 16, CPU) == Precision("fp32")  # the config still forces
+def test_tf32_matmuls_hold_within_the_block_only():
+    before = torch.get_float32_matmul_precision()
+    with precision.matmuls("tf32"):
+        assert torch.get_float32_matmul_precision() == "high"
+    with precision.matmuls("bf16"):
+        assert torch.get_float32_matmul_precision() == before
+    assert torch.get_float32_matmul_precision() == before
 
 
-def test_a_real_measurement_times_both_candidates(tiny):
-    measured = measure_encoder(tiny[0], 3, 4, 16, CPU, ["fp32", "bf16"])
-    assert set(measured) == {"fp32", "bf16"}
-    assert all(seconds > 0 for seconds, _ in measured.values())
-    assert measured["fp32"][1] is False  # fp32 is always timed on the batch
+def test_a_real_measurement_times_both_candidates_and_says_what_it_cost(tiny):
+    # A budget no loaded machine exhausts on this tiny model: the shape is the one asked for.
+    chosen = measure_encoder(tiny[0], 3, 4, 16, CPU, ["fp32", "bf16"], budget_s=600)
+    assert chosen.decided == precision.MEASURED and chosen.shape == (4, 16)
+    assert set(chosen.seconds_per_step) == {"fp32", "bf16"} and chosen.cost_seconds > 0
+    assert chosen.describe().endswith(f"the measurement took {chosen.cost_seconds:.1f} s)")
+    assert EncoderPrecision.from_stored(chosen.stored()) == chosen  # what the study keeps
 
 
-@pytest.mark.parametrize("setting", ["auto", "bf16"])
-def test_the_study_stores_the_choice_and_its_timings(tmp_path, tiny_encoders, fake_steps, capsys, setting):
-    fake_steps({("fp32", 1): 0.1, ("fp32", 16): 1.0, ("bf16", 1): 0.2, ("bf16", 16): 4.0})
-    path = write_config(tmp_path, tiny_encoders, encoders=("bert",), training__precision=setting)
-    config = load_config(path).restricted(["topics"], None)
-    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'db.sqlite'}")
-    dataset_study = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
-    attrs = open_study(storage, dataset_study, seed=0).user_attrs
+@pytest.fixture()
+def fake_steps(monkeypatch):
+    """Replaces the timed step by seconds per (precision, encoder model type), linear in tokens."""
+    def install(per_token: dict[tuple[str, str], float]) -> None:
+        def fake(model, inputs, labels, device, name):
+            return per_token[name, model.config.model_type] * inputs["input_ids"].numel()
+
+        monkeypatch.setattr(precision, "_timed_step", fake)
+
+    return install
+
+
+def test_each_encoder_gets_its_own_precision_stored_in_every_study_and_a_rerun_reuses_it(
+        tmp_path, tiny_encoders, fake_steps, capsys, monkeypatch):
+    fake_steps({("fp32", "bert"): 1e-3, ("bf16", "bert"): 4e-4, ("fp32", "roberta"): 1e-3, ("bf16", "roberta"): 3e-3})
+    path = write_config(tmp_path, tiny_encoders)
+    config = load_config(path)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    studies = prepare(config, url, ["none"], tmp_path).studies
     err = capsys.readouterr().err
-    if setting == "auto":
-        # The largest batch the search can sample (16) by training.max_length (32).
-        assert ("precision: fp32 (measured per step, summed over 1 encoder(s), at 16x32: fp32 1.00 s, "
-                "bf16 4.00 s = 4.00x slower; bf16 needs >=10% faster)") in err
-        assert attrs["precision"] == "fp32"
-        assert attrs["precision_timings"] == {"fp32": 1.0, "bf16": 4.0}
-        assert attrs["precision_decided"] == "measured per step, summed over 1 encoder(s), at 16x32"
-    else:
-        assert "precision: bf16 (forced by training.precision; not measured)" in err
-        assert attrs["precision"] == "bf16" and attrs["precision_timings"] is None
-        assert attrs["precision_decided"] == "forced by training.precision; not measured"
+    assert "precision bert: bf16 (measured at 16x32 after an untimed warm-up step each: fp32 " in err
+    assert "precision roberta: fp32 (measured at 16x32" in err and "the measurement took" in err
+    for study in studies:
+        assert {name: chosen.choice for name, chosen in study.precisions.items()} == {"bert": "bf16", "roberta": "fp32"}
+        stored = optuna.load_study(study_name=study.study_name, storage=url).user_attrs["precision_by_encoder"]
+        assert {name: value["choice"] for name, value in stored.items()} == {"bert": "bf16", "roberta": "fp32"}
+        assert stored["bert"]["seconds_per_step"] == pytest.approx({"fp32": 0.512, "bf16": 0.2048})
+    # The storage decides: a rerun (or a --workers child) measures nothing and trains as stored,
+    # even where this machine would now choose otherwise.
+    monkeypatch.setattr(precision, "measure_encoder", lambda *args: pytest.fail("measured a stored choice"))
+    again = prepare(config, url, ["none"], tmp_path).studies
+    assert [study.precisions for study in again] == [study.precisions for study in studies]
+    err = capsys.readouterr().err
+    assert "precision bert: bf16 (measured at 16x32" in err and "; stored in a study: kept" in err
+
+
+def test_a_forced_precision_trains_as_forced_whatever_the_study_holds(tmp_path, tiny_encoders, fake_steps):
+    fake_steps({("fp32", "bert"): 1e-3, ("bf16", "bert"): 4e-4, ("fp32", "roberta"): 1e-3, ("bf16", "roberta"): 3e-3})
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    prepare(load_config(write_config(tmp_path, tiny_encoders)), url, ["none"], tmp_path)
+    forced = prepare(load_config(write_config(tmp_path, tiny_encoders, training__precision="fp32")), url, ["none"],
+                     tmp_path).studies[0]
+    assert {chosen.choice for chosen in forced.precisions.values()} == {"fp32"}
+    stored = optuna.load_study(study_name=forced.study_name, storage=url).user_attrs["precision_by_encoder"]
+    assert stored["bert"]["choice"] == "bf16", "the study's own choice stays for later `auto` runs"
+
+
+def test_a_study_from_before_per_encoder_choices_keeps_its_one_precision(tmp_path, tiny_encoders, monkeypatch):
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    old = optuna.create_study(storage=url, study_name="tiny-topics", direction="maximize")
+    old.set_user_attr("precision", "bf16")
+    old.set_user_attr("encoder_choices", ["bert", "roberta"])
+    monkeypatch.setattr(precision, "measure_encoder", lambda *args: pytest.fail("measured a stored choice"))
+    config = load_config(write_config(tmp_path, tiny_encoders)).restricted(["topics"], None)
+    study = prepare(config, url, ["none"], tmp_path).studies[0]
+    assert {chosen.choice for chosen in study.precisions.values()} == {"bf16"}
+
+
+def test_trials_train_in_their_encoders_precision_and_say_so_even_from_half_precision_checkpoints(
+        tmp_path, half_saved, monkeypatch, capsys):
+    from benchmark.cli import main
+    from benchmark.search import trial as trial_module
+
+    config = write_config(tmp_path, {"fp16-saved": half_saved[torch.float16], "bf16-saved": half_saved[torch.bfloat16]},
+                          encoders=("fp16-saved", "bf16-saved"), pruner={"type": "none"})
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    # As a run on a GPU would have stored it; the other encoder is measured here, for real.
+    # TF32 counts as computable here, so that the trial's matmul setting shows.
+    monkeypatch.setattr(precision, "candidates", lambda device: ["fp32", "tf32", "bf16"])
+    gpu = EncoderPrecision("tf32", precision.MEASURED, (16, 32), {"fp32": 0.2, "tf32": 0.1})
+    optuna.create_study(storage=url, study_name="tiny-topics", direction="maximize").set_user_attr(
+        "precision_by_encoder", {"fp16-saved": gpu.stored()})
+    seen, real = {}, trial_module.fine_tune
+
+    def recording(model, train, validation, num_labels, hp, settings, *args):
+        seen[settings.seed] = ({p.dtype for p in model.parameters()}, settings.autocast_dtype,
+                               torch.get_float32_matmul_precision())
+        return real(model, train, validation, num_labels, hp, settings, *args)
+
+    monkeypatch.setattr(trial_module, "fine_tune", recording)
+    assert main(["--study", "--config", str(config), "--storage", url, "--datasets", "topics",
+                 "--results-dir", str(tmp_path / "results")]) == 0
+    assert "mixed dtype" not in capsys.readouterr().err
+    study = optuna.load_study(study_name="tiny-topics", storage=url)
+    stored = study.user_attrs["precision_by_encoder"]
+    assert stored["fp16-saved"]["choice"] == "tf32" and stored["bf16-saved"]["decided"] == precision.MEASURED
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert {t.params["encoder"] for t in trials} == {"fp16-saved", "bf16-saved"}
+    for trial in trials:
+        used = trial.user_attrs["precision"]
+        assert used == stored[trial.params["encoder"]]["choice"]
+        # The weights in fp32 whatever the checkpoint's dtype; the compute as the trial says.
+        assert seen[trial.number] == ({torch.float32}, precision.CANDIDATES[used].autocast,
+                                      "high" if used == "tf32" else torch.get_float32_matmul_precision())
+
+
+def test_a_stored_choice_this_device_cannot_compute_in_is_measured_again_and_the_trials_say_so(
+        tmp_path, tiny_encoders, fake_steps):
+    fake_steps({("fp32", "bert"): 1e-3, ("bf16", "bert"): 4e-4, ("fp32", "roberta"): 1e-3, ("bf16", "roberta"): 3e-3})
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    gpu = EncoderPrecision("tf32", precision.MEASURED, (16, 32), {"fp32": 0.2, "tf32": 0.1})
+    optuna.create_study(storage=url, study_name="tiny-topics", direction="maximize").set_user_attr(
+        "precision_by_encoder", {"bert": gpu.stored()})
+    config = load_config(write_config(tmp_path, tiny_encoders)).restricted(["topics"], None)
+    study = prepare(config, url, ["none"], tmp_path).studies[0]
+    assert study.precisions["bert"].choice == "bf16" and study.precisions["bert"].decided == precision.MEASURED
+    stored = optuna.load_study(study_name="tiny-topics", storage=url).user_attrs["precision_by_encoder"]
+    assert stored["bert"]["choice"] == "tf32", "the GPU's choice stays for the GPU"

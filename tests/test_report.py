@@ -462,9 +462,10 @@ def test_chromium_renders_every_figure(written, tmp_path):
                                  "torch", "transformers", "optuna", "trials"]
     versions = TOPICS_PROVENANCE[schema.VERSIONS_ATTR]
     assert header["rows"][1:] == [
-        ["pairs", "tiny", *["unknown"] * 3, "cpu", "fp32", *["unknown"] * 3,
+        ["pairs", "tiny", *["unknown"] * 3, "cpu", "bert fp32; roberta fp32", *["unknown"] * 3,
          "2 trials: 1 complete, 1 pruned, 0 failed"],
-        ["topics", "tiny", "tiny.yaml", "ab12" * 4, "7", "cpu", "fp32", versions["torch"], versions["transformers"],
+        ["topics", "tiny", "tiny.yaml", "ab12" * 4, "7", "cpu", "bert fp32; roberta fp32", versions["torch"],
+         versions["transformers"],
          versions["optuna"], "5 trials: 4 complete, 1 pruned, 0 failed"]]
     assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d UTC", probe["generated"])
     # Every column and axis names its metric.
@@ -629,6 +630,22 @@ def test_a_mean_just_beside_its_percentile_interval_still_draws(storage):
         (0.0, pytest.approx(0.05)), (pytest.approx(0.05), 0.0)]
     [panel] = [ax for ax in report.final_evaluation_png(final, colours).axes if ax.get_visible()]
     assert len(panel.containers) == 2
+
+
+def test_the_header_gives_each_encoders_precision_as_its_trials_trained(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.db'}"
+    trained = make_study(url, "trained", "accuracy")
+    add_trial(trained, "bert", TrialState.COMPLETE, [0.5], precision="bf16")
+    add_trial(trained, "bert", TrialState.COMPLETE, [0.6], precision="bf16")
+    add_trial(trained, "bert", TrialState.COMPLETE, [0.6], precision="fp32")  # topped up on another machine
+    add_trial(trained, "roberta", TrialState.COMPLETE, [0.7], precision="tf32")
+    add_trial(trained, "ghost", TrialState.COMPLETE, [0.9], **{SURPLUS_ATTR: True})  # never trained
+    stored = make_study(url, "stored", "accuracy")  # no trial yet: the choices it stores
+    stored.set_user_attr(schema.PRECISION_BY_ENCODER_ATTR, {"roberta": {"choice": "fp32"}, "bert": {"choice": "bf16"}})
+    old = make_study(url, "old", "accuracy")  # from before per-encoder choices
+    old.set_user_attr(schema.PRECISION_ATTR, "bf16")
+    table = report.provenance_table({"trained": trained, "stored": stored, "old": old}, None)
+    assert table["precision"].tolist() == ["bert bf16 (2), fp32 (1); roberta tf32", "bert bf16; roberta fp32", "bf16"]
 
 
 def test_a_mean_without_an_interval_draws_no_bar(storage):

@@ -53,11 +53,10 @@ def _run(config: BenchmarkConfig, seed: int = 0, penalty: dict[str, float] | Non
     """The study's trials after `budget.n_trials` synthetic ones. The score is the distance
     in decades from the encoder's best learning rate, squared and negated (0 at the best),
     minus the encoder's `penalty`. With `workers`, the trials alternate between samplers built
-    as `open_study` builds them for that many workers (each its own draws offset)."""
+    as `open_study` builds them in that many workers."""
     study = optuna.create_study(direction="maximize")
     encoders = list(config.encoders)
-    samplers = [study_sampler(study, config, dataset, encoders, seed, draws_offset=1_000_003 * worker)
-                for worker in range(workers)]
+    samplers = [study_sampler(study, config, dataset, encoders, seed) for _ in range(workers)]
     for params in enqueue:
         study.enqueue_trial(params)
 
@@ -107,9 +106,8 @@ def test_an_encoders_proposals_do_not_depend_on_the_other_encoders_trials():
     assert [t.params for t in baseline if t.params[ENCODER_PARAM] == "A"] == \
         [t.params for t in moved if t.params[ENCODER_PARAM] == "A"]
     assert _learning_rates(baseline, "B") != _learning_rates(moved, "B")
-    # A third encoder added to the study leaves A's history as it was, too.
-    three = _run(_config(n_trials=60, encoders=("A", "B", "C")), best_lr=THREE_LR)
-    assert _learning_rates(three, "A") == _learning_rates(baseline, "A")
+    # (A third encoder moves A's trials to other numbers, and so to other draws: each trial
+    # draws from its number, which is what keeps workers started together apart.)
 
 
 def test_override_ranges_are_kept_and_modelled_without_falling_back(monkeypatch):
@@ -194,11 +192,29 @@ def test_every_study_draws_its_own_configurations_and_replays_them():
         assert draws(_run(config, dataset="news", best_lr=THREE_LR), encoder) == draws(news, encoder)  # replayed exactly
 
 
-def test_racing_workers_follow_the_same_rotation():
-    # Trials alternate between two workers' samplers (each with its own draws): the slots
-    # go to the same encoders as with one worker, since both read the rotation from the study.
+def test_racing_workers_follow_the_same_rotation_and_draw_as_one_worker():
+    # Trials alternate between two workers' samplers: the slots go to the same encoders as
+    # with one worker, since both read the rotation from the study, and trial k draws from its
+    # number whichever worker runs it.
     config = _config(n_trials=9, encoders=("A", "B", "C"))
     one = _run(config, dataset="news", best_lr=THREE_LR)
     two = _run(config, dataset="news", best_lr=THREE_LR, workers=2)
     assert [t.params[ENCODER_PARAM] for t in two] == [t.params[ENCODER_PARAM] for t in one]
-    assert [t.params for t in two] != [t.params for t in one]
+    assert [t.params for t in two] == [t.params for t in one]
+
+
+@pytest.mark.parametrize("sampler", [{"type": "tpe", "n_startup_trials": 5}, {"type": "random"}])
+def test_samplers_opened_together_on_one_study_draw_apart_each_trial(sampler):
+    # Two processes open the study at once, before either has a trial: same seed, same
+    # (empty) history. Their trials take turns; none may repeat another's configuration.
+    config = _config(n_trials=12, sampler=sampler, comparison="search")
+    study = optuna.create_study(direction="maximize")
+    samplers = [study_sampler(study, config, "toy", list(config.encoders), seed=0) for _ in range(2)]
+    for number in range(config.budget.n_trials):
+        study.sampler = samplers[number % 2]
+        trial = study.ask()
+        encoder = trial.suggest_categorical(ENCODER_PARAM, list(config.encoders))
+        sample_hyperparameters(trial, config.search_space, config.encoders[encoder])
+        study.tell(trial, 0.0)
+    drawn = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(drawn)) == len(drawn)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -45,17 +46,18 @@ def test_time_to_target_medians_and_success_counts_on_step_curves():
     # a run with no complete trial counts as the worst: median of (0.6, none, 0.7) = 0.6
     assert floor["median_final_best"] == 0.6
     assert floor["median_time_to_target"] is None and floor["reached"] == 0
-    runs = {name: [{"trials": [{"state": "complete", "ended_s": when} for when, _ in curve]} for curve in curves[name]]
-            for name in curves}
+    runs = {name: [{"seed": 1000 * index, "trials": [{"state": "complete", "ended_s": when} for when, _ in curve]}
+                   for index, curve in enumerate(curves[name])] for name in curves}
     # a pruned trial counts among the trials, not the complete ones; one ended past the budget in neither
     runs["fast"][0]["trials"] += [{"state": "pruned", "ended_s": 45.0}, {"state": "complete", "ended_s": 101.0}]
     table = search.render_markdown({
         "plan": {"repeats": 3, "budget_s": 100.0, "train_examples": 240}, "encoder": "enc", "dataset": "d",
-        "metric": "macro_f1", "device": "cpu", "precision": "fp32",
+        "metric": "macro_f1", "device": "cpu", "precision": "fp32", "warm_start_sources": [], "source_runs": [],
         "methods": {name: {"description": name, "runs": runs[name]} for name in curves}, "summary": summary})
     assert "| fast | 0.8000 | 70 | 2/3 | 1/3 | 0.850, 0.800, 0.750 | 2/3, 1/1, 1/1 |" in table
     assert "| floor | 0.6000 | not reached | 0/3 | 0/3 | 0.600, -, 0.700 | 1/1, 0/0, 1/1 |" in table
     assert "Target: the peer's (trainer) median final best, 0.8000." in table
+    assert "3 runs per method, each in a fresh process with its own seed (0, 1000, 2000)" in table
 
 
 def test_an_even_count_whose_middle_runs_never_reach_has_no_median():
@@ -83,8 +85,8 @@ def test_the_band_holds_actual_runs_values_and_nothing_before_half_have_one():
 
 
 def test_the_default_budget_fills_an_hour():
-    # 10 methods x 5 runs and 2 warm-start source studies, 25 s of each outside its budget
-    assert search.default_budget_s(50, 2) == 44
+    # 10 methods x 5 runs and 2 warm-start source studies in each of the 5 rounds, 25 s of each outside its budget
+    assert search.default_budget_s(50, 10) == 35
 
 
 def test_every_lever_is_a_valid_config_of_the_harness():
@@ -239,18 +241,107 @@ def test_a_new_dataset_study_starts_from_the_other_datasets_best(tmp_path, tiny_
     assert WARM_START_ATTR not in warmed.trials[1].user_attrs
 
 
+# --- independent repeats -------------------------------------------------------------------------
+
+
+def test_the_run_seed_reaches_every_trials_training_seed(tmp_path, tiny_encoders, monkeypatch):
+    from benchmark.search import trial as trial_module
+    from benchmark.search.preflight import prepare
+    from benchmark.search.study import run_study
+
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("electra",))).restricted(["topics"], None)
+    url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    prepared = prepare(config, url, ["none"], tmp_path)
+    seeds = []
+    real = trial_module.fine_tune_with_oom_retry
+
+    def recording(trial, study, encoder, hp, tokenized, settings, *rest):
+        seeds.append(settings.seed)
+        return real(trial, study, encoder, hp, tokenized, settings, *rest)
+
+    monkeypatch.setattr(trial_module, "fine_tune_with_oom_retry", recording)
+    run_study(prepared.storage, url, prepared.studies[0], 2, None, seed=1000)
+    assert config.training.seed == 0 and seeds == [1000, 1001]
+
+
+def _fake_searches(calls: list):
+    """Stands in for `in_fresh_process`: records each search and answers at once. A source
+    search leaves a storage naming its round's seed; a method's run reports the storage it got."""
+    def fake(function, config, plan, workdir, seed):
+        workdir = Path(workdir)
+        calls.append((function.__name__, list(config.datasets), seed, workdir))
+        if list(config.datasets) != ["topic_pairs"]:  # a warm-start source
+            (workdir / search.SOURCE_DB).write_text(f"sources of seed {seed}")
+            return {"seconds": 3.0, "trials": [], "rss_peak": 1}
+        storage = workdir / search.SOURCE_DB
+        value = 0.5 if function is search.search_trainer else 0.6
+        return {"seconds": 4.0, "rss_peak": 1, "sources": storage.read_text() if storage.exists() else None,
+                "trials": [{"number": 0, "state": "complete", "value": value, "ended_s": 1.0}]}
+    return fake
+
+
+def test_every_round_searches_its_own_sources_with_its_seed_and_states_their_cost(tmp_path, tiny_encoders,
+                                                                                   monkeypatch):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",)))
+    calls: list = []
+    monkeypatch.setattr(search, "in_fresh_process", _fake_searches(calls))
+    plan = search.SearchPlan(repeats=3, budget_s=4, train_examples=16, validation_examples=16, precision="fp32")
+    report = search.run(config, plan, ["all-levers", "hyperband", "trainer"], tmp_path / "out",
+                        dataset="topic_pairs")
+    seeds = [0, search.RUN_SEED_STRIDE, 2 * search.RUN_SEED_STRIDE]
+    sources = [(datasets, seed) for name, datasets, seed, _ in calls if datasets != ["topic_pairs"]]
+    assert sources == [(["topics"], seed) for seed in seeds]
+    runs = report["methods"]
+    # each warm-started run starts from its own round's sources; a cold one from none
+    assert [run["sources"] for run in runs["all-levers"]["runs"]] == [f"sources of seed {seed}" for seed in seeds]
+    assert [run["sources"] for run in runs["hyperband"]["runs"]] == [None] * 3
+    for name in runs:
+        assert [run["seed"] for run in runs[name]["runs"]] == seeds
+    assert [(run["dataset"], run["seed"], run["seconds"]) for run in report["source_runs"]] == [
+        ("topics", seed, 3.0) for seed in seeds]
+    text = (tmp_path / "out" / "SEARCH.md").read_text()
+    assert "3 source searches, 3 s each (median), so 3 s per warm-started run that its clock does not count" in text
+
+
+def test_a_benchmark_stopped_in_a_round_keeps_the_rounds_it_finished(tmp_path, tiny_encoders, monkeypatch):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",)))
+    calls: list = []
+    fake = _fake_searches(calls)
+
+    def stopped_in_round_two(function, config, plan, workdir, seed):
+        if seed == search.RUN_SEED_STRIDE and function is search.search_trainer:
+            raise KeyboardInterrupt
+        return fake(function, config, plan, workdir, seed)
+
+    monkeypatch.setattr(search, "in_fresh_process", stopped_in_round_two)
+    plan = search.SearchPlan(repeats=3, budget_s=4, train_examples=16, validation_examples=16, precision="fp32")
+    with pytest.raises(KeyboardInterrupt):
+        search.run(config, plan, ["shipped", "trainer"], tmp_path / "out", dataset="topic_pairs")
+    written = json.loads((tmp_path / "out" / "SEARCH.json").read_text())
+    assert [len(entry["runs"]) for entry in written["methods"].values()] == [1, 1]
+    assert "**1 of the 3 planned rounds**" in (tmp_path / "out" / "SEARCH.md").read_text()
+
+
+def test_a_report_of_the_old_code_says_its_repeats_are_not_independent():
+    assert "not independent" in search.repeats_text({"plan": {"repeats": 5}, "methods": {}})[0]
+    cold = search.repeats_text({"plan": {"repeats": 5}, "warm_start_sources": [], "source_runs": []})
+    assert "no source was searched" in cold[0]
+
+
 # --- the benchmark end to end --------------------------------------------------------------------
 
 
 def test_tiny_run_writes_every_run_of_every_method(tmp_path, tiny_encoders):
-    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",)))
-    plan = search.SearchPlan(repeats=2, budget_s=4, train_examples=16, validation_examples=16, precision="fp32")
+    # Balanced class weights, as default.yaml trains: the peer weighs its loss the same way.
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",), training__class_weights="balanced"))
+    # 15 s: a peer trial of the tiny model took about 4 s on a 2-core machine at load 10, over 8 s at load 17
+    plan = search.SearchPlan(repeats=2, budget_s=15, train_examples=16, validation_examples=16, precision="fp32")
     report = search.run(config, plan, ["all-levers", "trainer"], tmp_path / "out", dataset="topic_pairs")
     written = json.loads((tmp_path / "out" / "SEARCH.json").read_text())
     assert written["warm_start_sources"] == ["topics"]
     for name in ("all-levers", "trainer"):
         runs = written["methods"][name]["runs"]
-        assert [r["seed"] for r in runs] == [0, 1]
+        assert [r["seed"] for r in runs] == [0, search.RUN_SEED_STRIDE]
         assert all(r["trials"] for r in runs), name
     # the peer's runs completed a trial within the budget: the table has a target
     assert report["summary"]["target"] is not None

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import optuna
 import pandas as pd
+import pydantic
 import pytest
 import torch
 import yaml
 
 from benchmark import schema
 from benchmark.cli import main
-from benchmark.config.spec import load_config
+from benchmark.config.spec import BenchmarkConfig, load_config
 from benchmark.report.html import REPORT_FILE
 from benchmark.report.results import RESULT_FILES, trials_frame
 from benchmark.schema import FINISHED
@@ -116,7 +118,7 @@ def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_en
     captured = capsys.readouterr()
     assert "final bert (trial" in captured.err
     assert "topics (test split, " in captured.out and "topic_pairs (test split, " in captured.out
-    final_study = optuna.load_study(study_name="tiny-topics-final", storage=storage)
+    final_study = optuna.load_study(study_name=schema.final_study_name("tiny-topics"), storage=storage)
     runs = final_study.get_trials()
     assert sorted((t.params["encoder"], t.user_attrs["seed"]) for t in runs) == sorted(
         (encoder, seed) for (name, encoder) in best if name == "tiny-topics" for seed in (0, 1))
@@ -140,7 +142,7 @@ def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_en
     assert run_cli("--final-eval", "--config", str(config), "--results-dir", str(results), "--seeds", "2") == 0
     err = capsys.readouterr().err
     assert "[topics] final evaluation: 0 run(s) to train" in err and ") seed " not in err, "no run line"
-    assert len(optuna.load_study(study_name="tiny-topics-final", storage=storage).trials) == len(runs)
+    assert len(optuna.load_study(study_name=schema.final_study_name("tiny-topics"), storage=storage).trials) == len(runs)
 
     before = {name: (results / name).read_text() for name in (*RESULT_FILES, REPORT_FILE)}
     for name in before:
@@ -356,6 +358,8 @@ def test_out_of_memory_retries_with_half_micro_batches_then_fails_with_reason(
                                       training__eval_every_examples=48)).restricted(["topics"], None)
     dataset_study = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
     monkeypatch.setattr(trial_module, "load_classifier", _OutOfMemoryAbove(limit)(trial_module.load_classifier))
+    # The configured evaluation batch (32), not one sized to this host's memory: the retry halves it.
+    monkeypatch.setattr(trial_module, "available_device_memory", lambda device: None)
     study = optuna.create_study(direction="maximize")
     study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=1, catch=(Exception,))
     trial = study.trials[0]
@@ -437,15 +441,15 @@ def test_final_eval_refuses_a_missing_study_or_changed_data_before_training(tmp_
     assert run_cli("--final-eval", "--config", str(changed), "--results-dir", str(tmp_path / "r"),
                    "--datasets", "topics") == 2
     err = capsys.readouterr().err
-    assert "datasets.topics: the config now gives splits of {'train': 50" in err
-    assert "searched on {'train': 97" in err
+    assert "study 'tiny-topics' was created on other data or settings than the config gives now " \
+           "(datasets.topics: the train split has 50 examples, 97 then)" in err
     # Stored predictions are compared example by example: a test split that moved is refused too.
     storage = f"sqlite:///{tmp_path / 'r' / 'optuna.db'}"
-    moved = optuna.create_study(storage=storage, study_name="tiny-topics-final", direction="maximize")
+    moved = optuna.create_study(storage=storage, study_name=schema.final_study_name("tiny-topics"), direction="maximize")
     moved.set_user_attr(schema.TEST_LABELS_ATTR, [0, 1])
     write_config(tmp_path, tiny_encoders, encoders=("bert",))  # the search's config again
     assert run_cli("--final-eval", *common) == 2
-    assert "datasets.topics: the test split's labels differ from those study 'tiny-topics-final' scored" \
+    assert f"datasets.topics: the test split's labels differ from those study '{schema.final_study_name('tiny-topics')}' scored" \
         in capsys.readouterr().err
     assert run_cli("--final-eval", *common, "--seeds", "1") == 2
     assert "--seeds must be at least 2" in capsys.readouterr().err
@@ -518,3 +522,161 @@ def test_a_timeout_short_of_n_trials_is_said_and_recorded_then_cleared(tmp_path,
     study = study_module.run_study(storage, "memory", dataset_study, n_trials=6, timeout_s=None, seed=0)
     assert study.user_attrs["timeout_stop"] is None
     assert "stopped by the" not in capsys.readouterr().err
+
+
+# --- study names: no dataset reaches another study --------------------------------------------
+
+
+SEARCH_SPACE = {name: {"type": "categorical", "choices": [value]} for name, value in
+                {"learning_rate": 1e-3, "warmup_ratio": 0.0, "dropout": 0.0, "max_grad_norm": 1.0,
+                 "weight_decay": 0.0, "batch_size": 8, "num_epochs": 1}.items()}
+
+
+def _accepted_names(candidates: list[str]) -> list[str]:
+    """The candidates that a config accepts as dataset names."""
+    accepted = []
+    for name in candidates:
+        try:
+            BenchmarkConfig.model_validate({
+                "name": "x", "encoders": {"e": {"source": "local", "path": "unused"}},
+                "datasets": {name: {"source": "file", "path": "unused.csv"}},
+                "search_space": SEARCH_SPACE})
+        except pydantic.ValidationError:
+            continue
+        accepted.append(name)
+    return accepted
+
+
+def test_no_dataset_name_a_user_can_write_reaches_a_final_evaluation_study():
+    suffixes = ["final", "Final", "FINAL", "final-final"]
+    separators = ["-", "_", ".", ":", "/", " ", "#", "", "--"]
+    written = ["d"] + [f"d{sep}{suffix}" for sep in separators for suffix in suffixes]
+    rng = random.Random(0)
+    written += ["".join(rng.choice("df-_.:/ ina") for _ in range(rng.randint(1, 9))) for _ in range(2000)]
+    accepted = _accepted_names(written)
+    assert {"d", "d-final", "d_final", "d.final"} <= set(accepted)
+    for config_name in ("x", "x-y"):
+        searches = {schema.study_name(config_name, name) for name in accepted}
+        finals = {schema.final_study_name(study) for study in searches}
+        assert not searches & finals
+
+
+def test_a_dataset_named_like_a_final_study_keeps_its_own_study(tmp_path, tiny_encoders, capsys):
+    config = _quick_config(tmp_path, tiny_encoders)
+    raw = yaml.safe_load(config.read_text())
+    raw["datasets"]["topics-final"] = dict(raw["datasets"]["topics"])
+    config.write_text(yaml.safe_dump(raw))
+    common = ["--config", str(config), "--results-dir", str(tmp_path / "r")]
+    assert run_cli("--study", *common, "--datasets", "topics,topics-final", "--n-trials", "2") == 0
+    assert run_cli("--final-eval", *common, "--datasets", "topics", "--seeds", "2") == 0
+
+    storage = f"sqlite:///{tmp_path / 'r' / 'optuna.db'}"
+    other = optuna.load_study(study_name="tiny-topics-final", storage=storage)
+    assert len(other.trials) == 2 and other.user_attrs[schema.DATASET_ATTR] == "topics-final"
+    assert schema.FINAL_OF_ATTR not in other.user_attrs
+    final = optuna.load_study(study_name=schema.final_study_name("tiny-topics"), storage=storage)
+    assert len(final.trials) == 2 and final.user_attrs[schema.FINAL_OF_ATTR] == "tiny-topics"
+    trials = pd.read_csv(tmp_path / "r" / "trials.csv")
+    assert trials.groupby("dataset").size().to_dict() == {"topics": 2, "topics-final": 2}
+
+
+def test_a_final_study_from_an_older_version_is_kept_and_no_search_joins_it(tmp_path, tiny_encoders, capsys):
+    storage_url = f"sqlite:///{tmp_path / 'db.sqlite'}"
+    storage = optuna.storages.RDBStorage(storage_url)
+    old = optuna.create_study(storage=storage, study_name="tiny-topics-final", direction="maximize")
+    old.set_user_attr(schema.FINAL_OF_ATTR, "tiny-topics")
+    # Where a search study holds the name, the final evaluation takes a study of its own.
+    assert final_eval.final_study_of(storage, "tiny-topics") == "tiny-topics-final"
+    assert final_eval.final_study_of(storage, "tiny-other") == schema.final_study_name("tiny-other")
+
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",))
+    raw = yaml.safe_load(config.read_text())
+    raw["datasets"]["topics-final"] = raw["datasets"].pop("topics")
+    config.write_text(yaml.safe_dump(raw))
+    for mode in ("--study", "--check"):
+        assert run_cli(mode, "--config", str(config), "--storage", storage_url, "--results-dir", str(tmp_path / "r"),
+                       "--datasets", "topics-final") == 2
+        assert ("error: datasets.topics-final: the storage's study 'tiny-topics-final' holds the final evaluation "
+                "of study 'tiny-topics', not this dataset's search") in capsys.readouterr().err
+    assert len(optuna.load_study(study_name="tiny-topics-final", storage=storage).trials) == 0
+
+
+# --- data and settings changed under a study ------------------------------------------------------
+
+
+def _quick_config(tmp_path: Path, tiny_encoders: dict[str, Path], **overrides) -> Path:
+    return write_config(tmp_path, tiny_encoders, encoders=("bert",), **{
+        "training__precision": "fp32", "search_space__num_epochs": {"type": "int", "low": 1, "high": 1}, **overrides})
+
+
+def _refused(capsys, *args: str) -> str:
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1, err
+    assert errors[0].startswith("error: study 'tiny-topics' was created on other data or settings than the config "
+                                "gives now ("), err
+    return errors[0]
+
+
+def test_final_eval_refuses_a_data_file_whose_texts_were_replaced(tmp_path, tiny_encoders, capsys, monkeypatch):
+    config = _quick_config(tmp_path, tiny_encoders)
+    common = ["--config", str(config), "--results-dir", str(tmp_path / "r"), "--datasets", "topics"]
+    assert run_cli("--study", *common, "--n-trials", "1") == 0
+    capsys.readouterr()
+    # The same rows and labels, other texts: every split keeps its size.
+    make_texts(120, seed=99).to_csv(tmp_path / "topics.csv", index=False)
+    monkeypatch.setattr(final_eval, "fine_tune", lambda *a, **k: pytest.fail("trained on changed data"))
+    err = _refused(capsys, "--final-eval", *common, "--seeds", "2")
+    for split in ("train", "validation", "test"):
+        assert f"datasets.topics: the {split} split's texts or labels differ" in err
+
+
+def test_topping_up_after_the_file_grew_is_refused_and_the_recorded_sizes_stay(tmp_path, tiny_encoders, capsys):
+    config = _quick_config(tmp_path, tiny_encoders)
+    common = ["--study", "--config", str(config), "--results-dir", str(tmp_path / "r"), "--datasets", "topics"]
+    assert run_cli(*common, "--n-trials", "1") == 0
+    storage = f"sqlite:///{tmp_path / 'r' / 'optuna.db'}"
+    recorded = optuna.load_study(study_name="tiny-topics", storage=storage).user_attrs
+    capsys.readouterr()
+    make_texts(180, seed=3).to_csv(tmp_path / "topics.csv", index=False)  # 60 rows more
+    err = _refused(capsys, *common, "--n-trials", "2")
+    assert "datasets.topics: the train split has 146 examples, 97 then" in err
+    assert "datasets.topics: the validation split has 16 examples, 11 then" in err
+    study = optuna.load_study(study_name="tiny-topics", storage=storage)
+    assert len(study.trials) == 1
+    for name in (schema.SPLIT_SIZES_ATTR, schema.SPLIT_FINGERPRINTS_ATTR):
+        assert study.user_attrs[name] == recorded[name]
+    _refused(capsys, "--check", *common[1:], "--n-trials", "2")
+
+
+def test_final_eval_or_a_top_up_with_other_training_settings_is_refused(tmp_path, tiny_encoders, capsys, monkeypatch):
+    config = _quick_config(tmp_path, tiny_encoders)
+    common = ["--config", str(config), "--results-dir", str(tmp_path / "r"), "--datasets", "topics"]
+    assert run_cli("--study", *common, "--n-trials", "1") == 0
+    capsys.readouterr()
+    monkeypatch.setattr(final_eval, "fine_tune", lambda *a, **k: pytest.fail("trained with other settings"))
+    _quick_config(tmp_path, tiny_encoders, training__max_length=64, training__precision="bf16")
+    err = _refused(capsys, "--final-eval", *common, "--seeds", "2")
+    assert "training.max_length: 64, 32 then; training.precision: 'bf16', 'fp32' then" in err
+    _quick_config(tmp_path, tiny_encoders, training__eval_every_examples=96)
+    err = _refused(capsys, "--study", *common, "--n-trials", "2")
+    assert "(training.eval_every_examples: 96, 48 then)" in err
+
+
+def test_only_the_settings_that_shape_the_final_retraining_are_compared_for_it(tmp_path, tiny_encoders):
+    from benchmark.data.dataset import load_dataset
+    from benchmark.search import lineage
+
+    config = load_config(_quick_config(tmp_path, tiny_encoders))
+    data = load_dataset("topics", config.datasets["topics"], seed=0)
+    attrs = {schema.SPLIT_SIZES_ATTR: {"train": 97, "validation": 11, "test": 12},
+             schema.SPLIT_FINGERPRINTS_ATTR: data.fingerprints(),
+             schema.TRAINING_SETTINGS_ATTR: lineage.training_settings(config)}
+    assert lineage.changes(attrs, data, config, lineage.SEARCH_SETTINGS) == []
+    evaluated = config.model_copy(update={"training": config.training.model_copy(update={
+        "eval_every_examples": 500, "eval_schedule": "geometric", "eval_batch_size": 7})})
+    assert lineage.changes(attrs, data, evaluated, lineage.FINAL_SETTINGS) == []
+    assert lineage.changes(attrs, data, evaluated, lineage.SEARCH_SETTINGS) == [
+        "training.eval_every_examples: 500, 48 then", "training.eval_schedule: 'geometric', 'fixed' then"]
+    assert lineage.changes({}, data, evaluated, lineage.SEARCH_SETTINGS) == []  # nothing recorded

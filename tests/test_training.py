@@ -15,7 +15,9 @@ from benchmark.train.encoders import load_classifier, load_tokenizer, resolve
 from benchmark.train.loop import (
     Hyperparameters,
     LoopSettings,
+    _accumulate_gradients,
     _linear_warmup_decay,
+    balanced_class_weights,
     _optimizer,
     checkpoint_steps,
     evaluate,
@@ -391,9 +393,9 @@ def test_a_nan_loss_is_caught_at_the_next_read_with_its_own_step(topics, bert, m
     real = benchmark.train.loop._accumulate_gradients
     calls = []
 
-    def nan_at_step_3(model, inputs, labels, settings):
+    def nan_at_step_3(*args):
         calls.append(1)
-        loss = real(model, inputs, labels, settings)
+        loss = real(*args)
         return loss * float("nan") if len(calls) == 3 else loss
 
     monkeypatch.setattr(benchmark.train.loop, "_accumulate_gradients", nan_at_step_3)
@@ -500,3 +502,78 @@ def test_a_second_run_in_the_process_reuses_the_first_runs_tokens(tmp_path, tiny
         tokenized.append(study.tokenization.get(study.data, (encoder.location, encoder.revision), 32,
                                                 lambda encoder=encoder: load_tokenizer(encoder)))
     assert tokenized[1] is tokenized[0]
+
+
+def test_balanced_class_weights_are_scikit_learns():
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.array([0] * 12 + [1] * 5 + [2] * 3)
+    expected = compute_class_weight("balanced", classes=np.arange(3), y=labels)
+    assert balanced_class_weights(labels, 3) == pytest.approx(expected)
+    assert balanced_class_weights(labels, 3) == pytest.approx([20 / 36, 20 / 15, 20 / 9])
+    # averaged over the examples, the weights are 1: the loss keeps its scale
+    assert balanced_class_weights(labels, 3)[labels].mean() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"label id\(s\) \[3\] have no training example"):
+        balanced_class_weights(labels, 4)
+
+
+def test_weighted_loss_adds_up_over_micro_batches(topics, bert):
+    split = tokenize_split(load_tokenizer(bert), topics.train, max_length=32)
+    inputs, labels, _ = next(batches(split, np.arange(12), 12, CPU))
+    weights = torch.tensor([0.5, 1.0, 3.0])
+    losses = []
+    for micro in (None, 5):
+        torch.manual_seed(0)
+        model = load_classifier(bert, topics.label_names, dropout=0.0)
+        settings = LoopSettings(eval_every_examples=12, eval_batch_size=12, seed=0, device=CPU, autocast_dtype=None,
+                                micro_batch_size=micro)
+        losses.append(_accumulate_gradients(model, inputs, labels, settings, weights))
+    with torch.no_grad():
+        logits = model(**inputs).logits
+    by_hand = (weights[labels] * F.cross_entropy(logits, labels, reduction="none")).sum().item() / len(labels)
+    assert losses == pytest.approx([by_hand, by_hand], rel=1e-4)
+
+
+@pytest.mark.parametrize("class_weights", ["none", "balanced"])
+def test_fine_tune_weights_the_training_loss_by_the_train_splits_counts(topics, bert, monkeypatch, class_weights):
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    used = []
+    real = benchmark.train.loop._accumulate_gradients
+
+    def recording(model, inputs, labels, settings, weights=None):
+        used.append(weights)
+        return real(model, inputs, labels, settings, weights)
+
+    monkeypatch.setattr(benchmark.train.loop, "_accumulate_gradients", recording)
+    hp = Hyperparameters(learning_rate=1e-3, warmup_ratio=0.0, dropout=0.0, max_grad_norm=1.0, weight_decay=0.0,
+                         batch_size=16, num_epochs=1, class_weights=class_weights)
+    settings = LoopSettings(eval_every_examples=10_000, eval_batch_size=32, seed=0, device=CPU, autocast_dtype=None)
+    torch.manual_seed(0)
+    fine_tune(load_classifier(bert, topics.label_names, dropout=0.0), tokenized.train, tokenized.validation,
+              topics.num_labels, hp, settings, lambda log: None, lambda evaluation: None)
+    assert used
+    if class_weights == "none":
+        assert all(weights is None for weights in used)
+    else:
+        expected = balanced_class_weights(tokenized.train.labels, topics.num_labels)
+        assert all(weights.tolist() == pytest.approx(expected.tolist()) for weights in used)
+
+
+def test_a_trial_records_its_class_weights_among_its_parameters(tmp_path):
+    import optuna
+
+    from benchmark.config.spec import BenchmarkConfig
+    from benchmark.search.trial import sample_hyperparameters
+
+    space = {"learning_rate": {"type": "float", "low": 1e-4, "high": 1e-3},
+             **{name: {"type": "float", "low": 0.0, "high": 0.1} for name in ("warmup_ratio", "dropout")},
+             "max_grad_norm": {"type": "float", "low": 0.5, "high": 1.0},
+             "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+             "batch_size": {"type": "categorical", "choices": [8]}, "num_epochs": {"type": "int", "low": 1, "high": 1}}
+    config = BenchmarkConfig.model_validate({
+        "name": "x", "encoders": {"e": {"source": "offline"}},
+        "datasets": {"d": {"source": "offline"}}, "search_space": space,
+        "training": {"class_weights": "balanced", "eval_every_examples": 8}})
+    trial = optuna.create_study().ask()
+    hp = sample_hyperparameters(trial, config.search_space, config.encoders["e"])
+    assert hp.class_weights == "balanced" and trial.params["class_weights"] == "balanced"

@@ -18,7 +18,6 @@ from benchmark.cli import main
 from benchmark.report.results import trials_frame
 from benchmark.schema import FINISHED
 from benchmark.search.storage import open_storage
-from benchmark.train.precision import Precision
 from tests.test_study import write_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -198,26 +197,13 @@ def test_each_local_worker_gets_its_own_gpu(monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", FakeWorker)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    cli._run_workers(3, ["--study", "--workers", "3"], Precision("fp32"))
+    cli._run_workers(3, ["--study", "--workers", "3"])
     assert [gpu for _, gpu in started] == ["2", "5", "2"]
     assert all(command[-2:] == ["--workers", "1"] for command, _ in started)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     started.clear()
-    cli._run_workers(2, ["--study"], Precision("fp32"))
+    cli._run_workers(2, ["--study"])
     assert [gpu for _, gpu in started] == ["0", "0"], "one GPU: the workers share it, as inherited"
-
-
-def test_worker_sampler_offsets_differ_and_a_lone_process_keeps_its_seed(monkeypatch):
-    from benchmark.schema import WORKER_ENV
-    from benchmark.search.study import worker_offset
-
-    monkeypatch.delenv(WORKER_ENV, raising=False)
-    assert worker_offset() == 0  # a single run stays reproducible from --seed
-    offsets = set()
-    for index in range(4):
-        monkeypatch.setenv(WORKER_ENV, str(index))
-        offsets.add(worker_offset())
-    assert len(offsets) == 4 and 0 not in offsets
 
 
 def test_worker_shares_split_the_cores_and_a_shared_gpus_memory():
@@ -255,7 +241,7 @@ def test_each_worker_starts_with_its_threads_and_gpu_memory_share(monkeypatch):
     monkeypatch.setattr(workers, "usable_cores", lambda: 16)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setenv("OMP_NUM_THREADS", "16")  # the user's, for a single process
-    cli._run_workers(4, ["--study"], Precision("fp32"))
+    cli._run_workers(4, ["--study"])
     assert [(env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) for env in started] == [("4", "4")] * 4
     assert [float(env[GPU_MEMORY_SHARE_ENV]) for env in started] == pytest.approx([workers.SHARED_GPU_MEMORY / 4] * 4)
 
@@ -313,3 +299,49 @@ def test_the_workers_benchmark_gives_every_run_equal_unpruned_trials_and_rates_t
     one, two = workers.summarize(runs)
     assert (one["median"], two["median"], two["speed_up"]) == (110.0, 160.0, pytest.approx(160 / 110))
     assert two["runs"] == [150.0, 170.0] and two["median_with_startup"] == 80.0
+
+
+# Run as `python -c` in each twin: the real command, held at a barrier (a folder in which each
+# process leaves a file) just before it opens the study, so that both open it before either
+# has drawn a trial, as two machines started together do.
+TWIN = """
+import os, sys, time
+from pathlib import Path
+from benchmark.cli import main
+from benchmark.search import study
+
+barrier, opened = Path(sys.argv[1]), study.open_study
+
+def open_together(*args, **kwargs):
+    (barrier / str(os.getpid())).touch()
+    while len(list(barrier.iterdir())) < 2:
+        time.sleep(0.02)
+    return opened(*args, **kwargs)
+
+study.open_study = open_together
+raise SystemExit(main(sys.argv[2:]))
+"""
+
+
+def test_twin_commands_started_together_draw_apart_and_as_one_process_would(tmp_path, tiny_encoders):
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",), sampler={"type": "random"},
+                          training__precision="fp32", search_space__num_epochs={"type": "int", "low": 1, "high": 1})
+    barrier = tmp_path / "barrier"
+    barrier.mkdir()
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    twins = [subprocess.Popen([sys.executable, "-c", TWIN, str(barrier), *_args(config, tmp_path / f"r{i}", storage, 4)],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for twin in twins:
+        _, err = twin.communicate(timeout=300)
+        assert twin.returncode == 0, err
+    trials = optuna.load_study(study_name="tiny-topics", storage=storage).get_trials(states=FINISHED)
+    assert len({t.user_attrs["worker"] for t in trials}) == 2, "both twins ran trials"
+    drawn = {t.number: t.params for t in trials}
+    assert len({tuple(sorted(params.items())) for params in drawn.values()}) == len(drawn) == 4
+
+    # Reproducible from the seed: a lone run draws each trial number's parameters alike.
+    alone = f"sqlite:///{tmp_path / 'alone.db'}"
+    assert main(_args(config, tmp_path / "alone", alone, 4)) == 0
+    lone = optuna.load_study(study_name="tiny-topics", storage=alone).get_trials(states=FINISHED)
+    assert {t.number: t.params for t in lone} == drawn

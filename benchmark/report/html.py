@@ -46,6 +46,7 @@ from benchmark.schema import (
     DEVICE_ATTR,
     ENCODER_PARAM,
     PRECISION_ATTR,
+    PRECISION_BY_ENCODER_ATTR,
     PRUNE_REASON_ATTR,
     SURPLUS_ATTR,
     VERSIONS_ATTR,
@@ -795,6 +796,20 @@ def _tally(values: Iterable[object]) -> str:
     return ", ".join(f"{value} ({count})" for value, count in counts.most_common())
 
 
+def precision_per_encoder(attrs: dict, trained: list[optuna.trial.FrozenTrial]) -> str:
+    """'bert fp32; roberta bf16': per encoder, the precision its trials trained in (see `_tally`);
+    before any trained, the study's stored choices (`attrs`)."""
+    by_encoder: dict[str, list[object]] = {}
+    for trial in trained:
+        by_encoder.setdefault(str(trial.params.get(ENCODER_PARAM)), []).append(trial.user_attrs.get(PRECISION_ATTR))
+    if not by_encoder:
+        by_encoder = {encoder: [stored.get("choice")] for encoder, stored in
+                      (attrs.get(PRECISION_BY_ENCODER_ATTR) or {}).items()}
+    if not by_encoder:  # a study stored before the per-encoder choice
+        return str(attrs.get(PRECISION_ATTR, provenance.UNKNOWN))
+    return "; ".join(f"{encoder} {_tally(values)}" for encoder, values in sorted(by_encoder.items()))
+
+
 SHA256_SHOWN = 16  # hex digits; the study attribute keeps all 64
 
 
@@ -806,16 +821,16 @@ def provenance_table(studies: dict[str, optuna.Study], trials: pd.DataFrame | No
     for dataset, study in studies.items():
         attrs = study.user_attrs
         versions = attrs.get(VERSIONS_ATTR) or {}
-        trained = [trial.user_attrs for trial in study.get_trials(deepcopy=False) if DEVICE_ATTR in trial.user_attrs]
+        trained = [trial for trial in study.get_trials(deepcopy=False)
+                   if DEVICE_ATTR in trial.user_attrs and not trial.user_attrs.get(SURPLUS_ATTR)]
         own = trials[trials["study"] == study.study_name] if trials is not None and "study" in trials else None
         rows.append({
             "dataset": dataset, "config": attrs.get(BENCHMARK_ATTR, provenance.UNKNOWN),
             "config file": attrs.get(CONFIG_FILE_ATTR, provenance.UNKNOWN),
             "config sha256": str(attrs.get(CONFIG_SHA256_ATTR, provenance.UNKNOWN))[:SHA256_SHOWN],
             "seed": attrs.get(DATA_SEED_ATTR, provenance.UNKNOWN),
-            "device": _tally(trial.get(DEVICE_ATTR) for trial in trained),
-            "precision": _tally(trial.get(PRECISION_ATTR) for trial in trained) if trained
-            else str(attrs.get(PRECISION_ATTR, provenance.UNKNOWN)),
+            "device": _tally(trial.user_attrs.get(DEVICE_ATTR) for trial in trained),
+            "precision": precision_per_encoder(attrs, trained),
             **{package: versions.get(package, provenance.UNKNOWN) for package in provenance.PACKAGES},
             "trials": trial_counts(own) if own is not None and not own.empty else "0 trials",
         })
@@ -824,7 +839,8 @@ def provenance_table(studies: dict[str, optuna.Study], trials: pd.DataFrame | No
 
 PROVENANCE_NOTE = (
     f"config sha256: the first {SHA256_SHOWN} hex digits of the config file's SHA-256 (all 64 are the study "
-    "attribute config_sha256). device and precision: counted over the trials that trained. The config, seed and "
+    "attribute config_sha256). device and precision: counted over the trials that trained, precision per encoder "
+    "(how each encoder's was chosen, with its timings: the study attribute precision_by_encoder). The config, seed and "
     "package versions (torch, transformers, optuna) are those of the latest run that opened the study, so they "
     "name what trained, not what drew this page; \"unknown\" marks a study stored before they were kept.")
 

@@ -20,7 +20,7 @@ from benchmark.config.spec import BenchmarkConfig
 from benchmark.data.tokenization import tokenize_split
 from benchmark.redaction import mask_password
 from benchmark.schema import ENCODER_PARAM, FINISHED, SURPLUS_ATTR, study_name
-from benchmark.search import preflight
+from benchmark.search import lineage, preflight
 from benchmark.search.storage import open_existing_storage
 from benchmark.train import estimate, precision
 from benchmark.train.encoders import Encoder
@@ -34,20 +34,35 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
     preflight.quiet_libraries()
     storage = open_existing_storage(storage_url)
     if storage is not None:
+        preflight.check_study_owners(storage, config)
         preflight.check_seed_matches(storage, config)
         preflight.encoder_choices(storage, config)  # refuses an encoder the study cannot take
-    inputs = preflight.load_inputs(config, probe=True)
-    batch_size, max_length = preflight.measured_batch(config, probe=True), config.training.max_length
+
+    def check_data(datasets: dict) -> None:
+        if storage is not None:
+            lineage.check_unchanged(storage, config, datasets, lineage.SEARCH_SETTINGS)
+
+    # What a run reuses: `auto` keeps a study's stored choice (a forced precision overrides it).
+    stored = preflight.stored_precisions(storage, config) if config.training.precision == "auto" else {}
+    inputs = preflight.load_inputs(config, stored, check_data=check_data)
+    max_length = config.training.max_length
     num_labels = max(loaded.num_labels for loaded in inputs.datasets.values())
-    steps = precision.step_seconds(inputs.precision, inputs.encoders.values(), num_labels, batch_size, max_length,
-                                   inputs.device, precision.PROBE_STEPS)
+    # What the run will measure again: the encoders whose choice no study stores.
+    measured = {name: chosen for name, chosen in inputs.precisions.items()
+                if chosen.decided == precision.MEASURED and name not in stored}
+    # Each encoder's step in its precision: the measurement's own where it timed a batch, else
+    # (forced, stored, the only candidate, a lone survivor of the probes) timed now the same way.
+    timed = {name: chosen if name in measured and chosen.shape[0] > precision.PROBE_EXAMPLES
+             else precision.measure_encoder(inputs.encoders[name], num_labels, max(config.batch_sizes()), max_length,
+                                            inputs.device, [chosen.choice])
+             for name, chosen in inputs.precisions.items()}
+    # Per encoder: seconds per step, and the batch and tokens of that step.
+    steps = {name: (chosen.seconds_per_step[inputs.precisions[name].choice], *chosen.shape)
+             for name, chosen in timed.items()}
     tokenizers = inputs.tokenizers
     lengths = _token_lengths(tokenizers, inputs.datasets, max_length)
-    # The run loads what this check loaded, then measures at its own size: the probe's step
-    # times scaled to the run's tokens and timed steps (nothing to add where forced).
-    timed = inputs.precision.seconds_per_step or {}
-    setup_seconds = (time.perf_counter() - started + sum(timed.values()) * precision.TIMED_STEPS
-                     * preflight.measured_batch(config, probe=False) / batch_size)
+    # The run loads what this check loaded, and measures again what this check measured.
+    setup_seconds = time.perf_counter() - started + sum(chosen.cost_seconds for chosen in measured.values())
 
     print(f"check: {config.source_file or 'the config'} is valid; every encoder and dataset loaded")
     for name, encoder in inputs.encoders.items():
@@ -56,16 +71,17 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
         print(f"encoder {name}: {encoder.model_type}, {_backbone_parameters(encoder) / 1e6:.1f}M parameters "
               f"(without the classification head), {encoder.pooling} pooling, tokenizer "
               f"{type(tokenizers[name]).__name__}; mean tokens per training example: {train_widths}; "
-              f"one training step of {batch_size}x{max_length} in {inputs.precision.choice}: {steps[name]:.2f} s")
+              f"one training step of {steps[name][1]}x{steps[name][2]} in {inputs.precisions[name].choice}: "
+              f"{steps[name][0]:.2f} s")
     for name, loaded in inputs.datasets.items():
         counts = np.bincount(loaded.train.labels, minlength=loaded.num_labels)
         classes = ", ".join(f"{label!r} {count}" for label, count in zip(loaded.label_names, counts))
         print(f"dataset {name}: {loaded.num_labels} classes, train {len(loaded.train)} ({classes}), "
               f"validation {len(loaded.validation)}, test {len(loaded.test)}, "
               f"{loaded.duplicates_dropped} duplicates dropped")
-    print(f"precision: {inputs.precision.choice} ({inputs.precision.basis}; {precision.PROBE_STEPS} timed step "
-          f"each, where the run times {precision.TIMED_STEPS} at {preflight.measured_batch(config, probe=False)}"
-          f"x{max_length} and decides again)")
+    for name, chosen in inputs.precisions.items():
+        print(f"precision {name}: {chosen.describe()}; "
+              f"{'stored in a study: the run keeps it' if name in stored else 'the run decides the same way'}")
     print(f"storage: {mask_password(storage_url)} ("
           f"{'holds ' + str(len(optuna.get_all_study_summaries(storage, False))) + ' studies' if storage else 'new'})")
     print(f"results: {results_dir}/ ({_results_dir_state(results_dir)})")
@@ -77,7 +93,7 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
         study = study_name(config.name, name)
         finished = _finished_per_encoder(storage, study)
         to_run = estimate.remaining_trials(n_trials, finished, encoders, config.comparison == "balanced")
-        per_trial = {encoder: _trial_seconds(config, encoder, steps[encoder] / (batch_size * max_length),
+        per_trial = {encoder: _trial_seconds(config, encoder, steps[encoder][0] / (steps[encoder][1] * steps[encoder][2]),
                                              *lengths[encoder, name]) for encoder in encoders}
         seconds = sum(to_run[encoder] * per_trial[encoder] for encoder in encoders)
         total, total_trials = total + seconds, total_trials + sum(to_run.values())
@@ -96,10 +112,11 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
                   "raise the timeout", file=sys.stderr)
     print(f"estimate: {estimate.duration_text(total)} for {total_trials:g} trial(s) in {len(inputs.datasets)} "
           f"study(ies), plus about {estimate.duration_text(setup_seconds)} of loading and measuring before the "
-          f"first trial (what this check took, and the run's precision measurement scaled from the probe); "
+          f"first trial (what this check took, and the run's own precision measurement); "
           f"an upper bound as far as pruning goes: a pruned trial stops early")
-    print(f"estimate rests on: each encoder's training step timed here at {batch_size}x{max_length} tokens in "
-          f"{inputs.precision.choice}, scaled to the tokens a trial trains on (padded as the run pads) and "
+    print(f"estimate rests on: each encoder's training step timed here in its precision ("
+          f"{', '.join(f'{name} {inputs.precisions[name].choice} at {steps[name][1]}x{steps[name][2]}' for name in steps)}"
+          f" tokens), scaled to the tokens a trial trains on (padded as the run pads) and "
           f"evaluates (a forward pass taken as {estimate.FORWARD_SHARE:.2f} of a step), averaged over num_epochs "
           f"and batch_size as random sampling draws them; optimizer updates and model loading are not timed")
     print("check: nothing was trained or written")

@@ -1,7 +1,7 @@
 """The final evaluation: each encoder's best configuration, retrained with several seeds
 and scored once on the test split, which the search never touched.
 
-Every run is stored as a trial of a companion study (`<search study>-final`) in the same
+Every run is stored as a trial of a companion study (`<search study>:final`) in the same
 storage, so the tables are rebuilt from the storage like the search's, and an
 interrupted evaluation resumes where it stopped.
 """
@@ -19,24 +19,27 @@ from optuna.trial import FrozenTrial, TrialState
 from benchmark.data.tokenization import tokenize_split
 from benchmark.errors import BenchmarkError
 from benchmark.schema import (
+    BENCHMARK_ATTR,
     DATASET_ATTR,
     ENCODER_PARAM,
     FINAL_OF_ATTR,
     METRIC_ATTR,
+    PRECISION_ATTR,
     PREDICTIONS_ATTR,
     SEED_ATTR,
     SEEDS_REQUESTED_ATTR,
     SOURCE_TRIAL_ATTR,
-    SPLIT_SIZES_ATTR,
     TEST_LABELS_ATTR,
     WALL_SECONDS_ATTR,
     final_study_name,
+    legacy_final_study_name,
 )
 from benchmark.search.trial import DatasetStudy, loop_settings
 from benchmark.train.encoders import load_classifier, load_tokenizer
 from benchmark.train.estimate import duration_text
 from benchmark.train.loop import Evaluation, Hyperparameters, StepLog, fine_tune, predict
 from benchmark.train.memory import release_memory
+from benchmark.train.precision import matmuls
 from benchmark.train.metrics import classification_metrics
 
 # Far from the search's training seeds (the data seed plus the trial number).
@@ -56,8 +59,8 @@ def best_trial_per_encoder(study: optuna.Study) -> dict[str, FrozenTrial]:
 
 def evaluation_candidates(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy) -> dict[str, FrozenTrial]:
     """The trials to retrain (each encoder's best), after checking that the study exists
-    and was searched on the data the config gives now. Cheap: run it for every dataset
-    before training any."""
+    (`preflight.prepare` checked that it was searched on the data the config gives now, with
+    `lineage.FINAL_SETTINGS`). Cheap: run it for every dataset before training any."""
     name = dataset_study.data.name
     try:
         search = optuna.load_study(study_name=dataset_study.study_name, storage=storage)
@@ -66,14 +69,7 @@ def evaluation_candidates(storage: optuna.storages.BaseStorage, dataset_study: D
             f"--final-eval: no study '{dataset_study.study_name}' in the storage; run --study first"
         ) from None
     data = dataset_study.data
-    sizes = {split: len(getattr(data, split)) for split in ("train", "validation", "test")}
-    searched = search.user_attrs.get(SPLIT_SIZES_ATTR)
-    if searched is not None and searched != sizes:
-        raise BenchmarkError(
-            f"datasets.{name}: the config now gives splits of {sizes}, but study '{search.study_name}' "
-            f"searched on {searched}; run --final-eval with the config (and --seed) the search used"
-        )
-    final_name = final_study_name(search.study_name)
+    final_name = final_study_of(storage, search.study_name)
     if final_name in optuna.get_all_study_names(storage):
         # The stored predictions are compared example by example, so the test split must not move.
         scored = optuna.load_study(study_name=final_name, storage=storage).user_attrs.get(TEST_LABELS_ATTR)
@@ -92,7 +88,7 @@ def evaluation_candidates(storage: optuna.storages.BaseStorage, dataset_study: D
 def pending_seeds(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy,
                   candidates: dict[str, FrozenTrial], seeds: int) -> dict[str, list[int]]:
     """Per encoder, the seeds still to run: an interrupted evaluation resumes. Reads only."""
-    final_name = final_study_name(dataset_study.study_name)
+    final_name = final_study_of(storage, dataset_study.study_name)
     done = set()
     if final_name in optuna.get_all_study_names(storage):
         # A run stored before predictions were kept is run again: the comparison needs them.
@@ -117,12 +113,26 @@ def plan_text(dataset_study: DatasetStudy, candidates: dict[str, FrozenTrial], p
             f"{runs}"), sum(seconds.values())
 
 
+def final_study_of(storage: optuna.storages.BaseStorage, search_name: str) -> str:
+    """The name of the final evaluation's study of `search_name`: `final_study_name`, or where
+    a storage from before that name holds one, the `<search study>-final` study it made. That
+    one is told from a search study of a dataset named `<dataset>-final` by its attributes
+    (a final study, and not a search study), so its runs are topped up, not run again."""
+    legacy = legacy_final_study_name(search_name)
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        attrs = summary.user_attrs
+        if (summary.study_name == legacy and attrs.get(FINAL_OF_ATTR) == search_name
+                and BENCHMARK_ATTR not in attrs):
+            return legacy
+    return final_study_name(search_name)
+
+
 def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy,
                          candidates: dict[str, FrozenTrial], seeds: int) -> None:
     name = dataset_study.data.name
     search_name = dataset_study.study_name
     pending = pending_seeds(storage, dataset_study, candidates, seeds)
-    final = optuna.create_study(storage=storage, study_name=final_study_name(search_name),
+    final = optuna.create_study(storage=storage, study_name=final_study_of(storage, search_name),
                                 direction="maximize", load_if_exists=True)
     final.set_user_attr(FINAL_OF_ATTR, search_name)
     final.set_user_attr(DATASET_ATTR, name)
@@ -147,6 +157,7 @@ def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: Da
                 distributions=source.distributions,
                 user_attrs={
                     SEED_ATTR: seed, SOURCE_TRIAL_ATTR: source.number, "test_loss": test_loss,
+                    PRECISION_ATTR: dataset_study.precisions[encoder_name].choice,
                     PREDICTIONS_ATTR: predictions.tolist(),
                     **{f"test_{key}": value for key, value in scores.items()},
                     "validation_loss": validation_loss,
@@ -160,20 +171,23 @@ def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: Da
 
 def _train_and_test(dataset_study: DatasetStudy, source: FrozenTrial, test, seed: int):
     encoder = dataset_study.encoders[source.params[ENCODER_PARAM]]
+    # A trial stored before `class_weights` was a parameter trained unweighted: its default.
     hp = Hyperparameters(**{field.name: source.params[field.name]
-                            for field in dataclasses.fields(Hyperparameters)})
+                            for field in dataclasses.fields(Hyperparameters) if field.name in source.params})
     training = dataset_study.config.training
     tokenized = dataset_study.tokenization.get(dataset_study.data, (encoder.location, encoder.revision), training.max_length,
                                                lambda: load_tokenizer(encoder))
     # No evaluation before the end: nothing is pruned here, and the final one is what counts.
     never = len(tokenized.train) * hp.num_epochs + 1
-    settings = loop_settings(dataset_study, training.seed + SEED_OFFSET + seed, eval_every_examples=never)
+    settings = loop_settings(dataset_study, encoder.name, training.seed + SEED_OFFSET + seed,
+                             eval_every_examples=never)
     torch.manual_seed(settings.seed)
     model = load_classifier(encoder, dataset_study.data.label_names, hp.dropout)
     try:
-        result = fine_tune(model, tokenized.train, tokenized.validation, dataset_study.data.num_labels, hp,
-                           settings, _ignore, _ignore)
-        test_loss, predictions = predict(model, test, settings)
+        with matmuls(dataset_study.precisions[encoder.name].choice):
+            result = fine_tune(model, tokenized.train, tokenized.validation, dataset_study.data.num_labels, hp,
+                               settings, _ignore, _ignore)
+            test_loss, predictions = predict(model, test, settings)
         return result.final.loss, result.final.metrics, test_loss, predictions
     finally:
         del model

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,16 +17,27 @@ from benchmark.data import dataset as data
 from benchmark.data.dataset import TextClassificationData
 from benchmark.data import tokenization
 from benchmark.errors import BenchmarkError
-from benchmark.schema import DATA_SEED_ATTR, ENCODER_CHOICES_ATTR, ENCODER_PARAM, study_name
+from benchmark.schema import (
+    BENCHMARK_ATTR,
+    DATA_SEED_ATTR,
+    DATASET_ATTR,
+    ENCODER_CHOICES_ATTR,
+    ENCODER_PARAM,
+    FINAL_OF_ATTR,
+    PRECISION_ATTR,
+    PRECISION_BY_ENCODER_ATTR,
+    study_name,
+)
+from benchmark.search import lineage
 from benchmark.search.optuna_internals import OPTIMIZE_LOGGER
-from benchmark.search.storage import open_existing_storage, open_storage
+from benchmark.search.storage import open_storage
 from benchmark.search.trial import INTERRUPTED_TRIAL_LOG, DatasetStudy
 from benchmark.tracking import make_tracker
 from benchmark.tracking.base import Tracker
 from benchmark.train import encoders, precision
 from benchmark.train.encoders import Encoder
 from benchmark.train.loop import pick_device
-from benchmark.train.precision import Precision
+from benchmark.train.precision import EncoderPrecision
 
 
 @dataclass
@@ -57,30 +68,41 @@ class Inputs:
     encoders: dict[str, Encoder]
     datasets: dict[str, TextClassificationData]
     device: torch.device
-    precision: Precision
+    # Per encoder: the precision a study of the config already trains it in, else this run's choice.
+    precisions: dict[str, EncoderPrecision]
     tokenizers: dict[str, Any]  # per encoder, as loaded for the vocabulary check
 
 
-def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path) -> Prepared:
+def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path,
+            compared: tuple[str, ...] = lineage.SEARCH_SETTINGS) -> Prepared:
+    """`compared`: the training settings that must be those each existing study was created
+    with (the search's, or for the final evaluation those of its retraining)."""
     quiet_libraries()
-    # The storage is read first and created only once every input loaded: bad input leaves no
-    # empty storage behind.
-    existing = open_existing_storage(storage_url)
-    if existing is not None:
-        check_seed_matches(existing, config)
-    choices = encoder_choices(existing, config)
     tracker = make_tracker(tracker_names, results_dir)
-    inputs = load_inputs(config)
     storage = open_storage(storage_url, config.heartbeat)
-    studies = [DatasetStudy(study_name(config.name, name), config, loaded, config.datasets[name].metric, inputs.encoders,
-                            tokenization.SHARED, tracker, inputs.device, inputs.precision, choices[name])
-               for name, loaded in inputs.datasets.items()]
+    check_study_owners(storage, config)
+    check_seed_matches(storage, config)
+    choices = encoder_choices(storage, config)
+    inputs = load_inputs(config, stored_precisions(storage, config),
+                         check_data=lambda datasets: lineage.check_unchanged(storage, config, datasets, compared))
+    studies = []
+    for name, loaded in inputs.datasets.items():
+        held = record_precisions(storage, study_name(config.name, name), inputs.precisions)
+        # `auto` trains as the study holds, where this device can; a forced precision is this
+        # run's, whatever the study holds.
+        precisions = {encoder: held[encoder] if config.training.precision == "auto"
+                      and precision.computable(held[encoder].choice, inputs.device) else chosen
+                      for encoder, chosen in inputs.precisions.items()}
+        studies.append(DatasetStudy(study_name(config.name, name), config, loaded, config.datasets[name].metric,
+                                    inputs.encoders, tokenization.SHARED, tracker, inputs.device, precisions, choices[name]))
     return Prepared(storage, tracker, studies)
 
 
-def load_inputs(config: BenchmarkConfig, probe: bool = False) -> Inputs:
-    """Resolve every encoder, load and split every dataset, pick the device and the precision;
-    trains nothing but the precision measurement's few steps and writes nothing."""
+def load_inputs(config: BenchmarkConfig, stored: dict[str, EncoderPrecision],
+                check_data: Callable[[dict[str, TextClassificationData]], None] = lambda datasets: None) -> Inputs:
+    """Resolve every encoder, load and split every dataset (then `check_data` them), pick the
+    device and each encoder's precision (`auto`: as `stored`, else measured); trains nothing but
+    the precision measurement's few steps and writes nothing."""
     seed = config.training.seed
     resolved = {}
     for name, spec in config.encoders.items():
@@ -115,6 +137,7 @@ def load_inputs(config: BenchmarkConfig, probe: bool = False) -> Inputs:
             print(f"warning: datasets.{name}: the {split} split has no example of class(es) "
                   f"{', '.join(map(repr, classes))}; {effect}", file=sys.stderr, flush=True)
         datasets[name] = loaded
+    check_data(datasets)
     # Per dataset: a tokenizer can cover one dataset's language and not another's.
     tokenizers = {}
     for name, encoder in resolved.items():
@@ -124,22 +147,84 @@ def load_inputs(config: BenchmarkConfig, probe: bool = False) -> Inputs:
                                       loaded.sample_texts(encoders.VOCABULARY_SAMPLE, seed))
     # After every input check: bad input fails before this costs a few training steps. At
     # the largest batch the search can sample, where the choice matters most.
-    started = time.perf_counter()
-    chosen = precision.decide(config.training.precision, resolved.values(),
-                              max(loaded.num_labels for loaded in datasets.values()), measured_batch(config, probe),
-                              config.training.max_length, device,
-                              precision.PROBE_STEPS if probe else precision.TIMED_STEPS)
-    # What the measurement itself cost, so a user can weigh it against the run.
-    cost = f"; the measurement took {time.perf_counter() - started:.0f} s" if chosen.seconds_per_step else ""
-    print(chosen.describe() + cost, file=sys.stderr, flush=True)
-    return Inputs(resolved, datasets, device, chosen, tokenizers)
+    setting = config.training.precision
+    num_labels = max(loaded.num_labels for loaded in datasets.values())
+    precisions = {}
+    for name, encoder in resolved.items():
+        if setting == "auto" and name in stored and precision.computable(stored[name].choice, device):
+            precisions[name] = stored[name]
+            print(f"precision {name}: {stored[name].describe()}; stored in a study: kept", file=sys.stderr,
+                  flush=True)
+            continue
+        precisions[name] = precision.decide(setting, encoder, num_labels, max(config.batch_sizes()),
+                                            config.training.max_length, device)
+        print(f"precision {name}: {precisions[name].describe()}", file=sys.stderr, flush=True)
+    return Inputs(resolved, datasets, device, precisions, tokenizers)
 
 
-def measured_batch(config: BenchmarkConfig, probe: bool) -> int:
-    """The batch size steps are timed at: the largest the search can sample, or for `--check`'s
-    probe (`probe`) a smaller one."""
-    largest = max(config.batch_sizes())
-    return min(precision.PROBE_BATCH, largest) if probe else largest
+def study_precisions(attrs: dict[str, Any]) -> dict[str, EncoderPrecision]:
+    """The per-encoder precisions a study's user attributes `attrs` hold. A study stored before
+    them held one precision for all its encoders."""
+    if PRECISION_BY_ENCODER_ATTR in attrs:
+        return {encoder: EncoderPrecision.from_stored(value) for encoder, value in attrs[PRECISION_BY_ENCODER_ATTR].items()}
+    if PRECISION_ATTR in attrs:
+        return {encoder: EncoderPrecision(attrs[PRECISION_ATTR], decided="one choice for every encoder, stored "
+                                                                         "before choices were per encoder")
+                for encoder in attrs.get(ENCODER_CHOICES_ATTR) or ()}
+    return {}
+
+
+def stored_precisions(storage: optuna.storages.BaseStorage | None, config: BenchmarkConfig
+                      ) -> dict[str, EncoderPrecision]:
+    """Per encoder of the config, the precision one of its studies already trains it in (the
+    first, in the config's dataset order): a resumed or topped-up run keeps it, unmeasured."""
+    existing = {summary.study_name: summary for summary in
+                (optuna.get_all_study_summaries(storage, include_best_trial=False) if storage else ())}
+    stored: dict[str, EncoderPrecision] = {}
+    for name in config.datasets:
+        summary = existing.get(study_name(config.name, name))
+        for encoder, chosen in (study_precisions(summary.user_attrs) if summary else {}).items():
+            if encoder in config.encoders:
+                stored.setdefault(encoder, chosen)
+    return stored
+
+
+def record_precisions(storage: optuna.storages.BaseStorage, name: str, chosen: dict[str, EncoderPrecision]
+                      ) -> dict[str, EncoderPrecision]:
+    """Store in study `name` (created if new) the precision of each encoder it holds none for,
+    and return what it holds: the storage decides, so `--workers` children, started after this,
+    and a later run train each encoder as its first trials did."""
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize", load_if_exists=True)
+    held = study_precisions(study.user_attrs)
+    missing = {encoder: value for encoder, value in chosen.items() if encoder not in held}
+    if missing or PRECISION_BY_ENCODER_ATTR not in study.user_attrs:
+        study.set_user_attr(PRECISION_BY_ENCODER_ATTR, {encoder: value.stored() for encoder, value in
+                                                        {**held, **missing}.items()})
+    # Read back: of two processes that recorded at once, the later one's choice is the one stored.
+    stored = study_precisions(optuna.load_study(study_name=name, storage=storage).user_attrs)
+    return {encoder: stored[encoder] for encoder in chosen}
+
+
+def check_study_owners(storage: optuna.storages.BaseStorage, config: BenchmarkConfig) -> None:
+    """Each dataset's study name must not hold another's study: another config's (config `a`
+    with dataset `b-c`, and config `a-b` with dataset `c`) or a final evaluation's (named
+    `<study>-final` in storages from before `schema.final_study_name` took a ':')."""
+    existing = {s.study_name: s.user_attrs for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    for name in config.datasets:
+        attrs = existing.get(study_name(config.name, name))
+        if attrs is None:
+            continue
+        if FINAL_OF_ATTR in attrs:
+            owner = f"the final evaluation of study '{attrs[FINAL_OF_ATTR]}'"
+        elif attrs.get(BENCHMARK_ATTR, config.name) != config.name or attrs.get(DATASET_ATTR, name) != name:
+            owner = f"dataset '{attrs.get(DATASET_ATTR)}' of config '{attrs.get(BENCHMARK_ATTR)}'"
+        else:
+            continue
+        raise BenchmarkError(
+            f"datasets.{name}: the storage's study '{study_name(config.name, name)}' holds {owner}, "
+            f"not this dataset's search; rename the dataset (or `name` in {config.source_file or 'the config'}), "
+            f"or use another --storage"
+        )
 
 
 def check_seed_matches(storage: optuna.storages.BaseStorage, config: BenchmarkConfig) -> None:

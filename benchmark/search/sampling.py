@@ -1,5 +1,6 @@
 """The study's sampler, built from the config: each trial's encoder is chosen first, and
-its other parameters are proposed from that encoder's trials only."""
+its other parameters are proposed from that encoder's trials only, with random draws seeded
+by the trial's number."""
 
 from __future__ import annotations
 
@@ -39,10 +40,10 @@ def _optuna_sampler(spec: SamplerSpec, seed: int) -> BaseSampler:
 
 
 def _role_seed(seed: int, *role: str) -> int:
-    """The seed of one of the study's samplers, from the run's seed and the sampler's role
-    (the dataset, then the encoder): every study draws its own stream, and an encoder's does
-    not change when encoders are added, removed or reordered. crc32, not `hash()`, which
-    Python salts per process."""
+    """The seed of one of the study's draws, from the run's seed and the draw's role (the
+    dataset, then the encoder, the trial): every study draws its own stream, and an encoder's
+    does not change when encoders are reordered. crc32, not `hash()`, which Python salts per
+    process."""
     return int(np.random.SeedSequence([seed, *(zlib.crc32(part.encode()) for part in role)]).generate_state(1)[0])
 
 
@@ -65,6 +66,13 @@ class PerEncoderSampler(BaseSampler):
     independent sampling. Here each encoder has a sampler of its own, which reads the study
     through a view holding only that encoder's trials. Parameter names stay those of the
     search space, so Optuna's plots and the dashboard read the study as before.
+
+    Each trial's draws come from a sampler seeded by the trial's number (and the encoder),
+    made for that trial alone. Trial numbers are handed out by the storage, so processes
+    sharing a study (`--workers`, or the same command on many machines) never draw alike,
+    however they start; a resumed study does not replay its first draws; and trial k draws
+    the same whichever process runs it, given the same trials before it. The samplers keep
+    nothing between trials but their seed: the history they model is the study's.
     """
 
     def __init__(self, make_sampler: Callable[[int], BaseSampler], seed: int, dataset: str,
@@ -74,20 +82,15 @@ class PerEncoderSampler(BaseSampler):
         self._dataset = dataset
         self._encoders = encoders
         self._fixed_encoder = fixed_encoder
-        self._encoder_sampler = make_sampler(_role_seed(seed, dataset))
-        self._samplers: dict[str, BaseSampler] = {}
-        # Each trial's encoder by trial number, from `before_trial` (before the trial suggests
-        # anything, when Optuna may already ask for the relative sample) to `after_trial`.
-        self._trial_encoders: dict[int, str] = {}
-
-    def reseed_rng(self) -> None:
-        for sampler in (self._encoder_sampler, *self._samplers.values()):
-            sampler.reseed_rng()
+        # Each trial's encoder and sampler by trial number, from `before_trial` (before the trial
+        # suggests anything, when Optuna may already ask for the relative sample) to `after_trial`.
+        self._trials: dict[int, tuple[str, BaseSampler]] = {}
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         encoder = self._choose_encoder(study, trial)
-        self._trial_encoders[trial.number] = encoder
-        self._sampler(encoder).before_trial(self._view(study, encoder), trial)
+        sampler = self._make_sampler(_role_seed(self._seed, self._dataset, encoder, f"trial {trial.number}"))
+        self._trials[trial.number] = (encoder, sampler)
+        sampler.before_trial(self._view(study, encoder, sampler), trial)
 
     def _choose_encoder(self, study: optuna.Study, trial: FrozenTrial) -> str:
         # A trial queued with its parameters (a dead worker's trial, retried) keeps its encoder.
@@ -100,38 +103,34 @@ class PerEncoderSampler(BaseSampler):
         # does not compare (`--encoders`) or has stopped, which the candidates' distribution
         # cannot hold.
         candidates = CategoricalDistribution(list(self._encoders()))
-        compared = encoder_view(study, candidates.choices, self._encoder_sampler, study.pruner)
-        return self._encoder_sampler.sample_independent(compared, trial, ENCODER_PARAM, candidates)
+        chooser = self._make_sampler(_role_seed(self._seed, self._dataset, f"trial {trial.number}"))
+        compared = encoder_view(study, candidates.choices, chooser, study.pruner)
+        return chooser.sample_independent(compared, trial, ENCODER_PARAM, candidates)
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
-        encoder = self._trial_encoders[trial.number]
-        space = self._sampler(encoder).infer_relative_search_space(self._view(study, encoder), trial)
+        encoder, sampler = self._trials[trial.number]
+        space = sampler.infer_relative_search_space(self._view(study, encoder, sampler), trial)
         # The encoder was chosen in `before_trial`; its own sampler must not propose another.
         space.pop(ENCODER_PARAM, None)
         return space
 
     def sample_relative(self, study: optuna.Study, trial: FrozenTrial,
                         search_space: dict[str, BaseDistribution]) -> dict[str, Any]:
-        encoder = self._trial_encoders[trial.number]
-        return self._sampler(encoder).sample_relative(self._view(study, encoder), trial, search_space)
+        encoder, sampler = self._trials[trial.number]
+        return sampler.sample_relative(self._view(study, encoder, sampler), trial, search_space)
 
     def sample_independent(self, study: optuna.Study, trial: FrozenTrial, param_name: str,
                            param_distribution: BaseDistribution) -> Any:
-        encoder = self._trial_encoders[trial.number]
+        encoder, sampler = self._trials[trial.number]
         if param_name == ENCODER_PARAM:
             return encoder
-        return self._sampler(encoder).sample_independent(self._view(study, encoder), trial, param_name,
-                                                         param_distribution)
+        return sampler.sample_independent(self._view(study, encoder, sampler), trial, param_name, param_distribution)
 
     def after_trial(self, study: optuna.Study, trial: FrozenTrial, state: TrialState,
                     values: Sequence[float] | None) -> None:
-        encoder = self._trial_encoders.pop(trial.number)
-        self._sampler(encoder).after_trial(self._view(study, encoder), trial, state, values)
+        encoder, sampler = self._trials.pop(trial.number)
+        sampler.after_trial(self._view(study, encoder, sampler), trial, state, values)
 
-    def _sampler(self, encoder: str) -> BaseSampler:
-        if encoder not in self._samplers:
-            self._samplers[encoder] = self._make_sampler(_role_seed(self._seed, self._dataset, encoder))
-        return self._samplers[encoder]
-
-    def _view(self, study: optuna.Study, encoder: str) -> optuna.Study:
-        return encoder_view(study, {encoder}, self._sampler(encoder), study.pruner)
+    @staticmethod
+    def _view(study: optuna.Study, encoder: str, sampler: BaseSampler) -> optuna.Study:
+        return encoder_view(study, {encoder}, sampler, study.pruner)

@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import gc
-import os
-import socket
 import sys
 import time
-import zlib
 from collections import Counter
 from collections.abc import Callable
 
@@ -30,18 +27,14 @@ from benchmark.schema import (
     INTERRUPTED_ATTR,
     LABEL_NAMES_ATTR,
     METRIC_ATTR,
-    PRECISION_ATTR,
-    PRECISION_DECIDED_ATTR,
-    PRECISION_TIMINGS_ATTR,
     PRUNE_REASON_ATTR,
     REFERENCE_ATTR,
-    SPLIT_SIZES_ATTR,
     STOPPED_ATTR,
     SURPLUS_ATTR,
     TIMEOUT_STOP_ATTR,
-    WORKER_ENV,
     timeout_stop_text,
 )
+from benchmark.search import lineage
 from benchmark.search.optuna_internals import fail_running_trial, fail_stale_trials, heartbeat_enabled, storage_of
 from benchmark.search.pruning import make_pruner
 from benchmark.search.sampling import PerEncoderSampler, balanced_round_order, make_sampler
@@ -53,25 +46,17 @@ from benchmark.tracking.dashboard import study_note_writer
 from benchmark.train import baselines
 
 
-def worker_offset() -> int:
-    """0 for a lone process; distinct per `--workers` child and per machine otherwise."""
-    index = os.environ.get(WORKER_ENV)
-    if index is None:
-        return 0
-    return 1_000_003 * (int(index) + 1) + zlib.crc32(socket.gethostname().encode())
-
-
-def study_sampler(study: optuna.Study, config: BenchmarkConfig, dataset: str, encoders: list[str], seed: int,
-                  draws_offset: int = 0) -> PerEncoderSampler:
+def study_sampler(study: optuna.Study, config: BenchmarkConfig, dataset: str, encoders: list[str],
+                  seed: int) -> PerEncoderSampler:
     """In the balanced comparison each trial gets the next encoder of the rotation; in search
-    mode the sampler picks it. The samplers draw from `seed + draws_offset` and the dataset;
-    the rotation follows `seed` alone, so that every worker assigns the same slots."""
+    mode the sampler picks it. The draws follow `seed`, the dataset and the trial's number,
+    the rotation `seed` and the dataset, so that every worker assigns the same slots."""
     def candidates() -> list[str]:
         return active_encoders(study, encoders)
 
     fixed_encoder = ((lambda: next_balanced_encoder(study, candidates(), seed, dataset))
                      if config.comparison == "balanced" else None)
-    return make_sampler(config.sampler, seed + draws_offset, dataset, candidates, fixed_encoder)
+    return make_sampler(config.sampler, seed, dataset, candidates, fixed_encoder)
 
 
 def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy, seed: int) -> optuna.Study:
@@ -83,10 +68,9 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
         pruner=make_pruner(config.pruner),
         load_if_exists=True,
     )
-    # Offset by the trials already there, so a resumed study does not replay the first
-    # run's random draws, and by the worker, so workers started together draw apart.
-    study.sampler = study_sampler(study, config, dataset_study.data.name, list(dataset_study.encoders), seed,
-                                  len(study.get_trials(deepcopy=False)) + worker_offset())
+    # Seeded per trial number (see `PerEncoderSampler`): a resumed study does not replay the
+    # first run's draws, and workers started together draw apart.
+    study.sampler = study_sampler(study, config, dataset_study.data.name, list(dataset_study.encoders), seed)
     data = dataset_study.data
     study.set_user_attr(BENCHMARK_ATTR, config.name)
     study.set_user_attr(DATASET_ATTR, data.name)
@@ -96,17 +80,10 @@ def open_study(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy
     study.set_user_attr(DATA_SEED_ATTR, config.training.seed)
     study.set_user_attr(ENCODER_CHOICES_ATTR, list(dataset_study.encoder_choices))
     study.set_user_attr(LABEL_NAMES_ATTR, list(data.label_names))
-    study.set_user_attr(SPLIT_SIZES_ATTR, {split: len(getattr(data, split))
-                                          for split in ("train", "validation", "test")})
+    lineage.record(study, data, config)  # refused by preflight where this run's differ
     study.set_user_attr(DUPLICATES_DROPPED_ATTR, data.duplicates_dropped)
     for name, value in provenance.study_attrs(config).items():  # what the report's header names
         study.set_user_attr(name, value)
-    # This run's choice; a study topped up on another machine may hold trials of another
-    # (each trial's own `precision` attribute says which).
-    chosen = dataset_study.precision
-    study.set_user_attr(PRECISION_ATTR, chosen.choice)
-    study.set_user_attr(PRECISION_TIMINGS_ATTR, chosen.seconds_per_step)
-    study.set_user_attr(PRECISION_DECIDED_ATTR, chosen.basis)
     # The leaderboards' reference rows, computed once per study (seconds on a CPU). The test
     # split is scored here only as a reference number for the final table: nothing of the
     # search reads it.
@@ -230,7 +207,7 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
         # the sampler chose it before the trial started (see `sampling.PerEncoderSampler`).
         encoder = trial.suggest_categorical(ENCODER_PARAM, list(dataset_study.encoder_choices))
         _guard_against_surplus(trial, n_trials, encoder, per_encoder)
-        return run_trial(trial, dataset_study)
+        return run_trial(trial, dataset_study, seed)
 
     grace_s = dataset_study.config.heartbeat.grace_s
     waiting = False  # said once per wait, not every _WAIT_FOR_OTHERS_S

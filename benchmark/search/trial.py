@@ -52,7 +52,8 @@ from benchmark.train.loop import (
     padding_multiple,
 )
 from benchmark.train.memory import is_out_of_memory, release_memory
-from benchmark.train.precision import Precision
+from benchmark.train import precision
+from benchmark.train.precision import EncoderPrecision
 
 INTERRUPTED_REASON = "interrupted by Ctrl-C/SIGTERM"
 
@@ -90,18 +91,18 @@ class DatasetStudy:
     tokenization: TokenizationCache
     tracker: Tracker
     device: torch.device
-    precision: Precision
+    # Per encoder of this run, the precision its trials train in: the study's stored choice
+    # (see `preflight.record_precisions`).
+    precisions: dict[str, EncoderPrecision]
     # The `encoder` parameter's choices in the study: all the encoders it may ever compare,
     # fixed when it was created (see `preflight.encoder_choices`); `encoders` are this run's.
     encoder_choices: tuple[str, ...]
 
-    @property
-    def autocast_dtype(self) -> torch.dtype | None:
-        return self.precision.autocast_dtype
 
-
-def loop_settings(study: DatasetStudy, seed: int, eval_every_examples: int | None = None) -> LoopSettings:
-    """The training loop's settings for this study's device, shared by search and final evaluation."""
+def loop_settings(study: DatasetStudy, encoder: str, seed: int, eval_every_examples: int | None = None
+                  ) -> LoopSettings:
+    """The training loop's settings for this study's device and the encoder's precision, shared
+    by search and final evaluation. Train within `precision.matmuls` of the same choice."""
     training = study.config.training
     return LoopSettings(
         eval_every_examples=eval_every_examples or training.eval_every_examples,
@@ -109,7 +110,7 @@ def loop_settings(study: DatasetStudy, seed: int, eval_every_examples: int | Non
                                               available_device_memory(study.device)),
         seed=seed,
         device=study.device,
-        autocast_dtype=study.autocast_dtype,
+        autocast_dtype=study.precisions[encoder].mode.autocast,
         pad_to_multiple_of=padding_multiple(study.device, training.compile),
         eval_subset_examples=training.eval_subset_examples,
         group_by_length=training.group_by_length,
@@ -142,7 +143,7 @@ def sample_trial(trial: optuna.Trial, study: DatasetStudy) -> tuple[str, Hyperpa
     trial.set_user_attr(MODEL_TYPE_ATTR, encoder.model_type)
     trial.set_user_attr(POOLING_ATTR, encoder.pooling)
     trial.set_user_attr(DEVICE_ATTR, str(study.device))
-    trial.set_user_attr(PRECISION_ATTR, study.precision.choice)
+    trial.set_user_attr(PRECISION_ATTR, study.precisions[encoder_name].choice)
     return encoder_name, hp
 
 
@@ -269,8 +270,11 @@ def fine_tune_with_oom_retry(trial: optuna.Trial, study: DatasetStudy, encoder: 
                      on_step, on_evaluation, cost.progress)
 
 
-def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
-    """Train one sampled configuration; the value is the final validation metric."""
+def run_trial(trial: optuna.Trial, study: DatasetStudy, seed: int | None = None) -> float:
+    """Train one sampled configuration; the value is the final validation metric.
+
+    It trains with seed `seed + trial.number`, `seed` being the run's (the command line's is
+    `training.seed`, the default): runs with other seeds train other models, not only other draws."""
     encoder_name, hp = sample_trial(trial, study)
     encoder = study.encoders[encoder_name]
     run = start_run(trial, study, encoder_name, hp)
@@ -281,10 +285,11 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy) -> float:
             tokenized = study.tokenization.get(
                 study.data, (encoder.location, encoder.revision), training.max_length, lambda: load_tokenizer(encoder)
             )
-            settings = loop_settings(study, training.seed + trial.number)
+            settings = loop_settings(study, encoder_name, (training.seed if seed is None else seed) + trial.number)
             on_step, on_evaluation = trial_callbacks(trial, study, run, cost)
-            result = fine_tune_with_oom_retry(trial, study, encoder, hp, tokenized, settings, cost,
-                                              on_step, on_evaluation)
+            with precision.matmuls(study.precisions[encoder_name].choice):
+                result = fine_tune_with_oom_retry(trial, study, encoder, hp, tokenized, settings, cost,
+                                                  on_step, on_evaluation)
             final = result.final
             for name, value in final.metrics.items():
                 trial.set_user_attr(VALIDATION_ATTR_PREFIX + name, value)

@@ -286,7 +286,8 @@ def load_tokenizer(encoder: Encoder):
 
 
 def load_classifier(encoder: Encoder, label_names: tuple[str, ...], dropout: float):
-    """A sequence classifier with a fresh head, the encoder's pooling, and every dropout set to `dropout`."""
+    """A sequence classifier with a fresh head, the encoder's pooling, and every dropout set to `dropout`,
+    in fp32 (see `pretrained_weights`)."""
     from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     config = AutoConfig.from_pretrained(
@@ -299,13 +300,37 @@ def load_classifier(encoder: Encoder, label_names: tuple[str, ...], dropout: flo
         **{key: dropout for key in encoder.dropout_keys},
     )
     mean = encoder.pooling == "mean"
-    model = (AutoModel if mean else AutoModelForSequenceClassification).from_pretrained(
-        encoder.location,
-        config=config,
-        revision=encoder.revision,
-        trust_remote_code=encoder.trust_remote_code,
-    )
+    model_class, weights = pretrained_weights(encoder, AutoModel if mean else AutoModelForSequenceClassification)
+    # Copies: training must not change the weights that later trials start from. What the
+    # weights do not hold (the fresh head) transformers draws from the global generator.
+    model = model_class.from_pretrained(None, config=config, state_dict={key: tensor.clone() for key, tensor in
+                                                                         weights.items()}, dtype=torch.float32)
     return MeanPoolingClassifier(model, dropout) if mean else model
+
+
+# Per encoder: the class its checkpoint loads as, and its pretrained weights in fp32 host
+# memory, read from disk once per process; every later model of the encoder is built from them.
+_PRETRAINED: dict[tuple[Encoder, type], tuple[type, dict[str, torch.Tensor]]] = {}
+
+
+def pretrained_weights(encoder: Encoder, auto_class: type) -> tuple[type, dict[str, torch.Tensor]]:
+    """The checkpoint's weights as `auto_class` loads them, always in fp32: transformers would
+    otherwise keep the dtype a checkpoint was saved in, and an fp16 or bf16 copy would train in
+    it (or fail in a LayerNorm with "mixed dtype") while the trial says fp32. The compute
+    precision is autocast's alone (see train/precision.py)."""
+    key = (encoder, auto_class)
+    if key not in _PRETRAINED:
+        # The head this load draws for itself must not move the trial's seeded generator, or
+        # a trial's model would depend on whether the weights were cached before it.
+        with torch.random.fork_rng(devices=[]):
+            model, loading = auto_class.from_pretrained(
+                encoder.location, revision=encoder.revision, trust_remote_code=encoder.trust_remote_code,
+                dtype=torch.float32, output_loading_info=True)
+        missing = set(loading["missing_keys"])
+        # Cloned: the loaded tensors may map the checkpoint file, which must not be needed again.
+        _PRETRAINED[key] = (type(model), {name: tensor.detach().clone() for name, tensor in
+                                          model.state_dict().items() if name not in missing})
+    return _PRETRAINED[key]
 
 
 class MeanPoolingClassifier(torch.nn.Module):

@@ -37,6 +37,17 @@ class Hyperparameters:
     weight_decay: float
     batch_size: int
     num_epochs: int
+    class_weights: str = "none"  # see config.spec.CLASS_WEIGHTS
+
+
+def balanced_class_weights(labels: np.ndarray, num_labels: int) -> np.ndarray:
+    """scikit-learn's "balanced" weights, n_samples / (n_classes * count), one per label id;
+    a label with no example has no weight to give, and is refused."""
+    counts = np.bincount(labels, minlength=num_labels)
+    if not counts.all():
+        raise ValueError(f"label id(s) {np.flatnonzero(counts == 0).tolist()} have no training example; "
+                         "balanced class weights need every class in the train split")
+    return len(labels) / (num_labels * counts)
 
 
 @dataclass(frozen=True)
@@ -253,7 +264,7 @@ def predict(model: torch.nn.Module, split: TokenizedSplit, settings: LoopSetting
 
 
 def _accumulate_gradients(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                          settings: LoopSettings) -> torch.Tensor:
+                          settings: LoopSettings, class_weights: torch.Tensor | None = None) -> torch.Tensor:
     """Backpropagate the batch's mean loss, in micro-batches when asked; returns that loss, on
     the device (read on the host only every `host_sync_every` steps)."""
     chunk = settings.micro_batch_size or len(labels)
@@ -263,7 +274,8 @@ def _accumulate_gradients(model: torch.nn.Module, inputs: dict[str, torch.Tensor
         with _autocast(settings):
             logits = model(**{name: tensor[part] for name, tensor in inputs.items()}).logits
         # Summed over the chunk and divided by the whole batch: the chunks add up to the mean.
-        loss = F.cross_entropy(logits.float(), labels[part], reduction="sum") / len(labels)
+        # Balanced weights average 1 over the train split, so weighted or not the loss keeps its scale.
+        loss = F.cross_entropy(logits.float(), labels[part], weight=class_weights, reduction="sum") / len(labels)
         loss.backward()
         total += loss.detach()
     return total
@@ -306,6 +318,9 @@ def fine_tune(
     checkpoints = set(checkpoint_steps(steps_per_epoch, hp.num_epochs, hp.batch_size,
                                        settings.eval_every_examples, settings.eval_schedule))
     optimizer = _optimizer(model, hp, settings)
+    # Only the training loss is weighted: validation losses stay comparable across trials.
+    class_weights = (torch.tensor(balanced_class_weights(train.labels, num_labels), dtype=torch.float32,
+                                  device=settings.device) if hp.class_weights == "balanced" else None)
     scheduler = _linear_warmup_decay(optimizer, round(hp.warmup_ratio * total_steps), total_steps)
     result = result if result is not None else TrainingResult()
     checkpoint_split = validation
@@ -352,7 +367,7 @@ def fine_tune(
                 order = length_grouped(order, lengths, hp.batch_size, rng)
             for inputs, labels, tokens in batches(train, order, hp.batch_size, settings.device,
                                                   settings.pad_to_multiple_of):
-                loss = _accumulate_gradients(model, inputs, labels, settings)
+                loss = _accumulate_gradients(model, inputs, labels, settings, class_weights)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), hp.max_grad_norm)
                 learning_rate = scheduler.get_last_lr()[0]  # the step's own: `scheduler.step()` moves on
                 optimizer.step()

@@ -1,202 +1,327 @@
-"""`training.precision: auto`: fp32 or bf16 autocast, chosen by timing both on this machine.
+"""`training.precision`, per encoder: fp32, TF32 matmuls (CUDA) or bf16 autocast; `auto` times them here.
 
-A CPU flag cannot decide it: a 2-core Xeon that reports AVX-512 BF16 (no AMX) ran
-MiniLM-L6 11-38% slower in bf16 than in fp32, and on a 2-core AMD EPYC without native bf16
-(AVX2) bf16 matmuls ran on fallback kernels 88-112x slower than fp32 (the matmul peaks of
-two `benchmarks.perf` runs). So before the first trial, every encoder trains a few steps at
-the run's batch shape in each candidate precision, and the fastest wins.
+Neither a flag nor a rule can decide it. A 2-core Xeon that reports AVX-512 BF16 (no AMX) ran
+MiniLM-L6 11-38% slower in bf16 than in fp32; on a 2-core AMD EPYC without native bf16 (AVX2)
+a bf16 step took 28x fp32's. On an H200 the winner depends on the model and the batch: at
+32x128 tokens MiniLM-L6 stepped in 13.3 ms in fp32, 16.9 ms in TF32 and 17.6 ms in bf16, a
+BERT-base-size model in 57.8, 28.7 and 41.4 ms; and every first call there is 10-100x slower
+than the next.
+
+So `auto` times each encoder on this device (`measure`, a pure function of a step timer, so
+the tests replay other devices' timings):
+1. the probe: per candidate, fp32 first, an untimed warm-up step of one short example, then
+   one timed step of the same shape. A candidate whose probe takes over GIVE_UP_RATIO times
+   fp32's probe (the same shape: like with like) is clearly slower and stops there; if only
+   fp32 is left, it wins;
+2. the batch: fp32 takes an untimed warm-up step and a timed one at the largest batch the
+   search samples, halved while the probes say that every candidate's warm-up and
+   TIMED_STEPS timed steps would not fit in what is left of BUDGET_S (or, where nothing
+   fits, while fp32's two steps would take over half of it). Scaled from that real step by
+   the probes' ratios (a GPU's one-example probe is bound by launches, so the probes
+   overestimate a batch there), the largest batch that fits is timed: an untimed warm-up
+   step and up to TIMED_STEPS timed steps per candidate, the median counting;
+3. the fastest at that batch wins, where anything but fp32 must be MIN_SPEEDUP faster.
+Every step, warm-ups included, counts toward BUDGET_S, and no step starts that its estimate
+says would overrun it; where not even fp32 fits at a batch of two, the probes decide. A step
+far slower than its estimate (a machine whose load changes) can still overrun it.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import math
 import statistics
 import time
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 
+from benchmark.errors import BenchmarkError
 from benchmark.train.encoders import Encoder, load_classifier
 from benchmark.train.memory import release_memory
 
-# Autocast dtype per candidate; fp32 means no autocast.
-CANDIDATES: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
-# bf16 must beat fp32 by this share of fp32's step time: it also costs accuracy headroom
-# (8 mantissa bits in activations), which a speed-up within timing noise does not repay.
-BF16_MIN_SPEEDUP = 0.10
-# Timed steps per encoder and candidate, after one warm-up step; their median is kept,
-# which a single step slowed by another process does not move.
+
+@dataclass(frozen=True)
+class Mode:
+    """How a candidate computes: an autocast dtype, and whether fp32 matmuls may use TF32."""
+
+    autocast: torch.dtype | None = None
+    tf32: bool = False
+
+
+CANDIDATES: dict[str, Mode] = {"fp32": Mode(), "tf32": Mode(tf32=True), "bf16": Mode(torch.bfloat16)}
+# TF32 matmuls need tensor cores of this CUDA compute capability or newer (Ampere).
+TF32_CAPABILITY = (8, 0)
+# Anything but fp32 must beat fp32 by this share of its step time: TF32 and bf16 also cost
+# accuracy headroom (10 and 8 mantissa bits), which a speed-up within timing noise does not repay.
+MIN_SPEEDUP = 0.10
+# The whole measurement of one encoder, its model loading and every warm-up included, on any
+# device: the EPYC above spent 480 s timing bf16 for two encoders.
+BUDGET_S = 30.0
+# The probe: one example of PROBE_TOKENS tokens (or max_length, if shorter). A fallback kernel
+# shows at once (the EPYC's bf16 step is 28x fp32's at any shape), at a fraction of a batch
+# step's cost: at 64 tokens a probe of MPNet-base there would cost about 11 s in bf16.
+PROBE_EXAMPLES = 1
+PROBE_TOKENS = 16
+# A candidate whose warm probe takes this many times fp32's warm probe is a fallback kernel
+# (the EPYC's bf16: 28x). Not less: on a GPU small steps are bound by launches, which autocast
+# multiplies (casts): on the H200, bf16 stepped a BERT-base-size model in 41 ms at 32x128 and
+# at 128x128 alike, a floor that a one-example probe can put at several times fp32's, while
+# bf16 was the fastest at 128x128.
+GIVE_UP_RATIO = 10.0
+# Timed steps per candidate at the batch, after its warm-up; their median is kept, which a
+# single step slowed by another process does not move.
 TIMED_STEPS = 3
-# `--check` times one step per candidate at this batch size instead, so a check costs
-# seconds, not a minute: per token, a batch of 8 steps 1.1-1.25x slower than one of 32 on a
-# 2-core CPU (MiniLM-L6 and MPNet-base, fp32 and bf16), an estimate error well inside 2x.
-PROBE_BATCH = 8
-PROBE_STEPS = 1
-# A candidate whose step already takes this many times fp32's is clearly slower: it is timed
-# no further, so a fallback kernel like the EPYC's costs a step or two, not minutes.
-GIVE_UP_RATIO = 3.0
-# The warm-up step (first-use costs) is this one example, not the batch: the cheap first look
-# at a candidate that such a fallback needs.
-WARM_UP_EXAMPLES = 1
+MEASURED = "measured"
 FORCED = "forced by training.precision"
-# Workers started by `--workers` train in the precision their parent measured: measuring in
-# each at once, slowed by one another, could even set workers of one study apart.
-INHERITED_ENV = "ENCODER_BENCHMARK_PRECISION"
+
+# (candidate, batch size, tokens) -> seconds of one forward and backward step of that shape.
+Timer = Callable[[str, int, int], float]
 
 
 @dataclass(frozen=True)
-class Precision:
-    """The precision trials train in, and what it rests on."""
+class EncoderPrecision:
+    """The precision one encoder's trials train in, and what the choice rests on. Stored in
+    each study (see `search.preflight`), so a resumed study keeps it."""
 
     choice: str  # a key of CANDIDATES
-    # Summed over the encoders, seconds per forward+backward step at `shape`; None when not measured.
-    seconds_per_step: dict[str, float] | None = None
-    decided: str = FORCED
-    shape: tuple[int, int] | None = None  # batch size x tokens
-    encoders: int = 0
-    # Candidates stopped after their one-example warm-up step (GIVE_UP_RATIO): their seconds
-    # are a lower bound on a batch step.
-    lower_bounds: tuple[str, ...] = ()
-    # Per encoder, seconds per step of `choice` at `shape`: what `--check` estimates a run from.
-    per_encoder: dict[str, float] | None = None
+    decided: str = FORCED  # MEASURED, FORCED, or why nothing was measured
+    shape: tuple[int, int] | None = None  # batch x tokens that `seconds_per_step` was timed at
+    seconds_per_step: dict[str, float] | None = None  # per candidate timed at `shape` (median)
+    probe_seconds: dict[str, float] | None = None  # per candidate probed: its warm step of the probe
+    stopped: tuple[str, ...] = ()  # stopped after the probe: GIVE_UP_RATIO x fp32's or slower
+    unmeasured: tuple[str, ...] = ()  # not timed at `shape`: the budget did not allow it
+    cost_seconds: float | None = None  # wall time of the measurement, loading included
 
     @property
-    def autocast_dtype(self) -> torch.dtype | None:
+    def mode(self) -> Mode:
         return CANDIDATES[self.choice]
 
-    @property
-    def basis(self) -> str:
-        """How the choice was made: `measured ...`, or why nothing was measured."""
-        if self.seconds_per_step is None:
-            return f"{self.decided}; not measured"
-        batch, tokens = self.shape
-        stopped = "".join(f"; {name} stopped after a one-example step (a lower bound)" for name in self.lower_bounds)
-        return f"{self.decided} per step, summed over {self.encoders} encoder(s), at {batch}x{tokens}{stopped}"
+    def stored(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_stored(cls, value: dict) -> EncoderPrecision:
+        known = {field.name for field in fields(cls)}
+        value = {key: item for key, item in value.items() if key in known}  # JSON has no tuples
+        return cls(**{**value, **{key: tuple(value[key]) for key in ("shape", "stopped", "unmeasured")
+                                  if value.get(key) is not None}})
 
     def describe(self) -> str:
-        """One line for stderr: the choice, and the measured ratio it rests on."""
+        """The choice and, where measured, the timings it rests on and what they cost."""
         if self.seconds_per_step is None:
-            return f"precision: {self.choice} ({self.basis})"
-        fp32 = self.seconds_per_step["fp32"]
-        parts = [f"fp32 {fp32:.2f} s"]
+            return f"{self.choice} ({self.decided}; not measured)"
+        fp32 = self.seconds_per_step.get("fp32")
+        timed = []
         for name, seconds in self.seconds_per_step.items():
-            if name == "fp32":
-                continue
-            bound = ">" if name in self.lower_bounds else ""
-            ratio = seconds / fp32
-            speed = f"{ratio:.2f}x slower" if ratio >= 1 else f"{1 / ratio:.2f}x faster"
-            parts.append(f"{name} {bound}{seconds:.2f} s = {bound}{speed}")
-        return (f"precision: {self.choice} ({self.basis}: {', '.join(parts)}; "
-                f"bf16 needs >={BF16_MIN_SPEEDUP:.0%} faster)")
+            ratio = "" if name == "fp32" or not fp32 else (
+                f" = {seconds / fp32:.2f}x slower" if seconds >= fp32 else f" = {fp32 / seconds:.2f}x faster")
+            timed.append(f"{name} {_duration(seconds)}{ratio}")
+        batch, tokens = self.shape
+        parts = [f"{self.decided} at {batch}x{tokens} after an untimed warm-up step each: {', '.join(timed)}"]
+        probe_fp32 = (self.probe_seconds or {}).get("fp32")
+        for name in self.stopped:
+            parts.append(f"{name} stopped after its {PROBE_EXAMPLES}-example probe at "
+                         f"{self.probe_seconds[name] / probe_fp32:.1f}x fp32's")
+        if self.unmeasured:
+            parts.append(f"{', '.join(self.unmeasured)} not timed: the {BUDGET_S:g} s budget ran out")
+        if len(self.seconds_per_step) > 1 or self.stopped:
+            parts.append(f"anything but fp32 must be >={MIN_SPEEDUP:.0%} faster")
+        if self.cost_seconds is not None:
+            parts.append(f"the measurement took {self.cost_seconds:.1f} s")
+        return f"{self.choice} ({'; '.join(parts)})"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
 
 def choose(seconds_per_step: dict[str, float]) -> str:
-    """The fastest candidate, where anything but fp32 must be BF16_MIN_SPEEDUP faster than fp32."""
-    limit = (1 - BF16_MIN_SPEEDUP) * seconds_per_step["fp32"]
+    """The fastest candidate, where anything but fp32 must be MIN_SPEEDUP faster than fp32."""
+    limit = (1 - MIN_SPEEDUP) * seconds_per_step.get("fp32", math.inf)
     eligible = {name: seconds for name, seconds in seconds_per_step.items() if name == "fp32" or seconds <= limit}
     return min(eligible, key=eligible.__getitem__)
 
 
 def candidates(device: torch.device) -> list[str]:
-    """bf16 autocast is tried on a CPU and on a CUDA GPU that has bf16; elsewhere only fp32."""
-    if device.type == "cpu" or (device.type == "cuda" and torch.cuda.is_bf16_supported()):
+    """fp32 always; bf16 autocast on a CPU and on a CUDA GPU with bf16; TF32 on a CUDA GPU with
+    TF32 tensor cores. MPS and others: fp32 only."""
+    if device.type == "cpu":
         return ["fp32", "bf16"]
-    return ["fp32"]
+    if device.type != "cuda":
+        return ["fp32"]
+    tf32 = ["tf32"] if torch.cuda.get_device_capability(device) >= TF32_CAPABILITY else []
+    return ["fp32", *tf32, *(["bf16"] if torch.cuda.is_bf16_supported() else [])]
 
 
-def decide(setting: str, encoders: Iterable[Encoder], num_labels: int, batch_size: int, max_length: int,
-           device: torch.device, timed_steps: int = TIMED_STEPS) -> Precision:
-    """`training.precision`: fp32 or bf16 as forced, or (`auto`) the measured fastest."""
+@dataclass(frozen=True)
+class Measurement:
+    """What `measure` timed (see EncoderPrecision for the fields)."""
+
+    shape: tuple[int, int]
+    seconds_per_step: dict[str, float]
+    probe_seconds: dict[str, float]
+    stopped: tuple[str, ...]
+    unmeasured: tuple[str, ...]
+    spent: float  # the timer's seconds, warm-ups included
+
+    @property
+    def choice(self) -> str:
+        return choose(self.seconds_per_step)
+
+
+def measure(names: list[str], timer: Timer, batch_size: int, max_length: int, budget_s: float) -> Measurement:
+    """Time `names` (fp32 first, where it is one) with `timer` as the module docstring says;
+    pure but for the timer."""
+    spent = 0.0
+
+    def step(name: str, batch: int, tokens: int = max_length) -> float:
+        nonlocal spent
+        seconds = timer(name, batch, tokens)
+        spent += seconds
+        return seconds
+
+    probe_tokens = min(PROBE_TOKENS, max_length)
+    probe: dict[str, float] = {}
+    for name in names:
+        if probe and spent >= budget_s:  # the first is always probed: a decision needs it
+            break
+        step(name, PROBE_EXAMPLES, probe_tokens)  # first-use costs: kernel selection, caches, lazy init
+        probe[name] = step(name, PROBE_EXAMPLES, probe_tokens)
+    stopped = tuple(name for name in probe if name != "fp32" and probe[name] > GIVE_UP_RATIO * probe.get("fp32", math.inf))
+    timing = [name for name in probe if name not in stopped]
+    reference = timing[0]
+    # Seconds per token, first from the probes: about right on a CPU, far too high where a small
+    # step is launch-bound (a GPU); then from the reference's own step at a batch.
+    per_token = {name: probe[name] / (PROBE_EXAMPLES * probe_tokens) for name in timing}
+
+    steps: dict[str, list[float]] = {}
+    batch = PROBE_EXAMPLES
+
+    def fits(b: int) -> bool:
+        """Whether every candidate's warm-up and timed steps at batch b, less those taken, fit."""
+        cost = 0.0
+        for name in timing:
+            taken = steps.get(name, []) if b == batch else []
+            warm_up = 0 if b == batch and name in steps else 1
+            cost += (warm_up + TIMED_STEPS - len(taken)) * per_token[name] * b * max_length
+        return spent + cost <= budget_s
+
+    def largest(fit: Callable[[int], bool]) -> int:
+        b = batch_size
+        while b > PROBE_EXAMPLES and not fit(b):
+            b //= 2
+        return b
+
+    if len(timing) > 1 or len(names) == 1:  # a lone survivor of several wins without more timing
+        # Calibrated where the probes say everything fits, or else where the reference's
+        # warm-up and first step take at most half of what is left.
+        batch = largest(fits)
+        if batch == PROBE_EXAMPLES:
+            batch = largest(lambda b: 2 * per_token[reference] * b * max_length <= (budget_s - spent) / 2)
+    if batch > PROBE_EXAMPLES:
+        step(reference, batch)
+        steps[reference] = [step(reference, batch)]
+        per_token = {name: steps[reference][0] * probe[name] / probe[reference] / (batch * max_length)
+                     for name in timing}
+        # Where the probes overestimated, the search's own batch may fit after all.
+        if largest(fits) != batch:
+            batch, steps = largest(fits), {}
+    if batch > PROBE_EXAMPLES:
+        for name in timing:
+            estimate = per_token[name] * batch * max_length
+            if name not in steps:
+                if spent + 2 * estimate > budget_s:  # not even a warm-up and one timed step
+                    continue
+                step(name, batch)
+                steps[name] = []
+            while (len(steps[name]) < TIMED_STEPS and spent + max(steps[name], default=estimate) <= budget_s
+                   and not (steps[name] and name != reference and reference in steps
+                            and steps[name][-1] > GIVE_UP_RATIO * statistics.median(steps[reference]))):
+                steps[name].append(step(name, batch))
+    timed = {name: statistics.median(seconds) for name, seconds in steps.items() if seconds}
+    shape = (batch, max_length)
+    if reference not in timed:  # the reference did not fit at a batch: the probes decide
+        shape, timed = (PROBE_EXAMPLES, probe_tokens), {name: probe[name] for name in timing}
+    unmeasured = tuple(name for name in names if name not in timed and name not in stopped)
+    return Measurement(shape, timed, probe, stopped, unmeasured, spent)
+
+
+def computable(name: str, device: torch.device) -> bool:
+    """Whether `device` computes in candidate `name`: a study measured on a GPU may hold TF32."""
+    return name in candidates(device)
+
+
+def forced(setting: str, device: torch.device) -> EncoderPrecision:
+    """A precision the config forces, refused where this device cannot compute in it."""
+    if not computable(setting, device):
+        raise BenchmarkError(f"training.precision: this run's device ({device}) cannot compute in {setting} (TF32 "
+                             f"needs a CUDA GPU of compute capability {'.'.join(map(str, TF32_CAPABILITY))} or newer, "
+                             f"bf16 a CPU or a CUDA GPU with bf16); use auto or {' or '.join(candidates(device))}")
+    return EncoderPrecision(setting)
+
+
+def decide(setting: str, encoder: Encoder, num_labels: int, batch_size: int, max_length: int,
+           device: torch.device) -> EncoderPrecision:
+    """`training.precision` for one encoder: as forced, or (`auto`) the measured fastest."""
     if setting != "auto":
-        return Precision(setting)
-    if INHERITED_ENV in os.environ:
-        return inherited(os.environ[INHERITED_ENV])
+        return forced(setting, device)
     names = candidates(device)
     if names == ["fp32"]:
-        return Precision("fp32", decided=f"the only candidate on {device.type}")
-    encoders = list(encoders)
-    totals = dict.fromkeys(names, 0.0)
-    bounded: set[str] = set()
-    by_encoder = {}
-    for encoder in encoders:
-        by_encoder[encoder.name] = measure_encoder(encoder, num_labels, batch_size, max_length, device, names,
-                                                   timed_steps)
-        for name, (seconds, lower_bound) in by_encoder[encoder.name].items():
-            totals[name] += seconds
-            if lower_bound:
-                bounded.add(name)
-    choice = choose(totals)
-    return Precision(choice, totals, "measured", (batch_size, max_length), len(encoders),
-                     tuple(name for name in names if name in bounded),
-                     {encoder: measured[choice][0] for encoder, measured in by_encoder.items()})
+        return EncoderPrecision("fp32", decided=f"the only candidate on {device.type}")
+    return measure_encoder(encoder, num_labels, batch_size, max_length, device, names)
 
 
-def step_seconds(chosen: Precision, encoders: Iterable[Encoder], num_labels: int, batch_size: int, max_length: int,
-                 device: torch.device, timed_steps: int = TIMED_STEPS) -> dict[str, float]:
-    """Per encoder, seconds per training step in the chosen precision at `batch_size` x
-    `max_length`: the measurement's own where `decide` measured, else timed now the same way."""
-    if chosen.per_encoder is not None and chosen.shape == (batch_size, max_length):
-        return dict(chosen.per_encoder)
-    return {encoder.name: measure_encoder(encoder, num_labels, batch_size, max_length, device,
-                                          [chosen.choice], timed_steps)[chosen.choice][0] for encoder in encoders}
-
-
-def for_workers(chosen: Precision) -> dict[str, str]:
-    """The environment that hands `chosen` to the worker processes (see `inherited`)."""
-    return {INHERITED_ENV: json.dumps(asdict(chosen))}
-
-
-def inherited(value: str) -> Precision:
-    fields = json.loads(value)  # JSON has no tuples
-    shape = fields["shape"] and tuple(fields["shape"])
-    return Precision(**{**fields, "shape": shape, "lower_bounds": tuple(fields["lower_bounds"])})
-
-
-def measure_encoder(encoder: Encoder, num_labels: int, batch_size: int, max_length: int,
-                    device: torch.device, names: list[str],
-                    timed_steps: int = TIMED_STEPS) -> dict[str, tuple[float, bool]]:
-    """Per candidate: seconds per batch step, and whether that is only a lower bound (the
-    candidate was stopped after its one-example warm-up step). fp32 comes first: the others
-    are judged against it."""
+def measure_encoder(encoder: Encoder, num_labels: int, batch_size: int, max_length: int, device: torch.device,
+                    names: list[str], budget_s: float = BUDGET_S) -> EncoderPrecision:
+    """`measure` with real steps of the encoder's classifier on random tokens, loading within the budget."""
+    started = time.perf_counter()
     # Any dropout will do: it costs the same in every candidate.
     model = load_classifier(encoder, tuple(map(str, range(num_labels))), dropout=0.1).to(device).train()
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(model.config.vocab_size, (batch_size, max_length), generator=generator)
     inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
     labels = torch.randint(num_labels, (batch_size,), generator=generator).to(device)
-    warm_up = {key: tensor[:WARM_UP_EXAMPLES] for key, tensor in inputs.items()}
-    measured: dict[str, tuple[float, bool]] = {}
+
+    def timer(name: str, batch: int, tokens: int) -> float:
+        return _timed_step(model, {key: tensor[:batch, :tokens] for key, tensor in inputs.items()}, labels[:batch],
+                           device, name)
+
     try:
-        for name in names:
-            limit = GIVE_UP_RATIO * measured["fp32"][0] if name != "fp32" and "fp32" in measured else None
-            # One example cannot take longer than the batch: past the limit, the batch is too.
-            seconds = _timed_step(model, warm_up, labels[:WARM_UP_EXAMPLES], device, CANDIDATES[name])
-            if limit is not None and seconds > limit:
-                measured[name] = (seconds, True)
-                continue
-            steps = []
-            for _ in range(timed_steps):
-                steps.append(_timed_step(model, inputs, labels, device, CANDIDATES[name]))
-                if limit is not None and steps[-1] > limit:
-                    break
-            measured[name] = (statistics.median(steps), False)
+        measured = measure(names, timer, batch_size, max_length, budget_s - (time.perf_counter() - started))
     finally:
         del model
         release_memory(device)
-    return measured
+    return EncoderPrecision(measured.choice, MEASURED, measured.shape, measured.seconds_per_step,
+                            measured.probe_seconds, measured.stopped, measured.unmeasured,
+                            round(time.perf_counter() - started, 3))
+
+
+@contextmanager
+def matmuls(name: str) -> Iterator[None]:
+    """fp32 matmuls as candidate `name` computes them, within the block: TF32 for `tf32`. A
+    process-wide setting, restored on leaving; it covers the backward pass, which autocast does not."""
+    previous = torch.get_float32_matmul_precision()
+    if CANDIDATES[name].tf32:
+        torch.set_float32_matmul_precision("high")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def _timed_step(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                device: torch.device, dtype: torch.dtype | None) -> float:
+                device: torch.device, name: str) -> float:
     """Seconds of one forward and backward, as training.fine_tune runs them."""
     _synchronize(device)
     started = time.perf_counter()
-    with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-        logits = model(**inputs).logits
-    F.cross_entropy(logits.float(), labels).backward()
+    dtype = CANDIDATES[name].autocast
+    with matmuls(name):
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(**inputs).logits
+        F.cross_entropy(logits.float(), labels).backward()
     _synchronize(device)
     seconds = time.perf_counter() - started
     model.zero_grad(set_to_none=True)
