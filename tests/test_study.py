@@ -505,7 +505,7 @@ def test_a_timeout_short_of_n_trials_is_said_and_recorded_then_cleared(tmp_path,
     clock = [0.0]
     monkeypatch.setattr(time_module, "monotonic", lambda: clock[0])
 
-    def hundred_second_trial(trial, _):
+    def hundred_second_trial(trial, *_):
         clock[0] += 100.0  # each trial takes 100 s of the fake clock
         return 0.5
 
