@@ -114,7 +114,7 @@ def test_the_gp_sampler_proposes_per_encoder_after_its_startup_trials():
     from tests.test_sampling import BEST_LR, _run
     from tests.test_sampling import _config as synthetic_config
 
-    trials = _run(synthetic_config(sampler={"type": "gp", "n_startup_trials": 3}, n_trials=16))
+    trials = _run(synthetic_config(sampler={"type": "gp", "n_startup_trials": 3}, n_trials=24))
     for encoder, best_lr in BEST_LR.items():
         own = [t for t in trials if t.params[ENCODER_PARAM] == encoder]
         best = max(own, key=lambda t: t.value)
