@@ -246,6 +246,7 @@ def test_no_channel_shows_a_password(tmp_path, tiny_encoders, capsys, monkeypatc
     # The database is a local SQLite file; the URL the user typed is what every channel sees.
     monkeypatch.setattr(preflight, "open_storage", lambda url, heartbeat=None: opened)
     monkeypatch.setattr(storage, "open_existing_storage", lambda url: opened)
+    monkeypatch.setattr(preflight, "open_existing_storage", lambda url: opened)
     monkeypatch.setitem(tracking.TRACKERS, "recorder", Recorder)
     results = tmp_path / "results"
     for n_trials, url in enumerate(SECRET_URLS, start=1):

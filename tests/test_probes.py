@@ -86,8 +86,11 @@ def _data_probe(tmp_path, capsys, tiny_encoders, table: pd.DataFrame, suffix: st
     (table.to_parquet if suffix == ".parquet" else table.to_csv)(data, index=False)
     config = write_config(tmp_path, tiny_encoders, encoders=("bert",), training__precision="fp32",
                           datasets__topics__path=str(data), **overrides)
-    # --check loads the data as a run does (--study would leave its new storage behind).
-    return refused(tmp_path, capsys, "--check", "--config", str(config), "--datasets", "topics")
+    # Both commands that load the data: --study creates its storage only once the inputs are good.
+    lines = {refused(tmp_path, capsys, mode, "--config", str(config), "--datasets", "topics")
+             for mode in ("--study", "--check")}
+    assert len(lines) == 1, lines
+    return lines.pop()
 
 
 def test_identical_texts_say_how_many_duplicates_were_dropped(tmp_path, capsys, tiny_encoders):

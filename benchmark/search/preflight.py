@@ -30,7 +30,7 @@ from benchmark.schema import (
 )
 from benchmark.search import lineage
 from benchmark.search.optuna_internals import OPTIMIZE_LOGGER
-from benchmark.search.storage import open_storage
+from benchmark.search.storage import open_existing_storage, open_storage
 from benchmark.search.trial import INTERRUPTED_TRIAL_LOG, DatasetStudy
 from benchmark.tracking import make_tracker
 from benchmark.tracking.base import Tracker
@@ -79,12 +79,20 @@ def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str],
     with (the search's, or for the final evaluation those of its retraining)."""
     quiet_libraries()
     tracker = make_tracker(tracker_names, results_dir)
+    # The checks read what is stored without creating anything; the storage is created only
+    # once every input is known good, so a run refused for its inputs leaves nothing behind.
+    existing = open_existing_storage(storage_url)
+    if existing is not None:
+        check_study_owners(existing, config)
+        check_seed_matches(existing, config)
+
+    def check_data(datasets: dict[str, TextClassificationData]) -> None:
+        if existing is not None:
+            lineage.check_unchanged(existing, config, datasets, compared)
+
+    choices = encoder_choices(existing, config)
+    inputs = load_inputs(config, stored_precisions(existing, config), check_data=check_data)
     storage = open_storage(storage_url, config.heartbeat)
-    check_study_owners(storage, config)
-    check_seed_matches(storage, config)
-    choices = encoder_choices(storage, config)
-    inputs = load_inputs(config, stored_precisions(storage, config),
-                         check_data=lambda datasets: lineage.check_unchanged(storage, config, datasets, compared))
     studies = []
     for name, loaded in inputs.datasets.items():
         held = record_precisions(storage, study_name(config.name, name), inputs.precisions)
