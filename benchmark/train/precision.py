@@ -292,7 +292,7 @@ def measure_encoder(encoder: Encoder, num_labels: int, batch_size: int, max_leng
     try:
         measured = measure(names, timer, batch_size, max_length, budget_s - (time.perf_counter() - started))
     finally:
-        del model
+        model = None  # freed before the cache is emptied (the timer, which reads it, is done)
         release_memory(device)
     return EncoderPrecision(measured.choice, MEASURED, measured.shape, measured.seconds_per_step,
                             measured.probe_seconds, measured.stopped, measured.unmeasured,
