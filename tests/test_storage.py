@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import optuna
@@ -201,3 +202,31 @@ def test_a_storage_left_by_a_process_killed_mid_write_is_read_as_it_was_before_t
     existing = open_existing_storage(url)
     assert optuna.get_all_study_names(existing) == ["s"]
     assert len(optuna.load_study(study_name="s", storage=existing).trials) == 1
+
+
+def _open_together(url: str, barrier, errors) -> None:
+    barrier.wait()
+    try:
+        open_storage(url)
+    except Exception as error:  # noqa: BLE001 - reported to the test
+        errors.put(f"{type(error).__name__}: {error}")
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+def test_workers_opening_a_new_database_together_all_get_it(tmp_path, kind):
+    """Optuna creates its tables and inserts its schema version in two steps: workers started
+    together on a new database used to fail on each other's version row."""
+    from tests.test_workers import _postgres_url
+
+    url = f"sqlite:///{tmp_path / 'new.db'}" if kind == "sqlite" else _postgres_url()
+    context = multiprocessing.get_context("spawn")
+    barrier, errors = context.Barrier(6), context.Queue()
+    workers = [context.Process(target=_open_together, args=(url, barrier, errors)) for _ in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 6
+    failures = [errors.get() for _ in range(errors.qsize())]
+    assert failures == []
+    assert optuna.get_all_study_summaries(open_storage(url)) == []

@@ -323,6 +323,24 @@ raise SystemExit(main(sys.argv[2:]))
 """
 
 
+def _all_succeed(processes: list[subprocess.Popen], timeout_s: float) -> None:
+    """Each process exits 0. The first to fail is reported at once, with its stderr, and the
+    others are stopped: one twin's failure would leave the other at the barrier for good."""
+    deadline = time.monotonic() + timeout_s
+    try:
+        while any(process.poll() is None for process in processes) and time.monotonic() < deadline:
+            failed = [process for process in processes if process.poll() not in (None, 0)]
+            assert not failed, failed[0].stderr.read()
+            time.sleep(0.2)
+        for process in processes:
+            assert process.poll() == 0, process.stderr.read() if process.poll() is not None else "timed out"
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+            process.communicate()
+
+
 def test_twin_commands_started_together_draw_apart_and_as_one_process_would(tmp_path, tiny_encoders):
     config = write_config(tmp_path, tiny_encoders, encoders=("bert",), sampler={"type": "random"},
                           training__precision="fp32", search_space__num_epochs={"type": "int", "low": 1, "high": 1})
@@ -332,9 +350,7 @@ def test_twin_commands_started_together_draw_apart_and_as_one_process_would(tmp_
     twins = [subprocess.Popen([sys.executable, "-c", TWIN, str(barrier), *_args(config, tmp_path / f"r{i}", storage, 4)],
                               cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for i in range(2)]
-    for twin in twins:
-        _, err = twin.communicate(timeout=300)
-        assert twin.returncode == 0, err
+    _all_succeed(twins, timeout_s=300)
     trials = optuna.load_study(study_name="tiny-topics", storage=storage).get_trials(states=FINISHED)
     assert len({t.user_attrs["worker"] for t in trials}) == 2, "both twins ran trials"
     drawn = {t.number: t.params for t in trials}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import errno
 import json
 import sqlite3
+import time
 import warnings
 from contextlib import closing
 from pathlib import Path
@@ -184,11 +185,37 @@ def _database(parsed: StorageUrl, heartbeat: HeartbeatSpec) -> optuna.storages.R
     # SQLite serializes writers: let local workers wait for the lock instead of failing,
     # unless the URL sets its own `timeout`.
     sqlite_timeout = parsed.kind == "sqlite" and "timeout=" not in parsed.query
-    return _QuietHeartbeatStorage(
-        parsed.url,
-        engine_kwargs=({"connect_args": {"timeout": 60}} if sqlite_timeout
-                       else {} if parsed.kind == "sqlite" else {"pool_pre_ping": True}),
-        heartbeat_interval=heartbeat.interval_s,
-        grace_period=heartbeat.grace_s,
-        heartbeat_stale_trial_callback=stale_trial_retry_callback(heartbeat.max_retries),
-    )
+    engine_kwargs = ({"connect_args": {"timeout": 60}} if sqlite_timeout
+                     else {} if parsed.kind == "sqlite" else {"pool_pre_ping": True})
+    attempt = 1
+    while True:
+        try:
+            return _QuietHeartbeatStorage(
+                parsed.url,
+                engine_kwargs=engine_kwargs,
+                heartbeat_interval=heartbeat.interval_s,
+                grace_period=heartbeat.grace_s,
+                heartbeat_stale_trial_callback=stale_trial_retry_callback(heartbeat.max_retries),
+            )
+        except Exception as error:  # noqa: BLE001 - only a lost creation race is retried
+            if attempt == _CREATION_ATTEMPTS or not _lost_creation_race(error):
+                raise
+            time.sleep(0.1 * attempt)
+            attempt += 1
+
+
+# Optuna creates its tables and then inserts its schema version, in two steps that are not
+# one transaction: two workers opening a new database together (`--study` twice, or
+# `--workers` processes) can both find it empty, and the slower one fails on the faster
+# one's table or version row. Opening again finds both in place.
+_CREATION_ATTEMPTS = 5
+
+
+def _lost_creation_race(error: BaseException) -> bool:
+    import sqlalchemy.exc
+
+    # PostgreSQL reports a table created twice as a duplicate row of its own catalog
+    # (pg_type), SQLite as "table ... already exists", both databases a second version row
+    # as an IntegrityError. Opening writes nothing else, so no other error is retried.
+    return (isinstance(error, sqlalchemy.exc.IntegrityError)
+            or isinstance(error, sqlalchemy.exc.DatabaseError) and "already exists" in str(error).lower())
