@@ -237,10 +237,11 @@ def _masked(url: str) -> str:
 
 
 def _print_tables(tables: dict, results_dir: Path) -> None:
-    from benchmark.report.html import REPORT_FILE, search_verdict_sentences, stopped_sentences, timeout_sentences
+    from benchmark.report.html import REPORT_FILE
     from benchmark.report.leaderboard import reference_flag_sentences, to_markdown
     from benchmark.report.ranking import ranking_verdict
     from benchmark.report.results import PREDICTIONS_FILE, TABLES
+    from benchmark.report.text import search_verdict_sentences, stopped_sentences, timeout_sentences
 
     print(to_markdown(tables["leaderboard"]))
     for sentence in reference_flag_sentences(tables["reference_flags"]):

@@ -8,6 +8,8 @@ orphans every stored study. Only Optuna (no torch) is imported here, so the read
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from optuna.trial import TrialState
 
 # The categorical parameter that picks the encoder of a trial.
@@ -90,6 +92,38 @@ TEST_LABELS_ATTR = "test_labels"  # study
 # What the last --final-eval asked for, so that the tables can say which runs are missing.
 SEEDS_REQUESTED_ATTR = "seeds_requested"  # study
 
+
+# --- the trials table -----------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrialsColumns:
+    """The columns of the trials table (`report.results.trials_frame`): a row per trial of
+    every benchmark study, which every leaderboard, the ranking and the report read, and
+    trials.csv writes out for the user's own scripts, so a rename is a schema change here too.
+    They live here, not in `report.results`, because `report.leaderboard` and `report.ranking`
+    read them and `results` imports those."""
+
+    study: str = "study"
+    benchmark: str = "benchmark"
+    dataset: str = "dataset"
+    metric: str = "metric"
+    number: str = "number"
+    state: str = "state"
+    value: str = "value"
+    encoder: str = "encoder"
+    duration_s: str = "duration_s"
+    datetime_start: str = "datetime_start"
+    datetime_complete: str = "datetime_complete"
+    train_tokens: str = "train_tokens"
+    prune_reason: str = "prune_reason"
+    fail_reason: str = "fail_reason"
+    # Study attributes, on every row of the study.
+    timeout_stop: str = "timeout_stop"
+    stopped_encoders: str = "stopped_encoders"
+    # + the name of each sampled parameter but the encoder.
+    param_prefix: str = "param_"
+
+
+TRIAL = TrialsColumns()
 
 def study_name(benchmark: str, dataset: str) -> str:
     """The search study of `dataset` in the benchmark (config) named `benchmark`."""

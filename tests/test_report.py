@@ -23,7 +23,9 @@ from optuna.trial import TrialState
 from plotly.offline import get_plotlyjs
 
 from benchmark import schema
-from benchmark.report import html as report
+from benchmark.report import figures as report_figures
+from benchmark.report import html as report_page
+from benchmark.report import text as report_text
 from benchmark.report.results import trials_frame
 from benchmark.schema import BENCHMARK_ATTR, DATA_SEED_ATTR, DATASET_ATTR, METRIC_ATTR, SURPLUS_ATTR
 
@@ -131,7 +133,7 @@ def empty_tables() -> dict[str, pd.DataFrame]:
 @pytest.fixture(scope="module")
 def written(storage, tmp_path_factory) -> tuple[Path, list[Path]]:
     results_dir = tmp_path_factory.mktemp("results")
-    return results_dir, report.write_report(storage, full_tables(storage), results_dir)
+    return results_dir, report_page.write_report(storage, full_tables(storage), results_dir)
 
 
 def figure_ids(page: str) -> list[str]:
@@ -169,7 +171,7 @@ def test_page_holds_tables_figures_and_sections(written):
 
 
 def test_surplus_trials_are_left_out_but_numbers_kept(storage, written):
-    studies = report.load_studies(storage, full_tables(storage)["datasets"])
+    studies = report_page.load_studies(storage, full_tables(storage)["datasets"])
     trials = studies["topics"].get_trials()
     assert [trial.number for trial in trials if trial.state != TrialState.FAIL] == [0, 1, 2, 3, 5]
     assert trials[4].state == TrialState.FAIL and not trials[4].params and not trials[4].intermediate_values
@@ -177,13 +179,13 @@ def test_surplus_trials_are_left_out_but_numbers_kept(storage, written):
 
 def test_every_figure_colours_an_encoder_alike(storage):
     tables = full_tables(storage)
-    studies = report.load_studies(storage, tables["datasets"])
-    colours = report.encoder_colours(report.page_encoders(tables, studies))
+    studies = report_page.load_studies(storage, tables["datasets"])
+    colours = report_figures.encoder_colours(report_figures.page_encoders(tables, studies))
     assert set(colours) == {"bert", "roberta"} and len(set(colours.values())) == 2
-    figures = [report.expected_performance_figure(tables["expected_performance"], colours),
-               report.final_figure(tables["final"], colours),
-               report.learning_curves_figure(studies["topics"], "accuracy", colours),
-               report.cost_figure(tables["costs"][tables["costs"]["dataset"] == "topics"], "accuracy", colours)]
+    figures = [report_figures.expected_performance_figure(tables["expected_performance"], colours),
+               report_figures.final_figure(tables["final"], colours),
+               report_figures.learning_curves_figure(studies["topics"], "accuracy", colours),
+               report_figures.cost_figure(tables["costs"][tables["costs"]["dataset"] == "topics"], "accuracy", colours)]
     for figure in figures:
         drawn = {trace.name: trace.marker.color or trace.line.color for trace in figure.data if trace.name in colours}
         assert drawn == {name: colours[name] for name in drawn} and set(drawn) == set(colours)
@@ -192,8 +194,8 @@ def test_every_figure_colours_an_encoder_alike(storage):
 
 
 def test_learning_curves_dash_pruned_trials(storage):
-    study = report.load_studies(storage, full_tables(storage)["datasets"])["topics"]
-    figure = report.learning_curves_figure(study, "accuracy", report.encoder_colours(ENCODERS))
+    study = report_page.load_studies(storage, full_tables(storage)["datasets"])["topics"]
+    figure = report_figures.learning_curves_figure(study, "accuracy", report_figures.encoder_colours(ENCODERS))
     *trials, legend = figure.data
     assert [trace.line.dash for trace in trials] == ["solid", "solid", "dash", "solid", "solid"]
     assert [trace.marker.symbol for trace in trials] == ["circle", "circle", "x", "circle", "circle"]
@@ -202,8 +204,8 @@ def test_learning_curves_dash_pruned_trials(storage):
 
 
 def test_a_trial_pruned_at_its_first_checkpoint_shows_as_pruned(storage):
-    study = report.load_studies(storage, full_tables(storage)["datasets"])["pairs"]
-    figure = report.learning_curves_figure(study, "macro_f1", report.encoder_colours(ENCODERS))
+    study = report_page.load_studies(storage, full_tables(storage)["datasets"])["pairs"]
+    figure = report_figures.learning_curves_figure(study, "macro_f1", report_figures.encoder_colours(ENCODERS))
     complete, pruned, legend = figure.data
     assert list(pruned.x) == [48] and pruned.marker.symbol == "x" and pruned.line.dash == "dash"
     assert "trial 1 (pruned at 48 examples: below the median at 48 examples)" in pruned.hovertemplate
@@ -212,8 +214,8 @@ def test_a_trial_pruned_at_its_first_checkpoint_shows_as_pruned(storage):
 
 
 def test_proposals_figure_has_a_series_per_encoder_and_parameter(storage):
-    study = report.load_studies(storage, full_tables(storage)["datasets"])["topics"]
-    figure = report.proposals_figure(study, report.encoder_colours(ENCODERS))
+    study = report_page.load_studies(storage, full_tables(storage)["datasets"])["topics"]
+    figure = report_figures.proposals_figure(study, report_figures.encoder_colours(ENCODERS))
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     series = {(trace.name, trace.xaxis): trace for trace in figure.data}
     # One panel per numeric parameter (dropout, learning_rate), one series per encoder in each.
@@ -231,7 +233,7 @@ def test_proposals_figure_has_a_series_per_encoder_and_parameter(storage):
 def test_proposals_figure_of_a_study_without_finished_trials_is_empty():
     study = optuna.create_study(direction="maximize")
     study.add_trial(optuna.trial.create_trial(state=TrialState.FAIL))
-    figure = report.proposals_figure(study, report.encoder_colours(ENCODERS))
+    figure = report_figures.proposals_figure(study, report_figures.encoder_colours(ENCODERS))
     assert not figure.data and "no finished trial" in figure.layout.title.text
 
 
@@ -257,13 +259,13 @@ def test_svgs_hold_the_pngs_figures_with_editable_text(written):
 
 def test_png_panels_share_one_legend_of_every_encoder(storage):
     tables = full_tables(storage)
-    colours = report.encoder_colours(ENCODERS)
-    for figure in (report.expected_performance_png(tables["expected_performance"], colours),
-                   report.final_evaluation_png(tables["final"], colours)):
+    colours = report_figures.encoder_colours(ENCODERS)
+    for figure in (report_figures.expected_performance_png(tables["expected_performance"], colours),
+                   report_figures.final_evaluation_png(tables["final"], colours)):
         [legend] = figure.legends
         assert [text.get_text() for text in legend.get_texts()] == ["bert", "roberta"]
-    curves = report.with_metric(tables["expected_performance"], tables["datasets"])
-    panels = [ax for ax in report.expected_performance_png(curves, colours).axes if ax.get_visible()]
+    curves = report_page.with_metric(tables["expected_performance"], tables["datasets"])
+    panels = [ax for ax in report_figures.expected_performance_png(curves, colours).axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == [
         "pairs (complete trials: bert 1)", "topics (complete trials: bert 3, roberta 3)"]
     assert [ax.get_ylabel() for ax in panels] == ["expected best validation macro-F1",
@@ -274,8 +276,8 @@ def test_png_panels_share_one_legend_of_every_encoder(storage):
 
 def test_expected_performance_names_its_metric_and_counts_in_integers(storage):
     tables = full_tables(storage)
-    curves = report.with_metric(tables["expected_performance"], tables["datasets"])
-    figure = report.expected_performance_figure(curves, report.encoder_colours(ENCODERS))
+    curves = report_page.with_metric(tables["expected_performance"], tables["datasets"])
+    figure = report_figures.expected_performance_figure(curves, report_figures.encoder_colours(ENCODERS))
     assert [figure.layout[axis].title.text for axis in ("yaxis", "yaxis2")] == [
         "expected best validation macro-F1", "expected best validation accuracy"]
     for axis, last in (("xaxis", 1), ("xaxis2", 3)):
@@ -287,13 +289,13 @@ def test_expected_performance_names_its_metric_and_counts_in_integers(storage):
     notes = [a.text for a in figure.layout.annotations if a.xref == "x domain"]
     assert notes == ["bert: 1 complete trial, no curve to draw yet"]
     many = curves.assign(n=curves["n"] * 10)  # n up to 30: a tick every 3 trials, still whole numbers
-    assert report.expected_performance_figure(many, report.encoder_colours(ENCODERS)).layout.xaxis2.dtick == 3
+    assert report_figures.expected_performance_figure(many, report_figures.encoder_colours(ENCODERS)).layout.xaxis2.dtick == 3
 
 
 def test_missing_pieces_are_said_not_drawn(tmp_path):
     storage = f"sqlite:///{tmp_path / 'optuna.db'}"
     optuna.create_study(storage=storage, study_name="someone-elses")
-    paths = report.write_report(storage, empty_tables(), tmp_path / "results")
+    paths = report_page.write_report(storage, empty_tables(), tmp_path / "results")
     assert paths == [tmp_path / "results" / "report.html"]
     page = paths[0].read_text()
     assert figure_ids(page) == [] and "<table" not in page
@@ -305,7 +307,7 @@ def test_missing_pieces_are_said_not_drawn(tmp_path):
 
 def test_final_evaluation_pending_says_how_to_run_it(storage, tmp_path):
     tables = {**full_tables(storage), "final": pd.DataFrame(), "pairwise": pd.DataFrame()}
-    paths = report.write_report(storage, tables, tmp_path)
+    paths = report_page.write_report(storage, tables, tmp_path)
     assert [path.name for path in paths] == ["report.html", "expected_performance.png", "expected_performance.svg"]
     page = paths[0].read_text()
     assert "run `python run_benchmark.py --final-eval`" in page
@@ -317,16 +319,16 @@ def test_an_unevaluated_encoder_is_listed_and_named_on_the_axis_not_drawn(storag
     final = tables["final"].assign(seeds=[5, 0], mean=[0.8312, float("nan")], ci_low=[0.8187, float("nan")],
                                    ci_high=[0.8437, float("nan")], not_shown_worse_than_best=[None, None],
                                    missing=["", "not evaluated"])
-    shown = report.final_display(final)
+    shown = report_page.final_display(final)
     assert shown.iloc[1][["seeds", "95% CI (seeds and examples)", "not shown worse than the best", "missing"]].tolist() == [
         "0 of 5", "–", "–", "not evaluated"]
-    colours = report.encoder_colours(ENCODERS)
+    colours = report_figures.encoder_colours(ENCODERS)
     # Its place on the axis says it is missing, so an empty place is not read as no encoder.
-    figure = report.final_figure(final, colours)
+    figure = report_figures.final_figure(final, colours)
     assert [(list(trace.x), trace.showlegend) for trace in figure.data] == [
         (["roberta"], True), (["bert (not evaluated)"], False)]
     assert pd.isna(figure.data[1].y[0])
-    [panel] = [ax for ax in report.final_evaluation_png(final, colours).axes if ax.get_visible()]
+    [panel] = [ax for ax in report_figures.final_evaluation_png(final, colours).axes if ax.get_visible()]
     assert [label.get_text() for label in panel.get_xticklabels()] == ["bert (not evaluated)", "roberta"]
     assert [container.get_label() for container in panel.containers] == ["roberta"]  # the only error bar
 
@@ -340,7 +342,7 @@ def test_an_unevaluated_encoder_is_listed_and_named_on_the_axis_not_drawn(storag
     ("", "x: no final evaluation yet."),
 ])
 def test_final_verdict_sentence(verdict, sentence):
-    assert report.final_verdict_sentence(pd.Series({"dataset": "x", "final_verdict": verdict})) == sentence
+    assert report_text.final_verdict_sentence(pd.Series({"dataset": "x", "final_verdict": verdict})) == sentence
 
 
 def test_a_single_varying_parameter_has_no_importances():
@@ -349,7 +351,7 @@ def test_a_single_varying_parameter_has_no_importances():
         study.add_trial(optuna.trial.create_trial(
             value=float(value), params={"encoder": "bert", "dropout": float(value)},
             distributions={"encoder": CategoricalDistribution(["bert"]), "dropout": FloatDistribution(0, 0.3)}))
-    assert report.importance_obstacle(study) == (
+    assert report_figures.importance_obstacle(study) == (
         "No parameter importances: they need at least two parameters that all complete trials share and "
         "that vary between them; this study has 1 (dropout).")
 
@@ -371,17 +373,17 @@ def importance_study(trials: int, comparison: str | None) -> optuna.Study:
 
 
 def test_importances_need_ten_complete_trials_and_leave_out_what_cannot_explain_anything():
-    assert report.importance_obstacle(importance_study(9, "balanced")) == (
+    assert report_figures.importance_obstacle(importance_study(9, "balanced")) == (
         "No parameter importances: they need at least 10 complete trials; this study has 9.")
     study = importance_study(12, "balanced")
-    assert report.importance_obstacle(study) is None
-    figure, _ = report.importances_figure(study, "accuracy")
+    assert report_figures.importance_obstacle(study) is None
+    figure, _ = report_figures.importances_figure(study, "accuracy")
     # dropout is constant; batch size 32 is on one trial only
     assert sorted(figure.data[0].y) == ["encoder", "learning_rate"]
-    page = report.importances_html(study, "accuracy", "importances")
+    page = report_page.importances_html(study, "accuracy", "importances")
     assert "at least 10 complete trials" in page and "a constant parameter explains nothing" in page
     assert "In this balanced comparison the encoder is assigned in turn, not sampled" in page
-    assert "In this search the sampler chose the encoder" in report.importances_html(
+    assert "In this search the sampler chose the encoder" in report_page.importances_html(
         importance_study(12, "search"), "accuracy", "importances")
 
 
@@ -395,7 +397,7 @@ def test_parallel_coordinates_draw_no_line_white_and_each_tick_label_once():
     labels = lambda figure: [(a.x, a.text) for a in figure.layout.annotations]  # noqa: E731
     assert len(set(labels(optuna.visualization.plot_parallel_coordinate(study)))) < len(
         labels(optuna.visualization.plot_parallel_coordinate(study)))  # what is fixed here
-    figure = report.parallel_coordinate_figure(study, "accuracy")
+    figure = report_figures.parallel_coordinate_figure(study, "accuracy")
     assert len(set(labels(figure))) == len(labels(figure))
     assert [text for x, text in labels(figure) if x == 2] == ["bert", "roberta"]  # axes in name order
     lines = [trace for trace in figure.data if trace.mode == "lines"]
@@ -414,19 +416,19 @@ def lightness(colour: str) -> float:
 
 def test_metric_names_in_the_table_headers(storage):
     tables = full_tables(storage)
-    shown = report.leaderboard_display(tables["leaderboard"], report.dataset_metrics(tables["datasets"]))
+    shown = report_page.leaderboard_display(tables["leaderboard"], report_text.dataset_metrics(tables["datasets"]))
     assert list(shown.columns[:3]) == ["encoder", "pairs: best validation macro-F1", "topics: best validation accuracy"]
-    costs = report.value_display(tables["costs"], tables["datasets"])
+    costs = report_page.value_display(tables["costs"], tables["datasets"])
     assert list(costs.columns[-4:]) == ["train_tokens", "metric", "best validation value", "pareto"]
     assert list(costs["metric"]) == ["macro_f1", "accuracy", "accuracy"]
-    assert "best_params" not in report.value_display(tables["datasets"], tables["datasets"])
+    assert "best_params" not in report_page.value_display(tables["datasets"], tables["datasets"])
 
 
 @pytest.mark.parametrize(("value", "shown"), [
     (2.3456e-05, "2.3e-05"), (0.00012, "1.2e-04"), (0.0123, "0.0123"), (0.123456, "0.123"), (0.1, "0.1"),
     (0.0, "0"), (3.0, "3"), (16, "16"), ("linear", "linear")])
 def test_format_param(value, shown):
-    assert report.format_param(value) == shown
+    assert report_text.format_param(value) == shown
 
 
 def distinct_colours(pixels: np.ndarray) -> int:
@@ -552,16 +554,16 @@ def test_reference_notes_state_the_flags_in_words():
     references = pd.DataFrame({"study": ["tiny-topics"], "reference": ["(reference) majority class"]})
     flags = pd.DataFrame([["topics", "bert", "accuracy", 0.5, 2, 0.5, 0.25, 0.5, 0.7, 200, 400, True, True]],
                          columns=FLAG_COLUMNS)
-    notes = report.reference_notes(references, flags)
+    notes = report_text.reference_notes(references, flags)
     assert "They take no rank and no normalized score." in notes
     assert "Chance is the better of the first two in the dataset&#x27;s metric" in notes
     assert ("topics: bert is at chance and not above tf-idf + logreg: its best validation accuracy is 0.5000 "
             "(best of 2 complete trials), against 0.5000 for the majority class, 0.2500 for random guessing and "
             "0.7000 for tf-idf + logreg (fitted on the same 400 training examples, scored on the same 200 "
             "validation examples).") in notes
-    cleared = report.reference_notes(references, flags.iloc[:0])
+    cleared = report_text.reference_notes(references, flags.iloc[:0])
     assert "Every encoder&#x27;s best validation value clears chance and tf-idf" in cleared
-    assert report.reference_notes(pd.DataFrame(), flags) == ""  # a storage from before the reference rows
+    assert report_text.reference_notes(pd.DataFrame(), flags) == ""  # a storage from before the reference rows
 
 
 def ranked_tables(storage: str, encoders: int) -> dict[str, pd.DataFrame]:
@@ -575,7 +577,7 @@ def ranked_tables(storage: str, encoders: int) -> dict[str, pd.DataFrame]:
 
 @pytest.mark.parametrize("encoders", [2, 3])
 def test_ranking_section_and_critical_difference_png(storage, tmp_path, encoders):
-    paths = report.write_report(storage, ranked_tables(storage, encoders), tmp_path)
+    paths = report_page.write_report(storage, ranked_tables(storage, encoders), tmp_path)
     assert tmp_path / "critical_difference.png" in paths
     pixels = image.imread(tmp_path / "critical_difference.png")
     assert pixels.shape[1] > 400 and distinct_colours(pixels) > 20
@@ -594,7 +596,7 @@ def test_verdict_strength_and_timeout_lines_in_the_report(storage):
         search_verdict=["no two encoders have a complete trial to compare",
                         "roberta and bert overlap at n=3 complete trials each: more trials, not a choice between "
                         "them, is what the data supports"])
-    page = report.report_html(tables, report.load_studies(storage, tables["datasets"]), report.encoder_colours(ENCODERS))
+    page = report_page.report_html(tables, report_page.load_studies(storage, tables["datasets"]), report_figures.encoder_colours(ENCODERS))
     assert ("topics: stopped by the 480 s timeout after 3 of 8 trials (bert 2, roberta 1); it compares fewer "
             "trials than planned.") in page
     assert "topics: roberta and bert overlap at n=3 complete trials each: more trials, not a choice" in page
@@ -607,7 +609,7 @@ def test_chromium_draws_the_critical_difference_diagram(storage, tmp_path):
         if os.environ.get("CI"):
             pytest.fail("CI must provide chromium (.ci/run installs Debian's package)")
         pytest.skip("no chromium binary on PATH (CI installs Debian's chromium)")
-    section = report.ranking_section(ranked_tables(storage, 3))
+    section = report_page.ranking_section(ranked_tables(storage, 3))
     [tag] = re.findall(r'<img id="critical-difference"[^>]*>', section)
     probe = tmp_path / "probe.html"
     probe.write_text(f"<html><body>{tag}<script>window.onload = () => document.body.dataset.size = "
@@ -624,11 +626,11 @@ def test_a_mean_just_beside_its_percentile_interval_still_draws(storage):
     # interval by a hair; matplotlib refuses negative error lengths, which would stop the report.
     final = full_tables(storage)["final"].assign(seeds=[5, 5], mean=[0.80, 0.60], ci_low=[0.801, 0.55],
                                                  ci_high=[0.85, 0.599], missing=["", ""])
-    colours = report.encoder_colours(ENCODERS)
-    figure = report.final_figure(final, colours)
+    colours = report_figures.encoder_colours(ENCODERS)
+    figure = report_figures.final_figure(final, colours)
     assert [(trace.error_y.arrayminus[0], trace.error_y.array[0]) for trace in figure.data] == [
         (0.0, pytest.approx(0.05)), (pytest.approx(0.05), 0.0)]
-    [panel] = [ax for ax in report.final_evaluation_png(final, colours).axes if ax.get_visible()]
+    [panel] = [ax for ax in report_figures.final_evaluation_png(final, colours).axes if ax.get_visible()]
     assert len(panel.containers) == 2
 
 
@@ -644,7 +646,7 @@ def test_the_header_gives_each_encoders_precision_as_its_trials_trained(tmp_path
     stored.set_user_attr(schema.PRECISION_BY_ENCODER_ATTR, {"roberta": {"choice": "fp32"}, "bert": {"choice": "bf16"}})
     old = make_study(url, "old", "accuracy")  # from before per-encoder choices
     old.set_user_attr(schema.PRECISION_ATTR, "bf16")
-    table = report.provenance_table({"trained": trained, "stored": stored, "old": old}, None)
+    table = report_page.provenance_table({"trained": trained, "stored": stored, "old": old}, None)
     assert table["precision"].tolist() == ["bert bf16 (2), fp32 (1); roberta tf32", "bert bf16; roberta fp32", "bf16"]
 
 
@@ -653,10 +655,10 @@ def test_a_mean_without_an_interval_draws_no_bar(storage):
     # since one of zero length would read as a score known exactly, and the figures still draw.
     final = full_tables(storage)["final"].assign(seeds=[5, 5], mean=[1.0, 0.60], ci_low=[math.nan, 0.55],
                                                  ci_high=[math.nan, 0.65], missing=["", ""])
-    colours = report.encoder_colours(ENCODERS)
-    figure = report.final_figure(final, colours)
+    colours = report_figures.encoder_colours(ENCODERS)
+    figure = report_figures.final_figure(final, colours)
     bars = [(trace.error_y.arrayminus[0], trace.error_y.array[0]) for trace in figure.data]
     assert all(math.isnan(length) for length in bars[0]) and bars[1] == pytest.approx((0.05, 0.05))
-    [panel] = [ax for ax in report.final_evaluation_png(final, colours).axes if ax.get_visible()]
+    [panel] = [ax for ax in report_figures.final_evaluation_png(final, colours).axes if ax.get_visible()]
     assert len(panel.containers) == 2
-    assert report.final_display(final)["95% CI (seeds and examples)"].tolist()[0] == "–"
+    assert report_page.final_display(final)["95% CI (seeds and examples)"].tolist()[0] == "–"

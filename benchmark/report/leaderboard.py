@@ -10,10 +10,9 @@ import numpy as np
 import pandas as pd
 
 from benchmark.report import stats
-from benchmark.schema import timeout_stop_text
+from benchmark.schema import TRIAL, timeout_stop_text
 from benchmark.train.baselines import BASELINE_NAMES, CHANCE, MAJORITY, RANDOM, REFERENCE_NAMES, TFIDF_LOGREG
 
-PARAM_PREFIX = "param_"
 TRIALS_PREFIX = "trials: "
 FINISHED_STATES = ("COMPLETE", "PRUNED")
 # The trials table's state of a trial stopped by Ctrl-C or SIGTERM (FAIL in Optuna, see
@@ -25,16 +24,16 @@ SIGNIFICANCE_LEVEL = 0.05
 def dataset_columns(trials: pd.DataFrame) -> dict[str, str]:
     """Study name -> the column heading it gets: the dataset, or the study name when two
     benchmark configs in one storage share a dataset."""
-    studies = trials[["study", "dataset"]].drop_duplicates()
-    shared = studies["dataset"].duplicated(keep=False)
+    studies = trials[[TRIAL.study, TRIAL.dataset]].drop_duplicates()
+    shared = studies[TRIAL.dataset].duplicated(keep=False)
     return {row.study: (row.study if is_shared else row.dataset)
             for row, is_shared in zip(studies.itertuples(), shared)}
 
 
 def best_per_encoder(trials: pd.DataFrame) -> pd.DataFrame:
     """Best complete validation value for each (study, encoder)."""
-    complete = trials[trials["state"] == "COMPLETE"]
-    return complete.groupby(["study", "encoder"], as_index=False)["value"].max()
+    complete = trials[trials[TRIAL.state] == "COMPLETE"]
+    return complete.groupby([TRIAL.study, TRIAL.encoder], as_index=False)[TRIAL.value].max()
 
 
 def encoder_leaderboard(trials: pd.DataFrame, references: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -53,18 +52,18 @@ def encoder_leaderboard(trials: pd.DataFrame, references: pd.DataFrame | None = 
     if best.empty:
         return pd.DataFrame(columns=["encoder", "mean_rank", "normalized_score", "datasets"])
     columns = dataset_columns(trials)
-    by_study = best.groupby("study")["value"]
+    by_study = best.groupby(TRIAL.study)[TRIAL.value]
     best["rank"] = by_study.rank(ascending=False, method="average")
     spread = by_study.transform("max") - by_study.transform("min")
-    best["normalized"] = ((best["value"] - by_study.transform("min")) / spread.where(spread > 0)).fillna(1.0)
-    table = best.pivot(index="encoder", columns="study", values="value").rename(columns=columns)
+    best["normalized"] = ((best[TRIAL.value] - by_study.transform("min")) / spread.where(spread > 0)).fillna(1.0)
+    table = best.pivot(index=TRIAL.encoder, columns=TRIAL.study, values=TRIAL.value).rename(columns=columns)
     table = table[sorted(table.columns)]
-    finished = trials[trials["state"].isin(FINISHED_STATES)]
-    counts = finished.groupby(["encoder", "study"]).size().unstack(fill_value=0).rename(columns=columns)
+    finished = trials[trials[TRIAL.state].isin(FINISHED_STATES)]
+    counts = finished.groupby([TRIAL.encoder, TRIAL.study]).size().unstack(fill_value=0).rename(columns=columns)
     for dataset in table.columns:
         table[f"{TRIALS_PREFIX}{dataset}"] = counts[dataset].reindex(table.index).fillna(0).astype(int) \
             if dataset in counts else 0
-    per_encoder = best.groupby("encoder")
+    per_encoder = best.groupby(TRIAL.encoder)
     table["mean_rank"] = per_encoder["rank"].mean()
     table["normalized_score"] = per_encoder["normalized"].mean()
     table["datasets"] = per_encoder["rank"].count()
@@ -118,7 +117,7 @@ def reference_flags(trials: pd.DataFrame, references: pd.DataFrame) -> pd.DataFr
     chance = by_study[[REFERENCE_NAMES[name] for name in CHANCE]].max(axis=1)
     sizes = values.groupby("study")[["examples", "train_examples"]].first()
     columns = dataset_columns(trials) if not trials.empty else {}
-    complete = trials[trials["state"] == "COMPLETE"].groupby(["study", "encoder"]).size()
+    complete = trials[trials[TRIAL.state] == "COMPLETE"].groupby([TRIAL.study, TRIAL.encoder]).size()
     rows = []
     for row in (best_per_encoder(trials).itertuples() if not trials.empty else ()):
         if row.study not in by_study.index:
@@ -128,7 +127,7 @@ def reference_flags(trials: pd.DataFrame, references: pd.DataFrame) -> pd.DataFr
             continue
         rows.append({
             "dataset": columns[row.study], "encoder": row.encoder,
-            "metric": trials.loc[trials["study"] == row.study, "metric"].iloc[0], "best_value": row.value,
+            "metric": trials.loc[trials[TRIAL.study] == row.study, TRIAL.metric].iloc[0], "best_value": row.value,
             "complete_trials": int(complete[row.study, row.encoder]),
             "majority": by_study.at[row.study, REFERENCE_NAMES[MAJORITY]],
             "random_guessing": by_study.at[row.study, REFERENCE_NAMES[RANDOM]], "chance": chance[row.study],
@@ -178,36 +177,40 @@ def dataset_summary(trials: pd.DataFrame) -> pd.DataFrame:
     """Per dataset: the best trial and its parameters, trial counts by state, and time spent."""
     columns = dataset_columns(trials)
     rows = []
-    for study, group in trials.groupby("study", sort=True):
-        complete = group[group["state"] == "COMPLETE"]
-        best = complete.loc[complete["value"].idxmax()] if not complete.empty else None
+    for study, group in trials.groupby(TRIAL.study, sort=True):
+        state = group[TRIAL.state]
+        complete = group[state == "COMPLETE"]
+        best = complete.loc[complete[TRIAL.value].idxmax()] if not complete.empty else None
         params = {} if best is None else {
-            name.removeprefix(PARAM_PREFIX): _plain(best[name])
-            for name in group.columns if name.startswith(PARAM_PREFIX) and pd.notna(best[name])
+            name.removeprefix(TRIAL.param_prefix): _plain(best[name])
+            for name in group.columns if name.startswith(TRIAL.param_prefix) and pd.notna(best[name])
         }
         rows.append({
             "dataset": columns[study],
             "study": study,
-            "metric": group["metric"].iloc[0],
-            "best_value": None if best is None else best["value"],
+            "metric": group[TRIAL.metric].iloc[0],
+            "best_value": None if best is None else best[TRIAL.value],
             # Every encoder that reaches the best value: naming one of a tie would pick a winner.
             "best_encoder": None if best is None else ", ".join(
-                sorted(set(complete.loc[complete["value"] == best["value"], "encoder"]))),
-            "best_trial": None if best is None else int(best["number"]),
+                sorted(set(complete.loc[complete[TRIAL.value] == best[TRIAL.value], TRIAL.encoder]))),
+            "best_trial": None if best is None else int(best[TRIAL.number]),
             "best_params": json.dumps(params, sort_keys=True),
-            "complete": int((group["state"] == "COMPLETE").sum()),
-            "pruned": int((group["state"] == "PRUNED").sum()),
-            "failed": int((group["state"] == "FAIL").sum()),
+            "complete": int((state == "COMPLETE").sum()),
+            "pruned": int((state == "PRUNED").sum()),
+            "failed": int((state == "FAIL").sum()),
             # Stopped by Ctrl-C or SIGTERM: neither a result nor a failure of the configuration.
-            "interrupted": int((group["state"] == INTERRUPTED_STATE).sum()),
+            "interrupted": int((state == INTERRUPTED_STATE).sum()),
             # Running now (or their worker died and the heartbeat has not yet said so) or queued:
             # the other columns will change.
-            "running": int(group["state"].isin(["RUNNING", "WAITING"]).sum()),
-            "trial_seconds": round(float(group["duration_s"].sum()), 1),
+            "running": int(state.isin(["RUNNING", "WAITING"]).sum()),
+            "trial_seconds": round(float(group[TRIAL.duration_s].sum()), 1),
             # From the first start to the last finish; NaN while no trial has finished.
-            "wall_seconds": round((group["datetime_complete"].max() - group["datetime_start"].min()).total_seconds(), 1),
-            "cut_short_by_timeout": timeout_stop_text(group["timeout_stop"].iloc[0]) if "timeout_stop" in group else "",
-            "stopped_encoders": stopped_text(group["stopped_encoders"].iloc[0]) if "stopped_encoders" in group else "",
+            "wall_seconds": round((group[TRIAL.datetime_complete].max()
+                                   - group[TRIAL.datetime_start].min()).total_seconds(), 1),
+            "cut_short_by_timeout": (timeout_stop_text(group[TRIAL.timeout_stop].iloc[0])
+                                     if TRIAL.timeout_stop in group else ""),
+            "stopped_encoders": (stopped_text(group[TRIAL.stopped_encoders].iloc[0])
+                                 if TRIAL.stopped_encoders in group else ""),
         })
     return pd.DataFrame(rows)
 
@@ -228,16 +231,17 @@ def cost_table(trials: pd.DataFrame) -> pd.DataFrame:
     """
     rows = []
     columns = dataset_columns(trials)
-    for (study, encoder), group in trials.groupby(["study", "encoder"], sort=True):
-        complete = group[group["state"] == "COMPLETE"]
-        seconds = float(group["duration_s"].sum())
+    for (study, encoder), group in trials.groupby([TRIAL.study, TRIAL.encoder], sort=True):
+        state = group[TRIAL.state]
+        complete = group[state == "COMPLETE"]
+        seconds = float(group[TRIAL.duration_s].sum())
         rows.append({
             "dataset": columns[study], "study": study, "encoder": encoder, "trials": len(group),
-            "complete": len(complete), "pruned": int((group["state"] == "PRUNED").sum()),
-            "failed": int((group["state"] == "FAIL").sum()),
+            "complete": len(complete), "pruned": int((state == "PRUNED").sum()),
+            "failed": int((state == "FAIL").sum()),
             "trial_seconds": round(seconds, 1), "device_hours": seconds / 3600,
-            "train_tokens": int(group["train_tokens"].fillna(0).sum()),
-            "best_value": complete["value"].max() if not complete.empty else np.nan,
+            "train_tokens": int(group[TRIAL.train_tokens].fillna(0).sum()),
+            "best_value": complete[TRIAL.value].max() if not complete.empty else np.nan,
         })
     table = pd.DataFrame(rows, columns=["dataset", "study", "encoder", "trials", "complete", "pruned",
                                         "failed", "trial_seconds", "device_hours", "train_tokens",
@@ -255,7 +259,7 @@ def search_scores(trials: pd.DataFrame) -> pd.DataFrame:
     of the validation split after partial training (for a NaN prune, before it diverged),
     and Dodge et al.'s estimator assumes final scores of complete runs. Failed trials
     scored nothing."""
-    return trials[(trials["state"] == "COMPLETE") & trials["value"].notna()]
+    return trials[(trials[TRIAL.state] == "COMPLETE") & trials[TRIAL.value].notna()]
 
 
 def expected_performance(trials: pd.DataFrame, resamples: int = 1000, seed: int = 0) -> pd.DataFrame:
@@ -269,8 +273,8 @@ def expected_performance(trials: pd.DataFrame, resamples: int = 1000, seed: int 
     """
     columns = dataset_columns(trials) if not trials.empty else {}
     frames = []
-    for (study, encoder), group in search_scores(trials).groupby(["study", "encoder"], sort=True):
-        values = group["value"].to_numpy(dtype=float)
+    for (study, encoder), group in search_scores(trials).groupby([TRIAL.study, TRIAL.encoder], sort=True):
+        values = group[TRIAL.value].to_numpy(dtype=float)
         low, high = stats.bootstrap_band(values, resamples=resamples, seed=seed)
         frames.append(pd.DataFrame({
             "dataset": columns[study], "study": study, "encoder": encoder, "n": np.arange(1, len(values) + 1),
@@ -302,9 +306,10 @@ def verdict_strength(trials: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame
     """
     rows = []
     columns = dataset_columns(trials) if not trials.empty else {}
-    for study, group in trials.groupby("study", sort=True):
-        complete = group[group["state"] == "COMPLETE"]
-        counts = complete.groupby("encoder").size().reindex(sorted(group["encoder"].dropna().unique()), fill_value=0)
+    for study, group in trials.groupby(TRIAL.study, sort=True):
+        complete = group[group[TRIAL.state] == "COMPLETE"]
+        counts = complete.groupby(TRIAL.encoder).size().reindex(sorted(group[TRIAL.encoder].dropna().unique()),
+                                                                fill_value=0)
         overlap, verdict = "", "no two encoders have a complete trial to compare"
         compared = counts[counts > 0]
         if len(compared) >= 2:

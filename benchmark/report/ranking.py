@@ -20,6 +20,7 @@ from scipy import stats as scipy_stats
 
 from benchmark.report.leaderboard import best_per_encoder, dataset_columns, search_scores
 from benchmark.report.stats import expected_max_curve
+from benchmark.schema import TRIAL
 from benchmark.train.metrics import METRIC_RANGES
 
 MIN_DATASETS = 3  # fewer blocks than this and no rank test can say anything
@@ -38,9 +39,9 @@ def score_matrix(trials: pd.DataFrame) -> pd.DataFrame:
     encoders, budget = _common_budget(complete)
     if not encoders:
         return pd.DataFrame()
-    values = complete[complete["encoder"].isin(encoders)].groupby(["study", "encoder"])["value"]
+    values = complete[complete[TRIAL.encoder].isin(encoders)].groupby([TRIAL.study, TRIAL.encoder])[TRIAL.value]
     best = values.apply(lambda group: expected_max_curve(group, budget[group.name[0]])[-1])
-    matrix = best.unstack("encoder").rename(index=dataset_columns(trials)).sort_index()
+    matrix = best.unstack(TRIAL.encoder).rename(index=dataset_columns(trials)).sort_index()
     matrix.index.name, matrix.columns.name = "dataset", None
     return matrix
 
@@ -56,7 +57,7 @@ def compared_trials(trials: pd.DataFrame) -> dict[str, int]:
 def _common_budget(complete: pd.DataFrame) -> tuple[list[str], pd.Series]:
     """The encoders with a complete trial in every study, and per study the fewest complete
     trials one of them has."""
-    counts = complete.groupby(["study", "encoder"]).size().unstack("encoder").dropna(axis=1)
+    counts = complete.groupby([TRIAL.study, TRIAL.encoder]).size().unstack(TRIAL.encoder).dropna(axis=1)
     if counts.columns.empty:
         return [], pd.Series(dtype=int)
     return list(counts.columns), counts.min(axis=1).astype(int)
@@ -67,12 +68,12 @@ def dataset_metrics(trials: pd.DataFrame) -> dict[str, str]:
     if trials.empty:
         return {}
     names = dataset_columns(trials)
-    return {names[study]: metric for study, metric in trials.groupby("study")["metric"].first().items()}
+    return {names[study]: metric for study, metric in trials.groupby(TRIAL.study)[TRIAL.metric].first().items()}
 
 
 def left_out(trials: pd.DataFrame, matrix: pd.DataFrame) -> list[str]:
     """Encoders that lack a complete trial on some dataset, so the ranking leaves them out."""
-    return sorted(set(best_per_encoder(trials)["encoder"]) - set(matrix.columns))
+    return sorted(set(best_per_encoder(trials)[TRIAL.encoder]) - set(matrix.columns))
 
 
 def mean_ranks(matrix: pd.DataFrame) -> pd.DataFrame:

@@ -34,6 +34,7 @@ from benchmark.schema import (
     TEST_LABELS_ATTR,
     TIMEOUT_STOP_ATTR,
     TRAIN_TOKENS_ATTR,
+    TRIAL,
 )
 from benchmark.train.baselines import reference_rows
 from benchmark.train.metrics import METRIC_NAMES
@@ -48,8 +49,11 @@ RESULT_FILES = (*(f"{name}.{ext}" for name in TABLES for ext in ("csv", "md")), 
 FINAL_RUN_COLUMNS = ["study", "dataset", "metric", "encoder", "seed", "source_trial", "value", "predictions"]
 FINAL_STUDY_COLUMNS = ["study", "dataset", "metric", "seeds_requested", "labels"]
 
-TRIAL_COLUMNS = ["study", "benchmark", "dataset", "metric", "number", "state", "value", "encoder",
-                 "duration_s", "datetime_start", "datetime_complete"]
+# Those an empty storage's table has too; parameters and the rest come with the first trial.
+TRIAL_COLUMNS = [TRIAL.study, TRIAL.benchmark, TRIAL.dataset, TRIAL.metric, TRIAL.number, TRIAL.state, TRIAL.value,
+                 TRIAL.encoder, TRIAL.duration_s, TRIAL.datetime_start, TRIAL.datetime_complete]
+# Read back as timestamps; trials.csv leaves them and the study attributes out.
+TIME_COLUMNS = [TRIAL.datetime_start, TRIAL.datetime_complete]
 
 
 def trials_frame(storage: optuna.storages.BaseStorage | str) -> pd.DataFrame:
@@ -65,33 +69,32 @@ def trials_frame(storage: optuna.storages.BaseStorage | str) -> pd.DataFrame:
                 continue  # claimed by two racing workers; never trained, holds no parameters
             duration = trial.duration.total_seconds() if trial.duration is not None else float("nan")
             row = {
-                "study": summary.study_name,
-                "benchmark": attrs[BENCHMARK_ATTR],
-                "dataset": attrs[DATASET_ATTR],
-                "metric": attrs[METRIC_ATTR],
-                "number": trial.number,
-                "state": (leaderboard.INTERRUPTED_STATE if trial.user_attrs.get(INTERRUPTED_ATTR)
-                          else trial.state.name),
-                "value": trial.value,
-                "encoder": trial.params.get(ENCODER_PARAM),
-                "duration_s": duration,
-                "datetime_start": trial.datetime_start,
-                "datetime_complete": trial.datetime_complete,
+                TRIAL.study: summary.study_name,
+                TRIAL.benchmark: attrs[BENCHMARK_ATTR],
+                TRIAL.dataset: attrs[DATASET_ATTR],
+                TRIAL.metric: attrs[METRIC_ATTR],
+                TRIAL.number: trial.number,
+                TRIAL.state: (leaderboard.INTERRUPTED_STATE if trial.user_attrs.get(INTERRUPTED_ATTR)
+                              else trial.state.name),
+                TRIAL.value: trial.value,
+                TRIAL.encoder: trial.params.get(ENCODER_PARAM),
+                TRIAL.duration_s: duration,
+                TRIAL.datetime_start: trial.datetime_start,
+                TRIAL.datetime_complete: trial.datetime_complete,
             }
-            row.update({f"{leaderboard.PARAM_PREFIX}{name}": value for name, value in trial.params.items()
+            row.update({f"{TRIAL.param_prefix}{name}": value for name, value in trial.params.items()
                         if name != ENCODER_PARAM})
-            row.update({"train_tokens": trial.user_attrs.get(TRAIN_TOKENS_ATTR),
-                        "prune_reason": trial.user_attrs.get(PRUNE_REASON_ATTR),
-                        "fail_reason": trial.user_attrs.get(FAIL_REASON_ATTR)})
+            row.update({TRIAL.train_tokens: trial.user_attrs.get(TRAIN_TOKENS_ATTR),
+                        TRIAL.prune_reason: trial.user_attrs.get(PRUNE_REASON_ATTR),
+                        TRIAL.fail_reason: trial.user_attrs.get(FAIL_REASON_ATTR)})
             # A study attribute on every row, so that `dataset_summary` reads it per dataset.
-            row["timeout_stop"] = attrs.get(TIMEOUT_STOP_ATTR)
-            row["stopped_encoders"] = attrs.get(STOPPED_ATTR)
+            row[TRIAL.timeout_stop] = attrs.get(TIMEOUT_STOP_ATTR)
+            row[TRIAL.stopped_encoders] = attrs.get(STOPPED_ATTR)
             rows.append(row)
     frame = pd.DataFrame(rows, columns=None if rows else TRIAL_COLUMNS)
     # A running trial has no completion time yet (a queued one no start): NaT, not None.
-    frame[["datetime_start", "datetime_complete"]] = frame[["datetime_start", "datetime_complete"]].apply(
-        pd.to_datetime)
-    return frame.sort_values(["study", "number"], ignore_index=True) if rows else frame
+    frame[TIME_COLUMNS] = frame[TIME_COLUMNS].apply(pd.to_datetime)
+    return frame.sort_values([TRIAL.study, TRIAL.number], ignore_index=True) if rows else frame
 
 
 def benchmark_trial_count(storage: optuna.storages.BaseStorage | str) -> int:
@@ -151,15 +154,16 @@ def _current_best(trials: pd.DataFrame) -> pd.DataFrame:
     """Each (study, encoder)'s best complete trial number; the earlier one wins a tie, as in
     `final_eval.best_trial_per_encoder`."""
     best = leaderboard.best_per_encoder(trials).merge(
-        trials[["study", "encoder", "value", "number"]], on=["study", "encoder", "value"])
-    return best.sort_values("number").drop_duplicates(["study", "encoder"])[["study", "encoder", "number"]]
+        trials[[TRIAL.study, TRIAL.encoder, TRIAL.value, TRIAL.number]], on=[TRIAL.study, TRIAL.encoder, TRIAL.value])
+    return best.sort_values(TRIAL.number).drop_duplicates([TRIAL.study, TRIAL.encoder])[
+        [TRIAL.study, TRIAL.encoder, TRIAL.number]]
 
 
 def current_final_runs(runs: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFrame:
     """The final runs of each encoder's current best trial, under the leaderboard's
     dataset names; runs of a trial that a topped-up search has since beaten are left out."""
     current = runs.merge(_current_best(trials), left_on=["study", "encoder", "source_trial"],
-                         right_on=["study", "encoder", "number"]).drop(columns="number")
+                         right_on=[TRIAL.study, TRIAL.encoder, TRIAL.number]).drop(columns=TRIAL.number)
     names = leaderboard.dataset_columns(trials) if not trials.empty else {}
     return current.assign(dataset=current["study"].map(names))
 
@@ -169,7 +173,7 @@ def expected_final_runs(studies: pd.DataFrame, trials: pd.DataFrame) -> pd.DataF
     its current best trial and the seeds asked for, under the leaderboard's dataset names."""
     expected = studies.drop(columns=["dataset", "labels"]).merge(_current_best(trials), on="study")
     names = leaderboard.dataset_columns(trials) if not trials.empty else {}
-    return expected.rename(columns={"number": "source_trial"}).assign(dataset=expected["study"].map(names))
+    return expected.rename(columns={TRIAL.number: "source_trial"}).assign(dataset=expected["study"].map(names))
 
 
 def build_tables(trials: pd.DataFrame, final_runs: pd.DataFrame, final_studies: pd.DataFrame,
@@ -213,8 +217,7 @@ def write_leaderboards(storage: optuna.storages.BaseStorage | str, results_dir: 
     for name, table in tables.items():
         write_atomic(results_dir / f"{name}.csv", table.to_csv(index=False))
         write_atomic(results_dir / f"{name}.md", leaderboard.to_markdown(table))
-    export = trials.drop(columns=["datetime_start", "datetime_complete", "timeout_stop", "stopped_encoders"],
-                         errors="ignore")
+    export = trials.drop(columns=[*TIME_COLUMNS, TRIAL.timeout_stop, TRIAL.stopped_encoders], errors="ignore")
     write_atomic(results_dir / "trials.csv", export.to_csv(index=False))
     tables["trials"] = trials
     report.write_report(storage, tables, results_dir)
