@@ -8,36 +8,15 @@ import os
 # The tests reach no server but their own on loopback: no hub look-ups, no telemetry.
 os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", MLFLOW_DISABLE_TELEMETRY="true", DO_NOT_TRACK="1")
 
-import random
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from benchmark.search.preflight import quiet_libraries
-
-CLASS_WORDS = {
-    "sports": ["goal", "match", "team", "coach", "league", "score"],
-    "politics": ["vote", "minister", "party", "election", "law", "senate"],
-    "tech": ["software", "chip", "robot", "network", "data", "code"],
-}
-FILLER = ["the", "a", "today", "said", "new", "after", "big", "report", "on", "with", "and", "week"]
+from tests.helpers import ARCHITECTURES, FILLER, make_texts
 
 # Architectures whose tokenizer hands the model segment ids, as their real ones do.
 SEGMENT_IDS = {"bert", "albert", "electra", "deberta-v2"}
-ARCHITECTURES = ("bert", "roberta", "albert", "distilbert", "electra", "deberta-v2", "mpnet")
-
-
-def make_texts(n: int, seed: int) -> pd.DataFrame:
-    """Short texts whose class shows in two of their words among filler."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(n):
-        label = list(CLASS_WORDS)[i % len(CLASS_WORDS)]
-        words = rng.sample(CLASS_WORDS[label], 2) + rng.sample(FILLER, rng.randint(3, 8))
-        rng.shuffle(words)
-        rows.append({"text": " ".join(words), "label": label})
-    return pd.DataFrame(rows)
 
 
 def train_tokenizer(directory: Path, model_input_names: list[str]):

@@ -24,6 +24,7 @@ from benchmark.train.baselines import (
     reference_baselines,
     tfidf_logreg_scores,
 )
+from tests.helpers import tiny_dataset_study
 
 
 def _split(texts, labels, pairs=None) -> Split:
@@ -118,9 +119,8 @@ def test_recomputed_only_when_the_splits_change():
 
 
 def test_open_study_stores_the_rows_once_per_split_sizes(tmp_path, tiny_encoders, monkeypatch):
-    from tests.test_study import _dataset_study
 
-    dataset_study = _dataset_study(tmp_path, tiny_encoders)
+    dataset_study = tiny_dataset_study(tmp_path, tiny_encoders)
     storage = optuna.storages.InMemoryStorage()
     study = open_study(storage, dataset_study, seed=0)
     stored = study.user_attrs[REFERENCE_ATTR]

@@ -17,7 +17,7 @@ from benchmark.schema import DATA_SEED_ATTR
 from benchmark.search import trial as trial_module
 from benchmark.search.preflight import prepare
 from benchmark.train import estimate, precision
-from tests.test_study import write_config
+from tests.helpers import write_config
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -157,7 +157,7 @@ def test_check_shows_each_encoders_precision_and_times_it_once(tmp_path, tiny_en
 
 
 def test_check_reads_a_storage_named_with_a_query_string(tmp_path, tiny_encoders, capsys, steps_of_half_a_second):
-    """Issue 26, point 8: `--check` called `sqlite:///s.db?timeout=30` "new" although `--study` used it."""
+    """`--check` reads the file that `--study` wrote to, with a query string on its URL or not."""
     config = write_config(tmp_path, tiny_encoders, training__precision="fp32")
     optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="tiny-topics")
     url = f"sqlite:///{tmp_path / 's.db'}?timeout=30"
@@ -168,7 +168,8 @@ def test_check_reads_a_storage_named_with_a_query_string(tmp_path, tiny_encoders
 @pytest.mark.parametrize("flags, warned", [(["--timeout", "5"], True), (["--timeout", "100000"], False), ([], False)])
 def test_check_warns_when_one_trial_outlasts_the_timeout(tmp_path, tiny_encoders, capsys, steps_of_half_a_second,
                                                          flags, warned):
-    """Issue 26, point 13: `num_epochs: 1000` with a 5 s timeout ran until it was killed, unwarned."""
+    """A trial longer than the whole timeout (`num_epochs: 1000` against 5 s) would run until it was
+    killed: `--check` says so before any time is spent."""
     config = write_config(tmp_path, tiny_encoders, encoders=("bert",), training__precision="fp32",
                           search_space__num_epochs={"type": "int", "low": 1000, "high": 1000})
     assert main(["--check", "--config", str(config), "--datasets", "topics", *flags]) == 0

@@ -16,8 +16,7 @@ from optuna.trial import TrialState
 from benchmark import tracking
 from benchmark.cli import main
 from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, INTERRUPTED_ATTR, METRIC_ATTR
-from tests.test_study import write_config
-from tests.test_workers import ROOT, _as_if_in_a_terminal, _training_trial, _wait_for
+from tests.helpers import ROOT, as_if_in_a_terminal, study_with_every_state, training_trial, wait_for, write_config
 
 SLOW_TRIALS = {"type": "int", "low": 40, "high": 40}  # epochs: a tiny trial that lasts seconds
 
@@ -75,29 +74,9 @@ def test_the_largest_seed_runs(tmp_path, tiny_encoders, capsys):
     assert "[topics] final evaluation: 0 run(s) to train: bert 0 (0 s)" in capsys.readouterr().err, "resumed"
 
 
-def _study_with_every_state(url: str) -> None:
-    """A benchmark study holding a trial in every state a live or crashed run leaves."""
-    distributions = {"encoder": CategoricalDistribution(["bert", "roberta"]), "dropout": FloatDistribution(0, 0.3)}
-    study = optuna.create_study(storage=url, study_name="tiny-topics", direction="maximize")
-    for name, value in ((BENCHMARK_ATTR, "tiny"), (DATASET_ATTR, "topics"), (METRIC_ATTR, "accuracy")):
-        study.set_user_attr(name, value)
-
-    def add(state, value=None, encoder="bert", **attrs):
-        study.add_trial(optuna.trial.create_trial(state=state, value=value, params={"encoder": encoder,
-                        "dropout": 0.1}, distributions=distributions, user_attrs=attrs))
-
-    add(TrialState.COMPLETE, 0.8)
-    add(TrialState.COMPLETE, 0.6, encoder="roberta")
-    add(TrialState.FAIL, fail_reason="ValueError: boom")
-    add(TrialState.FAIL, encoder="roberta", **{INTERRUPTED_ATTR: True, "fail_reason": "interrupted"})
-    running = study.ask()  # started, never finished: no datetime_complete
-    running.suggest_categorical("encoder", ["bert", "roberta"])
-    study.enqueue_trial({"encoder": "roberta", "dropout": 0.2})  # WAITING: no start either
-
-
 def test_leaderboard_reads_running_and_queued_trials_quietly(tmp_path, capfd):
     url = f"sqlite:///{tmp_path / 'live.db'}"
-    _study_with_every_state(url)
+    study_with_every_state(url)
     results = tmp_path / "results"
     optuna.logging.set_verbosity(optuna.logging.INFO)  # as in a fresh process
     try:
@@ -120,7 +99,7 @@ def test_leaderboard_reads_running_and_queued_trials_quietly(tmp_path, capfd):
                                       "journal:{dir}/typo.log"])
 def test_leaderboard_with_a_mistyped_storage_writes_and_creates_nothing(tmp_path, capsys, mistyped):
     url = f"sqlite:///{tmp_path / 'good.db'}"
-    _study_with_every_state(url)
+    study_with_every_state(url)
     results = tmp_path / "results"
     assert main(["--leaderboard", "--storage", url, "--results-dir", str(results)]) == 0
     before = {path: path.read_bytes() for path in results.iterdir()}
@@ -175,8 +154,8 @@ def _stop_mid_trial(tmp_path: Path, tiny_encoders, sent: signal.Signals, workers
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmark.cli", "--study", "--config", str(config), "--results-dir", str(results),
          "--storage", storage, "--datasets", "topics", "--n-trials", "3", "--workers", str(workers)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_as_if_in_a_terminal)
-    _wait_for(lambda: _training_trial(storage), 120, "a trial to start training")
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=as_if_in_a_terminal)
+    wait_for(lambda: training_trial(storage), 120, "a trial to start training")
     process.send_signal(sent)  # to this process alone: a --workers parent must pass it on
     _, err = process.communicate(timeout=120)
     return process.returncode, err, optuna.load_study(study_name="tiny-topics", storage=storage), results
@@ -264,7 +243,7 @@ def test_no_channel_shows_a_password(tmp_path, tiny_encoders, capsys, monkeypatc
 
 
 def test_a_study_without_a_complete_trial_prints_no_raw_optuna_warning(tmp_path):
-    """Issue 26, point 13: `[W ...] There are no complete trials.` leaked to stderr from the report's
+    """Optuna's `[W ...] There are no complete trials.` once leaked to stderr from the report's
     plots. In a process of its own: Optuna's log handler holds the stderr of the process it started in."""
     url = f"sqlite:///{tmp_path / 'failed.db'}"
     study = optuna.create_study(storage=url, study_name="tiny-topics", direction="maximize")
@@ -281,8 +260,8 @@ def test_a_study_without_a_complete_trial_prints_no_raw_optuna_warning(tmp_path)
 
 
 def test_leaderboard_reads_a_storage_named_with_a_query_string(tmp_path, capsys):
-    """Issue 26, point 8: `--leaderboard` said there was no study in `sqlite:///s.db?timeout=30`."""
-    _study_with_every_state(f"sqlite:///{tmp_path / 's.db'}")
+    """A query string on a SQLite URL once made `--leaderboard` look in another file and find no study."""
+    study_with_every_state(f"sqlite:///{tmp_path / 's.db'}")
     results = tmp_path / "results"
     assert main(["--leaderboard", "--storage", f"sqlite:///{tmp_path / 's.db'}?timeout=30",
                  "--results-dir", str(results)]) == 0
@@ -290,8 +269,8 @@ def test_leaderboard_reads_a_storage_named_with_a_query_string(tmp_path, capsys)
 
 
 def test_a_second_ctrl_c_while_the_tables_are_written_waits_for_them(tmp_path, tiny_encoders):
-    """Issue 26, point 12: a second Ctrl-C within a second of the first left the results
-    directory without its report, under the same "clean" message."""
+    """A second Ctrl-C soon after the first must not leave the results directory without its
+    report under a message that says all was written."""
     from benchmark.report.html import REPORT_FILE
     from benchmark.report.results import PREDICTIONS_FILE, TABLES
 
@@ -302,11 +281,11 @@ def test_a_second_ctrl_c_while_the_tables_are_written_waits_for_them(tmp_path, t
     process = subprocess.Popen(
         [sys.executable, "-m", "benchmark.cli", "--study", "--config", str(config), "--results-dir", str(results),
          "--storage", storage, "--datasets", "topics", "--n-trials", "3"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_as_if_in_a_terminal)
-    _wait_for(lambda: _training_trial(storage), 120, "a trial to start training")
+        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=as_if_in_a_terminal)
+    wait_for(lambda: training_trial(storage), 120, "a trial to start training")
     process.send_signal(signal.SIGINT)
     # The first file of the tables is written: the report (seconds) is still to come.
-    _wait_for(lambda: (results / PREDICTIONS_FILE).exists(), 120, "the tables to be written")
+    wait_for(lambda: (results / PREDICTIONS_FILE).exists(), 120, "the tables to be written")
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130, err

@@ -383,7 +383,7 @@ def test_balanced_comparison_needs_a_budget_the_encoders_can_share(tmp_path):
     assert "comparison" in _error(_write(tmp_path, data))
 
 
-# --- overrides are held to the base space's rules (issue 14, item 1) ----------
+# --- overrides are held to the base space's rules ---------------------------
 
 
 @pytest.mark.parametrize("param, base, override, expected", [

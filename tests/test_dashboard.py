@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -17,13 +16,7 @@ from optuna.trial import TrialState
 
 from benchmark.cli import main
 from benchmark.search import study as study_module
-from tests.test_study import write_config
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.helpers import free_port, write_config
 
 
 def _get_json(url: str, deadline: float):
@@ -52,7 +45,7 @@ def test_dashboard_shows_studies_intermediate_values_and_user_attrs(tmp_path, ti
     assert main(["--study", "--config", str(config), "--results-dir", str(results),
                  "--datasets", "topics", "--n-trials", "2"]) == 0
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [executable, f"sqlite:///{results / 'optuna.db'}", "--host", "127.0.0.1", "--port", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,

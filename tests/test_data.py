@@ -12,7 +12,7 @@ import pytest
 from benchmark.config.spec import DatasetSpec
 from benchmark.data.dataset import SPLITS, load_dataset, prepare, stratified_cap, stratified_split
 from benchmark.errors import BenchmarkError
-from tests.conftest import make_texts
+from tests.helpers import make_texts
 
 LABELS = ("politics", "sports", "tech")  # make_texts' classes, in sorted order
 
@@ -588,7 +588,7 @@ def test_single_class_in_train_is_an_error_even_when_test_has_two():
     assert "single class (a) in the train split" in message
 
 
-# --- classes too rare to split (issue 14 item 5) ---------------------------------------
+# --- classes too rare to split ---------------------------------------------------------
 
 
 def test_one_example_per_class_is_an_error_naming_the_rarest_classes():
@@ -635,7 +635,7 @@ def test_source_splits_are_not_held_to_the_rare_class_rule():
     assert data.label_names == ("a", "b")
 
 
-# --- max_test_examples (issue 18 item 5) ------------------------------------------------
+# --- max_test_examples ------------------------------------------------------------------
 
 
 def test_max_test_examples_subsamples_the_test_split_stratified():
@@ -662,7 +662,7 @@ def test_max_test_examples_applies_to_a_test_split_cut_from_train(tmp_path):
     assert data.train.texts == full.train.texts and data.validation.texts == full.validation.texts
 
 
-# --- label values (issue 14 item 12) -----------------------------------------------------
+# --- label values -------------------------------------------------------------------------
 
 
 def test_blank_label_is_an_error_naming_the_file_and_rows(tmp_path):
@@ -727,7 +727,7 @@ def test_na_like_words_in_a_csv_are_text_not_missing(tmp_path):
     assert {"NA", "null"} <= set(all_texts(load_dataset("d", file_spec(path), seed=0)))
 
 
-# --- reading files (issue 14 item 13) -----------------------------------------------------
+# --- reading files ------------------------------------------------------------------------
 
 
 def test_malformed_jsonl_line_is_reported_by_file_and_line(tmp_path):

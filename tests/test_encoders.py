@@ -22,7 +22,7 @@ from benchmark.train.encoders import (
     resolve,
     unknown_token_fraction,
 )
-from tests.conftest import ARCHITECTURES, make_texts
+from tests.helpers import ARCHITECTURES, make_texts, run_cli, write_config
 
 LABEL_NAMES = ("politics", "sports", "tech")
 
@@ -245,7 +245,7 @@ def test_pooling_must_be_cls_or_mean(tmp_path):
         EncoderSpec(source="local", path=tmp_path, pooling="max")
 
 
-# --- the tokenizer knows the dataset's words (issue 14 item 3) ------------------------------
+# --- the tokenizer knows the dataset's words ---------------------------------------------
 
 
 def _without_tokenizer_files(tiny_encoders, model_type, tmp_path):
@@ -295,7 +295,6 @@ def test_unknown_token_fraction_counts_unknown_tokens_among_all(tiny_encoders):
 
 
 def test_a_run_with_a_folder_without_tokenizer_files_exits_2_before_training(tiny_encoders, tmp_path, capsys):
-    from tests.test_study import run_cli, write_config
 
     bare = _without_tokenizer_files(tiny_encoders, "bert", tmp_path)
     config = write_config(tmp_path, {"bert": bare}, encoders=("bert",))

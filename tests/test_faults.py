@@ -1,4 +1,4 @@
-"""Faults during a study (issue 14): an encoder whose trials keep failing, `--encoders` on an
+"""Faults during a study: an encoder whose trials keep failing, `--encoders` on an
 existing study, a max_length longer than an encoder's positions, the out-of-memory retry."""
 
 from __future__ import annotations
@@ -22,9 +22,7 @@ from benchmark.search import trial as trial_module
 from benchmark.search.preflight import prepare
 from benchmark.search.study import study_sampler
 from benchmark.train.encoders import max_tokens
-from tests.conftest import ARCHITECTURES
-from tests.test_sampling import _config
-from tests.test_study import run_cli, write_config
+from tests.helpers import ARCHITECTURES, run_cli, study_with_every_state, synthetic_config, write_config
 
 # One epoch per trial: these tests are about the study loop, not the training.
 ONE_EPOCH = {"search_space__num_epochs": {"type": "int", "low": 1, "high": 1}}
@@ -116,7 +114,7 @@ def test_interrupted_and_surplus_trials_do_not_count_as_failures():
 
 @pytest.mark.parametrize("comparison", ["balanced", "search"])
 def test_a_stopped_encoder_is_never_sampled_again(comparison):
-    config = _config(comparison, {"type": "random"}, n_trials=12)
+    config = synthetic_config(comparison, {"type": "random"}, n_trials=12)
     study = optuna.create_study(direction="maximize")
     study.set_user_attr(STOPPED_ATTR, {"A": "3 consecutive failed trials, the last: ValueError: x"})
     study.sampler = study_sampler(study, config, "toy", ["A", "B"], seed=0)
@@ -240,8 +238,8 @@ def test_out_of_memory_retry_reports_only_new_checkpoints_halves_the_evaluation_
 
 def test_a_rerun_after_kill_9_says_what_it_waits_for_and_why_the_dead_trial_failed(
         tmp_path, tiny_encoders, capsys, monkeypatch):
-    """Issue 26, point 11: the rerun waited about 50 s in silence, then failed the killed trial
-    with no reason."""
+    """A rerun after `kill -9` waits for the dead trial's heartbeat to go stale: it
+    says so while it waits, and the dead trial fails with its reason, not in silence."""
     from benchmark.config.spec import HeartbeatSpec
     from benchmark.search import study as study_module
     from benchmark.search.storage import open_storage
@@ -277,7 +275,7 @@ def test_a_rerun_after_kill_9_says_what_it_waits_for_and_why_the_dead_trial_fail
     assert study.trials[2].state in FINISHED and "fail_reason" not in study.trials[2].user_attrs, "the retry ran"
 
 
-# Full disks (issue 26, point 10), without root: the writes are refused as a full disk refuses them.
+# Full disks, without root: the writes are refused as a full disk refuses them.
 
 def _no_space(*args) -> OSError:
     return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *args)
@@ -286,10 +284,9 @@ def _no_space(*args) -> OSError:
 def test_a_results_dir_too_small_for_the_report_is_one_line_and_leaves_nothing_half_written(
         tmp_path, capsys, monkeypatch):
     from benchmark import files
-    from tests.test_cli import _study_with_every_state
 
     url = f"sqlite:///{tmp_path / 'full.db'}"
-    _study_with_every_state(url)
+    study_with_every_state(url)
     real_fdopen = os.fdopen
 
     class SmallDisk:

@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tests.helpers import stored_final_evaluation
+
 PACKAGE = Path(__file__).resolve().parent.parent / "benchmark"
 # Bottom to top. Root modules (errors, files, schema, redaction) sit below every folder.
 LAYERS = ("config", "data", "train", "tracking", "search", "report", "cli")
@@ -134,13 +136,36 @@ def test_private_optuna_names_only_in_the_adapter(tmp_path):
     assert not outside, "\n".join(outside)
 
 
+def imports_of_test_modules(path: Path) -> list[str]:
+    """Where `path` imports a test module or conftest.py (at any depth of its code): a shared
+    helper lives in tests/helpers.py, and a fixture of conftest.py is asked for by name."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        names = ([node.module] if isinstance(node, ast.ImportFrom) and node.module
+                 else [alias.name for alias in node.names] if isinstance(node, ast.Import) else [])
+        found += [f"{path.name}:{node.lineno}: {name}" for name in names
+                  if name.startswith(("tests.test_", "tests.conftest"))]
+    return found
+
+
+def test_no_test_module_imports_another(tmp_path):
+    example = tmp_path / "test_example.py"
+    example.write_text("from tests.test_study import write_config\nimport tests.conftest\n"
+                       "def f():\n    from tests.test_cli import x\n"
+                       "from tests.helpers import write_config\n")
+    assert [use.split(": ")[1] for use in imports_of_test_modules(example)] == [
+        "tests.test_study", "tests.conftest", "tests.test_cli"]
+
+    tests = Path(__file__).resolve().parent
+    found = [use for path in sorted(tests.glob("*.py")) for use in imports_of_test_modules(path)]
+    assert not found, "\n".join(found)
+
+
 def test_leaderboard_does_not_import_torch(tmp_path):
     """`--leaderboard` reads a storage and writes every table and the report: it needs
     neither torch nor transformers."""
-    from tests.test_leaderboard import _stored_final_evaluation
-
-    storage = _stored_final_evaluation(tmp_path, [("bert", 0.5), ("roberta", 0.75)],
-                                       [("bert", 0, 0, [0, 1, 0, 0]), ("roberta", 1, 0, [0, 1, 1, 0])])
+    storage = stored_final_evaluation(tmp_path, [("bert", 0.5), ("roberta", 0.75)],
+                                      [("bert", 0, 0, [0, 1, 0, 0]), ("roberta", 1, 0, [0, 1, 1, 0])])
     code = ("import sys\n"
             "from benchmark import cli\n"
             f"code = cli.main(['--leaderboard', '--storage', {storage!r}, '--results-dir', {str(tmp_path / 'out')!r}])\n"

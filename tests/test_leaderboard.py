@@ -5,14 +5,12 @@ from __future__ import annotations
 import html
 import json
 import math
-from datetime import datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
 
-from benchmark import schema
 from benchmark.report.leaderboard import (
     cost_table,
     dataset_columns,
@@ -28,31 +26,7 @@ from benchmark.report.leaderboard import (
     with_reference_test_scores,
 )
 from benchmark.report.results import FINAL_RUN_COLUMNS, TRIAL_COLUMNS
-
-T0 = datetime(2025, 1, 1, 12, 0, 0)
-NAN = float("nan")
-
-
-def _trial(study, dataset, metric, number, state, value, encoder, start_s, duration_s, params,
-           benchmark="bench"):
-    start = T0 + timedelta(seconds=start_s)
-    complete = None if duration_s is None else start + timedelta(seconds=duration_s)
-    row = {
-        "study": study, "benchmark": benchmark, "dataset": dataset, "metric": metric,
-        "number": number, "state": state, "value": value, "encoder": encoder,
-        "duration_s": NAN if duration_s is None else float(duration_s),
-        "datetime_start": start, "datetime_complete": complete,
-    }
-    row.update({f"param_{name}": v for name, v in params.items()})
-    return row
-
-
-def _frame(rows) -> pd.DataFrame:
-    frame = pd.DataFrame(rows)
-    frame["datetime_start"] = pd.to_datetime(frame["datetime_start"])
-    frame["datetime_complete"] = pd.to_datetime(frame["datetime_complete"])
-    return frame
-
+from tests.helpers import NAN, STORED_LABELS, stored_final_evaluation, trial_row, trials_table
 
 P = lambda lr, bs, dp: {"learning_rate": lr, "batch_size": bs, "dropout": dp}  # noqa: E731
 
@@ -70,20 +44,20 @@ def trials() -> pd.DataFrame:
       5 e2 FAIL     NaN                 5 e1 COMPLETE 0.58
     """
     rows = [
-        _trial("bench-news", "news", "accuracy", 0, "COMPLETE", 0.80, "e1", 0, 10.0, P(1e-4, 16, 0.1)),
-        _trial("bench-news", "news", "accuracy", 1, "COMPLETE", 0.85, "e2", 10, 20.0, P(3e-4, 32, 0.2)),
-        _trial("bench-news", "news", "accuracy", 2, "COMPLETE", 0.70, "e3", 30, 5.0, P(2e-5, 16, 0.0)),
-        _trial("bench-news", "news", "accuracy", 3, "COMPLETE", 0.82, "e1", 35, 12.5, P(5e-5, 32, 0.05)),
-        _trial("bench-news", "news", "accuracy", 4, "PRUNED", 0.99, "e3", 50, 3.0, P(1e-3, 16, 0.3)),
-        _trial("bench-news", "news", "accuracy", 5, "FAIL", NAN, "e2", 60, 1.25, P(1e-5, 32, 0.1)),
-        _trial("bench-reviews", "reviews", "macro_f1", 0, "COMPLETE", 0.60, "e1", 100, 7.0, P(1e-4, 16, 0.1)),
-        _trial("bench-reviews", "reviews", "macro_f1", 1, "COMPLETE", 0.55, "e2", 110, 8.0, P(2e-4, 16, 0.15)),
-        _trial("bench-reviews", "reviews", "macro_f1", 2, "PRUNED", 0.95, "e3", 120, 2.0, P(3e-5, 32, 0.2)),
-        _trial("bench-reviews", "reviews", "macro_f1", 3, "COMPLETE", 0.60, "e2", 125, 9.0, P(7e-5, 32, 0.25)),
-        _trial("bench-reviews", "reviews", "macro_f1", 4, "FAIL", NAN, "e3", 140, 0.5, P(1e-4, 16, 0.0)),
-        _trial("bench-reviews", "reviews", "macro_f1", 5, "COMPLETE", 0.58, "e1", 150, 6.0, P(1e-4, 32, 0.1)),
+        trial_row("bench-news", "news", "accuracy", 0, "COMPLETE", 0.80, "e1", 0, 10.0, P(1e-4, 16, 0.1)),
+        trial_row("bench-news", "news", "accuracy", 1, "COMPLETE", 0.85, "e2", 10, 20.0, P(3e-4, 32, 0.2)),
+        trial_row("bench-news", "news", "accuracy", 2, "COMPLETE", 0.70, "e3", 30, 5.0, P(2e-5, 16, 0.0)),
+        trial_row("bench-news", "news", "accuracy", 3, "COMPLETE", 0.82, "e1", 35, 12.5, P(5e-5, 32, 0.05)),
+        trial_row("bench-news", "news", "accuracy", 4, "PRUNED", 0.99, "e3", 50, 3.0, P(1e-3, 16, 0.3)),
+        trial_row("bench-news", "news", "accuracy", 5, "FAIL", NAN, "e2", 60, 1.25, P(1e-5, 32, 0.1)),
+        trial_row("bench-reviews", "reviews", "macro_f1", 0, "COMPLETE", 0.60, "e1", 100, 7.0, P(1e-4, 16, 0.1)),
+        trial_row("bench-reviews", "reviews", "macro_f1", 1, "COMPLETE", 0.55, "e2", 110, 8.0, P(2e-4, 16, 0.15)),
+        trial_row("bench-reviews", "reviews", "macro_f1", 2, "PRUNED", 0.95, "e3", 120, 2.0, P(3e-5, 32, 0.2)),
+        trial_row("bench-reviews", "reviews", "macro_f1", 3, "COMPLETE", 0.60, "e2", 125, 9.0, P(7e-5, 32, 0.25)),
+        trial_row("bench-reviews", "reviews", "macro_f1", 4, "FAIL", NAN, "e3", 140, 0.5, P(1e-4, 16, 0.0)),
+        trial_row("bench-reviews", "reviews", "macro_f1", 5, "COMPLETE", 0.58, "e1", 150, 6.0, P(1e-4, 32, 0.1)),
     ]
-    frame = _frame(rows)
+    frame = trials_table(rows)
     assert set(TRIAL_COLUMNS) <= set(frame.columns)
     return frame
 
@@ -116,11 +90,11 @@ def test_encoder_leaderboard(trials):
 def test_encoder_leaderboard_breaks_mean_rank_ties_by_name():
     # one dataset, zed and alpha tie on 0.9 (rank 1.5 each), mid third
     rows = [
-        _trial("b-d", "d", "accuracy", 0, "COMPLETE", 0.9, "zed", 0, 1, {}),
-        _trial("b-d", "d", "accuracy", 1, "COMPLETE", 0.5, "mid", 1, 1, {}),
-        _trial("b-d", "d", "accuracy", 2, "COMPLETE", 0.9, "alpha", 2, 1, {}),
+        trial_row("b-d", "d", "accuracy", 0, "COMPLETE", 0.9, "zed", 0, 1, {}),
+        trial_row("b-d", "d", "accuracy", 1, "COMPLETE", 0.5, "mid", 1, 1, {}),
+        trial_row("b-d", "d", "accuracy", 2, "COMPLETE", 0.9, "alpha", 2, 1, {}),
     ]
-    table = encoder_leaderboard(_frame(rows))
+    table = encoder_leaderboard(trials_table(rows))
     assert table["encoder"].tolist() == ["alpha", "zed", "mid"]
     assert table["mean_rank"].tolist() == [1.5, 1.5, 3.0]
 
@@ -178,8 +152,8 @@ def test_dataset_summary_of_a_study_without_complete_trials(trials):
 
 
 def test_running_trial_counts_in_no_state_and_no_time(trials):
-    running = _trial("bench-news", "news", "accuracy", 6, "RUNNING", NAN, "e1", 70, None, P(1e-4, 16, 0.1))
-    frame = pd.concat([trials, _frame([running])], ignore_index=True)
+    running = trial_row("bench-news", "news", "accuracy", 6, "RUNNING", NAN, "e1", 70, None, P(1e-4, 16, 0.1))
+    frame = pd.concat([trials, trials_table([running])], ignore_index=True)
     news = dataset_summary(frame).set_index("dataset").loc["news"]
     assert (news["complete"], news["pruned"], news["failed"]) == (4, 1, 1)
     assert news["trial_seconds"] == pytest.approx(51.8)
@@ -188,10 +162,10 @@ def test_running_trial_counts_in_no_state_and_no_time(trials):
 
 def test_dataset_columns_when_benchmarks_share_a_dataset(trials):
     # A second benchmark config in the same storage also has a "news" study.
-    other = _frame([
-        _trial("quick-news", "news", "accuracy", 0, "COMPLETE", 0.95, "e1", 0, 4.0, P(1e-4, 16, 0.1),
+    other = trials_table([
+        trial_row("quick-news", "news", "accuracy", 0, "COMPLETE", 0.95, "e1", 0, 4.0, P(1e-4, 16, 0.1),
                benchmark="quick"),
-        _trial("quick-news", "news", "accuracy", 1, "COMPLETE", 0.90, "e3", 4, 4.0, P(1e-4, 16, 0.1),
+        trial_row("quick-news", "news", "accuracy", 1, "COMPLETE", 0.90, "e3", 4, 4.0, P(1e-4, 16, 0.1),
                benchmark="quick"),
     ])
     frame = pd.concat([trials, other], ignore_index=True)
@@ -281,10 +255,10 @@ def test_expected_performance_rests_on_complete_trials_only(trials):
 
 
 def test_a_pruned_high_value_never_lifts_the_curve():
-    rows = [_trial("b-d", "d", "accuracy", 0, "COMPLETE", 0.60, "e1", 0, 1, {}),
-            _trial("b-d", "d", "accuracy", 1, "PRUNED", 0.99, "e1", 1, 1, {}),
-            _trial("b-d", "d", "accuracy", 2, "COMPLETE", 0.70, "e1", 2, 1, {})]
-    curve = expected_performance(_frame(rows), resamples=50)
+    rows = [trial_row("b-d", "d", "accuracy", 0, "COMPLETE", 0.60, "e1", 0, 1, {}),
+            trial_row("b-d", "d", "accuracy", 1, "PRUNED", 0.99, "e1", 1, 1, {}),
+            trial_row("b-d", "d", "accuracy", 2, "COMPLETE", 0.70, "e1", 2, 1, {})]
+    curve = expected_performance(trials_table(rows), resamples=50)
     # [0.60, 0.70]: n=1 0.65, n=2 0.60/4 + 0.70*3/4 = 0.675; with the 0.99 it would reach 0.99 * 5/9 + ...
     assert curve["expected_max"].tolist() == pytest.approx([0.65, 0.675])
     assert curve["band_high"].max() == pytest.approx(0.70)
@@ -314,9 +288,10 @@ def test_verdict_strength_from_the_fixture(trials):
 def test_verdict_strength_overlap_at_the_budget_spent(second, overlap, verdict):
     # a [0.90, 0.91, 0.92]; at n=3 its band spans about [0.91, 0.92]: b's either lies far
     # below it or reaches into it
-    rows = [_trial("b-d", "d", "accuracy", i, "COMPLETE", v, "a", i, 1, {}) for i, v in enumerate([0.90, 0.91, 0.92])]
-    rows += [_trial("b-d", "d", "accuracy", 3 + i, "COMPLETE", v, "b", 3 + i, 1, {}) for i, v in enumerate(second)]
-    frame = _frame(rows)
+    rows = [trial_row("b-d", "d", "accuracy", i, "COMPLETE", v, "a", i, 1, {})
+            for i, v in enumerate([0.90, 0.91, 0.92])]
+    rows += [trial_row("b-d", "d", "accuracy", 3 + i, "COMPLETE", v, "b", 3 + i, 1, {}) for i, v in enumerate(second)]
+    frame = trials_table(rows)
     row = verdict_strength(frame, expected_performance(frame, resamples=300)).iloc[0]
     assert row["complete_per_encoder"] == "a 3, b 3"
     assert row["top_two_bands_overlap"] == overlap
@@ -324,10 +299,10 @@ def test_verdict_strength_overlap_at_the_budget_spent(second, overlap, verdict):
 
 
 def _two_encoders(a_values, b_values) -> pd.DataFrame:
-    rows = [_trial("b-d", "d", "accuracy", i, "COMPLETE", v, "a", i, 1, {}) for i, v in enumerate(a_values)]
-    rows += [_trial("b-d", "d", "accuracy", len(a_values) + i, "COMPLETE", v, "b", len(a_values) + i, 1, {})
+    rows = [trial_row("b-d", "d", "accuracy", i, "COMPLETE", v, "a", i, 1, {}) for i, v in enumerate(a_values)]
+    rows += [trial_row("b-d", "d", "accuracy", len(a_values) + i, "COMPLETE", v, "b", len(a_values) + i, 1, {})
              for i, v in enumerate(b_values)]
-    return _frame(rows)
+    return trials_table(rows)
 
 
 def test_ahead_is_decided_at_equal_n_not_by_the_best_of_all_trials():
@@ -490,41 +465,6 @@ def test_final_evaluation_without_runs():
     assert top_encoder_verdicts(final, pairwise).empty
 
 
-STORED_LABELS = [0, 1, 1, 0]
-
-
-def _stored_final_evaluation(tmp_path, search_trials, runs, seeds_requested=2) -> str:
-    """A search study of `search_trials` ((encoder, value), in trial order) and its final
-    study of `runs` ((encoder, source trial, seed, predictions)), stored as the harness
-    stores them; the storage URL."""
-    import optuna
-    from optuna.distributions import CategoricalDistribution
-
-    from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, METRIC_ATTR
-
-    storage = f"sqlite:///{tmp_path / 'optuna.db'}"
-    distributions = {"encoder": CategoricalDistribution(sorted({encoder for encoder, _ in search_trials}))}
-    search = optuna.create_study(storage=storage, study_name="b-news", direction="maximize")
-    for name, value in ((BENCHMARK_ATTR, "b"), (DATASET_ATTR, "news"), (METRIC_ATTR, "accuracy")):
-        search.set_user_attr(name, value)
-    for encoder, value in search_trials:
-        search.add_trial(optuna.trial.create_trial(value=value, params={"encoder": encoder},
-                                                   distributions=distributions))
-    final = optuna.create_study(storage=storage, study_name=schema.final_study_name("b-news"),
-                                direction="maximize")
-    for name, value in ((schema.FINAL_OF_ATTR, "b-news"), (DATASET_ATTR, "news"), (METRIC_ATTR, "accuracy"),
-                        (schema.TEST_LABELS_ATTR, STORED_LABELS),
-                        (schema.SEEDS_REQUESTED_ATTR, seeds_requested)):
-        final.set_user_attr(name, value)
-    for encoder, source, seed, predictions in runs:
-        final.add_trial(optuna.trial.create_trial(
-            value=float(np.mean(np.equal(predictions, STORED_LABELS))), params={"encoder": encoder},
-            distributions=distributions,
-            user_attrs={schema.SEED_ATTR: seed, schema.SOURCE_TRIAL_ATTR: source,
-                        schema.PREDICTIONS_ATTR: predictions}))
-    return storage
-
-
 def test_predictions_round_trip_through_the_storage(tmp_path):
     """A search study and its final study, stored as the harness stores them, rebuilt into
     final_predictions.csv and the final tables by write_leaderboards."""
@@ -534,7 +474,7 @@ def test_predictions_round_trip_through_the_storage(tmp_path):
     runs = [("x", 2, 0, [0, 1, 1, 0]), ("x", 2, 1, [0, 1, 1, 1]), ("y", 1, 0, [1, 1, 1, 1]),
             ("x", 0, 0, [1, 0, 0, 1])]  # the last: a run of x's earlier best, which no longer counts
     # x's best is trial 2
-    storage = _stored_final_evaluation(tmp_path, [("x", 0.9), ("y", 0.8), ("x", 0.95)], runs)
+    storage = stored_final_evaluation(tmp_path, [("x", 0.9), ("y", 0.8), ("x", 0.95)], runs)
 
     tables = write_leaderboards(storage, tmp_path)
     written = pd.read_csv(tmp_path / PREDICTIONS_FILE)
@@ -560,7 +500,7 @@ def test_an_interrupted_final_evaluation_says_what_is_missing_in_every_channel(t
     from benchmark.cli import _print_tables
     from benchmark.report.results import write_leaderboards
 
-    storage = _stored_final_evaluation(
+    storage = stored_final_evaluation(
         tmp_path, [("x", 0.9), ("y", 0.8), ("z", 0.85)],
         [("x", 0, 0, [0, 1, 1, 0]), ("x", 0, 1, [0, 1, 1, 1]), ("y", 1, 0, [1, 1, 1, 1])])
     tables = write_leaderboards(storage, tmp_path)
@@ -590,7 +530,7 @@ def test_an_interrupted_final_evaluation_says_what_is_missing_in_every_channel(t
 def test_a_final_evaluation_stopped_before_its_first_run_says_so(tmp_path):
     from benchmark.report.results import write_leaderboards
 
-    storage = _stored_final_evaluation(tmp_path, [("x", 0.9), ("y", 0.8)], [])
+    storage = stored_final_evaluation(tmp_path, [("x", 0.9), ("y", 0.8)], [])
     tables = write_leaderboards(storage, tmp_path)
     assert tables["final"]["missing"].tolist() == ["not evaluated", "not evaluated"]
     assert tables["pairwise"].empty

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -34,7 +33,7 @@ from benchmark.tracking.base import (
     StudyInfo,  # noqa: E402
 )
 from benchmark.train.loop import Evaluation, StepLog  # noqa: E402
-from tests.test_study import write_config  # noqa: E402
+from tests.helpers import free_port, write_config
 
 PARENT = "mlflow.parentRunId"
 STATUS = {TrialState.COMPLETE: ("FINISHED", "complete"), TrialState.PRUNED: ("FINISHED", "pruned"),
@@ -45,12 +44,6 @@ SERVER_START_S = 90  # imports alone take a while on a loaded CI machine
 @pytest.fixture(autouse=True)
 def _no_telemetry(monkeypatch):
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _stop(server: subprocess.Popen) -> None:
@@ -71,7 +64,7 @@ def _stop(server: subprocess.Popen) -> None:
 def mlflow_server(tmp_path_factory):
     """A real tracking server: SQLite backend, proxied artifacts, loopback only."""
     root = tmp_path_factory.mktemp("mlflow-server")
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     log_path = root / "server.log"

@@ -10,7 +10,7 @@ import pytest
 from benchmark.config.spec import load_config
 from benchmarks import perf
 from benchmarks.table import best_so_far, render_markdown, summarize, time_to_reach
-from tests.test_study import write_config
+from tests.helpers import write_config
 
 
 def test_best_so_far_keeps_improvements_of_complete_trials_only():

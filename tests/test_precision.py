@@ -22,7 +22,7 @@ from benchmark.train.precision import (
     measure,
     measure_encoder,
 )
-from tests.test_study import write_config
+from tests.helpers import write_config
 
 CPU = torch.device("cpu")
 
@@ -57,7 +57,7 @@ def linear(points: dict[str, tuple[float, float]], at: tuple[int, int]):
     return warm
 
 
-# The H200 (issue 24): warm ms per step at 32x128 and 128x128 tokens.
+# Measured on an H200: warm ms per step at 32x128 and 128x128 tokens.
 H200 = {
     "minilm": {"fp32": (13.3, 34.0), "tf32": (16.9, 18.9), "bf16": (17.6, 22.8)},
     "bert-base": {"fp32": (57.8, 195.7), "tf32": (28.7, 62.5), "bf16": (41.4, 42.0)},
@@ -93,7 +93,7 @@ def test_h200_cold_first_calls_do_not_count_and_each_model_gets_its_winner(model
         assert len(timed) == 1 + precision.TIMED_STEPS  # one warm-up, then the timed steps
 
 
-# A 2-core AMD EPYC without AVX-512 (issue 24): per 32x64 step, fp32 14.93 s summed over
+# Measured on a 2-core AMD EPYC without AVX-512: per 32x64 step, fp32 14.93 s summed over
 # MiniLM-L6 and MPNet-base (about 1:5), bf16 28.17x slower.
 EPYC_FP32_S = {"minilm-l6": 2.5, "mpnet-base": 12.43}
 

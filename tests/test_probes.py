@@ -1,4 +1,4 @@
-"""Inputs a new user tries (issue 26), run through the command line: each is refused with exit
+"""Inputs a new user tries, run through the command line: each is refused with exit
 2 and one `error:` line, no traceback, and nothing written anywhere.
 
 In-process, so that each probe costs what the refusal costs: the tiny encoders load in
@@ -17,9 +17,7 @@ import pandas as pd
 import pytest
 
 from benchmark.cli import main
-from tests.conftest import make_texts
-from tests.test_cli import _study_with_every_state
-from tests.test_study import write_config
+from tests.helpers import make_texts, study_with_every_state, write_config
 
 MODES = ("--study", "--check", "--final-eval", "--leaderboard")
 
@@ -61,7 +59,7 @@ def test_an_in_memory_storage_is_refused_by_every_mode(tmp_path, capsys, config,
 @pytest.mark.parametrize("mode", MODES)
 def test_a_file_that_is_no_journal_is_refused_by_every_mode(tmp_path, capsys, config, mode):
     other = tmp_path / "other.db"
-    _study_with_every_state(f"sqlite:///{other}")  # an SQLite file where a journal was meant
+    study_with_every_state(f"sqlite:///{other}")  # an SQLite file where a journal was meant
     line = refused(tmp_path, capsys, mode, "--config", str(config), "--storage", f"journal:{other}",
                    *(["--datasets", "topics"] if mode != "--leaderboard" else []))
     assert line.startswith(f"error: --storage: {other} is not an Optuna journal file (its first line is not a JSON "

@@ -10,7 +10,7 @@ import pytest
 from scipy import stats as scipy_stats
 
 from benchmark.report import ranking
-from tests.test_leaderboard import _frame, _trial
+from tests.helpers import trial_row, trials_table
 
 # scikit-posthocs' tutorial ("Block design"): 4 blocks (here datasets) x 4 groups (encoders).
 # It gives Friedman chi2 = 8.7, p = 0.03355726870553798, and Nemenyi p-values
@@ -104,11 +104,11 @@ def test_fewer_than_three_datasets_show_mean_ranks_untested():
 
 
 def test_only_encoders_complete_on_every_dataset_are_ranked():
-    rows = [_trial(f"b-{d}", d, "accuracy", i, "COMPLETE", v, e, i, 1, {})
+    rows = [trial_row(f"b-{d}", d, "accuracy", i, "COMPLETE", v, e, i, 1, {})
             for d, values in {"x": {"e1": 0.9, "e2": 0.8, "e3": 0.7}, "y": {"e1": 0.6, "e2": 0.65}}.items()
             for i, (e, v) in enumerate(values.items())]
-    rows.append(_trial("b-y", "y", "accuracy", 9, "PRUNED", 0.99, "e3", 9, 1, {}))  # pruned: not complete
-    trials = _frame(rows)
+    rows.append(trial_row("b-y", "y", "accuracy", 9, "PRUNED", 0.99, "e3", 9, 1, {}))  # pruned: not complete
+    trials = trials_table(rows)
     matrix = ranking.score_matrix(trials)
     assert list(matrix.columns) == ["e1", "e2"] and list(matrix.index) == ["x", "y"]
     assert matrix.loc["y", "e2"] == pytest.approx(0.65)
@@ -122,11 +122,12 @@ def test_encoders_are_ranked_at_the_budget_they_share_not_by_their_best_of_all()
     # b's (1/9) 0.60 + (3/9) 0.75 + (5/9) 0.82 = 0.7722: a leads.
     rows = []
     for d in ("x", "y", "z"):
-        rows += [_trial(f"b-{d}", d, "macro_f1", i, "COMPLETE", v, "a", i, 1, {}) for i, v in enumerate([0.80, 0.70])]
-        rows += [_trial(f"b-{d}", d, "macro_f1", 2 + i, "COMPLETE", v, "b", 2 + i, 1, {})
+        rows += [trial_row(f"b-{d}", d, "macro_f1", i, "COMPLETE", v, "a", i, 1, {})
+                 for i, v in enumerate([0.80, 0.70])]
+        rows += [trial_row(f"b-{d}", d, "macro_f1", 2 + i, "COMPLETE", v, "b", 2 + i, 1, {})
                  for i, v in enumerate([0.60, 0.75, 0.82])]
-        rows.append(_trial(f"b-{d}", d, "macro_f1", 5, "PRUNED", 0.5, "a", 5, 1, {}))
-    trials = _frame(rows)
+        rows.append(trial_row(f"b-{d}", d, "macro_f1", 5, "PRUNED", 0.5, "a", 5, 1, {}))
+    trials = trials_table(rows)
     matrix = ranking.score_matrix(trials)
     assert matrix["a"].tolist() == pytest.approx([0.775] * 3)
     assert matrix["b"].tolist() == pytest.approx([0.60 / 9 + 0.75 / 3 + 0.82 * 5 / 9] * 3)

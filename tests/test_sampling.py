@@ -13,62 +13,13 @@ import statistics
 import optuna
 import pytest
 
-from benchmark.config.spec import BenchmarkConfig
 from benchmark.schema import ENCODER_PARAM
 from benchmark.search.sampling import balanced_round_order
 from benchmark.search.study import study_sampler
 from benchmark.search.trial import sample_hyperparameters
+from tests.helpers import BEST_LR, run_synthetic, synthetic_config
 
-BEST_LR = {"A": 1e-4, "B": 1e-3}
 THREE_LR = {**BEST_LR, "C": 1e-3}
-
-
-def _config(comparison: str = "balanced", sampler: dict | None = None, n_trials: int = 60,
-            overrides: dict[str, dict] | None = None, encoders: tuple[str, ...] = ("A", "B")) -> BenchmarkConfig:
-    overrides = overrides or {}
-    return BenchmarkConfig.model_validate({
-        "name": "synthetic",
-        "encoders": {name: {"source": "local", "path": f"unused-{name}", "overrides": overrides.get(name, {})}
-                     for name in encoders},
-        "datasets": {"toy": {"source": "file", "path": "unused.csv"}},
-        "search_space": {
-            "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
-            "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
-            "dropout": {"type": "float", "low": 0.0, "high": 0.3},
-            "max_grad_norm": {"type": "float", "low": 0.5, "high": 2.0},
-            "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-            "batch_size": {"type": "categorical", "choices": [16, 32]},
-            "num_epochs": {"type": "int", "low": 1, "high": 3},
-        },
-        "sampler": sampler or {"type": "tpe", "n_startup_trials": 5},
-        "pruner": {"type": "none"},
-        "comparison": comparison,
-        "budget": {"n_trials": n_trials},
-    })
-
-
-def _run(config: BenchmarkConfig, seed: int = 0, penalty: dict[str, float] | None = None,
-         best_lr: dict[str, float] = BEST_LR, enqueue: list[dict] = (), dataset: str = "toy",
-         workers: int = 1) -> list[optuna.trial.FrozenTrial]:
-    """The study's trials after `budget.n_trials` synthetic ones. The score is the distance
-    in decades from the encoder's best learning rate, squared and negated (0 at the best),
-    minus the encoder's `penalty`. With `workers`, the trials alternate between samplers built
-    as `open_study` builds them in that many workers."""
-    study = optuna.create_study(direction="maximize")
-    encoders = list(config.encoders)
-    samplers = [study_sampler(study, config, dataset, encoders, seed) for _ in range(workers)]
-    for params in enqueue:
-        study.enqueue_trial(params)
-
-    def objective(trial: optuna.Trial) -> float:
-        encoder = trial.suggest_categorical(ENCODER_PARAM, encoders)
-        hp = sample_hyperparameters(trial, config.search_space, config.encoders[encoder])
-        return -(math.log10(hp.learning_rate) - math.log10(best_lr[encoder])) ** 2 - (penalty or {}).get(encoder, 0)
-
-    for number in range(config.budget.n_trials):
-        study.sampler = samplers[number % workers]
-        study.optimize(objective, n_trials=1)
-    return study.trials
 
 
 def _learning_rates(trials: list[optuna.trial.FrozenTrial], encoder: str) -> list[float]:
@@ -81,7 +32,8 @@ def _decades(value: float, target: float) -> float:
 
 @pytest.mark.parametrize("multivariate", [True, False])
 def test_each_encoder_concentrates_on_its_own_best_learning_rate(multivariate):
-    trials = _run(_config(sampler={"type": "tpe", "n_startup_trials": 5, "multivariate": multivariate}))
+    trials = run_synthetic(synthetic_config(sampler={"type": "tpe", "n_startup_trials": 5,
+                                                     "multivariate": multivariate}))
     # The balanced comparison: each round of two trials gives A and B one each.
     assert [t.params[ENCODER_PARAM] for t in trials] == [
         encoder for r in range(30) for encoder in balanced_round_order(0, "toy", r, ["A", "B"])]
@@ -98,11 +50,11 @@ def test_each_encoder_concentrates_on_its_own_best_learning_rate(multivariate):
 
 
 def test_an_encoders_proposals_do_not_depend_on_the_other_encoders_trials():
-    config = _config(n_trials=40)
-    baseline = _run(config)
+    config = synthetic_config(n_trials=40)
+    baseline = run_synthetic(config)
     # B's scores change completely (its best moves 2 decades, its level drops): A's whole
     # proposal history stays the same, draw for draw, and B's own history changes.
-    moved = _run(config, best_lr={"A": 1e-4, "B": 1e-2 / 2}, penalty={"B": 3.0})
+    moved = run_synthetic(config, best_lr={"A": 1e-4, "B": 1e-2 / 2}, penalty={"B": 3.0})
     assert [t.params for t in baseline if t.params[ENCODER_PARAM] == "A"] == \
         [t.params for t in moved if t.params[ENCODER_PARAM] == "A"]
     assert _learning_rates(baseline, "B") != _learning_rates(moved, "B")
@@ -124,7 +76,7 @@ def test_override_ranges_are_kept_and_modelled_without_falling_back(monkeypatch)
         return original(self, study, trial, param_name, distribution)
 
     monkeypatch.setattr(optuna.samplers.TPESampler, "sample_independent", recording)
-    trials = _run(_config(overrides=overrides, n_trials=40))
+    trials = run_synthetic(synthetic_config(overrides=overrides, n_trials=40))
     for encoder, (low, high) in (("A", (1e-5, 3e-4)), ("B", (3e-4, 1e-2))):
         rates = _learning_rates(trials, encoder)
         assert len(rates) == 20 and all(low <= lr <= high for lr in rates), (encoder, rates)
@@ -136,18 +88,19 @@ def test_override_ranges_are_kept_and_modelled_without_falling_back(monkeypatch)
 
 def test_search_mode_lets_the_sampler_pick_the_encoder():
     # B scores 1 below A everywhere: after 5 random trials, TPE over all trials picks A more.
-    trials = _run(_config(comparison="search", n_trials=40), penalty={"B": 1.0})
+    trials = run_synthetic(synthetic_config(comparison="search", n_trials=40), penalty={"B": 1.0})
     encoders = [t.params[ENCODER_PARAM] for t in trials]
     assert encoders.count("A") >= 30 and encoders.count("B") >= 1, encoders
     # The random sampler picks the encoder at random: both appear, in no fixed alternation.
-    random_encoders = [t.params[ENCODER_PARAM] for t in _run(_config("search", {"type": "random"}, 20))]
+    random_encoders = [t.params[ENCODER_PARAM]
+                       for t in run_synthetic(synthetic_config("search", {"type": "random"}, 20))]
     assert {"A", "B"} == set(random_encoders) and random_encoders != ["A", "B"] * 10
 
 
 @pytest.mark.parametrize("sampler", [{"type": "tpe", "n_startup_trials": 3}, {"type": "random"}])
 def test_the_seed_reproduces_a_study_and_another_seed_does_not(sampler):
     def history(seed: int) -> list[dict]:
-        return [t.params for t in _run(_config(sampler=sampler, n_trials=12), seed=seed)]
+        return [t.params for t in run_synthetic(synthetic_config(sampler=sampler, n_trials=12), seed=seed)]
 
     assert history(7) == history(7)
     assert history(7) != history(8)
@@ -156,7 +109,7 @@ def test_the_seed_reproduces_a_study_and_another_seed_does_not(sampler):
 def test_a_queued_trial_keeps_its_encoder():
     # A dead worker's trial comes back queued with its parameters; the balanced choice
     # (A, which has fewer trials) does not override it, and the balance holds after it.
-    trials = _run(_config(n_trials=4), enqueue=[{ENCODER_PARAM: "B"}])
+    trials = run_synthetic(synthetic_config(n_trials=4), enqueue=[{ENCODER_PARAM: "B"}])
     # Round 1's order on "toy" with seed 0 is B, A (see the test below).
     assert [t.params[ENCODER_PARAM] for t in trials] == ["B", "A", "B", "A"]
 
@@ -177,11 +130,11 @@ def test_each_round_of_the_balanced_rotation_has_its_own_seeded_order():
 
 
 def test_every_study_draws_its_own_configurations_and_replays_them():
-    config = _config(n_trials=9, encoders=("A", "B", "C"))
-    news = _run(config, dataset="news", best_lr=THREE_LR)
+    config = synthetic_config(n_trials=9, encoders=("A", "B", "C"))
+    news = run_synthetic(config, dataset="news", best_lr=THREE_LR)
     # The trials follow the rounds' orders of the test above: C A B, C B A, A B C.
     assert [t.params[ENCODER_PARAM] for t in news] == list("CABCBAABC")
-    reviews = _run(config, dataset="reviews", best_lr=THREE_LR)
+    reviews = run_synthetic(config, dataset="reviews", best_lr=THREE_LR)
     assert [t.params[ENCODER_PARAM] for t in reviews] == list("CABABCBAC")
 
     def draws(trials, encoder):
@@ -189,16 +142,17 @@ def test_every_study_draws_its_own_configurations_and_replays_them():
 
     for encoder in "ABC":
         assert draws(news, encoder) != draws(reviews, encoder)  # each study its own stream
-        assert draws(_run(config, dataset="news", best_lr=THREE_LR), encoder) == draws(news, encoder)  # replayed exactly
+        # replayed exactly
+        assert draws(run_synthetic(config, dataset="news", best_lr=THREE_LR), encoder) == draws(news, encoder)
 
 
 def test_racing_workers_follow_the_same_rotation_and_draw_as_one_worker():
     # Trials alternate between two workers' samplers: the slots go to the same encoders as
     # with one worker, since both read the rotation from the study, and trial k draws from its
     # number whichever worker runs it.
-    config = _config(n_trials=9, encoders=("A", "B", "C"))
-    one = _run(config, dataset="news", best_lr=THREE_LR)
-    two = _run(config, dataset="news", best_lr=THREE_LR, workers=2)
+    config = synthetic_config(n_trials=9, encoders=("A", "B", "C"))
+    one = run_synthetic(config, dataset="news", best_lr=THREE_LR)
+    two = run_synthetic(config, dataset="news", best_lr=THREE_LR, workers=2)
     assert [t.params[ENCODER_PARAM] for t in two] == [t.params[ENCODER_PARAM] for t in one]
     assert [t.params for t in two] == [t.params for t in one]
 
@@ -207,7 +161,7 @@ def test_racing_workers_follow_the_same_rotation_and_draw_as_one_worker():
 def test_samplers_opened_together_on_one_study_draw_apart_each_trial(sampler):
     # Two processes open the study at once, before either has a trial: same seed, same
     # (empty) history. Their trials take turns; none may repeat another's configuration.
-    config = _config(n_trials=12, sampler=sampler, comparison="search")
+    config = synthetic_config(n_trials=12, sampler=sampler, comparison="search")
     study = optuna.create_study(direction="maximize")
     samplers = [study_sampler(study, config, "toy", list(config.encoders), seed=0) for _ in range(2)]
     for number in range(config.budget.n_trials):

@@ -18,7 +18,7 @@ from benchmark.config.spec import BenchmarkConfig, load_config
 from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, ENCODER_PARAM, WARM_START_ATTR
 from benchmark.search.warm_start import enqueue_warm_start
 from benchmarks import search
-from tests.test_study import run_cli, write_config
+from tests.helpers import BEST_LR, run_cli, run_synthetic, synthetic_config, write_config
 
 # --- the table arithmetic ------------------------------------------------------------------------
 
@@ -111,10 +111,8 @@ def test_the_cli_refuses_one_repeat_and_unknown_methods_before_running(capsys):
 
 def test_the_gp_sampler_proposes_per_encoder_after_its_startup_trials():
     # the synthetic study of test_sampling: best learning rate 1e-4 for A, 1e-3 for B
-    from tests.test_sampling import BEST_LR, _run
-    from tests.test_sampling import _config as synthetic_config
 
-    trials = _run(synthetic_config(sampler={"type": "gp", "n_startup_trials": 3}, n_trials=24))
+    trials = run_synthetic(synthetic_config(sampler={"type": "gp", "n_startup_trials": 3}, n_trials=24))
     for encoder, best_lr in BEST_LR.items():
         own = [t for t in trials if t.params[ENCODER_PARAM] == encoder]
         best = max(own, key=lambda t: t.value)

@@ -11,6 +11,7 @@ import pytest
 from benchmark.errors import BenchmarkError
 from benchmark.redaction import mask_password
 from benchmark.search.storage import default_storage_url, open_existing_storage, open_storage
+from tests.helpers import postgres_url
 
 
 @pytest.mark.parametrize("url, masked", [
@@ -141,7 +142,8 @@ def test_a_file_that_is_no_database_is_named_as_such(tmp_path):
 
 @pytest.mark.parametrize("suffix", ["?timeout=30", "?timeout=30&cached_statements=50"])
 def test_a_sqlite_url_with_a_query_names_the_same_file_for_writing_and_reading(tmp_path, monkeypatch, suffix):
-    """Issue 26, point 8: `--check`, `--final-eval` and `--leaderboard` read what `--study` wrote."""
+    """`--check`, `--final-eval` and `--leaderboard` read what `--study` wrote: the query string
+    names no other file."""
     monkeypatch.chdir(tmp_path)
     for url in (f"sqlite:///s.db{suffix}", f"sqlite:///{tmp_path / 'abs.db'}{suffix}"):
         optuna.create_study(storage=open_storage(url), study_name="s").add_trial(optuna.trial.create_trial(value=1.0))
@@ -154,7 +156,8 @@ def test_a_sqlite_url_with_a_query_names_the_same_file_for_writing_and_reading(t
 @pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite+pysqlite://",
                                  "sqlite:///file:x?mode=memory&uri=true"])
 def test_an_in_memory_sqlite_storage_is_refused(url):
-    """Issue 26, point 9: its heartbeat thread saw another, empty database, and nothing persisted."""
+    """Each connection to an in-memory SQLite database sees its own empty one: the heartbeat thread
+    would write where no one reads, and nothing outlives the run."""
     for opener in (open_storage, open_existing_storage):
         with pytest.raises(BenchmarkError, match=r"^--storage: .* is an in-memory SQLite database, which nothing "
                                                  r"outlives .*give a file, e.g. sqlite:///results/optuna.db$"):
@@ -164,7 +167,8 @@ def test_an_in_memory_sqlite_storage_is_refused(url):
 @pytest.mark.parametrize("content", [b"", b"SQLite format 3\x00\xff\xfe", b"encoder,accuracy\nbert,0.5\n",
                                      b"not json at all\n"])
 def test_a_file_that_is_no_journal_is_named_as_such(tmp_path, content):
-    """Issue 26, point 14: it said "Expecting value: line 1 column 1"; an empty file is a new journal."""
+    """A file that is not a journal is named as such, not met with a bare JSON parser's message
+    ("Expecting value: line 1 column 1"); an empty file is a new journal."""
     path = tmp_path / "optuna.log"
     path.write_bytes(content)
     if not content:
@@ -216,9 +220,8 @@ def _open_together(url: str, barrier, errors) -> None:
 def test_workers_opening_a_new_database_together_all_get_it(tmp_path, kind):
     """Optuna creates its tables and inserts its schema version in two steps: workers started
     together on a new database used to fail on each other's version row."""
-    from tests.test_workers import _postgres_url
 
-    url = f"sqlite:///{tmp_path / 'new.db'}" if kind == "sqlite" else _postgres_url()
+    url = f"sqlite:///{tmp_path / 'new.db'}" if kind == "sqlite" else postgres_url()
     context = multiprocessing.get_context("spawn")
     barrier, errors = context.Barrier(6), context.Queue()
     workers = [context.Process(target=_open_together, args=(url, barrier, errors)) for _ in range(6)]

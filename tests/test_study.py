@@ -14,7 +14,6 @@ import torch
 import yaml
 
 from benchmark import schema
-from benchmark.cli import main
 from benchmark.config.spec import BenchmarkConfig, load_config
 from benchmark.report.html import REPORT_FILE
 from benchmark.report.results import RESULT_FILES, trials_frame
@@ -23,51 +22,7 @@ from benchmark.search import final_eval
 from benchmark.search import trial as trial_module
 from benchmark.search.preflight import prepare
 from benchmark.search.study import open_study, settle_memory
-from tests.conftest import make_texts
-
-
-def write_config(tmp_path: Path, tiny_encoders: dict[str, Path], encoders=("bert", "roberta"),
-                 **overrides) -> Path:
-    topics = tmp_path / "topics.csv"
-    make_texts(120, seed=3).to_csv(topics, index=False)
-    pairs = make_texts(120, seed=4).assign(second=lambda f: make_texts(120, seed=5)["text"])
-    pairs_path = tmp_path / "pairs.jsonl"
-    pairs.to_json(pairs_path, orient="records", lines=True)
-    config = {
-        "name": "tiny",
-        "encoders": {name: {"source": "local", "path": str(tiny_encoders[name])} for name in encoders},
-        "datasets": {
-            "topics": {"source": "file", "path": str(topics), "metric": "accuracy"},
-            "topic_pairs": {"source": "file", "path": str(pairs_path), "text_pair": "second",
-                            "metric": "macro_f1"},
-        },
-        "search_space": {
-            "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-            "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
-            "dropout": {"type": "float", "low": 0.0, "high": 0.3},
-            "max_grad_norm": {"type": "float", "low": 0.5, "high": 2.0},
-            "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-            "batch_size": {"type": "categorical", "choices": [8, 16]},
-            "num_epochs": {"type": "int", "low": 1, "high": 2},
-        },
-        "training": {"max_length": 32, "eval_every_examples": 48, "eval_batch_size": 32},
-        "sampler": {"type": "tpe", "n_startup_trials": 2},
-        "pruner": {"type": "median", "n_startup_trials": 1},
-        "budget": {"n_trials": 4},
-    }
-    for dotted, value in overrides.items():
-        node = config
-        *parents, leaf = dotted.split("__")
-        for key in parents:
-            node = node[key]
-        node[leaf] = value
-    path = tmp_path / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
-def run_cli(*args: str) -> int:
-    return main(list(args))
+from tests.helpers import make_texts, run_cli, tiny_dataset_study, write_config
 
 
 def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_encoders, capsys):
@@ -190,14 +145,8 @@ def test_one_backbone_with_two_heads_is_two_encoders(tmp_path, tiny_encoders, ca
     assert heads == {"bert-cls": "cls", "bert-mean": "mean"}
 
 
-def _dataset_study(tmp_path, tiny_encoders, encoders=("electra",)):
-    config = load_config(write_config(tmp_path, tiny_encoders, encoders=encoders)).restricted(["topics"], None)
-    prepared = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
-    return prepared.studies[0]
-
-
 def test_pruned_trial_is_stored_as_pruned_with_its_reason(tmp_path, tiny_encoders):
-    dataset_study = _dataset_study(tmp_path, tiny_encoders)
+    dataset_study = tiny_dataset_study(tmp_path, tiny_encoders)
     # Accuracy can never reach 2, so this pruner stops every trial at its first report.
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
     study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=2)
@@ -231,7 +180,7 @@ def test_geometric_checkpoints_reach_the_pruner_at_the_same_examples_whatever_th
 
 
 def test_sampled_dropout_reaches_the_trained_model(tmp_path, tiny_encoders, monkeypatch):
-    dataset_study = _dataset_study(tmp_path, tiny_encoders, encoders=("albert", "deberta-v2"))
+    dataset_study = tiny_dataset_study(tmp_path, tiny_encoders, encoders=("albert", "deberta-v2"))
     seen = []
 
     def recording_loader(*args, **kwargs):
@@ -250,7 +199,7 @@ def test_sampled_dropout_reaches_the_trained_model(tmp_path, tiny_encoders, monk
 
 
 def test_non_finite_loss_prunes_with_reason_and_a_crash_fails_only_its_trial(tmp_path, tiny_encoders, monkeypatch):
-    dataset_study = _dataset_study(tmp_path, tiny_encoders)
+    dataset_study = tiny_dataset_study(tmp_path, tiny_encoders)
     real_loader = trial_module.load_classifier
     calls = []
 
@@ -376,7 +325,7 @@ def test_out_of_memory_retries_with_half_micro_batches_then_fails_with_reason(
 def test_host_memory_does_not_grow_across_twenty_trials(tmp_path, tiny_encoders):
     import psutil
 
-    dataset_study = _dataset_study(tmp_path, tiny_encoders, encoders=("bert", "roberta"))
+    dataset_study = tiny_dataset_study(tmp_path, tiny_encoders, encoders=("bert", "roberta"))
     study = optuna.create_study(direction="maximize")
     process = psutil.Process()
     readings, gpu_readings = [], []
@@ -500,7 +449,7 @@ def test_a_timeout_short_of_n_trials_is_said_and_recorded_then_cleared(tmp_path,
 
     from benchmark.search import study as study_module
 
-    dataset_study = _dataset_study(tmp_path, tiny_encoders, encoders=("bert", "roberta"))
+    dataset_study = tiny_dataset_study(tmp_path, tiny_encoders, encoders=("bert", "roberta"))
     clock = [0.0]
     monkeypatch.setattr(time_module, "monotonic", lambda: clock[0])
 

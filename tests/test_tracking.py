@@ -8,6 +8,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.tracking import make_tracker
 from benchmark.tracking.base import Guarded, StudyInfo, TrackerGroup
 from benchmark.train.loop import Evaluation, StepLog
+from tests.helpers import write_config
 
 
 class Recording:
@@ -113,7 +114,6 @@ def test_neptune_and_mlflow_together_each_get_every_trial(tmp_path, tiny_encoder
     from mlflow import MlflowClient
 
     from benchmark.cli import main
-    from tests.test_study import write_config
 
     for name in ("NEPTUNE_API_TOKEN", "NEPTUNE_PROJECT", "MLFLOW_TRACKING_URI"):
         monkeypatch.delenv(name, raising=False)

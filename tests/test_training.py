@@ -26,7 +26,7 @@ from benchmark.train.loop import (
     predict,
 )
 from benchmark.train.metrics import classification_metrics
-from tests.conftest import make_texts
+from tests.helpers import make_texts, write_config
 
 CPU = torch.device("cpu")
 
@@ -490,7 +490,6 @@ def test_a_second_run_in_the_process_reuses_the_first_runs_tokens(tmp_path, tiny
     from benchmark.config.spec import load_config
     from benchmark.data import tokenization
     from benchmark.search import preflight
-    from tests.test_study import write_config
 
     monkeypatch.setattr(tokenization, "SHARED", TokenizationCache())
     config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",), training__precision="fp32"))

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 import optuna
@@ -18,27 +16,9 @@ from benchmark.cli import main
 from benchmark.report.results import trials_frame
 from benchmark.schema import FINISHED
 from benchmark.search.storage import open_storage
-from tests.test_study import write_config
+from tests.helpers import ROOT, as_if_in_a_terminal, postgres_url, training_trial, wait_for, write_config
 
-ROOT = Path(__file__).resolve().parent.parent
 SLOW_TRIALS = {"type": "int", "low": 40, "high": 40}  # epochs: a tiny trial that lasts seconds
-
-
-def _postgres_url() -> str:
-    """A fresh database on the PostgreSQL server that .ci/run starts."""
-    admin_url = os.environ.get("BENCHMARK_TEST_POSTGRES_URL")
-    if not admin_url:
-        if os.environ.get("CI"):
-            pytest.fail("CI must provide BENCHMARK_TEST_POSTGRES_URL (.ci/run starts PostgreSQL)")
-        pytest.skip("no PostgreSQL server: set BENCHMARK_TEST_POSTGRES_URL (as .ci/run does)")
-    import sqlalchemy
-
-    name = f"bench_{uuid.uuid4().hex[:10]}"
-    engine = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with engine.connect() as connection:
-        connection.execute(sqlalchemy.text(f'CREATE DATABASE "{name}"'))
-    engine.dispose()
-    return admin_url.rsplit("/", 1)[0] + f"/{name}"
 
 
 @pytest.fixture(params=["sqlite", "postgresql", "journal"])
@@ -47,7 +27,7 @@ def storage_url(request, tmp_path) -> str:
         return f"sqlite:///{tmp_path / 'shared.db'}"
     if request.param == "journal":
         return f"journal:{tmp_path / 'journal.log'}"
-    return _postgres_url()
+    return postgres_url()
 
 
 def _args(config: Path, results: Path, storage: str, n_trials: int) -> list[str]:
@@ -84,37 +64,9 @@ def test_three_workers_finish_exactly_n_trials(tmp_path, tiny_encoders, storage_
     assert len(trials_frame(open_storage(storage_url))) == len(real)
 
 
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what}")
-
-
-def _training_trial(storage: str):
-    """A running trial that has reported an evaluation, so every parameter has been sampled
-    (a trial caught earlier may hold only its encoder: a loaded CI machine is slow to get there)."""
-    try:
-        study = optuna.load_study(study_name="tiny-topics", storage=storage)
-    except KeyError:
-        return None
-    running = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
-    return running[0] if running and running[0].intermediate_values else None
-
-
 def _worker(args: list[str]) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "benchmark.cli", *args], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_as_if_in_a_terminal)
-
-
-def _as_if_in_a_terminal() -> None:
-    """A worker that Ctrl-C reaches, as in a terminal, even when the tests themselves were
-    started in the background (`.ci/run &`), where the shell sets SIGINT to be ignored and
-    every child inherits that: Python then never raises KeyboardInterrupt."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=as_if_in_a_terminal)
 
 
 def test_a_worker_killed_mid_trial_is_retried_and_the_study_still_finishes(tmp_path, tiny_encoders):
@@ -123,7 +75,7 @@ def test_a_worker_killed_mid_trial_is_retried_and_the_study_still_finishes(tmp_p
     storage = f"sqlite:///{tmp_path / 'shared.db'}"
     args = _args(config, tmp_path / "results", storage, 2)
     victim = _worker(args)
-    killed = _wait_for(lambda: _training_trial(storage), 90, "the first worker's trial to start training")
+    killed = wait_for(lambda: training_trial(storage), 90, "the first worker's trial to start training")
     victim.send_signal(signal.SIGKILL)
     victim.wait(timeout=10)
 
@@ -143,7 +95,7 @@ def test_ctrl_c_keeps_finished_trials_and_a_rerun_tops_up(tmp_path, tiny_encoder
     results = tmp_path / "results"
     args = _args(config, results, storage, 3)
     worker = _worker(args)
-    _wait_for(lambda: _training_trial(storage), 90, "a trial to start training")
+    wait_for(lambda: training_trial(storage), 90, "a trial to start training")
     worker.send_signal(signal.SIGINT)
     assert worker.wait(timeout=60) == 130
     assert (results / "leaderboard.csv").exists(), "tables are written on Ctrl-C too"
