@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import json
 import math
 
 import numpy as np
+import optuna
 import pandas as pd
 import pytest
 from scipy import stats as scipy_stats
@@ -25,8 +27,16 @@ from benchmark.report.leaderboard import (
     verdict_strength,
     with_reference_test_scores,
 )
-from benchmark.report.results import FINAL_RUN_COLUMNS, TRIAL_COLUMNS
-from tests.helpers import NAN, STORED_LABELS, stored_final_evaluation, trial_row, trials_table
+from benchmark.report.results import FINAL_RUN_COLUMNS, TRIAL_COLUMNS, trials_frame
+from benchmark.schema import TRIAL
+from tests.helpers import (
+    NAN,
+    STORED_LABELS,
+    stored_final_evaluation,
+    study_with_every_state,
+    trial_row,
+    trials_table,
+)
 
 P = lambda lr, bs, dp: {"learning_rate": lr, "batch_size": bs, "dropout": dp}  # noqa: E731
 
@@ -61,6 +71,20 @@ def trials() -> pd.DataFrame:
     assert set(TRIAL_COLUMNS) <= set(frame.columns)
     return frame
 
+
+def test_every_column_of_the_trials_table_is_declared_once(tmp_path):
+    """The storage's trials read back have exactly `schema.TRIAL`'s columns (each sampled
+    parameter under its prefix): every reader names them through it, and trials.csv carries
+    them to the user's scripts under the same names."""
+    url = f"sqlite:///{tmp_path / 'every-state.db'}"
+    optuna.create_study(storage=url, study_name="not-ours")  # another tool's study: no rows
+    assert list(trials_frame(url).columns) == TRIAL_COLUMNS
+    study_with_every_state(url)
+    frame = trials_frame(url)
+    declared = set(dataclasses.astuple(TRIAL)) - {TRIAL.param_prefix}
+    assert set(frame.columns) == declared | {f"{TRIAL.param_prefix}dropout"}
+    assert list(frame.columns[:len(TRIAL_COLUMNS)]) == TRIAL_COLUMNS
+    assert frame[TRIAL.fail_reason].tolist()[2:4] == ["ValueError: boom", "interrupted"]
 
 def test_encoder_leaderboard(trials):
     # Best COMPLETE value per (dataset, encoder):

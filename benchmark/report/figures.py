@@ -1,8 +1,10 @@
 """The report's figures: the plotly figures of the page and their matplotlib counterparts,
-written as PNG and SVG, each a pure function of the leaderboard tables or of one study.
+written as PNG and SVG, each a pure function of the leaderboard tables or of one study, with
+the words drawn inside them (titles, axes, legends) and the rule of when one can be drawn at
+all (`importance_obstacle`).
 
-Every figure colours an encoder alike (`encoder_colours`). Which figure the page shows
-where, and the sentences around it, are `html`'s and `text`'s.
+Every figure colours an encoder alike (`encoder_colours`). Where the page shows which figure,
+and the notes around it, are `html`'s and `text`'s.
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from benchmark.files import write_atomic
 from benchmark.report import ranking
 from benchmark.report.text import MIN_IMPORTANCE_TRIALS, MIN_TRIALS_PER_LEVEL, metric_label
 from benchmark.schema import ENCODER_PARAM, PRUNE_REASON_ATTR, SURPLUS_ATTR
-
 
 PALETTE = qualitative.Plotly + qualitative.D3
 FIGURE_HEIGHT_PX = 460

@@ -83,7 +83,6 @@ from benchmark.schema import (
 )
 from benchmark.train.baselines import REFERENCE_NAMES
 
-
 REPORT_FILE = "report.html"
 EXPECTED_PERFORMANCE_PNG = "expected_performance.png"
 FINAL_EVALUATION_PNG = "final_evaluation.png"

@@ -1,8 +1,11 @@
-"""The report's words: how numbers, parameters and metrics are written, and every sentence,
-note and verdict the page and `--leaderboard` show, built from the leaderboard tables.
+"""The report's words: how numbers, parameters and metrics are written, and the notes and
+sentences the page (and `--leaderboard`'s output) shows beside its tables and figures: what a
+method rests on, the timeout, stopped-encoder and search-verdict lines, the reference notes.
 
-Text only: no figure is drawn here (see `figures`) and no page assembled (see `html`).
-What the page shows as a paragraph comes back HTML-escaped; the rest as plain strings.
+Words only: no figure is drawn here (`figures`) and no page assembled (`html`, which keeps the
+one-line placeholders of its empty sections). Verdicts are worded where they are decided
+(`leaderboard`, `ranking`); this module shows them. A paragraph for the page comes back
+HTML-escaped, the rest as plain strings.
 """
 
 from __future__ import annotations
