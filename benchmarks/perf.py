@@ -333,12 +333,12 @@ def _search_config(config, plan: Plan):
 
 def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
     """This harness's search, its sampler and training seeded by `seed` (the data split keeps the config's)."""
-    from benchmark.search.preflight import prepare
+    from benchmark.search.preflight import prepare_studies
     from benchmark.search.study import run_study
 
     config = _search_config(config, plan)
     url = f"sqlite:///{workdir}/ours.db"
-    prepared = prepare(config, url, ["none"], Path(workdir))
+    prepared = prepare_studies(config, url, ["none"], Path(workdir))
     study_spec = prepared.studies[0]
     with rss_sampler() as memory, _or_none(utilization_sampler(study_spec.device)) as utilization:
         started = time.time()
@@ -355,14 +355,14 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
 
     from benchmark.config.spec import CategoricalParam, FloatParam
     from benchmark.data.tokenization import tokenize_split
-    from benchmark.search.preflight import prepare
+    from benchmark.search.preflight import prepare_studies
     from benchmark.search.trial import sample_hyperparameters
     from benchmark.train.encoders import load_classifier, load_tokenizer
     from benchmark.train.loop import balanced_class_weights
     from benchmark.train.metrics import classification_metrics
 
     config = _search_config(config, plan)
-    prepared = prepare(config, f"sqlite:///{workdir}/unused.db", ["none"], Path(workdir))
+    prepared = prepare_studies(config, f"sqlite:///{workdir}/unused.db", ["none"], Path(workdir))
     study_spec = prepared.studies[0]
     encoder_name = next(iter(config.encoders))
     encoder = study_spec.encoders[encoder_name]
@@ -467,18 +467,18 @@ def in_fresh_process(function, *args):
 def run(config, plan: Plan, out: Path) -> dict:
     """Measure every row for `config`'s encoders on its first dataset; write PERF.json/.md."""
     from benchmark.files import write_atomic
-    from benchmark.search.preflight import prepare
-    from benchmark.train.loop import Hyperparameters
+    from benchmark.search.preflight import prepare_studies
+    from benchmark.train.records import Hyperparameters
 
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="perf-"))
     dataset_name = next(iter(config.datasets))
-    prepared = prepare(config.model_copy(update={"datasets": {dataset_name: config.datasets[dataset_name]}}),
+    prepared = prepare_studies(config.model_copy(update={"datasets": {dataset_name: config.datasets[dataset_name]}}),
                        f"sqlite:///{workdir}/throughput.db", ["none"], workdir)
     study = prepared.studies[0]
     device = study.device
     hp = Hyperparameters(**THROUGHPUT_HP, batch_size=plan.batch_size, num_epochs=1)
-    # bf16 is trained only where `precision: auto` measured it faster than fp32 (prepare did,
+    # bf16 is trained only where `precision: auto` measured it faster than fp32 (prepare_studies did,
     # unless the config forces a precision): elsewhere it is slower, or even a fallback kernel
     # far slower than fp32 (a CPU without AVX-512 BF16 or AMX).
     # `precision: auto` chooses per encoder; these tables know one configured precision: the
@@ -597,7 +597,8 @@ def _eval_schedule_lever(study, config, plan: Plan) -> dict:
     from benchmark.data.tokenization import tokenize_split
     from benchmark.search.trial import loop_settings
     from benchmark.train.encoders import load_classifier, load_tokenizer
-    from benchmark.train.loop import Hyperparameters, fine_tune
+    from benchmark.train.loop import fine_tune
+    from benchmark.train.records import Hyperparameters
 
     encoder_name, encoder = next(iter(study.encoders.items()))
     epochs_spec = config.search_space.num_epochs

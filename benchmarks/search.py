@@ -374,9 +374,9 @@ def write_outputs(report: dict, out: Path) -> dict:
 
 def measured_precision(config, workdir: str) -> str:
     """What `precision: auto` chooses for `config`'s one encoder on this machine."""
-    from benchmark.search.preflight import prepare
+    from benchmark.search.preflight import prepare_studies
 
-    prepared = prepare(config, f"sqlite:///{workdir}/precision.db", ["none"], Path(workdir))
+    prepared = prepare_studies(config, f"sqlite:///{workdir}/precision.db", ["none"], Path(workdir))
     (chosen,) = prepared.studies[0].precisions.values()
     return chosen.choice
 

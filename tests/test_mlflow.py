@@ -33,7 +33,7 @@ from benchmark.tracking.base import (
     Guarded,  # noqa: E402
     StudyInfo,  # noqa: E402
 )
-from benchmark.train.loop import Evaluation, StepLog  # noqa: E402
+from benchmark.train.records import Evaluation, StepLog  # noqa: E402
 from tests.test_study import write_config  # noqa: E402
 
 PARENT = "mlflow.parentRunId"

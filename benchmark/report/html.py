@@ -38,6 +38,7 @@ from benchmark.files import write_atomic
 from benchmark.report import ranking
 from benchmark.report.leaderboard import reference_flag_sentences
 from benchmark.schema import (
+    BASELINE_NAMES,
     BENCHMARK_ATTR,
     COMPARISON_ATTR,
     CONFIG_FILE_ATTR,
@@ -45,19 +46,16 @@ from benchmark.schema import (
     DATA_SEED_ATTR,
     DEVICE_ATTR,
     ENCODER_PARAM,
+    MAJORITY,
     PRECISION_ATTR,
     PRECISION_BY_ENCODER_ATTR,
     PRUNE_REASON_ATTR,
-    SURPLUS_ATTR,
-    VERSIONS_ATTR,
-)
-from benchmark.train.baselines import (
-    BASELINE_NAMES,
-    MAJORITY,
     RANDOM,
     REFERENCE_NAMES,
     REFERENCE_PREFIX,
+    SURPLUS_ATTR,
     TFIDF_LOGREG,
+    VERSIONS_ATTR,
 )
 
 REPORT_FILE = "report.html"

@@ -10,8 +10,15 @@ import numpy as np
 import pandas as pd
 
 from benchmark.report import stats
-from benchmark.schema import timeout_stop_text
-from benchmark.train.baselines import BASELINE_NAMES, CHANCE, MAJORITY, RANDOM, REFERENCE_NAMES, TFIDF_LOGREG
+from benchmark.schema import (
+    BASELINE_NAMES,
+    CHANCE,
+    MAJORITY,
+    RANDOM,
+    REFERENCE_NAMES,
+    TFIDF_LOGREG,
+    timeout_stop_text,
+)
 
 PARAM_PREFIX = "param_"
 TRIALS_PREFIX = "trials: "

@@ -57,7 +57,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.redaction import mask_password
 from benchmark.schema import SURPLUS_ATTR
 from benchmark.tracking.base import StudyCallback, StudyInfo, TrialRun
-from benchmark.train.loop import Evaluation, StepLog
+from benchmark.train.records import Evaluation, StepLog
 
 MODES = ("async", "sync", "offline", "debug")
 ONLINE_MODES = ("async", "sync")
