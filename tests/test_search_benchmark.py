@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 from benchmark.config.spec import BenchmarkConfig, load_config
 from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, ENCODER_PARAM, WARM_START_ATTR
 from benchmark.search.warm_start import enqueue_warm_start
-from benchmarks import search
+from perf import search
 from tests.test_study import run_cli, write_config
 
 # --- the table arithmetic ------------------------------------------------------------------------
