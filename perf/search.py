@@ -80,14 +80,16 @@ def _cold(config, **sampler) -> dict:
     return {"sampler": {"warm_start": "none", **sampler}}
 
 
-# Each lever alone is measured against `no-warm-start` (default.yaml before warm start became
-# its default), warm start being the lever that now ships.
+# Methods are named by what they do, not by what ships, so a published table keeps its
+# meaning when the default changes. Each lever alone is measured against `no-warm-start`,
+# the shipped default since warm start showed no advantage on independent repeats.
 METHODS: dict[str, Method] = {
-    "shipped": Method("the harness as configured (default.yaml: TPE with 2 startup trials and warm start from "
-                      "the other datasets' studies, median pruner, geometric checkpoints on a 100-example subset)",
-                      lambda config: {}),
-    "no-warm-start": Method("the shipped harness without warm start (sampler.warm_start: none)",
+    "no-warm-start": Method("the shipped default (default.yaml: TPE with 2 startup trials, no warm start, median "
+                            "pruner, geometric checkpoints on a 100-example subset)",
                             lambda config: _cold(config)),
+    "warm-start": Method("no-warm-start + sampler.warm_start: other_datasets (each encoder's best configuration "
+                         "from the other datasets' studies is tried first)",
+                         lambda config: {"sampler": {"warm_start": "other_datasets"}}),
     "hyperband": Method("no-warm-start + pruner: hyperband over examples seen (reduction factor 3, first rung at "
                         "the first checkpoint)", lambda config: {**_cold(config), **_hyperband(config)}),
     "fixed-checkpoints": Method("no-warm-start - cheaper checkpoints: a checkpoint every eval_every_examples on "
@@ -109,7 +111,7 @@ METHODS: dict[str, Method] = {
     "random": Method("the floor: random search, no pruning, no warm start",
                      lambda config: {"sampler": {"type": "random", "warm_start": "none"}, "pruner": {"type": "none"}}),
 }
-QUICK_METHODS = ("shipped", "no-warm-start", PEER, "random")
+QUICK_METHODS = ("no-warm-start", "warm-start", PEER, "random")
 
 
 @dataclass(frozen=True)
