@@ -131,7 +131,7 @@ def test_private_optuna_names_only_in_the_adapter(tmp_path):
 
     adapter = PACKAGE / Path(*ADAPTER.split(".")[1:]).with_suffix(".py")
     outside = [use for path in PACKAGE.rglob("*.py") if path != adapter for use in private_optuna_uses(path)]
-    outside += [use for path in (PACKAGE.parent / "benchmarks").rglob("*.py") for use in private_optuna_uses(path)]
+    outside += [use for path in (PACKAGE.parent / "perf").rglob("*.py") for use in private_optuna_uses(path)]
     assert not outside, "\n".join(outside)
 
 

@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 from benchmark.config.spec import BenchmarkConfig, load_config
 from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, ENCODER_PARAM, WARM_START_ATTR
 from benchmark.search.warm_start import enqueue_warm_start
-from benchmarks import search
+from perf import search
 from tests.test_study import run_cli, write_config
 
 # --- the table arithmetic ------------------------------------------------------------------------
@@ -97,7 +97,7 @@ def test_every_lever_is_a_valid_config_of_the_harness():
         configured = search.configure(config, method.patch(config))
         assert configured.encoders == config.encoders, name
     assert search.configure(config, search.METHODS["all-levers"].patch(config)).pruner.min_resource == 192
-    assert [name for name, method in search.METHODS.items() if method.warm(config)] == ["shipped", "all-levers"]
+    assert [name for name, method in search.METHODS.items() if method.warm(config)] == ["warm-start", "all-levers"]
 
 
 def test_the_cli_refuses_one_repeat_and_unknown_methods_before_running(capsys):
@@ -105,7 +105,7 @@ def test_the_cli_refuses_one_repeat_and_unknown_methods_before_running(capsys):
         search.main(["--repeats", "1"])
     assert exit_info.value.code == 2 and "--repeats must be at least 2, got 1" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_info:
-        search.main(["--methods", "shipped,nope"])
+        search.main(["--methods", "no-warm-start,nope"])
     assert exit_info.value.code == 2 and "--methods: unknown nope" in capsys.readouterr().err
 
 
@@ -316,7 +316,7 @@ def test_a_benchmark_stopped_in_a_round_keeps_the_rounds_it_finished(tmp_path, t
     monkeypatch.setattr(search, "in_fresh_process", stopped_in_round_two)
     plan = search.SearchPlan(repeats=3, budget_s=4, train_examples=16, validation_examples=16, precision="fp32")
     with pytest.raises(KeyboardInterrupt):
-        search.run(config, plan, ["shipped", "trainer"], tmp_path / "out", dataset="topic_pairs")
+        search.run(config, plan, ["warm-start", "trainer"], tmp_path / "out", dataset="topic_pairs")
     written = json.loads((tmp_path / "out" / "SEARCH.json").read_text())
     assert [len(entry["runs"]) for entry in written["methods"].values()] == [1, 1]
     assert "**1 of the 3 planned rounds**" in (tmp_path / "out" / "SEARCH.md").read_text()

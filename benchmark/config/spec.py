@@ -319,7 +319,7 @@ class TrainingSpec(_Strict):
     eval_schedule: Literal["fixed", "geometric"] = "fixed"
     # torch.compile (inductor) each trial's model, batch widths padded to a multiple of 16.
     # Off by default: the first trial of each architecture in a process pays the compilation
-    # (minutes on a 2-core CPU), which later ones repay only in a long study (see README).
+    # (minutes on a 2-core CPU), which later ones repay only in a long study (see docs/performance.md).
     compile: StrictBool = False
     eval_batch_size: StrictInt = Field(default=64, gt=0)
     # Pruning checkpoints evaluate on this many validation examples (a fixed stratified

@@ -1,6 +1,6 @@
 """This harness against Hugging Face `Trainer` and `Trainer.hyperparameter_search`, side by side.
 
-    python -m benchmarks.perf [--quick] [--config search_spaces/default.yaml] [--out results/perf]
+    python -m perf.perf [--quick] [--config search_spaces/default.yaml] [--out runs/perf]
 
 Every row is measured in this one run, on this machine, with the same model, data and
 hyperparameters on both sides; the table reports ratios, because absolute times on a
@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from benchmark.train.precision import CANDIDATES, TF32_CAPABILITY, matmuls
-from benchmarks.table import Measurement, render_markdown, summarize
+from perf import RUNS
+from perf.table import Measurement, render_markdown, summarize
 
+DEFAULT_OUT = RUNS / "perf"
 # Batch orders on both sides: shuffled, and shuffled in groups of similar length.
 SAMPLINGS = ("random", "group_by_length")
 # The hyperparameters of the throughput rows: one epoch, mid-range values of the default space.
@@ -579,7 +581,7 @@ def _throughput_split(study, encoder, max_length: int, plan: Plan):
 
 
 def report_stem(device: torch.device) -> str:
-    """PERF on a CPU, PERF-cuda on a GPU: the two tables live side by side in results/perf."""
+    """PERF on a CPU, PERF-cuda on a GPU: the two tables live side by side in one folder."""
     return "PERF-cuda" if device.type == "cuda" else "PERF"
 
 
@@ -653,13 +655,17 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m perf.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="search_spaces/default.yaml",
                         help="encoders, first dataset and search space to measure (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a tiny run that only proves the script works")
-    parser.add_argument("--out", default="results/perf", help="where PERF.json and PERF.md go (default: %(default)s)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where PERF.json and PERF.md go (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from benchmark.config.spec import load_config
     from benchmark.errors import BenchmarkError
     from benchmark.train.loop import pick_device
