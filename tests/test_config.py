@@ -688,7 +688,7 @@ def test_a_new_hyperparameter_is_one_entry_in_the_registry(tmp_path):
                          cwd=Path(__file__).resolve().parent.parent)
     assert run.stdout.splitlines() == [
         "['class_weights', 'label_smoothing'] (0.0,)",
-        "Hyperparameters(learning_rate=0.001, warmup_ratio=0.0, dropout=0.0, max_grad_norm=1.0, weight_decay=0.0, "
-        "batch_size=8, num_epochs=1, class_weights='none', label_smoothing=0.0)",
+        ("Hyperparameters(learning_rate=0.001, warmup_ratio=0.0, dropout=0.0, max_grad_norm=1.0, weight_decay=0.0, "
+         "batch_size=8, num_epochs=1, class_weights='none', label_smoothing=0.0)"),
         "search_space.label_smoothing: values must be numbers in [0, 1), got 1.5",
     ], run.stdout + run.stderr
