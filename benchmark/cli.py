@@ -303,7 +303,7 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
     # With several workers each one streams to the trackers itself.
     trackers = ["none"] if args.workers > 1 else args.tracker
     _check_results_dir(args.results_dir)
-    prepared = preflight.prepare(config, url, trackers, args.results_dir)
+    prepared = preflight.prepare_studies(config, url, trackers, args.results_dir)
     print(f"storage: {_masked(url)}  (optuna-dashboard {_masked(url)})", file=sys.stderr)
     started = time.perf_counter()
     tables = None
@@ -343,7 +343,7 @@ def _final_eval(args: argparse.Namespace) -> None:
     url = _storage_url(args)
     _check_studies_exist(config, url)
     _check_results_dir(args.results_dir)
-    prepared = preflight.prepare(config, url, ["none"], args.results_dir, lineage.FINAL_SETTINGS)
+    prepared = preflight.prepare_studies(config, url, ["none"], args.results_dir, lineage.FINAL_SETTINGS)
     candidates = [evaluation_candidates(prepared.storage, study) for study in prepared.studies]
     total = 0.0
     for dataset_study, trials in zip(prepared.studies, candidates):
@@ -380,7 +380,7 @@ def _check_studies_exist(config, url: str) -> None:
 def _run_workers(count: int, argv: list[str]) -> None:
     """Start `count` copies of this command as single workers on the same storage, each on its
     share of the cores and GPUs (search/workers.py). Each trains every encoder in the precision
-    that `preflight.prepare` stored in the studies here."""
+    that `preflight.prepare_studies` stored in the studies here."""
     import os
     import subprocess
 

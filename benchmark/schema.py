@@ -48,8 +48,18 @@ PRECISION_ATTR = "precision"
 STOPPED_ATTR = "stopped_encoders"
 # Set when `budget.timeout_s` ended the study short of its trial budget.
 TIMEOUT_STOP_ATTR = "timeout_stop"
-# The majority-class and TF-IDF scores of the study's data (train/baselines.py).
+# The reference baselines' scores of the study's data (train/baselines.py), under their names below.
 REFERENCE_ATTR = "reference_baselines"
+# The reference baselines, as the attribute above keys them.
+MAJORITY = "majority"
+RANDOM = "random"
+TFIDF_LOGREG = "tfidf_logreg"
+# The baselines whose scores need no learning: the better of them is chance.
+CHANCE = (MAJORITY, RANDOM)
+# How the tables and the report name them; a leaderboard row's prefix keeps it apart from any encoder name.
+BASELINE_NAMES = {MAJORITY: "majority class", RANDOM: "random guessing", TFIDF_LOGREG: "tf-idf + logreg"}
+REFERENCE_PREFIX = "(reference) "
+REFERENCE_NAMES = {key: f"{REFERENCE_PREFIX}{name}" for key, name in BASELINE_NAMES.items()}
 # Provenance (config/provenance.py).
 CONFIG_FILE_ATTR = "config_file"
 CONFIG_SHA256_ATTR = "config_sha256"

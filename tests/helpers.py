@@ -28,7 +28,7 @@ from benchmark import schema
 from benchmark.cli import main
 from benchmark.config.spec import BenchmarkConfig, load_config
 from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, ENCODER_PARAM, INTERRUPTED_ATTR, METRIC_ATTR, TRIAL
-from benchmark.search.preflight import prepare
+from benchmark.search.preflight import prepare_studies
 from benchmark.search.study import study_sampler
 from benchmark.search.trial import sample_hyperparameters
 
@@ -108,7 +108,7 @@ def run_cli(*args: str) -> int:
 
 def tiny_dataset_study(tmp_path, tiny_encoders, encoders=("electra",)):
     config = load_config(write_config(tmp_path, tiny_encoders, encoders=encoders)).restricted(["topics"], None)
-    prepared = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
+    prepared = prepare_studies(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
     return prepared.studies[0]
 
 

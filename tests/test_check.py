@@ -15,7 +15,7 @@ from benchmark.cli import main
 from benchmark.config.spec import CategoricalParam, IntParam, RangeOverride, TrainingSpec, load_config
 from benchmark.schema import DATA_SEED_ATTR
 from benchmark.search import trial as trial_module
-from benchmark.search.preflight import prepare
+from benchmark.search.preflight import prepare_studies
 from benchmark.train import estimate, precision
 from tests.helpers import write_config
 
@@ -145,7 +145,7 @@ def test_check_shows_each_encoders_precision_and_times_it_once(tmp_path, tiny_en
 
     # Once a run has stored the choices, the check shows them and times only them.
     monkeypatch.setattr(precision, "measure_encoder", real)
-    prepare(load_config(config), url, ["none"], tmp_path)  # what a run stores before its first trial
+    prepare_studies(load_config(config), url, ["none"], tmp_path)  # what a run stores before its first trial
     per_token[("bf16", "bert")] = 1.0  # what this machine would choose now no longer matters
     monkeypatch.setattr(precision, "measure_encoder",
                         lambda encoder, *args: measured.append((encoder.name, *args[-1:])) or real(encoder, *args))

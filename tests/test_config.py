@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -656,3 +659,36 @@ def test_bad_class_weights_name_the_key(tmp_path, training, space, expected):
     path = _write(tmp_path, data)
     message = _error(path)
     assert message.startswith(f"{path}: ") and expected in message
+
+
+def test_a_new_hyperparameter_is_one_entry_in_the_registry(tmp_path):
+    """Appending a `Hyperparameter` is all a new one takes: a config without it stays valid and
+    trains with its default, a config that searches it is checked like the other keys, and the
+    trial's record carries it. In a subprocess, so the registry grows before spec is imported."""
+    searched = _valid()
+    searched["search_space"]["label_smoothing"] = {"type": "float", "low": 0.0, "high": 1.5}
+    code = textwrap.dedent(f"""
+        from benchmark.config import hyperparameters as registry
+        new = registry.Hyperparameter("label_smoothing", "float", lambda v: 0 <= v < 1, "numbers in [0, 1)",
+                                      "the loss's label smoothing", default=0.0)
+        registry.HYPERPARAMETERS += (new,)
+        registry.HYPERPARAMETERS_BY_NAME[new.name] = new
+        from benchmark.config.spec import load_config
+        from benchmark.errors import BenchmarkError
+        from benchmark.train.records import Hyperparameters
+        space = load_config({str(_write(tmp_path, _valid(), name="old.yaml"))!r}).search_space
+        print([name for name, _ in space][-2:], space.label_smoothing.choices)
+        print(Hyperparameters(1e-3, 0.0, 0.0, 1.0, 0.0, 8, 1))
+        try:
+            load_config({str(_write(tmp_path, searched, name="searched.yaml"))!r})
+        except BenchmarkError as error:
+            print(str(error).split(": ", 1)[1])
+    """)
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert run.stdout.splitlines() == [
+        "['class_weights', 'label_smoothing'] (0.0,)",
+        ("Hyperparameters(learning_rate=0.001, warmup_ratio=0.0, dropout=0.0, max_grad_norm=1.0, weight_decay=0.0, "
+         "batch_size=8, num_epochs=1, class_weights='none', label_smoothing=0.0)"),
+        "search_space.label_smoothing: values must be numbers in [0, 1), got 1.5",
+    ], run.stdout + run.stderr

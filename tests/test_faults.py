@@ -19,7 +19,7 @@ from benchmark.cli import main
 from benchmark.config.spec import load_config
 from benchmark.schema import ENCODER_PARAM, FINISHED, STOPPED_ATTR
 from benchmark.search import trial as trial_module
-from benchmark.search.preflight import prepare
+from benchmark.search.preflight import prepare_studies
 from benchmark.search.study import study_sampler
 from benchmark.train.encoders import max_tokens
 from tests.helpers import ARCHITECTURES, run_cli, study_with_every_state, synthetic_config, write_config
@@ -197,7 +197,7 @@ def test_out_of_memory_retry_reports_only_new_checkpoints_halves_the_evaluation_
     config = load_config(write_config(
         tmp_path, tiny_encoders, encoders=("bert",), search_space__batch_size={"type": "categorical", "choices": [8]},
         search_space__num_epochs={"type": "int", "low": 2, "high": 2})).restricted(["topics"], None)
-    dataset_study = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
+    dataset_study = prepare_studies(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
     real = trial_module.fine_tune
     attempts = []
     # The configured evaluation batch (32), not one sized to this host's memory: the retry halves it.

@@ -1,5 +1,6 @@
-"""The package's shape: layers import downward only, no import cycles, Optuna's private
-names only in the adapter, and the read-only `--leaderboard` path without torch."""
+"""The package's shape: layers import downward only, no import cycles, no module using
+another's private names, Optuna's private names only in the adapter, and the read-only
+`--leaderboard` path and the trackers without torch."""
 
 from __future__ import annotations
 
@@ -132,7 +133,7 @@ def test_private_optuna_names_only_in_the_adapter(tmp_path):
 
     adapter = PACKAGE / Path(*ADAPTER.split(".")[1:]).with_suffix(".py")
     outside = [use for path in PACKAGE.rglob("*.py") if path != adapter for use in private_optuna_uses(path)]
-    outside += [use for path in (PACKAGE.parent / "benchmarks").rglob("*.py") for use in private_optuna_uses(path)]
+    outside += [use for path in (PACKAGE.parent / "perf").rglob("*.py") for use in private_optuna_uses(path)]
     assert not outside, "\n".join(outside)
 
 
@@ -174,3 +175,105 @@ def test_leaderboard_does_not_import_torch(tmp_path):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent)
     assert run.stdout.strip().splitlines()[-1] == "exit 0 heavy []", run.stdout + run.stderr
     assert (tmp_path / "out" / "leaderboard.csv").exists()
+
+
+def is_private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def private_names_used(path: Path, module: str, known: set[str]) -> list[str]:
+    """Where `path` (module `module`) uses a private name of another module of its package
+    (`known`): `from pkg.x import _name`, or `x._name` on a package module it imported."""
+    tree = ast.parse(path.read_text(), str(path))
+    package = module.split(".")[0]
+    modules: dict[str, str] = {}  # local name -> the package module it is bound to
+    uses: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == package:
+            for alias in node.names:
+                if f"{node.module}.{alias.name}" in known:
+                    modules[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+                elif is_private(alias.name) and node.module != module:
+                    uses.append((node.lineno, f"from {node.module} import {alias.name}"))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.split(".")[0] == package:
+                    # `import pkg.x.y` binds `pkg`; `import pkg.x.y as z` binds `z` to pkg.x.y.
+                    modules[alias.asname or package] = alias.name if alias.asname else package
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and is_private(node.attr)):
+            continue
+        chain, value = [], node.value
+        while isinstance(value, ast.Attribute):
+            chain.append(value.attr)
+            value = value.value
+        if isinstance(value, ast.Name) and value.id in modules:
+            owner = ".".join([modules[value.id], *reversed(chain)])
+            if owner in known and owner != module:
+                uses.append((node.lineno, f"{owner}.{node.attr}"))
+    return [f"{path.name}:{line}: {use}" for line, use in sorted(uses)]
+
+
+def test_private_names_used_finds_each_form(tmp_path):
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "a.py").write_text("_hidden = 1\nshown = 2\n\ndef _helper():\n    return _hidden\n")
+    (package / "b.py").write_text(
+        "import pkg.a\nimport pkg.a as alias\nfrom pkg import a\nfrom pkg.a import _hidden, shown\n"
+        "from pkg.a import __doc__\n\n"
+        "x = pkg.a._helper()\ny = alias._hidden\nz = a._helper\nw = a.shown + a.__name__ + shown\n")
+    known = {"pkg", "pkg.a", "pkg.b"}
+    assert [use.split(": ", 1)[1] for use in private_names_used(package / "b.py", "pkg.b", known)] == [
+        "from pkg.a import _hidden", "pkg.a._helper", "pkg.a._hidden", "pkg.a._helper"]
+    # A module's own private names, and public or dunder names of others, are not flagged.
+    assert private_names_used(package / "a.py", "pkg.a", known) == []
+
+
+def test_no_module_uses_another_modules_private_name():
+    files = {module_name(path): path for path in PACKAGE.rglob("*.py")}
+    uses = [f"{module}: {use}" for module, path in sorted(files.items())
+            for use in private_names_used(path, module, set(files))]
+    assert not uses, "\n".join(uses)
+
+
+def test_trackers_import_of_train_only_its_records():
+    """What the training loop hands the trackers lives in `train.records`: no tracking module
+    imports another train module (the loop, and with it torch)."""
+    imports = [f"{module} imports {target}" for module, targets in import_graph().items()
+               if module.startswith("benchmark.tracking") for target in targets
+               if target.startswith("benchmark.train") and target != "benchmark.train.records"]
+    assert not imports, "\n".join(imports)
+
+
+def test_records_and_trackers_load_neither_torch_nor_transformers():
+    modules = ["benchmark.train.records", *sorted(module_name(path) for path in (PACKAGE / "tracking").glob("*.py"))]
+    code = ("import importlib, sys\n"
+            f"for name in {modules!r}:\n"
+            "    importlib.import_module(name)\n"
+            "print(sorted(name for name in ('torch', 'transformers') if name in sys.modules))\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=PACKAGE.parent, check=False)
+    assert run.stdout.strip().splitlines()[-1:] == ["[]"], run.stdout + run.stderr
+
+
+def public_definitions(path: Path) -> set[str]:
+    """The public names `path` defines at its top level: functions, classes and assigned names."""
+    names = set()
+    for node in ast.parse(path.read_text(), str(path)).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {target.id for target in targets if isinstance(target, ast.Name)}
+    return {name for name in names if not name.startswith("_")}
+
+
+def test_each_public_name_is_defined_once():
+    """A name means one thing across the package: two modules' `prepare` (a dataset's tables, a
+    run's studies) or `duration_text` (two formats) read alike at every call and differ."""
+    defined: dict[str, list[str]] = {}
+    for path in sorted(PACKAGE.rglob("*.py")):
+        for name in public_definitions(path):
+            defined.setdefault(name, []).append(module_name(path))
+    twice = [f"{name}: {', '.join(modules)}" for name, modules in sorted(defined.items()) if len(modules) > 1]
+    assert not twice, "\n".join(twice)

@@ -32,7 +32,7 @@ from benchmark.tracking.base import (
     Guarded,  # noqa: E402
     StudyInfo,  # noqa: E402
 )
-from benchmark.train.loop import Evaluation, StepLog  # noqa: E402
+from benchmark.train.records import Evaluation, StepLog  # noqa: E402
 from tests.helpers import free_port, write_config
 
 PARENT = "mlflow.parentRunId"

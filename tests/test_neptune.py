@@ -30,7 +30,7 @@ from benchmark.search import study as study_module
 from benchmark.search import trial as trial_module
 from benchmark.tracking.base import StudyInfo
 from benchmark.tracking.neptune_backend import NeptuneTracker, resolve_mode
-from benchmark.train.loop import Evaluation, StepLog
+from benchmark.train.records import Evaluation, StepLog
 from tests.helpers import write_config
 
 NEPTUNE_ENV = ("NEPTUNE_API_TOKEN", "NEPTUNE_PROJECT", "NEPTUNE_MODE", "NEPTUNE_DATA_DIRECTORY")

@@ -1,5 +1,5 @@
 """The performance benchmark: a tiny run proves the script works end to end (the measured
-run is `python -m benchmarks.perf`, not a test), and its arithmetic is checked by hand."""
+run is `python -m perf.perf`, not a test), and its arithmetic is checked by hand."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import json
 import pytest
 
 from benchmark.config.spec import load_config
-from benchmarks import perf
-from benchmarks.table import best_so_far, render_markdown, summarize, time_to_reach
+from perf import perf
+from perf.table import best_so_far, render_markdown, summarize, time_to_reach
 from tests.helpers import write_config
 
 
@@ -174,7 +174,7 @@ def test_quick_run_measures_every_row_against_trainer(tmp_path, tiny_encoders, m
 
 
 def test_memory_growth_is_also_read_after_the_warm_up_trials():
-    from benchmarks.table import _memory
+    from perf.table import _memory
 
     mib = 2**20
     trials = [{"rss": r * mib} for r in (100, 150, 180, 200, 205, 210)]

@@ -9,7 +9,7 @@ import torch
 
 from benchmark.config.spec import EncoderSpec, load_config
 from benchmark.errors import BenchmarkError
-from benchmark.search.preflight import prepare
+from benchmark.search.preflight import prepare_studies
 from benchmark.train import precision
 from benchmark.train.encoders import resolve
 from benchmark.train.precision import (
@@ -224,7 +224,7 @@ def test_each_encoder_gets_its_own_precision_stored_in_every_study_and_a_rerun_r
     path = write_config(tmp_path, tiny_encoders)
     config = load_config(path)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    studies = prepare(config, url, ["none"], tmp_path).studies
+    studies = prepare_studies(config, url, ["none"], tmp_path).studies
     err = capsys.readouterr().err
     assert "precision bert: bf16 (measured at 16x32 after an untimed warm-up step each: fp32 " in err
     assert "precision roberta: fp32 (measured at 16x32" in err and "the measurement took" in err
@@ -236,7 +236,7 @@ def test_each_encoder_gets_its_own_precision_stored_in_every_study_and_a_rerun_r
     # The storage decides: a rerun (or a --workers child) measures nothing and trains as stored,
     # even where this machine would now choose otherwise.
     monkeypatch.setattr(precision, "measure_encoder", lambda *args: pytest.fail("measured a stored choice"))
-    again = prepare(config, url, ["none"], tmp_path).studies
+    again = prepare_studies(config, url, ["none"], tmp_path).studies
     assert [study.precisions for study in again] == [study.precisions for study in studies]
     err = capsys.readouterr().err
     assert "precision bert: bf16 (measured at 16x32" in err and "; stored in a study: kept" in err
@@ -245,9 +245,9 @@ def test_each_encoder_gets_its_own_precision_stored_in_every_study_and_a_rerun_r
 def test_a_forced_precision_trains_as_forced_whatever_the_study_holds(tmp_path, tiny_encoders, fake_steps):
     fake_steps({("fp32", "bert"): 1e-3, ("bf16", "bert"): 4e-4, ("fp32", "roberta"): 1e-3, ("bf16", "roberta"): 3e-3})
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    prepare(load_config(write_config(tmp_path, tiny_encoders)), url, ["none"], tmp_path)
-    forced = prepare(load_config(write_config(tmp_path, tiny_encoders, training__precision="fp32")), url, ["none"],
-                     tmp_path).studies[0]
+    prepare_studies(load_config(write_config(tmp_path, tiny_encoders)), url, ["none"], tmp_path)
+    forced = prepare_studies(load_config(write_config(tmp_path, tiny_encoders, training__precision="fp32")), url,
+                             ["none"], tmp_path).studies[0]
     assert {chosen.choice for chosen in forced.precisions.values()} == {"fp32"}
     stored = optuna.load_study(study_name=forced.study_name, storage=url).user_attrs["precision_by_encoder"]
     assert stored["bert"]["choice"] == "bf16", "the study's own choice stays for later `auto` runs"
@@ -260,7 +260,7 @@ def test_a_study_from_before_per_encoder_choices_keeps_its_one_precision(tmp_pat
     old.set_user_attr("encoder_choices", ["bert", "roberta"])
     monkeypatch.setattr(precision, "measure_encoder", lambda *args: pytest.fail("measured a stored choice"))
     config = load_config(write_config(tmp_path, tiny_encoders)).restricted(["topics"], None)
-    study = prepare(config, url, ["none"], tmp_path).studies[0]
+    study = prepare_studies(config, url, ["none"], tmp_path).studies[0]
     assert {chosen.choice for chosen in study.precisions.values()} == {"bf16"}
 
 
@@ -310,7 +310,7 @@ def test_a_stored_choice_this_device_cannot_compute_in_is_measured_again_and_the
     optuna.create_study(storage=url, study_name="tiny-topics", direction="maximize").set_user_attr(
         "precision_by_encoder", {"bert": gpu.stored()})
     config = load_config(write_config(tmp_path, tiny_encoders)).restricted(["topics"], None)
-    study = prepare(config, url, ["none"], tmp_path).studies[0]
+    study = prepare_studies(config, url, ["none"], tmp_path).studies[0]
     assert study.precisions["bert"].choice == "bf16" and study.precisions["bert"].decided == precision.MEASURED
     stored = optuna.load_study(study_name="tiny-topics", storage=url).user_attrs["precision_by_encoder"]
     assert stored["bert"]["choice"] == "tf32", "the GPU's choice stays for the GPU"

@@ -113,7 +113,7 @@ def test_only_encoders_complete_on_every_dataset_are_ranked():
     assert list(matrix.columns) == ["e1", "e2"] and list(matrix.index) == ["x", "y"]
     assert matrix.loc["y", "e2"] == pytest.approx(0.65)
     assert ranking.left_out(trials, matrix) == ["e3"]
-    assert ranking.dataset_metrics(trials) == {"x": "accuracy", "y": "accuracy"}
+    assert ranking.score_matrix_metrics(trials) == {"x": "accuracy", "y": "accuracy"}
 
 
 def test_encoders_are_ranked_at_the_budget_they_share_not_by_their_best_of_all():
@@ -133,7 +133,7 @@ def test_encoders_are_ranked_at_the_budget_they_share_not_by_their_best_of_all()
     assert matrix["b"].tolist() == pytest.approx([0.60 / 9 + 0.75 / 3 + 0.82 * 5 / 9] * 3)
     assert ranking.mean_ranks(matrix)["encoder"].tolist() == ["a", "b"]
     assert ranking.compared_trials(trials) == {"x": 2, "y": 2, "z": 2}
-    tests = ranking.ranking_tests(matrix, ranking.dataset_metrics(trials), ranking.compared_trials(trials))
+    tests = ranking.ranking_tests(matrix, ranking.score_matrix_metrics(trials), ranking.compared_trials(trials))
     assert tests["trials_compared"].tolist() == ["x 2, y 2, z 2"]
     assert ranking.ranking_verdict(tests).endswith(
         "Each encoder is scored on a dataset by its expected best of n complete trials, n the fewest any ranked "

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import asdict, fields
 
 import optuna
 import pytest
 
+from benchmark.config.spec import CategoricalParam
 from benchmark.schema import ENCODER_PARAM
 from benchmark.search.sampling import balanced_round_order
 from benchmark.search.study import study_sampler
@@ -172,3 +174,47 @@ def test_samplers_opened_together_on_one_study_draw_apart_each_trial(sampler):
         study.tell(trial, 0.0)
     drawn = [tuple(sorted(t.params.items())) for t in study.trials]
     assert len(set(drawn)) == len(drawn)
+
+
+# Trials 0-5 of seed 0 on the config below, as the code drew them before the hyperparameter
+# registry (config/hyperparameters.py) replaced the hand-written search space and record.
+PINNED_NAMES = ("encoder", "learning_rate", "warmup_ratio", "dropout", "max_grad_norm", "weight_decay", "batch_size",
+                "num_epochs", "class_weights")
+PINNED_DRAWS = [
+    ("A", 5.5179931725373315e-05, 0.19353963673660418, 0.06090386929579402, 1.0823653723898612, 0.023696377107425927, 32, 1, "none"),
+    ("B", 0.0004134304111329895, 0.01898474291854746, 0.04263767447127551, 1.7139306940368253, 0.01726755790747858, 32, 3, "none"),
+    ("B", 0.00033768847722020313, 0.10117086840302206, 0.17054773779457696, 0.5904244725706084, 0.05558704963263609, 16, 3, "none"),
+    ("A", 3.363191854198517e-05, 0.04382748748336229, 0.008582755544718556, 0.7635626191468305, 0.005702946529814701, 32, 2, "balanced"),
+    ("A", 0.00011901439963233272, 0.19024287795751083, 0.08414612898676266, 1.7901540121283963, 0.06367092474796465, 32, 2, "none"),
+    ("B", 0.0004462163664264309, 0.028100406102571404, 0.017295762962965006, 1.1282405258213348, 0.019755422850151968, 32, 3, "none"),
+]
+
+
+def test_the_draws_of_a_fixed_seed_are_pinned():
+    """Which value each trial draws depends on the order of the suggestions and on each one's
+    distribution: a registry that reordered, renamed or retyped a hyperparameter would change
+    them. Covers float, log, int and categorical parameters, a per-encoder override, startup
+    draws (2 per encoder) and the multivariate TPE's proposals after them."""
+    config = synthetic_config(sampler={"type": "tpe", "n_startup_trials": 2}, n_trials=6,
+                              overrides={"B": {"learning_rate": {"low": 3e-4, "high": 1e-3},
+                                               "num_epochs": {"low": 2, "high": 3}}})
+    # Searched, class weights are a categorical of names (`synthetic_config` leaves them to `training`).
+    space = config.search_space.model_copy(
+        update={"class_weights": CategoricalParam(type="categorical", choices=("none", "balanced"))})
+    config = config.model_copy(update={"search_space": space})
+    study = optuna.create_study(direction="maximize")
+    study.sampler = study_sampler(study, config, "toy", list(config.encoders), seed=0)
+    records = []
+
+    def objective(trial: optuna.Trial) -> float:
+        encoder = trial.suggest_categorical(ENCODER_PARAM, list(config.encoders))
+        hp = sample_hyperparameters(trial, config.search_space, config.encoders[encoder])
+        records.append(hp)
+        return -abs(math.log10(hp.learning_rate) + 3.5) - hp.dropout
+
+    study.optimize(objective, n_trials=6)
+    assert [t.params for t in study.trials] == [dict(zip(PINNED_NAMES, row)) for row in PINNED_DRAWS]
+    # The record carries exactly the drawn values, in the order positional construction relies on.
+    assert [field.name for field in fields(records[0])] == [name for name, _ in space]
+    assert [asdict(hp) for hp in records] == [
+        {name: value for name, value in t.params.items() if name != ENCODER_PARAM} for t in study.trials]

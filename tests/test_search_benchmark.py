@@ -17,7 +17,7 @@ from optuna.trial import TrialState, create_trial
 from benchmark.config.spec import BenchmarkConfig, load_config
 from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, ENCODER_PARAM, WARM_START_ATTR
 from benchmark.search.warm_start import enqueue_warm_start
-from benchmarks import search
+from perf import search
 from tests.helpers import BEST_LR, run_cli, run_synthetic, synthetic_config, write_config
 
 # --- the table arithmetic ------------------------------------------------------------------------
@@ -244,12 +244,12 @@ def test_a_new_dataset_study_starts_from_the_other_datasets_best(tmp_path, tiny_
 
 def test_the_run_seed_reaches_every_trials_training_seed(tmp_path, tiny_encoders, monkeypatch):
     from benchmark.search import trial as trial_module
-    from benchmark.search.preflight import prepare
+    from benchmark.search.preflight import prepare_studies
     from benchmark.search.study import run_study
 
     config = load_config(write_config(tmp_path, tiny_encoders, encoders=("electra",))).restricted(["topics"], None)
     url = f"sqlite:///{tmp_path / 'db.sqlite'}"
-    prepared = prepare(config, url, ["none"], tmp_path)
+    prepared = prepare_studies(config, url, ["none"], tmp_path)
     seeds = []
     real = trial_module.fine_tune_with_oom_retry
 

@@ -20,7 +20,7 @@ from benchmark.report.results import RESULT_FILES, trials_frame
 from benchmark.schema import FINISHED
 from benchmark.search import final_eval
 from benchmark.search import trial as trial_module
-from benchmark.search.preflight import prepare
+from benchmark.search.preflight import prepare_studies
 from benchmark.search.study import open_study, settle_memory
 from tests.helpers import make_texts, run_cli, tiny_dataset_study, write_config
 
@@ -164,8 +164,8 @@ def test_geometric_checkpoints_reach_the_pruner_at_the_same_examples_whatever_th
                                                                                            tiny_encoders):
     config = load_config(write_config(tmp_path, tiny_encoders, encoders=("electra",),
                                       training__eval_every_examples=16, training__eval_schedule="geometric"))
-    dataset_study = prepare(config.restricted(["topics"], None), f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"],
-                            tmp_path).studies[0]
+    dataset_study = prepare_studies(config.restricted(["topics"], None), f"sqlite:///{tmp_path / 'db.sqlite'}",
+                                    ["none"], tmp_path).studies[0]
     study = optuna.create_study(direction="maximize")
     for batch_size in (8, 16):
         study.enqueue_trial({"batch_size": batch_size, "num_epochs": 2})
@@ -269,7 +269,7 @@ def test_train_split_smaller_than_a_batch_is_refused_up_front(tmp_path, tiny_enc
 def test_the_last_evaluation_never_prunes_a_trial_that_has_finished_training(tmp_path, tiny_encoders):
     config = load_config(write_config(tmp_path, tiny_encoders, encoders=("electra",),
                                       training__eval_every_examples=4800)).restricted(["topics"], None)
-    dataset_study = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
+    dataset_study = prepare_studies(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
     study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=1)
     trial = study.trials[0]
@@ -305,7 +305,7 @@ def test_out_of_memory_retries_with_half_micro_batches_then_fails_with_reason(
     config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",),
                                       search_space__batch_size={"type": "categorical", "choices": [8]},
                                       training__eval_every_examples=48)).restricted(["topics"], None)
-    dataset_study = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
+    dataset_study = prepare_studies(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
     monkeypatch.setattr(trial_module, "load_classifier", _OutOfMemoryAbove(limit)(trial_module.load_classifier))
     # The configured evaluation batch (32), not one sized to this host's memory: the retry halves it.
     monkeypatch.setattr(trial_module, "available_device_memory", lambda device: None)
@@ -414,7 +414,7 @@ def test_preflight_reports_dropped_duplicates_and_absent_classes_and_the_study_k
     rare = pd.DataFrame({"text": ["a lone weather report", "rain on the coast", "a sunny week"], "label": "weather"})
     pd.concat([topics, repeats, rare]).to_csv(tmp_path / "topics.csv", index=False)
 
-    prepared = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
+    prepared = prepare_studies(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
     err = capsys.readouterr().err
     # 123 rows left (40 per topic, 3 'weather'). Cut: test 4+4+4 and one 'weather' (each
     # split cut from train keeps one of a class), validation 4+4+3+1 of the other 110, train 98.
@@ -436,7 +436,7 @@ def test_the_study_keeps_what_the_report_header_names(tmp_path, tiny_encoders):
 
     path = write_config(tmp_path, tiny_encoders, encoders=("bert",))
     config = load_config(path).restricted(["topics"], None)
-    prepared = prepare(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
+    prepared = prepare_studies(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path)
     attrs = open_study(prepared.storage, prepared.studies[0], seed=0).user_attrs
     assert attrs["config_file"] == "tiny.yaml" and attrs["comparison"] == "balanced"
     assert attrs["config_sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()

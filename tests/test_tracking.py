@@ -7,7 +7,7 @@ import pytest
 from benchmark.errors import BenchmarkError
 from benchmark.tracking import make_tracker
 from benchmark.tracking.base import Guarded, StudyInfo, TrackerGroup
-from benchmark.train.loop import Evaluation, StepLog
+from benchmark.train.records import Evaluation, StepLog
 from tests.helpers import write_config
 
 

@@ -13,7 +13,6 @@ from benchmark.data.dataset import prepare
 from benchmark.data.tokenization import TokenizationCache, batches, length_grouped, tokenize_split
 from benchmark.train.encoders import load_classifier, load_tokenizer, resolve
 from benchmark.train.loop import (
-    Hyperparameters,
     LoopSettings,
     _accumulate_gradients,
     _linear_warmup_decay,
@@ -26,6 +25,7 @@ from benchmark.train.loop import (
     predict,
 )
 from benchmark.train.metrics import classification_metrics
+from benchmark.train.records import Hyperparameters
 from tests.helpers import make_texts, write_config
 
 CPU = torch.device("cpu")
@@ -495,7 +495,7 @@ def test_a_second_run_in_the_process_reuses_the_first_runs_tokens(tmp_path, tiny
     config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",), training__precision="fp32"))
     tokenized = []
     for run in ("study", "final-eval"):
-        prepared = preflight.prepare(config, f"sqlite:///{tmp_path / 'optuna.db'}", ["none"], tmp_path / run)
+        prepared = preflight.prepare_studies(config, f"sqlite:///{tmp_path / 'optuna.db'}", ["none"], tmp_path / run)
         study = prepared.studies[0]
         encoder = study.encoders["bert"]
         tokenized.append(study.tokenization.get(study.data, (encoder.location, encoder.revision), 32,

@@ -225,7 +225,7 @@ def test_the_workers_benchmark_gives_every_run_equal_unpruned_trials_and_rates_t
     import yaml
 
     from benchmark.config.spec import load_config
-    from benchmarks import workers
+    from perf import workers
 
     original = load_config(write_config(tmp_path, tiny_encoders))
     fixed = workers.fixed_work_config(original, trials=6)

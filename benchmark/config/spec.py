@@ -8,7 +8,7 @@ from __future__ import annotations
 import codecs
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union, get_args
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
@@ -21,10 +21,17 @@ from pydantic import (
     StrictInt,
     ValidationError,
     ValidationInfo,
+    create_model,
     field_validator,
     model_validator,
 )
 
+from benchmark.config.hyperparameters import (
+    CLASS_WEIGHTS,
+    HYPERPARAMETERS,
+    HYPERPARAMETERS_BY_NAME,
+    ClassWeights,
+)
 from benchmark.errors import BenchmarkError
 
 
@@ -97,51 +104,25 @@ class CategoricalParam(_Strict):
 
 ParamSpec = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
 
-# The training loss's class weights: `balanced` weighs each class by n_samples / (n_classes *
-# its count) in the train split (scikit-learn's "balanced"), so a rare class is not drowned
-# out by the majority one; `none` weighs every example alike.
-ClassWeights = Literal["none", "balanced"]
-CLASS_WEIGHTS = get_args(ClassWeights)
-# Parameters whose values are names, not numbers: categorical only.
-_NAMED_PARAMS = ("class_weights",)
-
-# Far above any batch that fits in memory, and small enough that the batch sizes a range
-# allows can be listed (see `BenchmarkConfig.batch_sizes`).
-MAX_BATCH_SIZE = 65536
-
-# What each parameter may sample, whether its range comes from search_space or an override.
-# A range is checked at its bounds, which is enough since every rule is an interval.
-_ALLOWED_VALUES = {
-    "learning_rate": (lambda v: v > 0, "positive numbers"),
-    "warmup_ratio": (lambda v: 0 <= v < 1, "numbers in [0, 1)"),
-    "dropout": (lambda v: 0 <= v < 1, "numbers in [0, 1)"),
-    # A norm of 0 clips every gradient to zero: the model would not train.
-    "max_grad_norm": (lambda v: v > 0, "positive numbers"),
-    "weight_decay": (lambda v: v >= 0, "non-negative numbers"),
-    "batch_size": (lambda v: isinstance(v, int) and 1 <= v <= MAX_BATCH_SIZE,
-                   f"positive integers up to {MAX_BATCH_SIZE}"),
-    "num_epochs": (lambda v: isinstance(v, int) and v >= 1, "positive integers"),
-    "class_weights": (lambda v: v in CLASS_WEIGHTS, " or ".join(map(repr, CLASS_WEIGHTS))),
-}
-
 # What PyYAML (YAML 1.1) reads as a string although it is a number: `1e-5`, `2E3`.
 _E_NOTATION = re.compile(r"^([-+]?(?:\d+\.?\d*|\.\d+))[eE]([-+]?)(\d+)$")
 
 
 def check_param(name: str, spec: FloatParam | IntParam | CategoricalParam) -> None:
-    """Raise ValueError unless `spec` samples only values that parameter `name` can take."""
+    """Raise ValueError unless `spec` samples only values that hyperparameter `name` can take
+    (its `kind` and `allowed` in config/hyperparameters.py)."""
+    hyperparameter = HYPERPARAMETERS_BY_NAME[name]
     if isinstance(spec, CategoricalParam):
         values = spec.choices
-    elif name in _NAMED_PARAMS:
+    elif hyperparameter.kind == "name":
         raise ValueError("must be a categorical parameter")
     else:
         _check_order(spec.low, spec.high, spec.log)
         if isinstance(spec, IntParam) and not all(isinstance(v, int) for v in (spec.low, spec.high)):
             raise ValueError(f"an int parameter needs integer low and high, got {spec.low} and {spec.high}")
-        if isinstance(spec, FloatParam) and name in ("batch_size", "num_epochs"):
+        if isinstance(spec, FloatParam) and hyperparameter.kind == "int":
             raise ValueError("must be an int or categorical parameter")
         values = (spec.low, spec.high)
-    allowed, description = _ALLOWED_VALUES[name]
     for value in values:
         number = isinstance(value, str) and _E_NOTATION.match(value)
         if number:
@@ -149,29 +130,30 @@ def check_param(name: str, spec: FloatParam | IntParam | CategoricalParam) -> No
             mantissa += "" if "." in mantissa else ".0"
             raise ValueError(f"the choice {value!r} is text, not a number: YAML reads e-notation as a "
                              f"number only with a dot and a signed exponent; write {mantissa}e{sign or '+'}{exponent}")
-        if (isinstance(value, (str, bool)) and name not in _NAMED_PARAMS) or not allowed(value):
-            raise ValueError(f"values must be {description}, got {value!r}")
+        if ((isinstance(value, (str, bool)) and hyperparameter.kind != "name")
+                or not hyperparameter.allowed(value)):
+            raise ValueError(f"values must be {hyperparameter.allowed_text}, got {value!r}")
 
 
-class SearchSpace(_Strict):
-    """The hyperparameters every trial samples, besides the encoder itself."""
-
-    learning_rate: ParamSpec
-    warmup_ratio: ParamSpec
-    dropout: ParamSpec
-    max_grad_norm: ParamSpec
-    weight_decay: ParamSpec
-    batch_size: ParamSpec
-    num_epochs: ParamSpec
-    # Unset in the file, it is `training.class_weights`, as a one-choice categorical (see
-    # `BenchmarkConfig._class_weights_in_space`): every trial records it among its parameters.
-    class_weights: ParamSpec = CategoricalParam(type="categorical", choices=("none",))
-
+class _CheckedParams(_Strict):
     @field_validator("*")
     @classmethod
     def _check_values(cls, spec, info: ValidationInfo):
         check_param(info.field_name, spec)
         return spec
+
+
+# One field per hyperparameter, in the order trials suggest them. One with a default, unset in
+# the file, is that value as a one-choice categorical, so every trial records it among its
+# parameters (class_weights: `training.class_weights`, see `BenchmarkConfig._class_weights_in_space`).
+SearchSpace = create_model(
+    "SearchSpace",
+    __doc__="The hyperparameters every trial samples, besides the encoder itself (config/hyperparameters.py).",
+    __base__=_CheckedParams,
+    __module__=__name__,
+    **{h.name: (ParamSpec, ... if h.default is None else CategoricalParam(type="categorical", choices=(h.default,)))
+       for h in HYPERPARAMETERS},
+)
 
 
 # --- encoders ----------------------------------------------------------------
@@ -337,7 +319,7 @@ class TrainingSpec(_Strict):
     eval_schedule: Literal["fixed", "geometric"] = "fixed"
     # torch.compile (inductor) each trial's model, batch widths padded to a multiple of 16.
     # Off by default: the first trial of each architecture in a process pays the compilation
-    # (minutes on a 2-core CPU), which later ones repay only in a long study (see README).
+    # (minutes on a 2-core CPU), which later ones repay only in a long study (see docs/performance.md).
     compile: StrictBool = False
     eval_batch_size: StrictInt = Field(default=64, gt=0)
     # Pruning checkpoints evaluate on this many validation examples (a fixed stratified
@@ -351,7 +333,7 @@ class TrainingSpec(_Strict):
     # NumPy and the samplers take 32-bit unsigned seeds.
     seed: StrictInt = Field(default=0, ge=0, le=2**32 - 1)
     # The loss's class weights (see CLASS_WEIGHTS); search_space.class_weights searches them instead.
-    class_weights: ClassWeights = "none"
+    class_weights: ClassWeights = HYPERPARAMETERS_BY_NAME["class_weights"].default
 
 
 class BenchmarkConfig(_Strict):

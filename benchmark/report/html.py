@@ -77,11 +77,11 @@ from benchmark.schema import (
     ENCODER_PARAM,
     PRECISION_ATTR,
     PRECISION_BY_ENCODER_ATTR,
+    REFERENCE_NAMES,
     SURPLUS_ATTR,
     TRIAL,
     VERSIONS_ATTR,
 )
-from benchmark.train.baselines import REFERENCE_NAMES
 
 REPORT_FILE = "report.html"
 EXPECTED_PERFORMANCE_PNG = "expected_performance.png"

@@ -10,8 +10,16 @@ import numpy as np
 import pandas as pd
 
 from benchmark.report import stats
-from benchmark.schema import TRIAL, timeout_stop_text
-from benchmark.train.baselines import BASELINE_NAMES, CHANCE, MAJORITY, RANDOM, REFERENCE_NAMES, TFIDF_LOGREG
+from benchmark.schema import (
+    BASELINE_NAMES,
+    CHANCE,
+    MAJORITY,
+    RANDOM,
+    REFERENCE_NAMES,
+    TFIDF_LOGREG,
+    TRIAL,
+    timeout_stop_text,
+)
 
 TRIALS_PREFIX = "trials: "
 FINISHED_STATES = ("COMPLETE", "PRUNED")

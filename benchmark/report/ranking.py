@@ -63,7 +63,7 @@ def _common_budget(complete: pd.DataFrame) -> tuple[list[str], pd.Series]:
     return list(counts.columns), counts.min(axis=1).astype(int)
 
 
-def dataset_metrics(trials: pd.DataFrame) -> dict[str, str]:
+def score_matrix_metrics(trials: pd.DataFrame) -> dict[str, str]:
     """Each dataset's metric, under the score matrix's dataset names."""
     if trials.empty:
         return {}

@@ -198,7 +198,7 @@ def build_tables(trials: pd.DataFrame, final_runs: pd.DataFrame, final_studies: 
         "costs": leaderboard.cost_table(trials) if not trials.empty else pd.DataFrame(),
         "expected_performance": curves,
         "ranking": ranking.mean_ranks(scores),
-        "ranking_tests": ranking.ranking_tests(scores, ranking.dataset_metrics(trials),
+        "ranking_tests": ranking.ranking_tests(scores, ranking.score_matrix_metrics(trials),
                                                ranking.compared_trials(trials) if not trials.empty else {}),
         "final": leaderboard.with_reference_test_scores(final, references, trials),
         "pairwise": pairwise,

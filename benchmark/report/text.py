@@ -17,8 +17,15 @@ import optuna
 import pandas as pd
 
 from benchmark.report.leaderboard import reference_flag_sentences
-from benchmark.schema import COMPARISON_ATTR, TRIAL
-from benchmark.train.baselines import BASELINE_NAMES, MAJORITY, RANDOM, REFERENCE_PREFIX, TFIDF_LOGREG
+from benchmark.schema import (
+    BASELINE_NAMES,
+    COMPARISON_ATTR,
+    MAJORITY,
+    RANDOM,
+    REFERENCE_PREFIX,
+    TFIDF_LOGREG,
+    TRIAL,
+)
 
 
 def format_number(value: float) -> str:

@@ -34,13 +34,15 @@ from benchmark.schema import (
     final_study_name,
     legacy_final_study_name,
 )
-from benchmark.search.trial import DatasetStudy, loop_settings
+from benchmark.search.dataset_study import DatasetStudy
+from benchmark.search.trial import loop_settings
 from benchmark.train.encoders import load_classifier, load_tokenizer
 from benchmark.train.estimate import duration_text
-from benchmark.train.loop import Evaluation, Hyperparameters, StepLog, fine_tune, predict
+from benchmark.train.loop import fine_tune, predict
 from benchmark.train.memory import release_memory
-from benchmark.train.precision import matmuls
 from benchmark.train.metrics import classification_metrics
+from benchmark.train.precision import matmuls
+from benchmark.train.records import Evaluation, Hyperparameters, StepLog
 
 # Far from the search's training seeds (the data seed plus the trial number).
 SEED_OFFSET = 1_000_000
@@ -59,7 +61,7 @@ def best_trial_per_encoder(study: optuna.Study) -> dict[str, FrozenTrial]:
 
 def evaluation_candidates(storage: optuna.storages.BaseStorage, dataset_study: DatasetStudy) -> dict[str, FrozenTrial]:
     """The trials to retrain (each encoder's best), after checking that the study exists
-    (`preflight.prepare` checked that it was searched on the data the config gives now, with
+    (`preflight.prepare_studies` checked that it was searched on the data the config gives now, with
     `lineage.FINAL_SETTINGS`). Cheap: run it for every dataset before training any."""
     name = dataset_study.data.name
     try:

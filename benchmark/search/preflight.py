@@ -29,9 +29,10 @@ from benchmark.schema import (
     study_name,
 )
 from benchmark.search import lineage
+from benchmark.search.dataset_study import DatasetStudy
 from benchmark.search.optuna_internals import OPTIMIZE_LOGGER
 from benchmark.search.storage import open_existing_storage, open_storage
-from benchmark.search.trial import INTERRUPTED_TRIAL_LOG, DatasetStudy
+from benchmark.search.trial import INTERRUPTED_TRIAL_LOG
 from benchmark.tracking import make_tracker
 from benchmark.tracking.base import Tracker
 from benchmark.train import encoders, precision
@@ -73,9 +74,11 @@ class Inputs:
     tokenizers: dict[str, Any]  # per encoder, as loaded for the vocabulary check
 
 
-def prepare(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path,
-            compared: tuple[str, ...] = lineage.SEARCH_SETTINGS) -> Prepared:
-    """`compared`: the training settings that must be those each existing study was created
+def prepare_studies(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path,
+                    compared: tuple[str, ...] = lineage.SEARCH_SETTINGS) -> Prepared:
+    """Check and load every input of a run, then open the storage and each dataset's study.
+
+    `compared`: the training settings that must be those each existing study was created
     with (the search's, or for the final evaluation those of its retraining)."""
     quiet_libraries()
     tracker = make_tracker(tracker_names, results_dir)

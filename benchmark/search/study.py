@@ -35,11 +35,12 @@ from benchmark.schema import (
     timeout_stop_text,
 )
 from benchmark.search import lineage
+from benchmark.search.dataset_study import DatasetStudy
 from benchmark.search.optuna_internals import fail_running_trial, fail_stale_trials, heartbeat_enabled, storage_of
 from benchmark.search.pruning import make_pruner
 from benchmark.search.sampling import PerEncoderSampler, balanced_round_order, make_sampler
 from benchmark.search.storage import refused_write
-from benchmark.search.trial import DatasetStudy, run_trial
+from benchmark.search.trial import run_trial
 from benchmark.search.warm_start import enqueue_warm_start
 from benchmark.tracking.base import StudyInfo
 from benchmark.tracking.dashboard import study_note_writer

@@ -13,9 +13,8 @@ from dataclasses import asdict, dataclass, field, replace
 import optuna
 import torch
 
-from benchmark.config.spec import BenchmarkConfig, CategoricalParam, EncoderSpec, FloatParam, SearchSpace
-from benchmark.data.dataset import TextClassificationData
-from benchmark.data.tokenization import TokenizationCache, TokenizedData
+from benchmark.config.spec import CategoricalParam, EncoderSpec, FloatParam, SearchSpace
+from benchmark.data.tokenization import TokenizedData
 from benchmark.schema import (
     DEVICE_ATTR,
     ENCODER_PARAM,
@@ -36,15 +35,13 @@ from benchmark.schema import (
     WALL_SECONDS_ATTR,
     WORKER_ATTR,
 )
-from benchmark.tracking.base import Tracker, TrialRun
+from benchmark.search.dataset_study import DatasetStudy
+from benchmark.tracking.base import TrialRun
 from benchmark.tracking.dashboard import with_trial_note
 from benchmark.train.encoders import Encoder, load_classifier, load_tokenizer
 from benchmark.train.loop import (
-    Evaluation,
-    Hyperparameters,
     LoopSettings,
     NonFiniteLoss,
-    StepLog,
     TrainingResult,
     available_device_memory,
     evaluation_batch_size,
@@ -53,7 +50,7 @@ from benchmark.train.loop import (
 )
 from benchmark.train.memory import is_out_of_memory, release_memory
 from benchmark.train import precision
-from benchmark.train.precision import EncoderPrecision
+from benchmark.train.records import Evaluation, Hyperparameters, StepLog
 
 INTERRUPTED_REASON = "interrupted by Ctrl-C/SIGTERM"
 
@@ -77,26 +74,6 @@ class InterruptedTrialLog(logging.Filter):
 
 # Installed on the logger of Optuna's optimize loop by `preflight.quiet_libraries`.
 INTERRUPTED_TRIAL_LOG = InterruptedTrialLog()
-
-
-@dataclass
-class DatasetStudy:
-    """Everything one dataset's study needs, checked before its first trial."""
-
-    study_name: str
-    config: BenchmarkConfig
-    data: TextClassificationData
-    metric: str
-    encoders: dict[str, Encoder]
-    tokenization: TokenizationCache
-    tracker: Tracker
-    device: torch.device
-    # Per encoder of this run, the precision its trials train in: the study's stored choice
-    # (see `preflight.record_precisions`).
-    precisions: dict[str, EncoderPrecision]
-    # The `encoder` parameter's choices in the study: all the encoders it may ever compare,
-    # fixed when it was created (see `preflight.encoder_choices`); `encoders` are this run's.
-    encoder_choices: tuple[str, ...]
 
 
 def loop_settings(study: DatasetStudy, encoder: str, seed: int, eval_every_examples: int | None = None

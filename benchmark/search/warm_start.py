@@ -17,8 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.config.spec import BenchmarkConfig, CategoricalParam, FloatParam
 from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, ENCODER_PARAM, WARM_START_ATTR
+from benchmark.search.dataset_study import DatasetStudy
 from benchmark.search.optuna_internals import storage_of, trials_of_every_study
-from benchmark.search.trial import DatasetStudy
 
 
 def in_space(config: BenchmarkConfig, encoder: str, params: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,6 +1,7 @@
 """Experiment trackers behind one interface (`base.Tracker`): the console, Neptune, MLflow,
 optuna-dashboard notes and a live display; `make_tracker` builds them by name. Imports
-train (the records of a step and an evaluation), config and the root modules.
+of train only `train.records` (a step's and an evaluation's records, no torch), and config
+and the root modules.
 
 Importing this package loads nothing else: the command line lists TRACKERS in its help
 before it knows the config is good, and a bad config answers before Optuna or torch load.

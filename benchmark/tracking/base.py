@@ -17,7 +17,7 @@ import optuna
 from optuna.trial import FrozenTrial
 
 from benchmark.redaction import mask_password
-from benchmark.train.loop import Evaluation, StepLog
+from benchmark.train.records import Evaluation, StepLog
 
 StudyCallback = Callable[[optuna.Study, FrozenTrial], None]
 
@@ -67,7 +67,10 @@ class Tracker(Protocol):
     def close(self) -> None: ...
 
 
-class _RunGroup:
+class RunGroup:
+    """One trial's records in several trackers (or beside them: the dashboard's trial note),
+    seen as one `TrialRun`: each call goes to every run in turn, and their links are merged."""
+
     def __init__(self, runs: list[TrialRun]) -> None:
         self._runs = runs
 
@@ -98,7 +101,7 @@ class TrackerGroup:
 
     def start_trial(self, study_name: str, trial_number: int, params: dict[str, object],
                     tags: dict[str, str]) -> TrialRun:
-        return _RunGroup([t.start_trial(study_name, trial_number, params, tags) for t in self._trackers])
+        return RunGroup([t.start_trial(study_name, trial_number, params, tags) for t in self._trackers])
 
     def end_study(self, study_name: str, attachments: list[Path]) -> None:
         for tracker in self._trackers:

@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from benchmark.tracking.base import StudyCallback, StudyInfo, TrialRun
-from benchmark.train.loop import Evaluation, StepLog
+from benchmark.train.records import Evaluation, StepLog
 
 
 class _ConsoleRun:

@@ -17,8 +17,8 @@ from optuna.trial import FrozenTrial, TrialState
 
 from benchmark.redaction import mask_password
 from benchmark.schema import ENCODER_PARAM
-from benchmark.tracking.base import TrialRun, _RunGroup
-from benchmark.train.loop import Evaluation, StepLog
+from benchmark.tracking.base import RunGroup, TrialRun
+from benchmark.train.records import Evaluation, StepLog
 
 
 def _number(value: float | None) -> str:
@@ -105,4 +105,4 @@ class _TrialNote:
 
 def with_trial_note(run: TrialRun, trial: optuna.Trial, encoder: str, metric: str) -> TrialRun:
     """`run`, plus a dashboard note written on the trial when it ends."""
-    return _RunGroup([run, _TrialNote(trial, encoder, metric)])
+    return RunGroup([run, _TrialNote(trial, encoder, metric)])

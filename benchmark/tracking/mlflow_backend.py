@@ -40,7 +40,7 @@ from optuna.trial import TrialState
 from benchmark.errors import BenchmarkError
 from benchmark.redaction import mask_password
 from benchmark.tracking.base import StudyCallback, StudyInfo, TrialRun
-from benchmark.train.loop import Evaluation, StepLog
+from benchmark.train.records import Evaluation, StepLog
 
 try:
     import fcntl

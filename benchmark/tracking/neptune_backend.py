@@ -57,7 +57,7 @@ from benchmark.errors import BenchmarkError
 from benchmark.redaction import mask_password
 from benchmark.schema import SURPLUS_ATTR
 from benchmark.tracking.base import StudyCallback, StudyInfo, TrialRun
-from benchmark.train.loop import Evaluation, StepLog
+from benchmark.train.records import Evaluation, StepLog
 
 MODES = ("async", "sync", "offline", "debug")
 ONLINE_MODES = ("async", "sync")
@@ -441,7 +441,8 @@ class NeptuneTracker:
         if self.mode == "offline":
             print(f"neptune: offline mode (NEPTUNE_API_TOKEN and NEPTUNE_PROJECT are not both set); "
                   f"runs are stored in {self.data_dir}\n"
-                  f"neptune: to upload them, with NEPTUNE_API_TOKEN set, run: {self.sync_command()}",
+                  f"neptune: to upload them to a self-hosted Neptune 2.x server (the hosted service closed in "
+                  f"March 2026), with its NEPTUNE_API_TOKEN set, run: {self.sync_command()}",
                   file=sys.stderr, flush=True)
         elif self.mode in ONLINE_MODES:
             print(f"neptune: {self.mode} mode, project {os.environ.get('NEPTUNE_PROJECT')}; "

@@ -20,13 +20,13 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn
 from rich.table import Column
 
+from benchmark.schema import FINISHED
 from benchmark.tracking.base import StudyCallback, StudyInfo, TrialRun
-from benchmark.train.loop import Evaluation, StepLog
-
-FINISHED_STATES = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+from benchmark.train.records import Evaluation, StepLog
 
 
-def duration_text(seconds: float) -> str:
+def compact_duration_text(seconds: float) -> str:
+    """`3m 20s`, `2h 05m`: the live display's short form (`estimate.duration_text` is the printed one)."""
     seconds = round(seconds)
     hours, rest = divmod(seconds, 3600)
     return f"{hours}h {rest // 60:02d}m" if hours else f"{rest // 60}m {rest % 60:02d}s"
@@ -122,7 +122,7 @@ class LiveProgress:
         return self.trial
 
     def _after_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        if trial.state in FINISHED_STATES and trial.duration is not None:
+        if trial.state in FINISHED and trial.duration is not None:
             self._finished += 1
             self._durations.append(trial.duration.total_seconds())
         self.progress.update(self.study_task, completed=self._finished, count=self._count())
@@ -149,8 +149,8 @@ class LiveProgress:
         else:
             parts = [f"this trial at {running.rate():.1f} examples/s"] if running else []
             if trials_after:
-                parts.append(f"{trials_after} x {duration_text(trial_s)} ({basis})")
-            text = f"ETA {duration_text(study_eta(left, trials_after, trial_s))}: {', then '.join(parts)}"
+                parts.append(f"{trials_after} x {compact_duration_text(trial_s)} ({basis})")
+            text = f"ETA {compact_duration_text(study_eta(left, trials_after, trial_s))}: {', then '.join(parts)}"
         self.progress.update(self.study_task, info=text)
 
     def end_study(self, study_name: str, attachments: list[Path]) -> None:

@@ -1,2 +1,3 @@
-"""One model, trained and scored: encoders and their tokenizers, the training loop, metrics,
-mixed precision, and the non-neural reference baselines. Imports data, config and the root modules."""
+"""One model, trained and scored: encoders and their tokenizers, the training loop and the
+torch-free records it hands out, metrics, mixed precision, and the non-neural reference
+baselines. Imports data, config and the root modules."""

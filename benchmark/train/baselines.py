@@ -18,17 +18,9 @@ import numpy as np
 
 from benchmark.data.dataset import Split, TextClassificationData
 from benchmark.errors import BenchmarkError
+from benchmark.schema import MAJORITY, RANDOM, REFERENCE_NAMES, TFIDF_LOGREG
 from benchmark.train.metrics import METRIC_NAMES, classification_metrics
 
-MAJORITY = "majority"
-RANDOM = "random"
-TFIDF_LOGREG = "tfidf_logreg"
-# How the leaderboards name the rows; the prefix keeps them apart from any encoder name.
-REFERENCE_PREFIX = "(reference) "
-BASELINE_NAMES = {MAJORITY: "majority class", RANDOM: "random guessing", TFIDF_LOGREG: "tf-idf + logreg"}
-# The baselines whose scores need no learning: the better of them is chance.
-CHANCE = (MAJORITY, RANDOM)
-REFERENCE_NAMES = {key: f"{REFERENCE_PREFIX}{name}" for key, name in BASELINE_NAMES.items()}
 SCORED_SPLITS = ("validation", "test")
 
 # lbfgs is deterministic, so the rows need no seed: the same data gives the same numbers.

@@ -83,7 +83,8 @@ class LocalEncoder:
         return str(self.path)
 
 
-def source_for(name: str, spec: EncoderSpec) -> EncoderSource:
+def encoder_source(name: str, spec: EncoderSpec) -> EncoderSource:
+    """Where the config's encoder `name` comes from, by its `source`."""
     if spec.source == "hub":
         return HubEncoder(spec.id)
     if spec.source == "local":
@@ -112,7 +113,7 @@ def resolve(name: str, spec: EncoderSpec) -> Encoder:
     """Find the encoder and read its config: cheap, and done before any training."""
     from transformers import AutoConfig
 
-    location = source_for(name, spec).locate()
+    location = encoder_source(name, spec).locate()
     unreachable = hub_unreachable() if spec.source == "hub" else None
     try:
         # Where the hub is unreachable only the cache is read: the hub would be retried for

@@ -21,23 +21,12 @@ import torch.nn.functional as F
 from benchmark.data.dataset import stratified_split
 from benchmark.data.tokenization import TokenizedSplit, batches, length_grouped
 from benchmark.train.metrics import classification_metrics
+from benchmark.train.records import Evaluation, Hyperparameters, StepLog
 
 # Devices with a fused AdamW kernel in PyTorch; elsewhere the multi-tensor (foreach) one.
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")
 # Every trial of a study evaluates its checkpoints on the same validation subset.
 EVAL_SUBSET_SEED = 0
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    learning_rate: float
-    warmup_ratio: float
-    dropout: float
-    max_grad_norm: float
-    weight_decay: float
-    batch_size: int
-    num_epochs: int
-    class_weights: str = "none"  # see config.spec.CLASS_WEIGHTS
 
 
 def balanced_class_weights(labels: np.ndarray, num_labels: int) -> np.ndarray:
@@ -76,26 +65,6 @@ class LoopSettings:
     # Steps whose losses and gradient norms are read on the host together; None: the device's
     # default (see host_sync_every).
     sync_every: int | None = None
-
-
-@dataclass(frozen=True)
-class StepLog:
-    step: int
-    loss: float
-    learning_rate: float
-    grad_norm: float
-    tokens_per_second: float
-    tokens: int = 0  # real (non-padding) tokens in the step's batch
-
-
-@dataclass(frozen=True)
-class Evaluation:
-    step: int
-    examples: int  # training examples seen: the resource the pruner compares trials at
-    epoch: float
-    loss: float
-    metrics: dict[str, float]
-    last: bool = False  # the end of training: nothing is left to save by stopping
 
 
 @dataclass

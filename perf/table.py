@@ -1,4 +1,4 @@
-"""Pure functions from the measurements of `benchmarks.perf` to ratios, verdicts and the table."""
+"""Pure functions from the measurements of `perf.perf` to ratios, verdicts and the table."""
 
 from __future__ import annotations
 
@@ -256,7 +256,7 @@ def render_markdown(report: dict, summary: dict) -> str:
         + ", ".join(f"{flops / 1e9:.1f} GFLOP/s {name}" for name, flops in report["matmul_peak_flops"].items())
         + f". {report['precision']['described']}"
         f"{'' if in_use == 'bf16' else ' (so bf16 rows are not trained)'}. All rows from one run of "
-        "`python -m benchmarks.perf`; ratios compare measurements taken side by side.",
+        "`python -m perf.perf`; ratios compare measurements taken side by side.",
         "",
         "| row | this harness | peer | ratio | target | verdict |",
         "|:----|:-------------|:-----|------:|:-------|:--------|",

@@ -1,6 +1,6 @@
 """This harness against Hugging Face `Trainer` and `Trainer.hyperparameter_search`, side by side.
 
-    python -m benchmarks.perf [--quick] [--config search_spaces/default.yaml] [--out results/perf]
+    python -m perf.perf [--quick] [--config search_spaces/default.yaml] [--out runs/perf]
 
 Every row is measured in this one run, on this machine, with the same model, data and
 hyperparameters on both sides; the table reports ratios, because absolute times on a
@@ -29,8 +29,10 @@ import numpy as np
 import torch
 
 from benchmark.train.precision import CANDIDATES, TF32_CAPABILITY, matmuls
-from benchmarks.table import Measurement, render_markdown, summarize
+from perf import RUNS
+from perf.table import Measurement, render_markdown, summarize
 
+DEFAULT_OUT = RUNS / "perf"
 # Batch orders on both sides: shuffled, and shuffled in groups of similar length.
 SAMPLINGS = ("random", "group_by_length")
 # The hyperparameters of the throughput rows: one epoch, mid-range values of the default space.
@@ -333,12 +335,12 @@ def _search_config(config, plan: Plan):
 
 def search_ours(config, plan: Plan, workdir: str, seed: int) -> dict:
     """This harness's search, its sampler and training seeded by `seed` (the data split keeps the config's)."""
-    from benchmark.search.preflight import prepare
+    from benchmark.search.preflight import prepare_studies
     from benchmark.search.study import run_study
 
     config = _search_config(config, plan)
     url = f"sqlite:///{workdir}/ours.db"
-    prepared = prepare(config, url, ["none"], Path(workdir))
+    prepared = prepare_studies(config, url, ["none"], Path(workdir))
     study_spec = prepared.studies[0]
     with rss_sampler() as memory, _or_none(utilization_sampler(study_spec.device)) as utilization:
         started = time.time()
@@ -355,14 +357,14 @@ def search_trainer(config, plan: Plan, workdir: str, seed: int) -> dict:
 
     from benchmark.config.spec import CategoricalParam, FloatParam
     from benchmark.data.tokenization import tokenize_split
-    from benchmark.search.preflight import prepare
+    from benchmark.search.preflight import prepare_studies
     from benchmark.search.trial import sample_hyperparameters
     from benchmark.train.encoders import load_classifier, load_tokenizer
     from benchmark.train.loop import balanced_class_weights
     from benchmark.train.metrics import classification_metrics
 
     config = _search_config(config, plan)
-    prepared = prepare(config, f"sqlite:///{workdir}/unused.db", ["none"], Path(workdir))
+    prepared = prepare_studies(config, f"sqlite:///{workdir}/unused.db", ["none"], Path(workdir))
     study_spec = prepared.studies[0]
     encoder_name = next(iter(config.encoders))
     encoder = study_spec.encoders[encoder_name]
@@ -467,18 +469,18 @@ def in_fresh_process(function, *args):
 def run(config, plan: Plan, out: Path) -> dict:
     """Measure every row for `config`'s encoders on its first dataset; write PERF.json/.md."""
     from benchmark.files import write_atomic
-    from benchmark.search.preflight import prepare
-    from benchmark.train.loop import Hyperparameters
+    from benchmark.search.preflight import prepare_studies
+    from benchmark.train.records import Hyperparameters
 
     out.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="perf-"))
     dataset_name = next(iter(config.datasets))
-    prepared = prepare(config.model_copy(update={"datasets": {dataset_name: config.datasets[dataset_name]}}),
+    prepared = prepare_studies(config.model_copy(update={"datasets": {dataset_name: config.datasets[dataset_name]}}),
                        f"sqlite:///{workdir}/throughput.db", ["none"], workdir)
     study = prepared.studies[0]
     device = study.device
     hp = Hyperparameters(**THROUGHPUT_HP, batch_size=plan.batch_size, num_epochs=1)
-    # bf16 is trained only where `precision: auto` measured it faster than fp32 (prepare did,
+    # bf16 is trained only where `precision: auto` measured it faster than fp32 (prepare_studies did,
     # unless the config forces a precision): elsewhere it is slower, or even a fallback kernel
     # far slower than fp32 (a CPU without AVX-512 BF16 or AMX).
     # `precision: auto` chooses per encoder; these tables know one configured precision: the
@@ -579,7 +581,7 @@ def _throughput_split(study, encoder, max_length: int, plan: Plan):
 
 
 def report_stem(device: torch.device) -> str:
-    """PERF on a CPU, PERF-cuda on a GPU: the two tables live side by side in results/perf."""
+    """PERF on a CPU, PERF-cuda on a GPU: the two tables live side by side in one folder."""
     return "PERF-cuda" if device.type == "cuda" else "PERF"
 
 
@@ -597,7 +599,8 @@ def _eval_schedule_lever(study, config, plan: Plan) -> dict:
     from benchmark.data.tokenization import tokenize_split
     from benchmark.search.trial import loop_settings
     from benchmark.train.encoders import load_classifier, load_tokenizer
-    from benchmark.train.loop import Hyperparameters, fine_tune
+    from benchmark.train.loop import fine_tune
+    from benchmark.train.records import Hyperparameters
 
     encoder_name, encoder = next(iter(study.encoders.items()))
     epochs_spec = config.search_space.num_epochs
@@ -652,13 +655,17 @@ def describe_device(device: torch.device) -> str:
     return f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.perf", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m perf.perf", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="search_spaces/default.yaml",
                         help="encoders, first dataset and search space to measure (default: %(default)s)")
     parser.add_argument("--quick", action="store_true", help="a tiny run that only proves the script works")
-    parser.add_argument("--out", default="results/perf", help="where PERF.json and PERF.md go (default: %(default)s)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where PERF.json and PERF.md go (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from benchmark.config.spec import load_config
     from benchmark.errors import BenchmarkError
     from benchmark.train.loop import pick_device

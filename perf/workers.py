@@ -1,7 +1,7 @@
 """Trials per hour with K local workers (`--workers K`) on this machine, side by side.
 
-    python -m benchmarks.workers [--config search_spaces/quick.yaml] [--workers 1,2,4] [--trials 8]
-                                 [--rounds 2] [--out results/workers]
+    python -m perf.workers [--config search_spaces/quick.yaml] [--workers 1,2,4] [--trials 8]
+                                 [--rounds 2] [--out runs/workers]
 
 Every run does the same work: the config's first encoder on its first dataset, every trial
 the same size (one batch size, one epoch count: the largest the space allows) and none
@@ -24,7 +24,10 @@ from pathlib import Path
 
 import yaml
 
+from perf import RUNS
+
 ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = RUNS / "workers"
 
 
 def fixed_work_config(config, trials: int) -> dict:
@@ -87,7 +90,7 @@ def render_markdown(report: dict) -> str:
     header = (f"{report['machine']}; load average before the runs {report['load_before']}, after "
               f"{report['load_after']}. Config `{report['config']}` narrowed to equal, unpruned trials "
               f"({report['trials']} per run); {report['rounds']} round(s), the worker counts' order "
-              "alternating. All rows from one run of `python -m benchmarks.workers`.")
+              "alternating. All rows from one run of `python -m perf.workers`.")
     columns = ("| workers | runs | trials/hour (study span), each run | median | x one worker | "
                "trials/hour with start-up, median |")
     lines = ["# Trials per hour with K local workers", "", header, "", columns, "|---:|---:|:---|---:|---:|---:|"]
@@ -110,14 +113,18 @@ def summarize(runs: list[dict]) -> list[dict]:
             for k in counts]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.workers", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m perf.workers", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="search_spaces/quick.yaml", help="(default: %(default)s)")
     parser.add_argument("--workers", default="1,2", help="worker counts, comma-separated (default: %(default)s)")
     parser.add_argument("--trials", type=int, default=8, help="finished trials per run (default: %(default)s)")
     parser.add_argument("--rounds", type=int, default=2, help="runs per worker count (default: %(default)s)")
-    parser.add_argument("--out", default="results/workers", help="where WORKERS.json/.md go (default: %(default)s)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", default=str(DEFAULT_OUT), help="where WORKERS.json/.md go (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from benchmark.config.spec import load_config
     from benchmark.errors import BenchmarkError
     from benchmark.files import write_atomic

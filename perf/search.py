@@ -1,6 +1,6 @@
 """The search benchmark: each search method, repeated, against `Trainer.hyperparameter_search`.
 
-    python -m benchmarks.search [--quick] [--repeats R] [--budget-s S] [--methods a,b] [--out results/perf]
+    python -m perf.search [--quick] [--repeats R] [--budget-s S] [--methods a,b] [--out runs/search]
 
 Every method searches the same space (the config's), for one encoder on one dataset, with
 the same training examples and wall-clock budget; each of its R runs has its own seed (run
@@ -40,9 +40,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmark.train.loop import pick_device
-from benchmarks.perf import FULL, describe_device, in_fresh_process, search_ours, search_trainer
-from benchmarks.table import best_so_far, time_to_reach
+from perf import RUNS
+from perf.perf import FULL, describe_device, in_fresh_process, search_ours, search_trainer
+from perf.table import best_so_far, time_to_reach
 
+DEFAULT_OUT = RUNS / "search"
 HOUR_S = 3600.0
 # Seconds of a run outside its budget on a 2-core CPU: process start, imports, data and model
 # before its clock starts, and the last trial, started in time, running past it.
@@ -376,15 +378,15 @@ def write_outputs(report: dict, out: Path) -> dict:
 
 def measured_precision(config, workdir: str) -> str:
     """What `precision: auto` chooses for `config`'s one encoder on this machine."""
-    from benchmark.search.preflight import prepare
+    from benchmark.search.preflight import prepare_studies
 
-    prepared = prepare(config, f"sqlite:///{workdir}/precision.db", ["none"], Path(workdir))
+    prepared = prepare_studies(config, f"sqlite:///{workdir}/precision.db", ["none"], Path(workdir))
     (chosen,) = prepared.studies[0].precisions.values()
     return chosen.choice
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.search", description=__doc__.splitlines()[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m perf.search", description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="search_spaces/default.yaml",
                         help="space, first encoder and datasets to search (default: %(default)s)")
     parser.add_argument("--dataset", default="twitter_sentiment",
@@ -397,10 +399,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget-s", type=float, help="seconds per run (default: about an hour in all)")
     parser.add_argument("--methods", help=f"comma-separated, of {','.join(METHODS)} (default: all)")
     parser.add_argument("--train-examples", type=int, default=240, help="(default: %(default)s)")
-    parser.add_argument("--out", help="where the outputs go (default: results/perf; --quick: a new temporary "
-                                      "folder, never the checked-in results)")
+    parser.add_argument("--out", help=f"where the outputs go (default: {DEFAULT_OUT}; --quick: a new temporary "
+                                      "folder, so a quick run never replaces a full one's outputs)")
     parser.add_argument("--render", type=Path, metavar="SEARCH.json",
                         help="run nothing: write SEARCH.md and search_anytime.png again beside this SEARCH.json")
+    return parser
+
+
+def output_dir(out: str | None, quick: bool) -> Path:
+    """--out if given; else a fresh temporary folder for --quick, DEFAULT_OUT for a full run."""
+    if out:
+        return Path(out)
+    return Path(tempfile.mkdtemp(prefix="search-quick-")) if quick else DEFAULT_OUT
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.render is not None:
         try:
@@ -438,7 +452,7 @@ def main(argv: list[str] | None = None) -> int:
         if plan.budget_s <= 0:
             raise BenchmarkError(f"{len(methods)} methods x {repeats} runs do not fit an hour; "
                                  "give --budget-s or fewer --methods/--repeats")
-        out = Path(args.out or (tempfile.mkdtemp(prefix="search-quick-") if args.quick else "results/perf"))
+        out = output_dir(args.out, args.quick)
         run(config, plan, methods, out, args.dataset)
     except BenchmarkError as error:
         print(f"error: {error}", file=sys.stderr)

@@ -1,7 +1,7 @@
-"""The README's screenshots of the three places users look: report.html, optuna-dashboard
+"""The docs' screenshots of the three places users look: report.html, optuna-dashboard
 and the MLflow UI, taken with headless Chromium after a real run.
 
-    python -m benchmarks.screenshots --results-dir results --mlflow-store sqlite:///mlflow.db
+    python -m perf.screenshots --results-dir results --mlflow-store sqlite:///mlflow.db [--out runs/screenshots]
 
 The dashboard and the MLflow UI are started here on free local ports over the run's own
 storage and tracking store, and stopped afterwards; nothing is written but the PNGs.
@@ -20,6 +20,10 @@ import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from perf import RUNS
+
+DEFAULT_OUT = RUNS / "screenshots"
 
 # Long enough for each single-page app to fetch its data and draw its plots.
 _RENDER_BUDGET_MS = 15_000
@@ -64,14 +68,18 @@ def screenshot(url: str, out: Path, width: int = 1600, height: int = 1000) -> No
     print(f"wrote {out}", file=sys.stderr)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m perf.screenshots", description=__doc__.split("\n\n")[0])
     parser.add_argument("--results-dir", type=Path, default=Path("results"))
     parser.add_argument("--storage", help="Optuna storage URL (default: sqlite:///RESULTS_DIR/optuna.db)")
     parser.add_argument("--study-id", type=int, default=1, help="the dashboard's study to show")
     parser.add_argument("--mlflow-store", help="MLflow backend store URI of the run (omit to skip MLflow)")
-    parser.add_argument("--out", type=Path, default=Path("results/readme"))
-    args = parser.parse_args(argv)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where the PNGs go (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
 
