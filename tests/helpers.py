@@ -6,6 +6,7 @@ test module (tests/test_layout.py checks it).
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
@@ -78,7 +79,8 @@ def search_space(**ranges: dict) -> dict:
     """SEARCH_SPACE with some keys' ranges replaced, in its order (which decides the draws)."""
     unknown = set(ranges) - set(SEARCH_SPACE)
     assert not unknown, f"not in SEARCH_SPACE: {unknown}"
-    return {**SEARCH_SPACE, **ranges}
+    # A deep copy: callers change ranges in place (write_config's `search_space__dropout__low`).
+    return copy.deepcopy({**SEARCH_SPACE, **ranges})
 
 
 def write_config(tmp_path: Path, tiny_encoders: dict[str, Path], encoders=("bert", "roberta"),
