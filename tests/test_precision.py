@@ -314,3 +314,26 @@ def test_a_stored_choice_this_device_cannot_compute_in_is_measured_again_and_the
     assert study.precisions["bert"].choice == "bf16" and study.precisions["bert"].decided == precision.MEASURED
     stored = optuna.load_study(study_name="tiny-topics", storage=url).user_attrs["precision_by_encoder"]
     assert stored["bert"]["choice"] == "tf32", "the GPU's choice stays for the GPU"
+
+
+@pytest.mark.parametrize(("slow_from", "factor"), [(6, 1.0), (3, 4.0)])
+def test_a_load_that_arrives_mid_measurement_reaches_every_candidate_alike(slow_from, factor):
+    """bf16 is twice as fast, but from the `slow_from`-th batch step on another process makes
+    every step four times slower: mid-rounds, or just after fp32's calibration step. Timed one
+    candidate after the other (fp32's steps, then bf16's), bf16's steps all fell in the slow
+    part and fp32 won. In rounds, with the fastest step counting and fp32's calibration step
+    not (it came before the rounds), both candidates are compared under the same load."""
+    batch_steps = 0
+
+    def timer(name: str, batch: int, tokens: int) -> float:
+        nonlocal batch_steps
+        if batch == 1:
+            return {"fp32": 0.02, "bf16": 0.01}[name]
+        batch_steps += 1
+        seconds = {"fp32": 0.4, "bf16": 0.2}[name] * batch / 32
+        return seconds * (4.0 if batch_steps >= slow_from else 1.0)
+
+    measured = measure(["fp32", "bf16"], timer, 32, 64, BUDGET_S)
+    assert measured.shape == (32, 64)
+    assert measured.choice == "bf16"
+    assert measured.seconds_per_step == {"fp32": pytest.approx(0.4 * factor), "bf16": pytest.approx(0.2 * factor)}

@@ -19,7 +19,10 @@ the tests replay other devices' timings):
    fits, while fp32's two steps would take over half of it). Scaled from that real step by
    the probes' ratios (a GPU's one-example probe is bound by launches, so the probes
    overestimate a batch there), the largest batch that fits is timed: an untimed warm-up
-   step and up to TIMED_STEPS timed steps per candidate, the median counting;
+   step and up to TIMED_STEPS timed steps per candidate, in rounds of one step each, the
+   fastest counting (another process only ever slows a step, and in rounds a load that
+   comes or goes reaches every candidate; the reference's calibration step, taken before
+   the rounds, counts only where they gave it no step);
 3. the fastest at that batch wins, where anything but fp32 must be MIN_SPEEDUP faster.
 Every step, warm-ups included, counts toward BUDGET_S, and no step starts that its estimate
 says would overrun it; where not even fp32 fits at a batch of two, the probes decide. A step
@@ -29,7 +32,6 @@ far slower than its estimate (a machine whose load changes) can still overrun it
 from __future__ import annotations
 
 import math
-import statistics
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -71,8 +73,8 @@ PROBE_TOKENS = 16
 # at 128x128 alike, a floor that a one-example probe can put at several times fp32's, while
 # bf16 was the fastest at 128x128.
 GIVE_UP_RATIO = 10.0
-# Timed steps per candidate at the batch, after its warm-up; their median is kept, which a
-# single step slowed by another process does not move.
+# Timed steps per candidate at the batch, after its warm-up; the fastest is kept, which
+# steps slowed by another process do not move.
 TIMED_STEPS = 3
 MEASURED = "measured"
 FORCED = "forced by training.precision"
@@ -89,7 +91,7 @@ class EncoderPrecision:
     choice: str  # a key of CANDIDATES
     decided: str = FORCED  # MEASURED, FORCED, or why nothing was measured
     shape: tuple[int, int] | None = None  # batch x tokens that `seconds_per_step` was timed at
-    seconds_per_step: dict[str, float] | None = None  # per candidate timed at `shape` (median)
+    seconds_per_step: dict[str, float] | None = None  # per candidate timed at `shape` (its fastest step)
     probe_seconds: dict[str, float] | None = None  # per candidate probed: its warm step of the probe
     stopped: tuple[str, ...] = ()  # stopped after the probe: GIVE_UP_RATIO x fp32's or slower
     unmeasured: tuple[str, ...] = ()  # not timed at `shape`: the budget did not allow it
@@ -199,6 +201,7 @@ def measure(names: list[str], timer: Timer, batch_size: int, max_length: int, bu
 
     steps: dict[str, list[float]] = {}
     batch = PROBE_EXAMPLES
+    calibration_batch = None  # where the reference took its calibration step
 
     def fits(b: int) -> bool:
         """Whether every candidate's warm-up and timed steps at batch b, less those taken, fit."""
@@ -224,24 +227,32 @@ def measure(names: list[str], timer: Timer, batch_size: int, max_length: int, bu
     if batch > PROBE_EXAMPLES:
         step(reference, batch)
         steps[reference] = [step(reference, batch)]
+        calibration_batch = batch
         per_token = {name: steps[reference][0] * probe[name] / probe[reference] / (batch * max_length)
                      for name in timing}
         # Where the probes overestimated, the search's own batch may fit after all.
         if largest(fits) != batch:
             batch, steps = largest(fits), {}
     if batch > PROBE_EXAMPLES:
-        for name in timing:
-            estimate = per_token[name] * batch * max_length
-            if name not in steps:
-                if spent + 2 * estimate > budget_s:  # not even a warm-up and one timed step
-                    continue
-                step(name, batch)
-                steps[name] = []
-            while (len(steps[name]) < TIMED_STEPS and spent + max(steps[name], default=estimate) <= budget_s
-                   and not (steps[name] and name != reference and reference in steps
-                            and steps[name][-1] > GIVE_UP_RATIO * statistics.median(steps[reference]))):
-                steps[name].append(step(name, batch))
-    timed = {name: statistics.median(seconds) for name, seconds in steps.items() if seconds}
+        # Round-robin, one timed step per candidate a round, so that a change in the machine's
+        # load falls on every candidate alike instead of on whichever was timed last.
+        for _ in range(TIMED_STEPS):
+            for name in timing:
+                estimate = per_token[name] * batch * max_length
+                if name not in steps:
+                    if spent + 2 * estimate > budget_s:  # not even a warm-up and one timed step
+                        continue
+                    step(name, batch)
+                    steps[name] = []
+                if (len(steps[name]) < TIMED_STEPS and spent + max(steps[name], default=estimate) <= budget_s
+                        and not (steps[name] and name != reference and reference in steps
+                                 and steps[name][-1] > GIVE_UP_RATIO * min(steps[reference]))):
+                    steps[name].append(step(name, batch))
+    # The reference's calibration step came before the rounds, and before a load that the
+    # others' steps met: where the rounds gave it a step of its own, that one counts.
+    calibrated = reference in steps and batch == calibration_batch
+    timed = {name: min(seconds[1:] if name == reference and calibrated and len(seconds) > 1 else seconds)
+             for name, seconds in steps.items() if seconds}
     shape = (batch, max_length)
     if reference not in timed:  # the reference did not fit at a batch: the probes decide
         shape, timed = (PROBE_EXAMPLES, probe_tokens), {name: probe[name] for name in timing}
