@@ -128,7 +128,7 @@ def test_duration_text():
 
 def test_check_shows_each_encoders_precision_and_times_it_once(tmp_path, tiny_encoders, monkeypatch, capsys):
     per_token = {("fp32", "bert"): 1e-3, ("bf16", "bert"): 4e-4, ("fp32", "roberta"): 1e-3, ("bf16", "roberta"): 3e-3}
-    monkeypatch.setattr(precision, "_timed_step", lambda model, inputs, labels, device, name:
+    monkeypatch.setattr(precision, "_timed_step", lambda model, inputs, labels, device, name, left_s:
                         per_token[name, model.config.model_type] * inputs["input_ids"].numel())
     measured, real = [], precision.measure_encoder
     monkeypatch.setattr(precision, "measure_encoder",

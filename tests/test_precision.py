@@ -40,11 +40,14 @@ class FakeDevice:
         self.warm, self.cold = warm, cold
         self.calls: list[tuple[str, int, int]] = []
 
-    def __call__(self, name: str, batch: int, tokens: int) -> float:
+    def __call__(self, name: str, batch: int, tokens: int, left_s: float) -> float:
         first = (name, batch, tokens) not in self.calls
         self.calls.append((name, batch, tokens))
         seconds = self.warm(name, batch * tokens)
-        return seconds * self.cold(name, batch, tokens, not self.calls[:-1]) if first else seconds
+        seconds = seconds * self.cold(name, batch, tokens, not self.calls[:-1]) if first else seconds
+        if seconds > left_s:  # stopped there, as a real step is between its layers
+            raise precision.OutOfBudget(max(left_s, 0.0))
+        return seconds
 
 
 def linear(points: dict[str, tuple[float, float]], at: tuple[int, int]):
@@ -138,6 +141,36 @@ def test_a_fast_bf16_cpu_picks_bf16_and_a_lone_fp32_survivor_is_not_timed_furthe
     assert all(batch == 1 for _, batch, _ in stopped.calls)
 
 
+# Measured on this project's AMD EPYC with its ISA capped at AVX2 (ONEDNN_MAX_CPU_ISA=AVX2,
+# ATEN_CPU_CAPABILITY=avx2), MiniLM-L6: ms per step at the probe (1x16) and at 32x64. bf16's
+# probe took 3.8x fp32's, its batch step 18x: the probe understated it.
+AVX2_CAPPED_MINILM = {"fp32": (39.4, 824.3), "bf16": (148.3, 15010.0)}
+
+
+@pytest.mark.parametrize("bf16_at_batch_ms", [15010.0, 40000.0])
+def test_a_candidate_far_slower_than_its_probe_said_cannot_overrun_the_budget(bf16_at_batch_ms):
+    """With 15 s bf16 steps the old measurement took a warm-up and a timed step, 34 s in all;
+    with 40 s ones its warm-up alone overran. Now the warm-up's own time estimates the next
+    step, and a step that would overrun is stopped at the budget."""
+    points = {**AVX2_CAPPED_MINILM, "bf16": (AVX2_CAPPED_MINILM["bf16"][0], bf16_at_batch_ms)}
+    measured = measure(["fp32", "bf16"], FakeDevice(linear(points, (16, 32 * 64))), 32, 64, BUDGET_S)
+    assert measured.spent <= BUDGET_S
+    assert measured.choice == "fp32" and measured.shape == (32, 64) and measured.unmeasured == ("bf16",)
+    assert measured.seconds_per_step == {"fp32": pytest.approx(0.8243)}
+
+
+def test_a_real_step_that_would_overrun_stops_before_its_first_layer_and_leaves_no_hook(tiny):
+    model = precision.load_classifier(tiny[0], ("a", "b", "c"), dropout=0.1).train()
+    inputs = {"input_ids": torch.ones(2, 8, dtype=torch.long), "attention_mask": torch.ones(2, 8, dtype=torch.long)}
+    labels = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(precision.OutOfBudget) as stopped:
+        precision._timed_step(model, inputs, labels, CPU, "fp32", left_s=0.0)
+    assert 0 <= stopped.value.seconds < 1
+    assert all(param.grad is None for param in model.parameters()), "no backward pass ran"
+    assert not any(module._forward_pre_hooks for module in model.modules())
+    assert precision._timed_step(model, inputs, labels, CPU, "fp32") > 0  # no limit: a whole step
+
+
 @pytest.mark.parametrize("budget", [5.0, 0.0])
 def test_the_budget_holds_however_slow_the_device(budget):
     # 100 s per 32x64 step in fp32: even one batch step would overrun the budget.
@@ -210,7 +243,7 @@ def test_a_real_measurement_times_both_candidates_and_says_what_it_cost(tiny):
 def fake_steps(monkeypatch):
     """Replaces the timed step by seconds per (precision, encoder model type), linear in tokens."""
     def install(per_token: dict[tuple[str, str], float]) -> None:
-        def fake(model, inputs, labels, device, name):
+        def fake(model, inputs, labels, device, name, left_s):
             return per_token[name, model.config.model_type] * inputs["input_ids"].numel()
 
         monkeypatch.setattr(precision, "_timed_step", fake)
@@ -325,7 +358,7 @@ def test_a_load_that_arrives_mid_measurement_reaches_every_candidate_alike(slow_
     not (it came before the rounds), both candidates are compared under the same load."""
     batch_steps = 0
 
-    def timer(name: str, batch: int, tokens: int) -> float:
+    def timer(name: str, batch: int, tokens: int, left_s: float) -> float:
         nonlocal batch_steps
         if batch == 1:
             return {"fp32": 0.02, "bf16": 0.01}[name]

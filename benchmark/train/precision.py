@@ -26,7 +26,13 @@ the tests replay other devices' timings):
 3. the fastest at that batch wins, where anything but fp32 must be MIN_SPEEDUP faster.
 Every step, warm-ups included, counts toward BUDGET_S, and no step starts that its estimate
 says would overrun it; where not even fp32 fits at a batch of two, the probes decide. A step
-far slower than its estimate (a machine whose load changes) can still overrun it.
+is estimated from the candidate's own warm-up at that shape once it has one, and before that
+from the probes, which can be far off: on this project's EPYC with its ISA capped at AVX2
+(oneDNN and ATen, as on an AVX2-only CPU), MiniLM-L6's bf16 probe took under 10x fp32's, but
+its step at 32x64 18x, and the measurement ran to 34 s. So a step that would still overrun is
+stopped (`OutOfBudget`): between the encoder's layers once the budget is spent, and before
+its backward pass where the forward says that the backward (about twice the forward) would
+not fit. The measurement ends there with what it has timed.
 """
 
 from __future__ import annotations
@@ -79,8 +85,17 @@ TIMED_STEPS = 3
 MEASURED = "measured"
 FORCED = "forced by training.precision"
 
-# (candidate, batch size, tokens) -> seconds of one forward and backward step of that shape.
-Timer = Callable[[str, int, int], float]
+# (candidate, batch size, tokens, seconds left) -> seconds of one forward and backward step of
+# that shape; raises OutOfBudget where the step would take longer than the seconds left.
+Timer = Callable[[str, int, int, float], float]
+
+
+class OutOfBudget(Exception):
+    """A step stopped because it would have overrun the budget, after `seconds` of it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"stopped after {seconds:.2f} s: the budget ran out")
+        self.seconds = seconds
 
 
 @dataclass(frozen=True)
@@ -178,76 +193,91 @@ def measure(names: list[str], timer: Timer, batch_size: int, max_length: int, bu
     """Time `names` (fp32 first, where it is one) with `timer` as the module docstring says;
     pure but for the timer."""
     spent = 0.0
-
-    def step(name: str, batch: int, tokens: int = max_length) -> float:
-        nonlocal spent
-        seconds = timer(name, batch, tokens)
-        spent += seconds
-        return seconds
-
     probe_tokens = min(PROBE_TOKENS, max_length)
     probe: dict[str, float] = {}
-    for name in names:
-        if probe and spent >= budget_s:  # the first is always probed: a decision needs it
-            break
-        step(name, PROBE_EXAMPLES, probe_tokens)  # first-use costs: kernel selection, caches, lazy init
-        probe[name] = step(name, PROBE_EXAMPLES, probe_tokens)
-    stopped = tuple(name for name in probe if name != "fp32" and probe[name] > GIVE_UP_RATIO * probe.get("fp32", math.inf))
-    timing = [name for name in probe if name not in stopped]
-    reference = timing[0]
-    # Seconds per token, first from the probes: about right on a CPU, far too high where a small
-    # step is launch-bound (a GPU); then from the reference's own step at a batch.
-    per_token = {name: probe[name] / (PROBE_EXAMPLES * probe_tokens) for name in timing}
-
-    steps: dict[str, list[float]] = {}
+    steps: dict[str, list[float]] = {}  # per candidate, its timed steps at `batch`
+    warm_ups: dict[str, float] = {}  # per candidate, its warm-up step at `batch`
     batch = PROBE_EXAMPLES
     calibration_batch = None  # where the reference took its calibration step
 
-    def fits(b: int) -> bool:
-        """Whether every candidate's warm-up and timed steps at batch b, less those taken, fit."""
-        cost = 0.0
-        for name in timing:
-            taken = steps.get(name, []) if b == batch else []
-            warm_up = 0 if b == batch and name in steps else 1
-            cost += (warm_up + TIMED_STEPS - len(taken)) * per_token[name] * b * max_length
-        return spent + cost <= budget_s
+    def step(name: str, batch: int, tokens: int = max_length) -> float:
+        nonlocal spent
+        # The first candidate's probe runs to its end whatever the budget: a decision needs it.
+        left = budget_s - spent if probe else math.inf
+        try:
+            seconds = timer(name, batch, tokens, left)
+        except OutOfBudget as stopped:
+            spent += stopped.seconds
+            raise
+        spent += seconds
+        return seconds
 
-    def largest(fit: Callable[[int], bool]) -> int:
-        b = batch_size
-        while b > PROBE_EXAMPLES and not fit(b):
-            b //= 2
-        return b
+    def time_candidates() -> None:
+        nonlocal batch, steps, calibration_batch
+        for name in names:
+            if probe and spent >= budget_s:
+                break
+            step(name, PROBE_EXAMPLES, probe_tokens)  # first-use costs: kernel selection, caches, lazy init
+            probe[name] = step(name, PROBE_EXAMPLES, probe_tokens)
+        timing = _timing(probe)
+        reference = timing[0]
+        # Seconds per token, first from the probes: about right on a CPU, far too high where a
+        # small step is launch-bound (a GPU); then from the reference's own step at a batch.
+        per_token = {name: probe[name] / (PROBE_EXAMPLES * probe_tokens) for name in timing}
 
-    if len(timing) > 1 or len(names) == 1:  # a lone survivor of several wins without more timing
-        # Calibrated where the probes say everything fits, or else where the reference's
-        # warm-up and first step take at most half of what is left.
-        batch = largest(fits)
-        if batch == PROBE_EXAMPLES:
-            batch = largest(lambda b: 2 * per_token[reference] * b * max_length <= (budget_s - spent) / 2)
-    if batch > PROBE_EXAMPLES:
-        step(reference, batch)
-        steps[reference] = [step(reference, batch)]
-        calibration_batch = batch
-        per_token = {name: steps[reference][0] * probe[name] / probe[reference] / (batch * max_length)
-                     for name in timing}
-        # Where the probes overestimated, the search's own batch may fit after all.
-        if largest(fits) != batch:
-            batch, steps = largest(fits), {}
-    if batch > PROBE_EXAMPLES:
-        # Round-robin, one timed step per candidate a round, so that a change in the machine's
-        # load falls on every candidate alike instead of on whichever was timed last.
-        for _ in range(TIMED_STEPS):
+        def fits(b: int) -> bool:
+            """Whether every candidate's warm-up and timed steps at batch b, less those taken, fit."""
+            cost = 0.0
             for name in timing:
-                estimate = per_token[name] * batch * max_length
-                if name not in steps:
-                    if spent + 2 * estimate > budget_s:  # not even a warm-up and one timed step
-                        continue
-                    step(name, batch)
-                    steps[name] = []
-                if (len(steps[name]) < TIMED_STEPS and spent + max(steps[name], default=estimate) <= budget_s
-                        and not (steps[name] and name != reference and reference in steps
-                                 and steps[name][-1] > GIVE_UP_RATIO * min(steps[reference]))):
-                    steps[name].append(step(name, batch))
+                taken = steps.get(name, []) if b == batch else []
+                warm_up = 0 if b == batch and name in steps else 1
+                cost += (warm_up + TIMED_STEPS - len(taken)) * per_token[name] * b * max_length
+            return spent + cost <= budget_s
+
+        def largest(fit: Callable[[int], bool]) -> int:
+            b = batch_size
+            while b > PROBE_EXAMPLES and not fit(b):
+                b //= 2
+            return b
+
+        if len(timing) > 1 or len(names) == 1:  # a lone survivor of several wins without more timing
+            # Calibrated where the probes say everything fits, or else where the reference's
+            # warm-up and first step take at most half of what is left.
+            batch = largest(fits)
+            if batch == PROBE_EXAMPLES:
+                batch = largest(lambda b: 2 * per_token[reference] * b * max_length <= (budget_s - spent) / 2)
+        if batch > PROBE_EXAMPLES:
+            warm_ups[reference] = step(reference, batch)
+            steps[reference] = [step(reference, batch)]
+            calibration_batch = batch
+            per_token = {name: steps[reference][0] * probe[name] / probe[reference] / (batch * max_length)
+                         for name in timing}
+            # Where the probes overestimated, the search's own batch may fit after all.
+            if largest(fits) != batch:
+                batch, steps = largest(fits), {}
+        if batch > PROBE_EXAMPLES:
+            # Round-robin, one timed step per candidate a round, so that a change in the machine's
+            # load falls on every candidate alike instead of on whichever was timed last.
+            for _ in range(TIMED_STEPS):
+                for name in timing:
+                    if name not in steps:
+                        if spent + 2 * per_token[name] * batch * max_length > budget_s:  # not even a warm-up and a step
+                            continue
+                        warm_ups[name] = step(name, batch)
+                        steps[name] = []
+                    # A candidate's next step is estimated from its own steps at this batch, warm-up
+                    # included: a probe can be far off (see the module docstring).
+                    if (len(steps[name]) < TIMED_STEPS and spent + max(steps[name] or [warm_ups[name]]) <= budget_s
+                            and not (steps[name] and name != reference and reference in steps
+                                     and steps[name][-1] > GIVE_UP_RATIO * min(steps[reference]))):
+                        steps[name].append(step(name, batch))
+
+    try:
+        time_candidates()
+    except OutOfBudget:
+        pass  # a step was stopped at the budget: the decision rests on what was timed before it
+    timing = _timing(probe)
+    reference = timing[0]
     # The reference's calibration step came before the rounds, and before a load that the
     # others' steps met: where the rounds gave it a step of its own, that one counts.
     calibrated = reference in steps and batch == calibration_batch
@@ -256,9 +286,15 @@ def measure(names: list[str], timer: Timer, batch_size: int, max_length: int, bu
     shape = (batch, max_length)
     if reference not in timed:  # the reference did not fit at a batch: the probes decide
         shape, timed = (PROBE_EXAMPLES, probe_tokens), {name: probe[name] for name in timing}
+    stopped = tuple(name for name in probe if name not in timing)
     unmeasured = tuple(name for name in names if name not in timed and name not in stopped)
     return Measurement(shape, timed, probe, stopped, unmeasured, spent)
 
+
+def _timing(probe: dict[str, float]) -> list[str]:
+    """The probed candidates that go on to be timed at a batch: all but those whose probe took
+    over GIVE_UP_RATIO times fp32's (a fallback kernel), the reference first."""
+    return [name for name in probe if name == "fp32" or probe[name] <= GIVE_UP_RATIO * probe.get("fp32", math.inf)]
 
 def computable(name: str, device: torch.device) -> bool:
     """Whether `device` computes in candidate `name`: a study measured on a GPU may hold TF32."""
@@ -296,9 +332,9 @@ def measure_encoder(encoder: Encoder, num_labels: int, batch_size: int, max_leng
     inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
     labels = torch.randint(num_labels, (batch_size,), generator=generator).to(device)
 
-    def timer(name: str, batch: int, tokens: int) -> float:
+    def timer(name: str, batch: int, tokens: int, left_s: float) -> float:
         return _timed_step(model, {key: tensor[:batch, :tokens] for key, tensor in inputs.items()}, labels[:batch],
-                           device, name)
+                           device, name, left_s)
 
     try:
         measured = measure(names, timer, batch_size, max_length, budget_s - (time.perf_counter() - started))
@@ -324,19 +360,46 @@ def matmuls(name: str) -> Iterator[None]:
 
 
 def _timed_step(model: torch.nn.Module, inputs: dict[str, torch.Tensor], labels: torch.Tensor,
-                device: torch.device, name: str) -> float:
-    """Seconds of one forward and backward, as training.fine_tune runs them."""
+                device: torch.device, name: str, left_s: float = math.inf) -> float:
+    """Seconds of one forward and backward, as training.fine_tune runs them; OutOfBudget where
+    they would take over `left_s`: at the first layer that starts after it, or before the
+    backward pass where the forward took over a third of it (the backward takes about twice
+    the forward)."""
     _synchronize(device)
     started = time.perf_counter()
+    deadline = started + left_s
     dtype = CANDIDATES[name].autocast
-    with matmuls(name):
-        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
-            logits = model(**inputs).logits
-        F.cross_entropy(logits.float(), labels).backward()
-    _synchronize(device)
-    seconds = time.perf_counter() - started
-    model.zero_grad(set_to_none=True)
-    return seconds
+    try:
+        with matmuls(name), _stopped_at(model, started, deadline):
+            with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+                logits = model(**inputs).logits
+            _synchronize(device)
+            forward = time.perf_counter() - started
+            if started + 3 * forward > deadline:
+                raise OutOfBudget(forward)
+            F.cross_entropy(logits.float(), labels).backward()
+        _synchronize(device)
+        return time.perf_counter() - started
+    finally:
+        model.zero_grad(set_to_none=True)
+
+
+@contextmanager
+def _stopped_at(model: torch.nn.Module, started: float, deadline: float) -> Iterator[None]:
+    """Within the block, the model's forward pass raises OutOfBudget at the first of its
+    layers (the items of its ModuleLists) that would start after `deadline`."""
+    def check(module: torch.nn.Module, args: tuple) -> None:
+        now = time.perf_counter()
+        if now > deadline:
+            raise OutOfBudget(now - started)
+
+    handles = [layer.register_forward_pre_hook(check) for layers in model.modules()
+               if isinstance(layers, torch.nn.ModuleList) for layer in layers]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 def _synchronize(device: torch.device) -> None:
