@@ -7,9 +7,13 @@ import math
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from benchmark.errors import BenchmarkError
+
+T = TypeVar("T")
 
 DEFAULT_CONFIG = Path("search_spaces/default.yaml")
 MAX_SEED = 2**32 - 1
@@ -299,23 +303,28 @@ def _study(args: argparse.Namespace, argv: list[str]) -> None:
     timeout = args.timeout or config.budget.timeout_s
     url = _storage_url(args)
     # Everything that can be wrong with the input fails here, before any training (and
-    # before any worker starts: they find the offline assets already fetched).
-    # With several workers each one streams to the trackers itself.
-    trackers = ["none"] if args.workers > 1 else args.tracker
+    # before any worker starts: they find the offline assets already fetched). With several
+    # workers each one streams to the trackers itself, this process as the first of them,
+    # whose live display would be overwritten by the others' lines.
     _check_results_dir(args.results_dir)
-    prepared = preflight.prepare_studies(config, url, trackers, args.results_dir)
+    prepared = preflight.prepare_studies(config, url, args.tracker, args.results_dir,
+                                         live_display=args.workers == 1)
     print(f"storage: {_masked(url)}  (optuna-dashboard {_masked(url)})", file=sys.stderr)
     started = time.perf_counter()
     tables = None
-    halted = []  # the studies in which every encoder was stopped by failing trials
+
+    def search() -> list[str]:
+        """This process's share of the search: the studies in which every encoder was stopped
+        by failing trials."""
+        halted = []
+        for dataset_study in prepared.studies:
+            study = run_study(prepared.storage, url, dataset_study, n_trials, timeout, seed)
+            reasons = every_encoder_stopped(study, list(dataset_study.encoders))
+            halted += [f"{dataset_study.data.name} ({reasons})"] if reasons else []
+        return halted
+
     try:
-        if args.workers > 1:
-            _run_workers(args.workers, argv)
-        else:
-            for dataset_study in prepared.studies:
-                study = run_study(prepared.storage, url, dataset_study, n_trials, timeout, seed)
-                reasons = every_encoder_stopped(study, list(dataset_study.encoders))
-                halted += [f"{dataset_study.data.name} ({reasons})"] if reasons else []
+        halted = _run_workers(args.workers, argv, search) if args.workers > 1 else search()
         print(f"studies done in {time.perf_counter() - started:.0f}s", file=sys.stderr)
     finally:
         # Also on Ctrl-C: the tables then show every trial that finished.
@@ -377,29 +386,36 @@ def _check_studies_exist(config, url: str) -> None:
                              "(or check --storage)")
 
 
-def _run_workers(count: int, argv: list[str]) -> None:
-    """Start `count` copies of this command as single workers on the same storage, each on its
-    share of the cores and GPUs (search/workers.py). Each trains every encoder in the precision
-    that `preflight.prepare_studies` stored in the studies here."""
+def _run_workers(count: int, argv: list[str], search: Callable[[], T]) -> T:
+    """`search` in this process as the first of `count` workers on the same storage, beside
+    count - 1 copies of this command started as single workers, each on its share of the cores
+    and GPUs (search/workers.py). This process has loaded everything and measured each
+    encoder's precision already, and the others train in the precision it stored: only they
+    pay a process's start-up (torch, the data, the encoders: some 8 s on a 2-core CPU), and a
+    study of half a minute no longer runs slower on two workers than on one."""
     import os
     import subprocess
 
     from benchmark.schema import WORKER_ENV
-    from benchmark.search.workers import usable_cores, worker_shares
+    from benchmark.search.workers import taken, usable_cores, worker_shares
 
+    shares = worker_shares(count, usable_cores(), _visible_gpus())
     workers = []
-    for index, share in enumerate(worker_shares(count, usable_cores(), _visible_gpus())):
+    for index, share in enumerate(shares[1:], start=1):
         env = dict(os.environ, **{WORKER_ENV: str(index)}, **share.environment())
         # A later --workers wins over the user's, so each child is a single worker.
         command = [sys.executable, "-m", "benchmark.cli", *argv, "--workers", "1"]
         workers.append(subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL))
-    print(f"started {count} workers (pids {', '.join(str(w.pid) for w in workers)})", file=sys.stderr)
+    print(f"started {count - 1} more worker(s) beside this one (pids {', '.join(str(w.pid) for w in workers)})",
+          file=sys.stderr)
     try:
+        with taken(shares[0]):
+            result = search()
         codes = [worker.wait() for worker in workers]
-    except KeyboardInterrupt as interrupt:
-        # Ctrl-C reached the workers too (same process group); a SIGTERM sent to this
-        # process alone did not. Either way, let them stop cleanly.
-        if isinstance(interrupt, Terminated):
+    except BaseException as stopped:
+        # Ctrl-C reached the workers too (same process group); a SIGTERM sent to this process
+        # alone did not, nor an error here. Either way, let them stop cleanly.
+        if not isinstance(stopped, KeyboardInterrupt) or isinstance(stopped, Terminated):
             for worker in workers:
                 worker.send_signal(signal.SIGTERM)
         for worker in workers:
@@ -407,7 +423,9 @@ def _run_workers(count: int, argv: list[str]) -> None:
         raise
     failed = [code for code in codes if code != 0]
     if failed:
-        raise BenchmarkError(f"--workers: {len(failed)} of {count} workers exited with an error (codes {failed})")
+        raise BenchmarkError(f"--workers: {len(failed)} of {count - 1} other workers exited with an error "
+                             f"(codes {failed})")
+    return result
 
 
 def _visible_gpus() -> list[str]:

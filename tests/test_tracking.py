@@ -203,6 +203,8 @@ def test_without_a_terminal_the_log_lines_are_all_there_is(tmp_path, capsys, mon
 
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
     assert [tracker.name for tracker in make_tracker(["none"], tmp_path)._trackers] == ["console", "progress"]
+    assert [tracker.name for tracker in make_tracker(["none"], tmp_path, live_display=False)._trackers] == [
+        "console"], "the first of several workers: lines only"
     monkeypatch.setenv(WORKER_ENV, "0")
     assert [tracker.name for tracker in make_tracker(["none"], tmp_path)._trackers] == ["console"], \
         "workers share one terminal: lines only"

@@ -149,13 +149,44 @@ def test_each_local_worker_gets_its_own_gpu(monkeypatch):
 
     monkeypatch.setattr(subprocess, "Popen", FakeWorker)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
-    cli._run_workers(3, ["--study", "--workers", "3"])
-    assert [gpu for _, gpu in started] == ["2", "5", "2"]
+    # This process is the first worker: on the first visible GPU, its CUDA default device.
+    assert cli._run_workers(3, ["--study", "--workers", "3"], lambda: "searched here") == "searched here"
+    assert [gpu for _, gpu in started] == ["5", "2"]
     assert all(command[-2:] == ["--workers", "1"] for command, _ in started)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     started.clear()
-    cli._run_workers(2, ["--study"])
-    assert [gpu for _, gpu in started] == ["0", "0"], "one GPU: the workers share it, as inherited"
+    cli._run_workers(2, ["--study"], lambda: None)
+    assert [gpu for _, gpu in started] == ["0"], "one GPU: the workers share it, as inherited"
+
+
+@pytest.mark.parametrize("stop, signalled", [(RuntimeError("storage gone"), True), (KeyboardInterrupt(), False)])
+def test_the_other_workers_stop_with_this_one(monkeypatch, stop, signalled):
+    """An error in this process's own search, or a SIGTERM sent to it alone, reaches the other
+    workers as a SIGTERM; a Ctrl-C has reached them already (one process group). Either way
+    this process waits for them before it stops."""
+    from benchmark import cli
+
+    events = []
+
+    class FakeWorker:
+        def __init__(self, command, env, stdout):
+            self.pid = 7
+
+        def send_signal(self, sent):
+            events.append(sent)
+
+        def wait(self):
+            events.append("waited")
+            return 0
+
+    def search():
+        raise stop
+
+    monkeypatch.setattr(subprocess, "Popen", FakeWorker)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    with pytest.raises(type(stop)):
+        cli._run_workers(2, ["--study"], search)
+    assert events == ([signal.SIGTERM] if signalled else []) + ["waited"]
 
 
 def test_worker_shares_split_the_cores_and_a_shared_gpus_memory():
@@ -175,6 +206,8 @@ def test_worker_shares_split_the_cores_and_a_shared_gpus_memory():
 
 
 def test_each_worker_starts_with_its_threads_and_gpu_memory_share(monkeypatch):
+    import torch
+
     from benchmark import cli
     from benchmark.schema import GPU_MEMORY_SHARE_ENV
     from benchmark.search import workers
@@ -193,9 +226,16 @@ def test_each_worker_starts_with_its_threads_and_gpu_memory_share(monkeypatch):
     monkeypatch.setattr(workers, "usable_cores", lambda: 16)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "0")
     monkeypatch.setenv("OMP_NUM_THREADS", "16")  # the user's, for a single process
-    cli._run_workers(4, ["--study"])
-    assert [(env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) for env in started] == [("4", "4")] * 4
-    assert [float(env[GPU_MEMORY_SHARE_ENV]) for env in started] == pytest.approx([workers.SHARED_GPU_MEMORY / 4] * 4)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fractions = [1.0]
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda *args: fractions[-1])
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, *args: fractions.append(f))
+    threads = torch.get_num_threads()
+    seen_here = cli._run_workers(4, ["--study"], lambda: (torch.get_num_threads(), fractions[-1]))
+    assert [(env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"]) for env in started] == [("4", "4")] * 3
+    assert [float(env[GPU_MEMORY_SHARE_ENV]) for env in started] == pytest.approx([workers.SHARED_GPU_MEMORY / 4] * 3)
+    assert seen_here == (4, pytest.approx(workers.SHARED_GPU_MEMORY / 4)), "this process searched as the first worker"
+    assert (torch.get_num_threads(), fractions[-1]) == (threads, 1.0), "and has its own back for the tables"
 
 
 def test_a_worker_takes_its_share_before_training_and_a_lone_process_keeps_its_own(monkeypatch):

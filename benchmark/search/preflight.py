@@ -75,13 +75,14 @@ class Inputs:
 
 
 def prepare_studies(config: BenchmarkConfig, storage_url: str, tracker_names: list[str], results_dir: Path,
-                    compared: tuple[str, ...] = lineage.SEARCH_SETTINGS) -> Prepared:
+                    compared: tuple[str, ...] = lineage.SEARCH_SETTINGS, live_display: bool = True) -> Prepared:
     """Check and load every input of a run, then open the storage and each dataset's study.
 
     `compared`: the training settings that must be those each existing study was created
-    with (the search's, or for the final evaluation those of its retraining)."""
+    with (the search's, or for the final evaluation those of its retraining). `live_display`:
+    whether a person at the terminal gets the live display (see tracking.make_tracker)."""
     quiet_libraries()
-    tracker = make_tracker(tracker_names, results_dir)
+    tracker = make_tracker(tracker_names, results_dir, live_display)
     # The checks read what is stored without creating anything; the storage is created only
     # once every input is known good, so a run refused for its inputs leaves nothing behind.
     existing = open_existing_storage(storage_url)

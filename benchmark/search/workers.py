@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from benchmark.schema import GPU_MEMORY_SHARE_ENV, WORKER_ENV
@@ -66,3 +68,24 @@ def apply_share(environ: dict[str, str] | os._Environ = os.environ) -> None:
     fraction = environ.get(GPU_MEMORY_SHARE_ENV)
     if fraction and torch.cuda.is_available():
         torch.cuda.set_per_process_memory_fraction(float(fraction))
+
+
+@contextmanager
+def taken(share: WorkerShare) -> Iterator[None]:
+    """Within the block, this process trains as a worker of `share`: the first of `--workers`,
+    which prepared the run itself. Its threads and GPU memory are restored on leaving (for
+    the tables, and for a caller that goes on)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(share.threads)
+    on_gpu = share.memory_fraction is not None and torch.cuda.is_available()
+    if on_gpu:
+        fraction = torch.cuda.get_per_process_memory_fraction()
+        torch.cuda.set_per_process_memory_fraction(share.memory_fraction)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        if on_gpu:
+            torch.cuda.set_per_process_memory_fraction(fraction)

@@ -37,8 +37,9 @@ def _mlflow(results_dir: Path) -> Tracker:
 TRACKERS: dict[str, Callable[[Path], Tracker]] = {"neptune": _neptune, "mlflow": _mlflow}
 
 
-def make_tracker(names: list[str], results_dir: Path) -> Tracker:
-    """The console plus the named trackers, each guarded (`none` adds nothing)."""
+def make_tracker(names: list[str], results_dir: Path, live_display: bool = True) -> Tracker:
+    """The console plus the named trackers, each guarded (`none` adds nothing); the live
+    display too where `live_display` and a person is at the terminal."""
     from benchmark.errors import BenchmarkError
     from benchmark.tracking.base import Guarded, TrackerGroup
     from benchmark.tracking.console import ConsoleTracker
@@ -50,7 +51,7 @@ def make_tracker(names: list[str], results_dir: Path) -> Tracker:
             if TRACKERS else f"--tracker: unknown tracker {', '.join(unknown)}; only 'none' is available"
         )
     backends = [Guarded(TRACKERS[name](results_dir)) for name in dict.fromkeys(names) if name != "none"]
-    return TrackerGroup([ConsoleTracker(), *_live_progress(), *backends])
+    return TrackerGroup([ConsoleTracker(), *(_live_progress() if live_display else []), *backends])
 
 
 def _live_progress() -> list[Tracker]:
