@@ -35,8 +35,15 @@ def _args(config: Path, results: Path, storage: str, n_trials: int) -> list[str]
             "--datasets", "topics", "--n-trials", str(n_trials)]
 
 
+# Epochs: tiny trials of a few seconds each, so that the two copies, which take seconds to start,
+# find trials left by the command, which searches from the start (8 trials of one epoch would
+# all be done first).
+SHARED_TRIALS = {"type": "int", "low": 12, "high": 12}
+
+
 def test_three_workers_finish_exactly_n_trials(tmp_path, tiny_encoders, storage_url):
-    config = write_config(tmp_path, tiny_encoders, encoders=("bert", "distilbert"))
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert", "distilbert"),
+                          search_space__num_epochs=SHARED_TRIALS)
     results = tmp_path / "results"
     assert main([*_args(config, results, storage_url, 8), "--workers", "3"]) == 0
 
