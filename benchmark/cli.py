@@ -188,25 +188,11 @@ def _leaderboard(args: argparse.Namespace) -> None:
 def _write_tables(storage, results_dir: Path) -> dict:
     """Every table and the report, written whole: a Ctrl-C or SIGTERM that arrives meanwhile (a
     second Ctrl-C right after the first) waits until they are, then stops the command."""
+    from benchmark import interrupts
     from benchmark.report.results import write_leaderboards
 
-    received: list[int] = []
-
-    def defer(signum: int, frame: object) -> None:
-        if not received:
-            print(f"{signal.Signals(signum).name}: writing the tables and the report first (seconds); "
-                  "then the command stops", file=sys.stderr, flush=True)
-        received.append(signum)
-
-    previous = {signum: signal.signal(signum, defer) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        tables = write_leaderboards(storage, results_dir)
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    if received:  # stopped as the signal would have, only later
-        raise Terminated() if signal.SIGTERM in received else KeyboardInterrupt()
-    return tables
+    with interrupts.deferred("writing the tables and the report first (seconds); then the command stops"):
+        return write_leaderboards(storage, results_dir)
 
 
 def _check_results_dir(directory: Path) -> None:

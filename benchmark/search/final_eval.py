@@ -16,6 +16,7 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
+from benchmark import interrupts
 from benchmark.data.tokenization import tokenize_split
 from benchmark.errors import BenchmarkError
 from benchmark.schema import (
@@ -154,19 +155,20 @@ def run_final_evaluation(storage: optuna.storages.BaseStorage, dataset_study: Da
             validation_loss, validation, test_loss, predictions = _train_and_test(dataset_study, source, test, seed)
             scores = classification_metrics(test.labels, predictions, dataset_study.data.num_labels)
             metric = dataset_study.metric
-            final.add_trial(optuna.trial.create_trial(
-                state=TrialState.COMPLETE, value=scores[metric], params=source.params,
-                distributions=source.distributions,
-                user_attrs={
-                    SEED_ATTR: seed, SOURCE_TRIAL_ATTR: source.number, "test_loss": test_loss,
-                    PRECISION_ATTR: dataset_study.precisions[encoder_name].choice,
-                    PREDICTIONS_ATTR: predictions.tolist(),
-                    **{f"test_{key}": value for key, value in scores.items()},
-                    "validation_loss": validation_loss,
-                    **{f"validation_{key}": value for key, value in validation.items()},
-                    "wall_seconds": round(time.perf_counter() - started, 3),
-                },
-            ))
+            with interrupts.deferred():  # Ctrl-C between runs, never within the write of one
+                final.add_trial(optuna.trial.create_trial(
+                    state=TrialState.COMPLETE, value=scores[metric], params=source.params,
+                    distributions=source.distributions,
+                    user_attrs={
+                        SEED_ATTR: seed, SOURCE_TRIAL_ATTR: source.number, "test_loss": test_loss,
+                        PRECISION_ATTR: dataset_study.precisions[encoder_name].choice,
+                        PREDICTIONS_ATTR: predictions.tolist(),
+                        **{f"test_{key}": value for key, value in scores.items()},
+                        "validation_loss": validation_loss,
+                        **{f"validation_{key}": value for key, value in validation.items()},
+                        "wall_seconds": round(time.perf_counter() - started, 3),
+                    },
+                ))
             print(f"[{name}] final {encoder_name} (trial {source.number}) seed {seed}: test {metric} "
                   f"{scores[metric]:.4f} (validation {validation[metric]:.4f})", file=sys.stderr, flush=True)
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from benchmark import interrupts
 from benchmark.config import provenance
 from benchmark.config.spec import BenchmarkConfig
 from benchmark.errors import BenchmarkError
@@ -235,9 +236,11 @@ def run_study(storage: optuna.storages.BaseStorage, storage_url: str, dataset_st
             time.sleep(_WAIT_FOR_OTHERS_S)
             continue
         waiting = False
-        # A failed trial is recorded as failed; only a run of them stops its encoder.
+        # A failed trial is recorded as failed; only a run of them stops its encoder. Ctrl-C and
+        # SIGTERM stop the trial's computation at once, and never a write to the storage.
         try:
-            study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
+            with interrupts.deferred():
+                study.optimize(objective, n_trials=1, catch=(Exception,), callbacks=callbacks)
         except Exception as error:  # the objective's own are caught: here the storage refused a write
             said = refused_write(error)
             if said is None:

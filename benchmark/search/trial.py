@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field, replace
 import optuna
 import torch
 
+from benchmark import interrupts
 from benchmark.config.spec import CategoricalParam, EncoderSpec, FloatParam, SearchSpace
 from benchmark.data.tokenization import TokenizedData
 from benchmark.schema import (
@@ -188,9 +189,12 @@ def trial_callbacks(trial: optuna.Trial, study: DatasetStudy, run: TrialRun, cos
     checkpoint to the trackers and to the pruner, which may stop the trial there."""
     reported_through = -1  # examples: the last checkpoint reported, by any attempt
 
+    # Both are called from the training's interruptible computation, and write to the trackers
+    # and the storage: deferred (see benchmark/interrupts.py).
     def on_step(log: StepLog) -> None:
-        cost.tokens += log.tokens
-        run.log_step(log)
+        with interrupts.deferred():
+            cost.tokens += log.tokens
+            run.log_step(log)
 
     def on_evaluation(evaluation: Evaluation) -> None:
         nonlocal reported_through
@@ -201,9 +205,11 @@ def trial_callbacks(trial: optuna.Trial, study: DatasetStudy, run: TrialRun, cos
             return
         reported_through = evaluation.examples
         value = evaluation.metrics[study.metric]
-        run.log_evaluation(evaluation)
-        trial.report(value, evaluation.examples)
-        if not evaluation.last and trial.should_prune():
+        with interrupts.deferred():
+            run.log_evaluation(evaluation)
+            trial.report(value, evaluation.examples)
+            prune = not evaluation.last and trial.should_prune()
+        if prune:
             raise optuna.TrialPruned(
                 f"pruned after {evaluation.examples} examples with {study.metric} {value:.4f}")
 
@@ -223,12 +229,14 @@ def fine_tune_with_oom_retry(trial: optuna.Trial, study: DatasetStudy, encoder: 
                              on_evaluation: Callable[[Evaluation], None]) -> TrainingResult:
     """Fine-tune; if memory runs out, once more from fresh weights with half the micro-batch (the
     same effective batch) and half the evaluation batch: the memory may have run out in either."""
-    model = seeded_classifier(study, encoder, hp, settings.seed)
+    with interrupts.interruptible():
+        model = seeded_classifier(study, encoder, hp, settings.seed)
     trial.set_user_attr(NUM_PARAMETERS_ATTR, sum(p.numel() for p in model.parameters()))
     trial.set_user_attr(LOAD_SECONDS_ATTR, round(time.perf_counter() - cost.started, 3))
     try:
-        return fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels,
-                         hp, settings, on_step, on_evaluation, cost.progress)
+        with interrupts.interruptible():
+            return fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels,
+                             hp, settings, on_step, on_evaluation, cost.progress)
     except Exception as error:
         if not is_out_of_memory(error) or (hp.batch_size, settings.eval_batch_size) == (1, 1):
             raise
@@ -240,11 +248,12 @@ def fine_tune_with_oom_retry(trial: optuna.Trial, study: DatasetStudy, encoder: 
                                         f"retried with micro-batch {micro_batch} and evaluation batch {eval_batch}")
     model = None
     release_memory(study.device)
-    model = seeded_classifier(study, encoder, hp, settings.seed)
-    # `cost.progress` carries on: the failed attempt's seconds were spent too.
-    return fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels, hp,
-                     replace(settings, micro_batch_size=micro_batch, eval_batch_size=eval_batch),
-                     on_step, on_evaluation, cost.progress)
+    with interrupts.interruptible():
+        model = seeded_classifier(study, encoder, hp, settings.seed)
+        # `cost.progress` carries on: the failed attempt's seconds were spent too.
+        return fine_tune(model, tokenized.train, tokenized.validation, study.data.num_labels, hp,
+                         replace(settings, micro_batch_size=micro_batch, eval_batch_size=eval_batch),
+                         on_step, on_evaluation, cost.progress)
 
 
 def run_trial(trial: optuna.Trial, study: DatasetStudy, seed: int | None = None) -> float:
@@ -259,9 +268,10 @@ def run_trial(trial: optuna.Trial, study: DatasetStudy, seed: int | None = None)
     try:
         with trial_outcome(trial, run):
             training = study.config.training
-            tokenized = study.tokenization.get(
-                study.data, (encoder.location, encoder.revision), training.max_length, lambda: load_tokenizer(encoder)
-            )
+            with interrupts.interruptible():
+                tokenized = study.tokenization.get(
+                    study.data, (encoder.location, encoder.revision), training.max_length,
+                    lambda: load_tokenizer(encoder))
             settings = loop_settings(study, encoder_name, (training.seed if seed is None else seed) + trial.number)
             on_step, on_evaluation = trial_callbacks(trial, study, run, cost)
             with precision.matmuls(study.precisions[encoder_name].choice):
