@@ -157,6 +157,14 @@ def test_a_candidate_far_slower_than_its_probe_said_cannot_overrun_the_budget(bf
     assert measured.spent <= BUDGET_S
     assert measured.choice == "fp32" and measured.shape == (32, 64) and measured.unmeasured == ("bf16",)
     assert measured.seconds_per_step == {"fp32": pytest.approx(0.8243)}
+    chosen = EncoderPrecision(measured.choice, precision.MEASURED, measured.shape, measured.seconds_per_step,
+                              measured.probe_seconds, measured.stopped, measured.unmeasured, 20.0, measured.warm_ups)
+    if bf16_at_batch_ms < BUDGET_S * 1000:  # the warm-up finished, and said how slow bf16 is
+        assert (f"bf16 not timed: its warm-up step took 15.01 s (18.2x fp32's step), and another would overrun "
+                f"the {BUDGET_S:g} s budget") in chosen.describe()
+    else:  # the warm-up itself was stopped at the budget
+        assert measured.warm_ups == {} and "bf16 not timed: the 30 s budget ran out" in chosen.describe()
+    assert EncoderPrecision.from_stored(chosen.stored()) == chosen
 
 
 def test_a_real_step_that_would_overrun_stops_before_its_first_layer_and_leaves_no_hook(tiny):

@@ -111,6 +111,8 @@ class EncoderPrecision:
     stopped: tuple[str, ...] = ()  # stopped after the probe: GIVE_UP_RATIO x fp32's or slower
     unmeasured: tuple[str, ...] = ()  # not timed at `shape`: the budget did not allow it
     cost_seconds: float | None = None  # wall time of the measurement, loading included
+    # Per unmeasured candidate that took its warm-up step at `shape`: that step's seconds.
+    warm_up_seconds: dict[str, float] | None = None
 
     @property
     def mode(self) -> Mode:
@@ -142,8 +144,14 @@ class EncoderPrecision:
         for name in self.stopped:
             parts.append(f"{name} stopped after its {PROBE_EXAMPLES}-example probe at "
                          f"{self.probe_seconds[name] / probe_fp32:.1f}x fp32's")
-        if self.unmeasured:
-            parts.append(f"{', '.join(self.unmeasured)} not timed: the {BUDGET_S:g} s budget ran out")
+        warm_ups = self.warm_up_seconds or {}
+        for name in self.unmeasured:
+            if name in warm_ups and fp32:
+                parts.append(f"{name} not timed: its warm-up step took {_duration(warm_ups[name])} "
+                             f"({warm_ups[name] / fp32:.1f}x fp32's step), and another would overrun the "
+                             f"{BUDGET_S:g} s budget")
+            else:
+                parts.append(f"{name} not timed: the {BUDGET_S:g} s budget ran out")
         if len(self.seconds_per_step) > 1 or self.stopped:
             parts.append(f"anything but fp32 must be >={MIN_SPEEDUP:.0%} faster")
         if self.cost_seconds is not None:
@@ -183,6 +191,7 @@ class Measurement:
     stopped: tuple[str, ...]
     unmeasured: tuple[str, ...]
     spent: float  # the timer's seconds, warm-ups included
+    warm_ups: dict[str, float]  # per unmeasured candidate that took one at `shape`, its warm-up step
 
     @property
     def choice(self) -> str:
@@ -288,7 +297,8 @@ def measure(names: list[str], timer: Timer, batch_size: int, max_length: int, bu
         shape, timed = (PROBE_EXAMPLES, probe_tokens), {name: probe[name] for name in timing}
     stopped = tuple(name for name in probe if name not in timing)
     unmeasured = tuple(name for name in names if name not in timed and name not in stopped)
-    return Measurement(shape, timed, probe, stopped, unmeasured, spent)
+    warm_ups = {name: seconds for name, seconds in warm_ups.items() if name in unmeasured and shape[0] == batch}
+    return Measurement(shape, timed, probe, stopped, unmeasured, spent, warm_ups)
 
 
 def _timing(probe: dict[str, float]) -> list[str]:
@@ -343,7 +353,7 @@ def measure_encoder(encoder: Encoder, num_labels: int, batch_size: int, max_leng
         release_memory(device)
     return EncoderPrecision(measured.choice, MEASURED, measured.shape, measured.seconds_per_step,
                             measured.probe_seconds, measured.stopped, measured.unmeasured,
-                            round(time.perf_counter() - started, 3))
+                            round(time.perf_counter() - started, 3), measured.warm_ups or None)
 
 
 @contextmanager
