@@ -126,3 +126,25 @@ def test_ctrl_c_inside_a_storage_write_lets_the_write_finish_and_stops_the_trial
     trial, = optuna.load_study(study_name=dataset_study.study_name, storage=storage).trials
     assert len(written) == 1 and list(trial.intermediate_values) == written, "the write finished, and was the last"
     assert trial.state == TrialState.FAIL and trial.user_attrs[INTERRUPTED_ATTR] is True
+
+
+def test_an_interrupted_trials_log_is_dropped_and_a_later_failure_of_that_number_is_not():
+    """Optuna logs a stopped trial as failed, with the KeyboardInterrupt's traceback, then its
+    value: both are dropped (the command says it in one line). A trial of the same number in a
+    later study of the process (tests, the perf tools) that really fails is logged."""
+    import logging
+
+    from benchmark.search.trial import InterruptedTrialLog
+
+    log = InterruptedTrialLog()
+
+    def shown(message: str, error: BaseException | None = None) -> bool:
+        return log.filter(logging.LogRecord("optuna", logging.WARNING, __file__, 0, message, None,
+                                            (type(error), error, None) if error else None))
+
+    assert not shown("Trial 0 failed with parameters: {} because of the following error: KeyboardInterrupt().",
+                     KeyboardInterrupt())
+    assert not shown("Trial 0 failed with value None.")
+    assert shown("Trial 0 failed with parameters: {} because of the following error: ValueError('boom').",
+                 ValueError("boom"))
+    assert shown("Trial 0 failed with value None.")

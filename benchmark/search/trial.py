@@ -70,7 +70,11 @@ class InterruptedTrialLog(logging.Filter):
         if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
             self._trial = message.split(" failed", 1)[0]
             return False
-        return self._trial is None or not message.startswith(f"{self._trial} failed")
+        if self._trial is not None and message.startswith(f"{self._trial} failed"):
+            # Its one follow-up; then a later study's trial of that number is logged again.
+            self._trial = None
+            return False
+        return True
 
 
 # Installed on the logger of Optuna's optimize loop by `preflight.quiet_libraries`.
