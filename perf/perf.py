@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from benchmark.train.precision import CANDIDATES, TF32_CAPABILITY, matmuls
+from benchmark.train.precision import CANDIDATES, TF32_CAPABILITY, candidates, matmuls, measure_model
 from perf import RUNS
 from perf.table import Measurement, render_markdown, summarize
 
@@ -48,13 +48,16 @@ class Plan:
     search_budget_s: float
     search_train_examples: int
     matmul_size: int
+    # `precision: auto`'s own measurement of each base-size model (precision.BUDGET_S in a run).
+    precision_budget_s: float = 30.0
 
 
 FULL = Plan(throughput_examples=192, batch_size=16, search_budget_s=240, search_train_examples=240, matmul_size=2048)
 # A GPU does in milliseconds what takes a CPU seconds: more work per row, or start-up dominates.
 FULL_CUDA = Plan(throughput_examples=1024, batch_size=32, search_budget_s=90, search_train_examples=1200,
                  matmul_size=8192)
-QUICK = Plan(throughput_examples=32, batch_size=8, search_budget_s=8, search_train_examples=48, matmul_size=256)
+QUICK = Plan(throughput_examples=32, batch_size=8, search_budget_s=8, search_train_examples=48, matmul_size=256,
+             precision_budget_s=1.0)
 
 
 # --- the measurements ----------------------------------------------------------------------------
@@ -494,7 +497,8 @@ def run(config, plan: Plan, out: Path) -> dict:
     timed = [encoder.seconds_per_step for encoder in chosen.values()]
     comparable = all(step and {"fp32", "bf16"} <= step.keys() for step in timed)
     report: dict = {
-        "plan": asdict(plan), "device": describe_device(device), "torch_threads": torch.get_num_threads(),
+        "plan": asdict(plan), "device": describe_device(device), "device_type": device.type,
+        "torch_threads": torch.get_num_threads(),
         "dataset": dataset_name, "native_bf16": native_bf16, "matmul_peak_flops": {}, "throughput": {},
         "base_size": {}, "levers": {},
         "precision": {"choice": in_use,
@@ -550,9 +554,15 @@ def run(config, plan: Plan, out: Path) -> dict:
     for name, model_type in BASE_SIZE_MODELS.items():
         measured, flops_per_token = measure_ours(study, encoder_name, within_vocabulary(train, model_type), hp,
                                                  configured_dtype, sampling, model_type=model_type)
+        # What `precision: auto` would choose for this architecture itself, as a run measures it.
+        auto = measure_model(lambda: base_size_classifier(model_type, study.data.num_labels, 0.1),
+                             study.data.num_labels, max(config.batch_sizes()), config.training.max_length, device,
+                             candidates(device), plan.precision_budget_s)
         report["base_size"][name] = {"model_type": model_type, "flops_per_token": flops_per_token,
-                                     configured: asdict(measured)}
-        print(f"{name} {configured}: {measured.tokens_per_second:.0f} tokens/s", file=sys.stderr, flush=True)
+                                     configured: asdict(measured),
+                                     "precision_auto": {**auto.stored(), "described": auto.describe()}}
+        print(f"{name} {configured}: {measured.tokens_per_second:.0f} tokens/s; precision auto: {auto.describe()}",
+              file=sys.stderr, flush=True)
 
     report["levers"]["eval_subset"] = _eval_subset_lever(study, config)
     report["levers"]["eval_schedule"] = _eval_schedule_lever(study, config, plan)

@@ -12,6 +12,8 @@ TARGETS = {
     "busy_share": 0.60,        # of the search's wall time with a GPU kernel running, at least (CUDA only)
 }
 AT_MOST = ("overhead_share", "time_to_peer_best")
+# What `precision: auto` must pick for a base-size model on a GPU.
+GPU_PRECISIONS = ("bf16", "tf32")
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,13 @@ def summarize(report: dict) -> dict:
         name: {"precision": in_use, "tokens_per_second": _tokens_per_second(row[configured]),
                "mfu": row["flops_per_token"] * _tokens_per_second(row[configured]) / report["matmul_peak_flops"][in_use]}
         for name, row in report.get("base_size", {}).items()}
+    # On a GPU, auto must pick a tensor-core precision for a base-size model: fp32 there was the
+    # slowest option (4.7x bf16's step on an H200 at 128x128). A CPU has no such target.
+    on_gpu = report.get("device_type") == "cuda"
+    summary["base_size_precision"] = {
+        name: {**row["precision_auto"], "target_met": row["precision_auto"]["choice"] in GPU_PRECISIONS if on_gpu
+               else None}
+        for name, row in report.get("base_size", {}).items() if "precision_auto" in row}
     summary["busy_share"] = {side: report["search"][side].get("busy_share") for side in ("ours", "trainer")}
     summary["targets"] = {
         "throughput_ratio": min(row["default_ratio"] for row in summary["throughput"].values()),
@@ -291,6 +300,11 @@ def render_markdown(report: dict, summary: dict) -> str:
             f"| 3. model FLOPs utilization, {name} (its config, random weights), {row['precision']} | "
             f"{row['mfu']:.0%} of the {row['precision']} matmul peak ({row['tokens_per_second']:.0f} tokens/s) | "
             "- | - | - | - |")
+    for name, row in summary["base_size_precision"].items():
+        target, verdict = ("-", "-") if row["target_met"] is None else (
+            " or ".join(GPU_PRECISIONS), "met" if row["target_met"] else "missed")
+        lines.append(f"| 3. `precision: auto` for {name} (its config, random weights) | {row['described']} | - | - | "
+                     f"{target} | {verdict} |")
     lines.append(
         f"| 4. overhead: search wall time outside training steps | {overhead['share']:.1%} "
         f"(load {overhead['load_s']:.1f} s, evaluation {overhead['eval_s']:.1f} s, other in trials "

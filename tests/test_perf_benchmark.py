@@ -171,6 +171,9 @@ def test_quick_run_measures_every_row_against_trainer(tmp_path, tiny_encoders, m
     schedule = written["levers"]["eval_schedule"]
     assert schedule["geometric"]["checkpoints"] <= schedule["fixed"]["checkpoints"]
     assert "geometric checkpoint schedule" in markdown and "torch.compile" in markdown
+    for name in ("bert-base-size", "roberta-base-size"):  # auto's own choice, as a run would measure it
+        assert written["base_size"][name]["precision_auto"]["decided"] == "measured"
+        assert f"`precision: auto` for {name} (its config, random weights) | " in markdown
 
 
 def test_memory_growth_is_also_read_after_the_warm_up_trials():
@@ -188,8 +191,11 @@ def test_on_a_gpu_the_table_adds_tf32_base_size_models_and_the_busy_share_by_han
     report["matmul_peak_flops"]["tf32"] = 50e9
     report["throughput"]["enc"]["ours fp32 random tf32"] = {"tokens": 1000, "seconds": 0.5, "loss": 1.0}
     configured = "ours fp32 group_by_length"
+    report["device_type"] = "cuda"
+    auto = {"choice": "fp32", "described": "fp32 (measured at 32x128 ...)"}
     report["base_size"] = {"bert-base-size": {"model_type": "bert", "flops_per_token": 5e8,
-                                              configured: {"tokens": 1000, "seconds": 10.0, "loss": 1.0}}}
+                                              configured: {"tokens": 1000, "seconds": 10.0, "loss": 1.0},
+                                              "precision_auto": auto}}
     report["search"]["ours"]["busy_share"] = 0.45
     report["search"]["trainer"]["busy_share"] = 0.30
     summary = summarize(report)
@@ -206,8 +212,16 @@ def test_on_a_gpu_the_table_adds_tf32_base_size_models_and_the_busy_share_by_han
             "matmul peak (100 tokens/s) | - | - | - | - |") in table
     assert ("| 6. device busy share: the search's wall time with a GPU kernel running (NVML) | 45% | 30% | - | "
             ">= 60% | missed by 25% |") in table
+    # On the GPU, auto keeping fp32 for a base-size model misses (fp32 was its slowest option on an H200).
+    assert ("| 3. `precision: auto` for bert-base-size (its config, random weights) | fp32 (measured at 32x128 ...) "
+            "| - | - | bf16 or tf32 | missed |") in table
+    report["base_size"]["bert-base-size"]["precision_auto"] = {**auto, "choice": "bf16"}
+    assert "| bf16 or tf32 | met |" in render_markdown(report, summarize(report))
     assert "| busy_share (>= 0.6) | 0.45 | missed by 25% | the GPU idled while the host loaded" in table
     cpu = _report(ours_seconds=1.0, trainer_seconds=1.5)
+    cpu["base_size"] = {"bert-base-size": {**report["base_size"]["bert-base-size"], "precision_auto": auto}}
+    assert "| fp32 (measured at 32x128 ...) | - | - | - | - |" in render_markdown(cpu, summarize(cpu)), \
+        "no target for the CPU's choice"
     assert "busy_share" not in summarize(cpu)["targets"], "no GPU, no busy-share target"
     assert "6. device busy share" not in render_markdown(cpu, summarize(cpu))
 

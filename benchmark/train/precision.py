@@ -334,9 +334,17 @@ def decide(setting: str, encoder: Encoder, num_labels: int, batch_size: int, max
 def measure_encoder(encoder: Encoder, num_labels: int, batch_size: int, max_length: int, device: torch.device,
                     names: list[str], budget_s: float = BUDGET_S) -> EncoderPrecision:
     """`measure` with real steps of the encoder's classifier on random tokens, loading within the budget."""
-    started = time.perf_counter()
     # Any dropout will do: it costs the same in every candidate.
-    model = load_classifier(encoder, tuple(map(str, range(num_labels))), dropout=0.1).to(device).train()
+    return measure_model(lambda: load_classifier(encoder, tuple(map(str, range(num_labels))), dropout=0.1),
+                         num_labels, batch_size, max_length, device, names, budget_s)
+
+
+def measure_model(build: Callable[[], torch.nn.Module], num_labels: int, batch_size: int, max_length: int,
+                  device: torch.device, names: list[str], budget_s: float = BUDGET_S) -> EncoderPrecision:
+    """`measure` with real steps of the model that `build` makes (a sequence classifier of
+    `num_labels` labels, freed here once measured) on random tokens, building it within the budget."""
+    started = time.perf_counter()
+    model = build().to(device).train()
     generator = torch.Generator().manual_seed(0)
     input_ids = torch.randint(model.config.vocab_size, (batch_size, max_length), generator=generator)
     inputs = {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids, device=device)}
