@@ -165,6 +165,9 @@ def test_a_candidate_far_slower_than_its_probe_said_cannot_overrun_the_budget(bf
     else:  # the warm-up itself was stopped at the budget
         assert measured.warm_ups == {} and "bf16 not timed: the 30 s budget ran out" in chosen.describe()
     assert EncoderPrecision.from_stored(chosen.stored()) == chosen
+    smaller = EncoderPrecision(measured.choice, precision.MEASURED, measured.shape, measured.seconds_per_step,
+                               measured.probe_seconds, measured.stopped, ("bf16",), 1.2, None, budget_s=1.0)
+    assert "bf16 not timed: the 1 s budget ran out" in smaller.describe(), "the budget it had, not the default"
 
 
 def test_a_real_step_that_would_overrun_stops_before_its_first_layer_and_leaves_no_hook(tiny):

@@ -113,6 +113,7 @@ class EncoderPrecision:
     cost_seconds: float | None = None  # wall time of the measurement, loading included
     # Per unmeasured candidate that took its warm-up step at `shape`: that step's seconds.
     warm_up_seconds: dict[str, float] | None = None
+    budget_s: float = BUDGET_S  # what the measurement was allowed
 
     @property
     def mode(self) -> Mode:
@@ -149,9 +150,9 @@ class EncoderPrecision:
             if name in warm_ups and fp32:
                 parts.append(f"{name} not timed: its warm-up step took {_duration(warm_ups[name])} "
                              f"({warm_ups[name] / fp32:.1f}x fp32's step), and another would overrun the "
-                             f"{BUDGET_S:g} s budget")
+                             f"{self.budget_s:g} s budget")
             else:
-                parts.append(f"{name} not timed: the {BUDGET_S:g} s budget ran out")
+                parts.append(f"{name} not timed: the {self.budget_s:g} s budget ran out")
         if len(self.seconds_per_step) > 1 or self.stopped:
             parts.append(f"anything but fp32 must be >={MIN_SPEEDUP:.0%} faster")
         if self.cost_seconds is not None:
@@ -361,7 +362,7 @@ def measure_model(build: Callable[[], torch.nn.Module], num_labels: int, batch_s
         release_memory(device)
     return EncoderPrecision(measured.choice, MEASURED, measured.shape, measured.seconds_per_step,
                             measured.probe_seconds, measured.stopped, measured.unmeasured,
-                            round(time.perf_counter() - started, 3), measured.warm_ups or None)
+                            round(time.perf_counter() - started, 3), measured.warm_ups or None, budget_s)
 
 
 @contextmanager
