@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from itertools import pairwise
 from pathlib import Path
 
@@ -555,7 +556,7 @@ def run(config, plan: Plan, out: Path) -> dict:
         measured, flops_per_token = measure_ours(study, encoder_name, within_vocabulary(train, model_type), hp,
                                                  configured_dtype, sampling, model_type=model_type)
         # What `precision: auto` would choose for this architecture itself, as a run measures it.
-        auto = measure_model(lambda: base_size_classifier(model_type, study.data.num_labels, 0.1),
+        auto = measure_model(partial(base_size_classifier, model_type, study.data.num_labels, 0.1),
                              study.data.num_labels, max(config.batch_sizes()), config.training.max_length, device,
                              candidates(device), plan.precision_budget_s)
         report["base_size"][name] = {"model_type": model_type, "flops_per_token": flops_per_token,
