@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -10,7 +12,7 @@ import torch.nn.functional as F
 import benchmark.train.loop
 from benchmark.config.spec import DatasetSpec, EncoderSpec
 from benchmark.data.dataset import prepare
-from benchmark.data.tokenization import TokenizationCache, batches, length_grouped, tokenize_split
+from benchmark.data.tokenization import TokenizationCache, batch_bounds, batches, length_grouped, tokenize_split
 from benchmark.train.encoders import load_classifier, load_tokenizer, resolve
 from benchmark.train.loop import (
     LoopSettings,
@@ -89,6 +91,59 @@ def test_evaluate_matches_a_plain_full_batch_forward(topics, bert):
     # The final evaluation keeps these: in the split's order, though evaluated sorted by length.
     predict_loss, predictions = predict(model, split, settings)
     assert predict_loss == loss and predictions.tolist() == logits.argmax(-1).tolist()
+
+
+def test_batch_bounds_cap_examples_and_padded_tokens():
+    widths = np.array([2, 2, 3, 3, 5, 8, 8, 20])
+    assert batch_bounds(widths, 3) == [(0, 3), (3, 6), (6, 8)], "count alone"
+    # At most 10 padded tokens: [2, 2, 3] is 3 x 3 = 9 (a fourth makes 4 x 3); [3, 5] is 2 x 5;
+    # two 8s would be 16; the 20-token example, over the bound by itself, still gets a batch.
+    assert batch_bounds(widths, 8, max_tokens=10) == [(0, 3), (3, 5), (5, 6), (6, 7), (7, 8)]
+    assert batch_bounds(widths, 2, max_tokens=100) == [(0, 2), (2, 4), (4, 6), (6, 8)], "count still binds"
+    assert batch_bounds(np.array([], dtype=np.int64), 4, max_tokens=8) == []
+    # Sorted short-first, short examples share bigger batches than long ones.
+    sorted_widths = np.array([4] * 8 + [16] * 4)
+    sizes = [end - start for start, end in batch_bounds(sorted_widths, 64, max_tokens=32)]
+    assert sizes == [8, 2, 2]
+    for start, end in batch_bounds(sorted_widths, 64, max_tokens=32):
+        assert (end - start) * sorted_widths[start:end].max() <= 32
+
+
+def test_a_token_bound_cuts_evaluation_batches_and_changes_no_prediction(topics, bert, monkeypatch):
+    split = tokenize_split(load_tokenizer(bert), topics.validation, max_length=32)
+    torch.manual_seed(0)
+    model = load_classifier(bert, topics.label_names, dropout=0.1)
+    unbounded = LoopSettings(eval_every_examples=1, eval_batch_size=1024, seed=0, device=CPU, autocast_dtype=None)
+    bounded = LoopSettings(eval_every_examples=1, eval_batch_size=1024, seed=0, device=CPU, autocast_dtype=None,
+                           eval_batch_tokens=64)
+    shapes = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, **inputs: (
+        shapes.append(tuple(inputs["input_ids"].shape)), forward(self, **inputs))[1])
+    loss, predictions = predict(model, split, unbounded)
+    assert shapes == [(len(split), max(split.lengths))]
+    shapes.clear()
+    bounded_loss, bounded_predictions = predict(model, split, bounded)
+    assert len(shapes) > 1 and all(rows * width <= 64 for rows, width in shapes)
+    assert sum(rows for rows, _ in shapes) == len(split)
+    assert bounded_loss == pytest.approx(loss, rel=1e-5)
+    assert bounded_predictions.tolist() == predictions.tolist()
+
+
+def test_a_cpu_evaluates_in_token_bounded_batches_of_the_configured_size_a_gpu_in_memory_sized_ones(
+        tmp_path, tiny_encoders, monkeypatch):
+    from benchmark.config.spec import load_config
+    from benchmark.search import trial as trial_module
+    from benchmark.search.preflight import prepare_studies
+    from benchmark.train.loop import CPU_EVAL_BATCH_TOKENS, MAX_EVAL_BATCH
+
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert",))).restricted(["topics"], None)
+    study = prepare_studies(config, f"sqlite:///{tmp_path / 'db.sqlite'}", ["none"], tmp_path).studies[0]
+    on_cpu = trial_module.loop_settings(study, "bert", seed=0)
+    assert (on_cpu.eval_batch_size, on_cpu.eval_batch_tokens) == (32, CPU_EVAL_BATCH_TOKENS)
+    monkeypatch.setattr(trial_module, "available_device_memory", lambda device: 140 * 2**30)
+    on_gpu = trial_module.loop_settings(replace(study, device=torch.device("cuda")), "bert", seed=0)
+    assert (on_gpu.eval_batch_size, on_gpu.eval_batch_tokens) == (MAX_EVAL_BATCH, None)
 
 
 def _train(bert, topics, cache, seed=0, epochs=2):
@@ -436,7 +491,7 @@ def test_evaluation_batches_are_sized_to_the_memory_a_gpu_leaves():
     assert evaluation_batch_size(64, 128, one_example // 2) == 64, "nothing fits: as configured"
 
 
-def test_available_memory_is_a_gpus_share_or_the_hosts_free_memory(monkeypatch):
+def test_available_memory_is_a_gpus_share_of_its_free_memory(monkeypatch):
     from benchmark.train.loop import available_device_memory
 
     gib = 2**30
@@ -447,9 +502,7 @@ def test_available_memory_is_a_gpus_share_or_the_hosts_free_memory(monkeypatch):
     assert available_device_memory(gpu) == 20 * gib, "a quarter of 100 GiB, less the 5 GiB held"
     monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)
     assert available_device_memory(gpu) == 60 * gib, "the device's free memory"
-    pages = {"SC_PHYS_PAGES": 3 * 2**18, "SC_PAGE_SIZE": 4096}
-    monkeypatch.setattr(benchmark.train.loop.os, "sysconf", pages.__getitem__)
-    assert available_device_memory(CPU) == 3 * gib, "a CPU: the host's memory"
+    assert available_device_memory(CPU) is None, "a CPU's batches are bounded by tokens instead"
     assert available_device_memory(torch.device("mps")) is None
 
 

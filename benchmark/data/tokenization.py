@@ -120,14 +120,31 @@ def length_grouped(order: np.ndarray, lengths: np.ndarray, batch_size: int, rng:
     return np.concatenate([chunks[i] for i in rng.permutation(len(chunks))]) if chunks else flat
 
 
+def batch_bounds(widths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> list[tuple[int, int]]:
+    """(start, end) of each batch of consecutive examples with these padded `widths`: at most
+    `batch_size` of them, and where `max_tokens` is set, at most that many padded tokens
+    (examples x the batch's widest), but never fewer than one example. Given widths sorted
+    ascending, short examples share larger batches than long ones."""
+    bounds, start, widest = [], 0, 0
+    for end, width in enumerate(widths.tolist()):
+        widest = max(widest, width)
+        count = end - start + 1
+        if count > batch_size or (max_tokens is not None and count > 1 and count * widest > max_tokens):
+            bounds.append((start, end))
+            start, widest = end, width
+    return bounds + [(start, len(widths))] if len(widths) else bounds
+
+
 def batches(split: TokenizedSplit, order: np.ndarray, batch_size: int, device: torch.device,
-            pad_to_multiple_of: int = 1) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int]]:
-    """(model inputs, labels, real token count) per batch, padded to the longest in the batch,
-    rounded up to a multiple of `pad_to_multiple_of`."""
-    for start in range(0, len(order), batch_size):
-        indices = order[start:start + batch_size]
+            pad_to_multiple_of: int = 1, max_tokens: int | None = None
+            ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int]]:
+    """(model inputs, labels, real token count) per batch of `order`, padded to the longest in
+    the batch, rounded up to a multiple of `pad_to_multiple_of`; see batch_bounds for the sizes."""
+    widths = -(-split.lengths[order] // pad_to_multiple_of) * pad_to_multiple_of
+    for start, end in batch_bounds(widths, batch_size, max_tokens):
+        indices = order[start:end]
         lengths = [len(split.input_ids[i]) for i in indices]
-        width = -(-max(lengths) // pad_to_multiple_of) * pad_to_multiple_of
+        width = int(widths[start:end].max())
         input_ids = np.full((len(indices), width), split.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(indices), width), dtype=np.int64)
         for row, (i, length) in enumerate(zip(indices, lengths)):

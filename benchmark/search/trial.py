@@ -46,6 +46,7 @@ from benchmark.train.loop import (
     TrainingResult,
     available_device_memory,
     evaluation_batch_size,
+    evaluation_batch_tokens,
     fine_tune,
     padding_multiple,
 )
@@ -90,6 +91,7 @@ def loop_settings(study: DatasetStudy, encoder: str, seed: int, eval_every_examp
         eval_every_examples=eval_every_examples or training.eval_every_examples,
         eval_batch_size=evaluation_batch_size(training.eval_batch_size, training.max_length,
                                               available_device_memory(study.device)),
+        eval_batch_tokens=evaluation_batch_tokens(study.device),
         seed=seed,
         device=study.device,
         autocast_dtype=study.precisions[encoder].mode.autocast,

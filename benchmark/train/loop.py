@@ -8,7 +8,6 @@ decision, a curve point).
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
@@ -65,6 +64,9 @@ class LoopSettings:
     # Steps whose losses and gradient norms are read on the host together; None: the device's
     # default (see host_sync_every).
     sync_every: int | None = None
+    # Evaluation batches hold at most this many padded tokens; None: only eval_batch_size
+    # bounds them (see evaluation_batch_tokens).
+    eval_batch_tokens: int | None = None
 
 
 @dataclass
@@ -131,13 +133,11 @@ EVAL_MEMORY_SHARE = 0.25
 
 
 def evaluation_batch_size(configured: int, max_length: int, available_bytes: int | None) -> int:
-    """Evaluation batches sized to the device: where `available_bytes` is known (a GPU, a
-    CPU), the largest power of two up to MAX_EVAL_BATCH whose activations fit EVAL_MEMORY_SHARE
-    of it, if that is more than `configured`. Inference keeps no activations for a backward
-    pass, so it takes far larger batches than training does; a small batch leaves a GPU
-    waiting on the host, and on this project's 2-core CPU a bf16 evaluation of 191 examples ran
-    1.8x faster as one batch than in batches of 64 (MiniLM-L6, 5 interleaved runs each).
-    Elsewhere (None: MPS, whose memory is the host's, shared with the GPU) the configured size."""
+    """Evaluation batches sized to the device: where `available_bytes` is known (a CUDA GPU),
+    the largest power of two up to MAX_EVAL_BATCH whose activations fit EVAL_MEMORY_SHARE of
+    it, if that is more than `configured`. Inference keeps no activations for a backward pass,
+    so a GPU takes far larger batches than training does, and a small batch leaves it waiting
+    on the host. Elsewhere (None) the configured size."""
     if available_bytes is None:
         return configured
     fits = int(available_bytes * EVAL_MEMORY_SHARE) // (max_length * EVAL_BYTES_PER_TOKEN)
@@ -145,17 +145,29 @@ def evaluation_batch_size(configured: int, max_length: int, available_bytes: int
 
 
 def available_device_memory(device: torch.device) -> int | None:
-    """Bytes this process may still allocate: on a CUDA device within the share of it that the
-    process was given (set_per_process_memory_fraction, see search/workers.py); on a CPU the
-    host's memory, whose total, unlike its free part, does not change from trial to trial
-    (nor, then, the evaluation batch and its rounding); None elsewhere."""
-    if device.type == "cpu":
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    """Bytes this process may still allocate on a CUDA device, within the share of it that the
+    process was given (set_per_process_memory_fraction, see search/workers.py); None elsewhere:
+    a CPU's evaluation batches are bounded by tokens instead (evaluation_batch_tokens), and
+    MPS shares the host's memory."""
     if device.type != "cuda":
         return None
     free, total = torch.cuda.mem_get_info(device)
     share = torch.cuda.get_per_process_memory_fraction(device)
     return max(0, min(free, int(share * total) - torch.cuda.memory_reserved(device)))
+
+
+# A CPU evaluates fastest in batches of about this many padded tokens, not in the largest that
+# fit: more spill its caches. On this project's 2-core EPYC (fp32 and bf16, median of 3
+# interleaved runs each), MPNet-base's fp32 pass over twitter's 300 validation tweets took 20.1 s
+# as one batch against 9.7 s in batches of 32 x 64 tokens, and at max_length 256 MiniLM-L6 ran
+# BBC's 191 articles in 5.98 s in batches of 8 x 256, 7.12 s of 64 x 256 (perf notes: docs/performance.md).
+CPU_EVAL_BATCH_TOKENS = 2048
+
+
+def evaluation_batch_tokens(device: torch.device) -> int | None:
+    """The bound on an evaluation batch's padded tokens: CPU_EVAL_BATCH_TOKENS on a CPU; None
+    (eval_batch_size alone) on a GPU, which evaluation_batch_size fills instead."""
+    return CPU_EVAL_BATCH_TOKENS if device.type == "cpu" else None
 
 
 def _autocast(settings: LoopSettings):
@@ -221,7 +233,7 @@ def predict(model: torch.nn.Module, split: TokenizedSplit, settings: LoopSetting
     losses, predicted = [], []
     with torch.inference_mode(), _autocast(settings):
         for inputs, labels, _ in batches(split, order, settings.eval_batch_size, settings.device,
-                                         settings.pad_to_multiple_of):
+                                         settings.pad_to_multiple_of, settings.eval_batch_tokens):
             logits = model(**inputs).logits.float()
             losses.append(F.cross_entropy(logits, labels, reduction="sum"))
             predicted.append(logits.argmax(-1))
