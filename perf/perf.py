@@ -51,6 +51,8 @@ class Plan:
     matmul_size: int
     # `precision: auto`'s own measurement of each base-size model (precision.BUDGET_S in a run).
     precision_budget_s: float = 30.0
+    # Interleaved rounds of the evaluation levers, each timed after a warm-up round.
+    evaluation_rounds: int = 3
 
 
 FULL = Plan(throughput_examples=192, batch_size=16, search_budget_s=240, search_train_examples=240, matmul_size=2048)
@@ -58,7 +60,7 @@ FULL = Plan(throughput_examples=192, batch_size=16, search_budget_s=240, search_
 FULL_CUDA = Plan(throughput_examples=1024, batch_size=32, search_budget_s=90, search_train_examples=1200,
                  matmul_size=8192)
 QUICK = Plan(throughput_examples=32, batch_size=8, search_budget_s=8, search_train_examples=48, matmul_size=256,
-             precision_budget_s=1.0)
+             precision_budget_s=1.0, evaluation_rounds=1)
 
 
 # --- the measurements ----------------------------------------------------------------------------
@@ -565,7 +567,7 @@ def run(config, plan: Plan, out: Path) -> dict:
         print(f"{name} {configured}: {measured.tokens_per_second:.0f} tokens/s; precision auto: {auto.describe()}",
               file=sys.stderr, flush=True)
 
-    report["levers"]["eval_subset"] = _eval_subset_lever(study, config)
+    report["levers"]["eval_subset"] = _evaluation_levers(study, config, rounds=plan.evaluation_rounds)
     report["levers"]["eval_schedule"] = _eval_schedule_lever(study, config, plan)
     report["search"] = {
         "budget_s": plan.search_budget_s,
@@ -635,8 +637,10 @@ def _eval_schedule_lever(study, config, plan: Plan) -> dict:
     return timings
 
 
-def _eval_subset_lever(study, config) -> dict:
-    """Seconds per pruning-checkpoint evaluation: the whole validation split against the subset."""
+def _evaluation_levers(study, config, rounds: int = 3) -> dict:
+    """Seconds per evaluation (median of `rounds` interleaved, after a warm-up of each): the whole
+    validation split in the device's batches ("full", as a trial's last evaluation runs), the
+    pruning checkpoints' subset ("subset"), and the whole split as one batch ("one_batch")."""
     from benchmark.data.dataset import stratified_split
     from benchmark.data.tokenization import tokenize_split
     from benchmark.search.trial import loop_settings
@@ -650,12 +654,17 @@ def _eval_subset_lever(study, config) -> dict:
                                  np.random.default_rng(EVAL_SUBSET_SEED))
     model = load_classifier(encoder, study.data.label_names, 0.0).to(study.device)
     settings = loop_settings(study, encoder.name, seed=0)
-    timings = {}
-    for name, split in (("full", validation), ("subset", validation.subset(subset))):
-        started = time.perf_counter()
-        evaluate(model, split, settings, study.data.num_labels)
-        timings[name] = {"examples": len(split), "seconds": time.perf_counter() - started}
-    return timings
+    runs = {"full": (validation, settings), "subset": (validation.subset(subset), settings),
+            "one_batch": (validation, replace(settings, eval_batch_size=len(validation), eval_batch_tokens=None))}
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    for round_ in range(rounds + 1):
+        for name, (split, run_settings) in runs.items():
+            started = time.perf_counter()
+            evaluate(model, split, run_settings, study.data.num_labels)
+            if round_:  # round 0 warms up each shape
+                seconds[name].append(time.perf_counter() - started)
+    return {name: {"examples": len(split), "seconds": float(np.median(seconds[name])), "rounds": rounds}
+            for name, (split, _) in runs.items()}
 
 
 def describe_device(device: torch.device) -> str:

@@ -94,9 +94,13 @@ def summarize(report: dict) -> dict:
     if step_seconds and "bf16" in step_seconds:
         summary["levers"]["bf16 autocast, as `precision: auto` timed a step of every encoder"] = (
             step_seconds["fp32"] / step_seconds["bf16"])
-    subset = report["levers"]["eval_subset"]
+    evaluation = report["levers"]["eval_subset"]
     summary["levers"]["evaluation on the stratified subset (time per checkpoint)"] = (
-        subset["full"]["seconds"] / subset["subset"]["seconds"])
+        evaluation["full"]["seconds"] / evaluation["subset"]["seconds"])
+    if "one_batch" in evaluation:  # reports since the device's evaluation batches were timed against one batch
+        summary["levers"][f"evaluation in the device's batches against one batch of all "
+                          f"{evaluation['one_batch']['examples']} examples (time per evaluation)"] = (
+            evaluation["one_batch"]["seconds"] / evaluation["full"]["seconds"])
     summary["eval_schedule"] = _eval_schedule(report["levers"]["eval_schedule"])
     summary["levers"][summary["eval_schedule"]["lever"]] = summary["eval_schedule"]["speed_up"]
     largest = max(report["throughput"], key=lambda e: report["throughput"][e]["flops_per_token"])

@@ -61,7 +61,8 @@ def _report(ours_seconds: float, trainer_seconds: float, default_trainer_seconds
             "trainer-defaults": row(1000, default_trainer_seconds),
         }},
         "levers": {"eval_subset": {"full": {"examples": 200, "seconds": 4.0},
-                                   "subset": {"examples": 100, "seconds": 2.0}},
+                                   "subset": {"examples": 100, "seconds": 2.0},
+                                   "one_batch": {"examples": 200, "seconds": 6.0}},
                    "eval_schedule": {"encoder": "enc", "epochs": 3, "batch_size": 16, "train_examples": 240,
                                      "eval_every_examples": 192,
                                      "fixed": {"checkpoints": 4, "train_seconds": 28.0, "eval_seconds": 10.0},
@@ -87,6 +88,10 @@ def test_summary_ratios_and_verdicts_by_hand():
     assert levers["torch.compile (enc, fp32), first model: compilation included"] == pytest.approx(0.25)  # 250 t/s
     assert levers["torch.compile (enc, fp32), next model in the process: compiled code reused"] == pytest.approx(1.6)
     assert levers["bf16 autocast, as `precision: auto` timed a step of every encoder"] == pytest.approx(0.25)
+    assert levers["evaluation on the stratified subset (time per checkpoint)"] == pytest.approx(2.0)  # 4 s / 2 s
+    # the whole split in the device's batches, 4 s, against 6 s as one batch
+    assert levers["evaluation in the device's batches against one batch of all 200 examples "
+                  "(time per evaluation)"] == pytest.approx(1.5)
     # the same training, 30 s on average: 40 s of trial with fixed checkpoints (10 s evaluating),
     # 32 s with geometric ones (2 s)
     assert summary["eval_schedule"]["eval_shares"] == pytest.approx({"fixed": 0.25, "geometric": 0.0625})
@@ -174,6 +179,33 @@ def test_quick_run_measures_every_row_against_trainer(tmp_path, tiny_encoders, m
     for name in ("bert-base-size", "roberta-base-size"):  # auto's own choice, as a run would measure it
         assert written["base_size"][name]["precision_auto"]["decided"] == "measured"
         assert f"`precision: auto` for {name} (its config, random weights) | " in markdown
+    evaluation = written["levers"]["eval_subset"]
+    assert evaluation["one_batch"]["examples"] == evaluation["full"]["examples"] > evaluation["subset"]["examples"]
+    assert "evaluation in the device's batches against one batch of all" in markdown
+
+
+def test_eval_batches_times_every_size_of_every_encoder_and_dataset(tmp_path, tiny_encoders, capsys):
+    from perf import eval_batches
+
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert", "roberta"))
+    assert eval_batches.main(["--config", str(config), "--precisions", "fp32", "--sizes", "64,4",
+                              "--rounds", "1"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    datasets = list(load_config(config).datasets)
+    assert len(datasets) > 1
+    assert [line.split(" (")[0] + " " + line.split(") ")[1].split(" on ")[0] for line in lines] == [
+        f"{dataset} {encoder} fp32" for dataset in datasets for encoder in ("bert", "roberta")]
+    assert all(", 4: " in line and ": 64: " in line for line in lines)
+
+
+def test_eval_batches_refuses_a_bad_flag_in_one_line(capsys):
+    from perf import eval_batches
+
+    assert eval_batches.main(["--precisions", "fp32,fp16"]) == 2
+    assert capsys.readouterr().err == "error: --precisions: unknown fp16; expected some of fp32, bf16\n"
+    with pytest.raises(SystemExit):
+        eval_batches.main(["--sizes", "32,0"])
+    assert "argument --sizes: batch sizes must be positive, got 32,0" in capsys.readouterr().err
 
 
 def test_memory_growth_is_also_read_after_the_warm_up_trials():
