@@ -157,10 +157,14 @@ def available_device_memory(device: torch.device) -> int | None:
 
 
 # A CPU evaluates fastest in batches of about this many padded tokens, not in the largest that
-# fit, whose activations spill its caches. On this project's 2-core EPYC (median of 3
-# interleaved runs), MPNet-base's fp32 pass over twitter's 300 validation tweets took 20.1 s as
-# one batch against 9.7 s in batches of 32 x 64 tokens, and at max_length 256 MiniLM-L6 ran
-# BBC's 191 articles in 5.98 s in batches of 8 x 256, 7.12 s in batches of 64 x 256
+# fit. The length-sorted split pads less in small batches; and glibc hands an allocation over
+# its mmap threshold (at most 32 MiB) fresh pages each time, which fault in and are zeroed,
+# so a batch whose activations exceed that pays for its memory on every pass (with the
+# threshold raised by MALLOC_MMAP_THRESHOLD_, one batch of BBC ran as fast as batches of 32).
+# On this project's 2-core EPYC (median of 3 interleaved runs), MPNet-base's fp32 pass over
+# twitter's 300 validation tweets took 20.1 s as one batch against 9.7 s in batches of
+# 32 x 64 tokens, and at max_length 256 MiniLM-L6 ran BBC's 191 articles in 5.98 s in
+# batches of 8 x 256, 7.12 s in batches of 64 x 256
 # (`python -m perf.eval_batches`; docs/performance.md#evaluation-batches-on-a-cpu).
 CPU_EVAL_BATCH_TOKENS = 2048
 
