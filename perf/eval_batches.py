@@ -14,10 +14,11 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
+from functools import partial
 
-import numpy as np
 import torch
+
+from perf import interleaved_medians
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
@@ -65,19 +66,14 @@ def main(argv: list[str] | None = None) -> int:
             validation = tokenize_split(encoders.load_tokenizer(encoder), loaded.validation, max_length)
             model = encoders.load_classifier(encoder, loaded.label_names, 0.0).to(device)
             for precision in args.precisions.split(","):
-                settings = {size: LoopSettings(eval_every_examples=1, eval_batch_size=size, seed=0, device=device,
-                                               autocast_dtype=PRECISIONS[precision]) for size in args.sizes}
-                seconds: dict[int, list[float]] = {size: [] for size in args.sizes}
-                for round_ in range(args.rounds + 1):
-                    for size in args.sizes:
-                        started = time.perf_counter()
-                        predict(model, validation, settings[size])
-                        if round_:  # round 0 warms up
-                            seconds[size].append(time.perf_counter() - started)
-                lengths = validation.lengths
-                print(f"{dataset_name} ({len(validation)} examples, mean length {lengths.mean():.1f} of {max_length}) "
-                      f"{encoder_name} {precision} on {device.type}: "
-                      + ", ".join(f"{size}: {np.median(times):.2f} s" for size, times in seconds.items()), flush=True)
+                seconds = interleaved_medians({
+                    str(size): partial(predict, model, validation, LoopSettings(
+                        eval_every_examples=1, eval_batch_size=size, seed=0, device=device,
+                        autocast_dtype=PRECISIONS[precision]))
+                    for size in args.sizes}, args.rounds)
+                print(f"{dataset_name} ({len(validation)} examples, mean length {validation.lengths.mean():.1f} of "
+                      f"{max_length}) {encoder_name} {precision} on {device.type}: "
+                      + ", ".join(f"{size}: {median:.2f} s" for size, median in seconds.items()), flush=True)
     return 0
 
 

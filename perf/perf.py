@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from benchmark.train.precision import CANDIDATES, TF32_CAPABILITY, candidates, matmuls, measure_model
-from perf import RUNS
+from perf import RUNS, interleaved_medians
 from perf.table import Measurement, render_markdown, summarize
 
 DEFAULT_OUT = RUNS / "perf"
@@ -656,14 +656,9 @@ def _evaluation_levers(study, config, rounds: int = 3) -> dict:
     settings = loop_settings(study, encoder.name, seed=0)
     runs = {"full": (validation, settings), "subset": (validation.subset(subset), settings),
             "one_batch": (validation, replace(settings, eval_batch_size=len(validation), eval_batch_tokens=None))}
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    for round_ in range(rounds + 1):
-        for name, (split, run_settings) in runs.items():
-            started = time.perf_counter()
-            evaluate(model, split, run_settings, study.data.num_labels)
-            if round_:  # round 0 warms up each shape
-                seconds[name].append(time.perf_counter() - started)
-    return {name: {"examples": len(split), "seconds": float(np.median(seconds[name])), "rounds": rounds}
+    seconds = interleaved_medians({name: partial(evaluate, model, split, run_settings, study.data.num_labels)
+                                   for name, (split, run_settings) in runs.items()}, rounds)
+    return {name: {"examples": len(split), "seconds": seconds[name], "rounds": rounds}
             for name, (split, _) in runs.items()}
 
 

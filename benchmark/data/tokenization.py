@@ -140,10 +140,11 @@ def batches(split: TokenizedSplit, order: np.ndarray, batch_size: int, device: t
             ) -> Iterator[tuple[dict[str, torch.Tensor], torch.Tensor, int]]:
     """(model inputs, labels, real token count) per batch of `order`, padded to the longest in
     the batch, rounded up to a multiple of `pad_to_multiple_of`; see batch_bounds for the sizes."""
-    widths = -(-split.lengths[order] // pad_to_multiple_of) * pad_to_multiple_of
+    ordered_lengths = split.lengths[order]
+    widths = -(-ordered_lengths // pad_to_multiple_of) * pad_to_multiple_of
     for start, end in batch_bounds(widths, batch_size, max_tokens):
         indices = order[start:end]
-        lengths = [len(split.input_ids[i]) for i in indices]
+        lengths = ordered_lengths[start:end].tolist()
         width = int(widths[start:end].max())
         input_ids = np.full((len(indices), width), split.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(indices), width), dtype=np.int64)
