@@ -16,9 +16,16 @@
 # Sizes (environment): CONFIG (search_spaces/gpu.yaml), ENCODERS (minilm-l6: MPNet-base does not
 # travel in the bundle), TRIALS (8 per dataset), WORKER_TRIALS (16), PERF_FLAGS (empty; --quick
 # only proves the script works), and a limit per step in seconds: CHECK_S, STUDY_S, WORKERS_S, PERF_S.
+# STEPS (all four: "check study workers perf") picks steps, so that the run can be split across
+# calls: one call to a lent machine runs at most 10 minutes, and the four limits add up to 17.
 set -uo pipefail
 
 out=${1:?usage: bash perf/gpu_check.sh OUT_DIR}
+steps=" ${STEPS:-check study workers perf} "
+for name in $steps; do
+    case $name in check|study|workers|perf) ;; *) echo "STEPS: unknown step $name; expected some of check study workers perf" >&2; exit 2;; esac
+done
+wanted() { [[ $steps == *" $1 "* ]]; }
 mkdir -p "$out"
 if [ -f .gpu/setup.sh ]; then
     # shellcheck disable=SC1091
@@ -55,23 +62,28 @@ PY
 { date -u; [ "$gpu" = yes ] && nvidia-smi; "$python" -c "import torch; print('torch', torch.__version__)"; } \
     > "$out/machine.txt" 2>&1
 
-step check "${CHECK_S:-120}" "$python" run_benchmark.py --check --config "$narrowed" --results-dir "$out/check"
+wanted check && step check "${CHECK_S:-120}" "$python" run_benchmark.py --check --config "$narrowed" \
+    --results-dir "$out/check"
 
-[ "$gpu" = yes ] && { nvidia-smi dmon -s u -d 1 > "$out/dmon.txt" 2>&1 & dmon=$!; }
-step study "${STUDY_S:-240}" "$python" run_benchmark.py --study --config "$narrowed" --results-dir "$out/study" \
-    --n-trials "${TRIALS:-8}"
-if [ "$gpu" = yes ]; then
-    kill "$dmon" 2>/dev/null
-    # dmon's columns: gpu sm mem enc dec ...; the mean SM activity over the study's seconds.
-    awk '!/^#/ && NF > 1 { sum += $2; n++ } END { if (n) printf "GPU busy (SM activity), mean of %d one-second samples: %.1f%%\n", n, sum / n }' \
-        "$out/dmon.txt" | tee "$out/busy.txt"
+if wanted study; then
+    [ "$gpu" = yes ] && { nvidia-smi dmon -s u -d 1 > "$out/dmon.txt" 2>&1 & dmon=$!; }
+    step study "${STUDY_S:-240}" "$python" run_benchmark.py --study --config "$narrowed" --results-dir "$out/study" \
+        --n-trials "${TRIALS:-8}"
+    if [ "$gpu" = yes ]; then
+        kill "$dmon" 2>/dev/null
+        # dmon's columns: gpu sm mem enc dec ...; the mean SM activity over the study's seconds.
+        awk '!/^#/ && NF > 1 { sum += $2; n++ } END { if (n) printf "GPU busy (SM activity), mean of %d one-second samples: %.1f%%\n", n, sum / n }' \
+            "$out/dmon.txt" | tee "$out/busy.txt"
+    fi
 fi
 
-[ "$gpu" = yes ] && nvidia-cuda-mps-control -d > "$out/mps.log" 2>&1
-step workers "${WORKERS_S:-300}" "$python" -m perf.workers --config "$narrowed" --workers "${WORKER_COUNTS:-1,4}" \
-    --trials "${WORKER_TRIALS:-16}" --rounds 1 --out "$out/workers"
-[ "$gpu" = yes ] && { echo quit | nvidia-cuda-mps-control >> "$out/mps.log" 2>&1; }
+if wanted workers; then
+    [ "$gpu" = yes ] && nvidia-cuda-mps-control -d > "$out/mps.log" 2>&1
+    step workers "${WORKERS_S:-300}" "$python" -m perf.workers --config "$narrowed" --workers "${WORKER_COUNTS:-1,4}" \
+        --trials "${WORKER_TRIALS:-16}" --rounds 1 --out "$out/workers"
+    [ "$gpu" = yes ] && { echo quit | nvidia-cuda-mps-control >> "$out/mps.log" 2>&1; }
+fi
 
 # shellcheck disable=SC2086
-step perf "${PERF_S:-360}" "$python" -m perf.perf --config "$narrowed" --out "$out/perf" ${PERF_FLAGS:-}
+wanted perf && step perf "${PERF_S:-360}" "$python" -m perf.perf --config "$narrowed" --out "$out/perf" ${PERF_FLAGS:-}
 echo "done: $out/steps.log"

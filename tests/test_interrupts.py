@@ -16,6 +16,16 @@ from benchmark.search.study import run_study
 from tests.helpers import tiny_dataset_study
 
 
+@pytest.fixture(autouse=True)
+def _ctrl_c_raises():
+    """Ctrl-C raises KeyboardInterrupt here as in a terminal, also when the tests were started
+    in the background (`.ci/run &`), where the shell has SIGINT ignored and Python then leaves
+    it so: every test below would see no signal at all."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _signal_self(signum: int = signal.SIGINT) -> None:
     os.kill(os.getpid(), signum)
 

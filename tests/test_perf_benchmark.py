@@ -341,3 +341,36 @@ def test_a_gpu_run_writes_its_table_beside_the_cpu_one():
 
     assert perf.report_stem(torch.device("cpu")) == "PERF"
     assert perf.report_stem(torch.device("cuda")) == "PERF-cuda"
+
+
+def _gpu_check(out, **environment):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    return subprocess.run(["bash", "perf/gpu_check.sh", str(out)], cwd=root, capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable, **environment}, timeout=300)
+
+
+def test_gpu_check_runs_only_the_steps_asked_for_so_that_a_lent_gpu_can_take_it_in_two_calls(tmp_path,
+                                                                                             tiny_encoders):
+    """A lent machine runs a command for at most 10 minutes, and the four steps' limits add up
+    to 17: STEPS splits the run. On a machine with no GPU the check still runs, on the CPU."""
+    config = write_config(tmp_path, tiny_encoders, encoders=("bert",), training__precision="fp32")
+    out = tmp_path / "check-only"
+    done = _gpu_check(out, STEPS="check", CONFIG=str(config), ENCODERS="bert")
+    assert done.returncode == 0, done.stderr
+    steps = (out / "steps.log").read_text().splitlines()
+    assert [line.split(":")[0] for line in steps] == ["== check (limit 120s)", "== check"]
+    assert steps[-1].startswith("== check: exit 0 after"), (out / "check.log").read_text()
+    assert sorted(path.name for path in out.iterdir()) == ["check.log", "config.yaml", "machine.txt",
+                                                           "steps.log"], "no other step ran (--check writes nothing)"
+
+
+def test_gpu_check_refuses_an_unknown_step_in_one_line_before_any_work(tmp_path):
+    done = _gpu_check(tmp_path / "out", STEPS="check bogus")
+    assert done.returncode == 2
+    assert done.stderr == "STEPS: unknown step bogus; expected some of check study workers perf\n"
+    assert not (tmp_path / "out").exists()

@@ -222,6 +222,19 @@ def test_tokenizer_runs_once_per_dataset_tokenizer_and_length(topics, bert):
     assert max(len(ids) for ids in cache.get(topics, bert.location, 16, loader).train.input_ids) <= 16
 
 
+def test_the_cache_drops_its_least_recently_used_entry_beyond_its_size(topics, bert):
+    cache = TokenizationCache(max_entries=2)
+    loads, loader = _counting_loader(bert)
+    for length in (16, 24, 16, 32):  # 16 used again after 24: 24 is the one dropped for 32
+        cache.get(topics, bert.location, length, loader)
+    assert len(loads) == 3
+    cache.get(topics, bert.location, 16, loader)
+    cache.get(topics, bert.location, 32, loader)
+    assert len(loads) == 3, "16 and 32 were kept"
+    cache.get(topics, bert.location, 24, loader)
+    assert len(loads) == 4, "24 was dropped, and is tokenized again"
+
+
 def test_micro_batches_with_accumulation_train_the_same_model(topics, bert):
     cache = TokenizationCache()
     tokenized = cache.get(topics, bert.location, 32, lambda: load_tokenizer(bert))
