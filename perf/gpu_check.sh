@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# Every CUDA target of issue 24 (docs/scaling.md#on-a-gpu) in one call, sized for a lent GPU's
-# 15 minutes: `bash perf/gpu_check.sh OUT_DIR`, from the project root. Each step has its own
-# time limit and log in OUT_DIR, and a failed step does not stop the next; steps.log says what
-# each took. Where .gpu/setup.sh exists (../shared/gpu's bundle, for a machine with no registry
-# and no hub), it is sourced first.
+# Every CUDA target of issue 24 (docs/scaling.md#on-a-gpu): `bash perf/gpu_check.sh OUT_DIR`, from
+# the project root, in one call or split by STEPS (below). Each step has its own time limit and log
+# in OUT_DIR, and a failed step does not stop the next; steps.log says what each took. Where
+# .gpu/setup.sh exists (../shared/gpu's bundle, for a machine with no registry and no hub), it is
+# sourced first. The bundle lacks two pure-Python packages that a stock CUDA image may lack too:
+# nvidia-ml-py (perf's busy share; without it that row is left out) and tabulate (the tables'
+# Markdown). Unpacked into .gpu/extra, they travel and are put on the path:
+#   pip download -q --no-deps nvidia-ml-py tabulate -d .gpu/wheels
+#   for w in .gpu/wheels/*.whl; do unzip -qo "$w" -d .gpu/extra; done; rm -r .gpu/wheels
 #
 #   check    what `precision: auto` picks per encoder, and the plan's estimate
 #   study    a study of CONFIG, with the GPU's SM activity sampled each second (nvidia-smi dmon):
@@ -31,6 +35,7 @@ if [ -f .gpu/setup.sh ]; then
     # shellcheck disable=SC1091
     . .gpu/setup.sh || { echo ".gpu/setup.sh failed" >&2; exit 2; }
 fi
+[ -d .gpu/extra ] && export PYTHONPATH="$PWD/.gpu/extra${PYTHONPATH:+:$PYTHONPATH}"
 python=${PYTHON:-python3}
 config=${CONFIG:-search_spaces/gpu.yaml}
 encoders=${ENCODERS:-minilm-l6}
