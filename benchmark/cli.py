@@ -383,9 +383,13 @@ def _run_workers(count: int, argv: list[str], search: Callable[[], T]) -> T:
     import subprocess
 
     from benchmark.schema import WORKER_ENV
-    from benchmark.search.workers import taken, usable_cores, worker_shares
+    from benchmark.search.workers import oversubscription, taken, usable_cores, worker_shares
 
-    shares = worker_shares(count, usable_cores(), _visible_gpus())
+    cores, gpus = usable_cores(), _visible_gpus()
+    warning = oversubscription(count, cores, gpus)
+    if warning:
+        print(warning, file=sys.stderr)
+    shares = worker_shares(count, cores, gpus)
     workers = []
     for index, share in enumerate(shares[1:], start=1):
         env = dict(os.environ, **{WORKER_ENV: str(index)}, **share.environment())

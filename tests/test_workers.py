@@ -166,6 +166,31 @@ def test_each_local_worker_gets_its_own_gpu(monkeypatch):
     assert [gpu for _, gpu in started] == ["0"], "one GPU: the workers share it, as inherited"
 
 
+def test_more_workers_than_cores_and_no_gpu_is_said_in_one_line(monkeypatch, capsys):
+    """K workers on fewer cores, with no GPU, each get one thread and take turns on the cores
+    (docs/scaling.md has what that cost on this project's 2-core CPU)."""
+    from benchmark import cli
+    from benchmark.search import workers
+
+    class FakeWorker:
+        def __init__(self, command, env, stdout):
+            self.pid = 7
+
+        def wait(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakeWorker)
+    monkeypatch.setattr(workers, "usable_cores", lambda: 2)
+    said = []
+    for count, visible in ((4, ""), (2, ""), (4, "0")):
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+        cli._run_workers(count, ["--study"], lambda: None)
+        said.append([line for line in capsys.readouterr().err.splitlines() if line.startswith("--workers")])
+    assert said == [["--workers 4: more workers than the 2 core(s) this process may use, and no GPU: each gets one "
+                     "thread and they take turns on the cores; --workers 2 makes better use of them "
+                     "(docs/scaling.md#many-workers-and-machines)"], [], []]
+
+
 @pytest.mark.parametrize("stop, signalled", [(RuntimeError("storage gone"), True), (KeyboardInterrupt(), False)])
 def test_the_other_workers_stop_with_this_one(monkeypatch, stop, signalled):
     """An error in this process's own search, or a SIGTERM sent to it alone, reaches the other

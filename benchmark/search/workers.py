@@ -50,6 +50,17 @@ def worker_shares(count: int, cores: int, gpus: list[str]) -> list[WorkerShare]:
             for gpu in assigned]
 
 
+def oversubscription(count: int, cores: int, gpus: list[str]) -> str | None:
+    """A line for the user where `count` workers with no GPU outnumber the cores (None
+    otherwise): each then gets one thread, and the workers take turns on the cores, with K
+    copies of the model and data in memory. Where GPUs train, the cores only feed them."""
+    if gpus or count <= cores:
+        return None
+    return (f"--workers {count}: more workers than the {cores} core(s) this process may use, and no GPU: "
+            f"each gets one thread and they take turns on the cores; --workers {cores} makes better use of them "
+            "(docs/scaling.md#many-workers-and-machines)")
+
+
 def usable_cores() -> int:
     """The cores this process may run on (an affinity mask or a container's CPU set), else all."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
