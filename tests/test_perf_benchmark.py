@@ -4,6 +4,10 @@ run is `python -m perf.perf`, not a test), and its arithmetic is checked by hand
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -344,14 +348,9 @@ def test_a_gpu_run_writes_its_table_beside_the_cpu_one():
 
 
 def _gpu_check(out, **environment):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    return subprocess.run(["bash", "perf/gpu_check.sh", str(out)], cwd=root, capture_output=True, text=True,
-                          check=False, env={**os.environ, "PYTHON": sys.executable, **environment}, timeout=300)
+    return subprocess.run(["bash", "perf/gpu_check.sh", str(out)], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, check=False, timeout=300,
+                          env={**os.environ, "PYTHON": sys.executable, **environment})
 
 
 def test_gpu_check_runs_only_the_steps_asked_for_so_that_a_lent_gpu_can_take_it_in_two_calls(tmp_path,
