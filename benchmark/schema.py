@@ -90,6 +90,7 @@ WALL_SECONDS_ATTR = "wall_seconds"
 TRAIN_SECONDS_ATTR = "train_seconds"
 EVAL_SECONDS_ATTR = "eval_seconds"
 TRAIN_TOKENS_ATTR = "train_tokens"
+EVAL_TOKENS_ATTR = "eval_tokens"
 
 # --- the final evaluation's studies ---------------------------------------------------------------
 FINAL_OF_ATTR = "final_evaluation_of"  # study: the search study whose best configurations it retrains

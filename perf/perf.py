@@ -459,7 +459,8 @@ def _trial_record(trial, started: float, memory: Sampler) -> dict:
     return {
         "number": trial.number, "state": trial.state.name.lower(), "value": trial.value,
         "ended_s": ended - started, "rss": memory.at(ended),
-        **{key: trial.user_attrs[key] for key in ("wall_seconds", "train_seconds", "eval_seconds", "load_seconds")
+        **{key: trial.user_attrs[key] for key in ("wall_seconds", "train_seconds", "eval_seconds", "load_seconds",
+                                                    "train_tokens", "eval_tokens")
            if key in trial.user_attrs},
     }
 

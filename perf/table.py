@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from benchmark.train.estimate import FORWARD_SHARE
+
 TARGETS = {
     "throughput_ratio": 1.3,   # ours as configured / Trainer with TrainingArguments' defaults, at least
     "mfu": 0.60,               # of the measured matmul peak of the precision in use, largest encoder, at least
@@ -166,17 +168,27 @@ def _search_summary(search: dict) -> dict:
 
 
 def _overhead(search: dict) -> dict:
-    """Where the search's wall time went: training steps, and everything else."""
+    """Where the search's wall time went: training steps, and everything else.
+
+    `eval_arithmetic_share` is evaluation's share of the search's arithmetic: its forward
+    passes over `eval_tokens` against training's forward and backward passes over
+    `train_tokens`. Where evaluation runs at training's FLOP rate, it takes that share of the
+    time however fast both are: a faster harness leaves it, fewer evaluated examples cut it.
+    None for records from before trials counted their evaluated tokens."""
     trials = search["trials"]
     train = sum(t.get("train_seconds", 0.0) for t in trials)
     load = sum(t.get("load_seconds", 0.0) for t in trials)
     evaluation = sum(t.get("eval_seconds", 0.0) for t in trials)
     in_trials = sum(t.get("wall_seconds", 0.0) for t in trials)
     total = search["seconds"]
+    counted = [t for t in trials if "eval_tokens" in t and "train_tokens" in t]
+    eval_work = FORWARD_SHARE * sum(t["eval_tokens"] for t in counted)
+    work = sum(t["train_tokens"] for t in counted) + eval_work
     return {
         "share": (total - train) / total, "train_s": train, "load_s": load, "eval_s": evaluation,
         "other_in_trials_s": in_trials - train - load - evaluation, "between_trials_s": total - in_trials,
         "total_s": total,
+        "eval_arithmetic_share": eval_work / work if work and len(counted) == len(trials) else None,
     }
 
 
@@ -226,7 +238,13 @@ def _why_missed(name: str, report: dict, summary: dict) -> str:
         parts = {"evaluation": overhead["eval_s"], "model load": overhead["load_s"],
                  "other in trials": overhead["other_in_trials_s"], "between trials": overhead["between_trials_s"]}
         largest = max(parts, key=parts.get)
-        return f"the largest part is {largest}: {parts[largest]:.1f} s of {overhead['total_s']:.0f} s"
+        why = f"the largest part is {largest}: {parts[largest]:.1f} s of {overhead['total_s']:.0f} s"
+        arithmetic = overhead.get("eval_arithmetic_share")
+        if arithmetic is None:
+            return why
+        return (f"{why}; evaluation is {arithmetic:.1%} of the search's arithmetic (its forward passes against "
+                f"training's forward and backward passes): the share of the time it takes wherever both run at "
+                f"the same FLOP rate")
     if name == "busy_share":
         overhead = summary["overhead"]
         return (f"the GPU idled while the host loaded, evaluated and ran between trials "

@@ -39,9 +39,11 @@ def _report(ours_seconds: float, trainer_seconds: float, default_trainer_seconds
         "seconds": 100.0, "rss_peak": 3 * 2**30,
         "trials": [
             {"ended_s": 40.0, "state": "complete", "value": 0.8, "rss": 2**30, "wall_seconds": 40.0,
-             "train_seconds": 30.0, "eval_seconds": 6.0, "load_seconds": 2.0},
+             "train_seconds": 30.0, "eval_seconds": 6.0, "load_seconds": 2.0,
+             "train_tokens": 9000, "eval_tokens": 3000},
             {"ended_s": 90.0, "state": "complete", "value": 0.9, "rss": 2**30 + 2**20, "wall_seconds": 50.0,
-             "train_seconds": 45.0, "eval_seconds": 3.0, "load_seconds": 1.0},
+             "train_seconds": 45.0, "eval_seconds": 3.0, "load_seconds": 1.0,
+             "train_tokens": 18000, "eval_tokens": 6000},
         ],
     }
     peer_side = {**search_side, "trials": [
@@ -105,6 +107,9 @@ def test_summary_ratios_and_verdicts_by_hand():
     # 100 s of search, 75 s of it in training steps
     assert summary["overhead"]["share"] == pytest.approx(0.25)
     assert summary["overhead"]["between_trials_s"] == pytest.approx(10.0)
+    # forward passes over 9,000 evaluated tokens (a third of a training token's arithmetic each)
+    # against training over 27,000: 3,000 / (27,000 + 3,000)
+    assert summary["overhead"]["eval_arithmetic_share"] == pytest.approx(0.1)
     # the peer's best, 0.85, was passed by ours at 90 s, of the peer's 125 s
     assert summary["search"]["ours_time_to_trainer_best"] == 90.0
     assert summary["search"]["ours_time_share"] == pytest.approx(0.72)
@@ -121,8 +126,19 @@ def test_summary_ratios_and_verdicts_by_hand():
     assert "| 3. model FLOPs utilization, enc fp32 | 1% of the fp32 matmul peak | - | - | >= 60% | missed by 98% |" in table
     assert "missed by 44%" in table  # 0.72 against at most 0.5
     # outside training: load 3 s, evaluation 9 s, other in trials 90-75-3-9 = 3 s, between trials 10 s
-    assert "| overhead_share (<= 0.05) | 0.25 | missed by 400% | the largest part is between trials: 10.0 s of 100 s |" in table
+    assert ("| overhead_share (<= 0.05) | 0.25 | missed by 400% | the largest part is between trials: 10.0 s of 100 s; "
+            "evaluation is 10.0% of the search's arithmetic (its forward passes against training's forward and "
+            "backward passes): the share of the time it takes wherever both run at the same FLOP rate |") in table
     assert "| mfu (>= 0.6) | 0.01 | missed by 98% | the matmuls of enc run near the fp32 peak" in table
+
+
+def test_a_search_recorded_before_trials_counted_evaluated_tokens_gives_no_arithmetic_share():
+    report = _report(ours_seconds=1.0, trainer_seconds=1.5)
+    for trial in report["search"]["ours"]["trials"][1:]:
+        del trial["eval_tokens"]
+    summary = summarize(report)
+    assert summary["overhead"]["eval_arithmetic_share"] is None  # not a share of some of the trials
+    assert "| the largest part is between trials: 10.0 s of 100 s |" in render_markdown(report, summary)
 
 
 def test_throughput_target_against_default_trainer_says_why_when_missed():
@@ -167,6 +183,9 @@ def test_quick_run_measures_every_row_against_trainer(tmp_path, tiny_encoders, m
         assert written["search"][side]["trials"], side
     ours_trials = written["search"]["ours"]["trials"]
     assert all(t["train_seconds"] <= t["wall_seconds"] for t in ours_trials)
+    # every trial evaluated at least its last checkpoint: its real tokens are counted
+    assert all(t["eval_tokens"] > 0 and t["train_tokens"] > 0 for t in ours_trials)
+    assert 0 < report["summary"]["overhead"]["eval_arithmetic_share"] < 1
     markdown = (tmp_path / "perf" / "PERF.md").read_text()
     for row in ("1. training throughput, bert", "2. search", "3. model FLOPs utilization", "4. overhead",
                 "5. memory"):

@@ -48,6 +48,7 @@ def test_study_end_to_end_and_leaderboard_rebuilt_from_storage(tmp_path, tiny_en
             encoder = trial.params["encoder"]
             best[(name, encoder)] = max(best.get((name, encoder), -math.inf), trial.value)
             assert trial.user_attrs["train_tokens"] > 0
+            assert trial.user_attrs["eval_tokens"] > 0  # with train_tokens, what evaluation cost in arithmetic
 
     board = pd.read_csv(results / "leaderboard.csv").set_index("encoder")
     for (name, encoder), value in best.items():

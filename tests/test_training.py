@@ -342,18 +342,24 @@ def test_the_fast_path_computes_what_the_plain_path_computes(topics, bert, monke
                          fused_optimizer=False)
     fast = LoopSettings(eval_every_examples=32, eval_batch_size=32, seed=0, device=CPU, autocast_dtype=None,
                         fused_optimizer=True, pad_to_multiple_of=8, eval_subset_examples=5)
-    evaluated = []
+    evaluated, evaluated_tokens = [], []
     real_evaluate = benchmark.train.loop.evaluate
 
     def recording_evaluate(model, split, settings, num_labels):
         evaluated.append(split.labels.copy())
+        evaluated_tokens.append(sum(len(ids) for ids in split.input_ids))
         return real_evaluate(model, split, settings, num_labels)
 
     monkeypatch.setattr(benchmark.train.loop, "evaluate", recording_evaluate)
     plain_result, plain_steps, _ = _run(bert, topics, tokenized, plain)
     plain_sizes = [len(labels) for labels in evaluated]
+    # every evaluation's real tokens, padding left out: here every one is of the whole split
+    assert plain_result.eval_tokens == sum(evaluated_tokens) == len(evaluated) * tokenized.validation.lengths.sum()
     evaluated.clear()
+    evaluated_tokens.clear()
     fast_result, fast_steps, _ = _run(bert, topics, tokenized, fast)
+    # the checkpoints' subsets and the last whole split, padded to a multiple of 8 or not
+    assert fast_result.eval_tokens == sum(evaluated_tokens) < plain_result.eval_tokens
 
     assert [s.loss for s in fast_steps] == pytest.approx([s.loss for s in plain_steps], rel=1e-4)
     assert fast_result.final.metrics == plain_result.final.metrics

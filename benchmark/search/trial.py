@@ -20,6 +20,7 @@ from benchmark.schema import (
     DEVICE_ATTR,
     ENCODER_PARAM,
     EVAL_SECONDS_ATTR,
+    EVAL_TOKENS_ATTR,
     FAIL_REASON_ATTR,
     INTERRUPTED_ATTR,
     LOAD_SECONDS_ATTR,
@@ -187,6 +188,7 @@ class TrialCost:
         trial.set_user_attr(TRAIN_SECONDS_ATTR, round(self.progress.train_seconds, 3))
         trial.set_user_attr(EVAL_SECONDS_ATTR, round(self.progress.eval_seconds, 3))
         trial.set_user_attr(TRAIN_TOKENS_ATTR, self.tokens)
+        trial.set_user_attr(EVAL_TOKENS_ATTR, self.progress.eval_tokens)
 
 
 def trial_callbacks(trial: optuna.Trial, study: DatasetStudy, run: TrialRun, cost: TrialCost

@@ -75,6 +75,9 @@ class TrainingResult:
     steps: int = 0
     train_tokens: int = 0
     train_seconds: float = 0.0
+    # Real tokens of the evaluated examples, every checkpoint's and the last evaluation's
+    # (padding left out): with train_tokens, the arithmetic that evaluation costs a run.
+    eval_tokens: int = 0
     eval_seconds: float = 0.0
 
     @property
@@ -320,6 +323,7 @@ def fine_tune(
         split = validation if step == total_steps else checkpoint_split
         loss, metrics = evaluate(model, split, settings, num_labels)
         result.eval_seconds += time.perf_counter() - started
+        result.eval_tokens += int(split.lengths.sum())
         evaluation = Evaluation(step=step, examples=step * hp.batch_size, epoch=step / steps_per_epoch,
                                 loss=loss, metrics=metrics, last=step == total_steps)
         result.evaluations.append(evaluation)
