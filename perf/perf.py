@@ -143,7 +143,7 @@ def measure_ours(study, encoder_name: str, train, hp, dtype, sampling: str, fuse
 
     # One tiny evaluation at the end, which fine_tune always does; its time is subtracted.
     validation = train.subset(np.arange(min(len(train), 8)))
-    settings = replace(loop_settings(study, encoder_name, seed=0, eval_every_examples=10**9), autocast_dtype=dtype,
+    settings = replace(loop_settings(study, encoder_name, seed=0, only_at_end=True), autocast_dtype=dtype,
                        fused_optimizer=fused, eval_subset_examples=None,
                        group_by_length=sampling == "group_by_length", compile=compiled,
                        pad_to_multiple_of=padding_multiple(study.device, compiled))

@@ -112,8 +112,13 @@ def test_trial_seconds_by_hand():
     # 1 epoch: 5 steps of 2 x 5 tokens = 50; checkpoints at steps 2, 4 (2-example subset) and 5
     # (all 4): 8 examples x 3 tokens = 24, a third of a step's cost each: 0.01 x (50 + 8) = 0.58.
     # 2 epochs: 100 tokens; checkpoints 2, 4, 6, 8 and 10: 12 examples x 3: 0.01 x (100 + 12) = 1.12.
-    seconds = estimate.trial_seconds(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training)
+    seconds = estimate.trial_seconds(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training,
+                                     training.eval_schedule)
     assert seconds == pytest.approx(0.5 * 0.58 + 0.5 * 1.12)
+    # an encoder that is not pruned evaluates only at the end: 4 examples x 3 tokens either way,
+    # 0.01 x (50 + 4) and 0.01 x (100 + 4)
+    unpruned = estimate.trial_seconds(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training, "end")
+    assert unpruned == pytest.approx(0.5 * 0.54 + 0.5 * 1.04)
 
 
 def test_remaining_trials_fill_the_fewest_first_or_share_equally_in_search_mode():
@@ -154,6 +159,21 @@ def test_check_shows_each_encoders_precision_and_times_it_once(tmp_path, tiny_en
     out = capsys.readouterr().out
     assert measured == [("bert", ["bf16"]), ("roberta", ["fp32"])]
     assert "precision bert: bf16 (measured at 16x32" in out and "stored in a study: the run keeps it" in out
+
+
+def test_check_says_which_encoder_is_not_pruned_and_estimates_its_trials_without_checkpoints(
+        tmp_path, tiny_encoders, capsys, steps_of_half_a_second, monkeypatch):
+    schedules = []
+    real = estimate.trial_seconds
+    monkeypatch.setattr(estimate, "trial_seconds", lambda *args: schedules.append(args[-1]) or real(*args))
+    config = write_config(tmp_path, tiny_encoders, training__precision="fp32", training__eval_schedule="geometric",
+                          encoders__roberta__prune=False)
+    assert main(["--check", "--config", str(config), "--datasets", "topics"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    note = "not pruned (prune: false): evaluated at the end of each trial only"
+    assert note in next(line for line in lines if line.startswith("encoder roberta:"))
+    assert note not in next(line for line in lines if line.startswith("encoder bert:"))
+    assert schedules == ["geometric", "end"]  # bert's checkpoints are estimated, roberta's end only
 
 
 def test_check_reads_a_storage_named_with_a_query_string(tmp_path, tiny_encoders, capsys, steps_of_half_a_second):

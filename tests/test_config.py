@@ -357,6 +357,20 @@ def test_eval_schedule_is_fixed_unless_asked_and_names_the_key_when_unknown(tmp_
     assert "training.eval_schedule: Input should be 'fixed' or 'geometric'" in _error(_write(tmp_path, data))
 
 
+def test_an_encoder_is_pruned_unless_it_says_prune_false(tmp_path):
+    data = _valid()
+    first, *_ = data["encoders"]
+    config = load_config(_write(tmp_path, data))
+    assert config.encoders[first].prune and config.eval_schedule(first) == "fixed"
+    data["training"]["eval_schedule"] = "geometric"
+    data["encoders"][first]["prune"] = False
+    config = load_config(_write(tmp_path, data))
+    assert config.eval_schedule(first) == "end"  # evaluated at the end of its trials only
+    assert all(config.eval_schedule(name) == "geometric" for name in config.encoders if name != first)
+    data["encoders"][first]["prune"] = "no"
+    assert f"encoders.{first}.prune: Input should be a valid boolean" in _error(_write(tmp_path, data))
+
+
 def test_eval_interval_checks_int_ranges_and_per_encoder_overrides(tmp_path):
     data = _valid()
     data["search_space"]["batch_size"] = {"type": "int", "low": 4, "high": 8}

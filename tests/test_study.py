@@ -180,6 +180,29 @@ def test_geometric_checkpoints_reach_the_pruner_at_the_same_examples_whatever_th
     assert {trial.params["batch_size"] for trial in study.trials} == {8, 16}
 
 
+def test_an_encoder_that_is_not_pruned_evaluates_only_at_the_end_and_is_never_pruned(tmp_path, tiny_encoders):
+    config = load_config(write_config(tmp_path, tiny_encoders, encoders=("bert", "electra"),
+                                      training__eval_every_examples=16,
+                                      encoders__electra__prune=False))
+    dataset_study = prepare_studies(config.restricted(["topics"], None), f"sqlite:///{tmp_path / 'db.sqlite'}",
+                                    ["none"], tmp_path).studies[0]
+    # Accuracy never reaches 2: this pruner stops every trial at its first checkpoint, if it has one.
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=2.0))
+    for encoder in ("bert", "electra"):
+        study.enqueue_trial({"encoder": encoder, "batch_size": 8, "num_epochs": 1})
+    study.optimize(lambda t: trial_module.run_trial(t, dataset_study), n_trials=2)
+    pruned, unpruned = study.trials
+    assert pruned.state == optuna.trial.TrialState.PRUNED and list(pruned.intermediate_values) == [16]
+    total = len(dataset_study.data.train) // 8 * 8
+    assert unpruned.state == optuna.trial.TrialState.COMPLETE
+    assert list(unpruned.intermediate_values) == [total]  # the whole split once, the trial's value
+    # one evaluation of the whole validation split, nothing before it
+    validation = dataset_study.tokenization.get(dataset_study.data, (dataset_study.encoders["electra"].location,
+                                                                     dataset_study.encoders["electra"].revision),
+                                                32, lambda: None).validation
+    assert unpruned.user_attrs["eval_tokens"] == validation.lengths.sum()
+
+
 def test_sampled_dropout_reaches_the_trained_model(tmp_path, tiny_encoders, monkeypatch):
     dataset_study = tiny_dataset_study(tmp_path, tiny_encoders, encoders=("albert", "deberta-v2"))
     seen = []

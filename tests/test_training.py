@@ -387,6 +387,8 @@ def test_checkpoint_steps_by_hand():
     assert checkpoint_steps(15, 3, 16, 192, "fixed") == [12, 24, 36, 45]
     assert checkpoint_steps(15, 3, 16, 192, "geometric") == [12, 24, 45]
     assert checkpoint_steps(7, 3, 32, 192, "geometric") == [6, 12, 21]
+    # an encoder with `prune: false`, and the final evaluation's retraining: the end only
+    assert checkpoint_steps(15, 3, 16, 192, "end") == [45]
     with pytest.raises(ValueError, match="'hourly'"):
         checkpoint_steps(10, 1, 16, 32, "hourly")
 

@@ -179,6 +179,8 @@ class EncoderSpec(_Strict):
     (served from the local cache when there is no network), `local` a directory.
     `pooling` picks the classifier's input: the [CLS] token's state or the mean of all
     real tokens' states; unset, it is what the checkpoint declares (see encoders.resolve).
+    `prune: false` runs the encoder's trials to their end, evaluated there only: no pruning
+    checkpoints, for an encoder whose trials are too short for pruning to repay them.
     """
 
     source: Literal["offline", "hub", "local"]
@@ -187,6 +189,7 @@ class EncoderSpec(_Strict):
     revision: str | None = None
     trust_remote_code: StrictBool = False
     pooling: Literal["cls", "mean"] | None = None
+    prune: StrictBool = True
     overrides: dict[str, RangeOverride] = Field(default_factory=dict)
 
     @model_validator(mode="after")
@@ -457,6 +460,11 @@ class BenchmarkConfig(_Strict):
                 f"use 0 for no warm-up, or {2 * first} to spare the first checkpoint"
             )
         return self
+
+    def eval_schedule(self, encoder: str) -> str:
+        """When the encoder's trials evaluate: the training section's checkpoint schedule, or
+        only at their end where the encoder is not pruned."""
+        return self.training.eval_schedule if self.encoders[encoder].prune else "end"
 
     def batch_sizes(self) -> list[int]:
         """Every batch size a trial can sample, per-encoder overrides included."""

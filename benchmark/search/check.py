@@ -72,7 +72,8 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
               f"(without the classification head), {encoder.pooling} pooling, tokenizer "
               f"{type(tokenizers[name]).__name__}; mean tokens per training example: {train_widths}; "
               f"one training step of {steps[name][1]}x{steps[name][2]} in {inputs.precisions[name].choice}: "
-              f"{steps[name][0]:.2f} s")
+              f"{steps[name][0]:.2f} s"
+              f"{'' if config.encoders[name].prune else '; not pruned (prune: false): evaluated at the end of each trial only'}")
     for name, loaded in inputs.datasets.items():
         counts = np.bincount(loaded.train.labels, minlength=loaded.num_labels)
         classes = ", ".join(f"{label!r} {count}" for label, count in zip(loaded.label_names, counts))
@@ -138,7 +139,8 @@ def _trial_seconds(config: BenchmarkConfig, encoder: str, seconds_per_token: flo
     space, overrides = config.search_space, config.encoders[encoder].overrides
     return estimate.trial_seconds(seconds_per_token, train, validation,
                                   estimate.prior(space.batch_size, overrides.get("batch_size")),
-                                  estimate.prior(space.num_epochs, overrides.get("num_epochs")), config.training)
+                                  estimate.prior(space.num_epochs, overrides.get("num_epochs")), config.training,
+                                  config.eval_schedule(encoder))
 
 
 def _finished_per_encoder(storage: optuna.storages.BaseStorage | None, name: str) -> dict[str, int]:

@@ -182,9 +182,7 @@ def _train_and_test(dataset_study: DatasetStudy, source: FrozenTrial, test, seed
     tokenized = dataset_study.tokenization.get(dataset_study.data, (encoder.location, encoder.revision), training.max_length,
                                                lambda: load_tokenizer(encoder))
     # No evaluation before the end: nothing is pruned here, and the final one is what counts.
-    never = len(tokenized.train) * hp.num_epochs + 1
-    settings = loop_settings(dataset_study, encoder.name, training.seed + SEED_OFFSET + seed,
-                             eval_every_examples=never)
+    settings = loop_settings(dataset_study, encoder.name, training.seed + SEED_OFFSET + seed, only_at_end=True)
     torch.manual_seed(settings.seed)
     model = load_classifier(encoder, dataset_study.data.label_names, hp.dropout)
     try:

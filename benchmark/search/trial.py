@@ -83,13 +83,13 @@ class InterruptedTrialLog(logging.Filter):
 INTERRUPTED_TRIAL_LOG = InterruptedTrialLog()
 
 
-def loop_settings(study: DatasetStudy, encoder: str, seed: int, eval_every_examples: int | None = None
-                  ) -> LoopSettings:
+def loop_settings(study: DatasetStudy, encoder: str, seed: int, only_at_end: bool = False) -> LoopSettings:
     """The training loop's settings for this study's device and the encoder's precision, shared
-    by search and final evaluation. Train within `precision.matmuls` of the same choice."""
+    by search and final evaluation (`only_at_end`: no checkpoint before the last step). Train
+    within `precision.matmuls` of the same choice."""
     training = study.config.training
     return LoopSettings(
-        eval_every_examples=eval_every_examples or training.eval_every_examples,
+        eval_every_examples=training.eval_every_examples,
         eval_batch_size=evaluation_batch_size(training.eval_batch_size, training.max_length,
                                               available_device_memory(study.device)),
         eval_batch_tokens=evaluation_batch_tokens(study.device),
@@ -99,7 +99,7 @@ def loop_settings(study: DatasetStudy, encoder: str, seed: int, eval_every_examp
         pad_to_multiple_of=padding_multiple(study.device, training.compile),
         eval_subset_examples=training.eval_subset_examples,
         group_by_length=training.group_by_length,
-        eval_schedule=training.eval_schedule,
+        eval_schedule="end" if only_at_end else study.config.eval_schedule(encoder),
         compile=training.compile,
     )
 

@@ -44,10 +44,12 @@ def padded_width(lengths: np.ndarray, batch_size: int, grouped: bool) -> float:
 
 
 def trial_seconds(seconds_per_token: float, train_lengths: np.ndarray, validation_lengths: np.ndarray,
-                  batch_sizes: dict[int, float], epochs: dict[int, float], training: TrainingSpec) -> float:
+                  batch_sizes: dict[int, float], epochs: dict[int, float], training: TrainingSpec,
+                  schedule: str) -> float:
     """Expected seconds of one trial that runs to its end: its training tokens (full batches,
-    padded) at `seconds_per_token`, plus its checkpoint evaluations (the subset, then the whole
-    validation split at the end; sorted by length, so unpadded) at FORWARD_SHARE of it."""
+    padded) at `seconds_per_token`, plus its evaluations (the subset at the checkpoints of
+    `schedule`, then the whole validation split at the end; sorted by length, so unpadded) at
+    FORWARD_SHARE of it."""
     validation = len(validation_lengths)
     subset = min(training.eval_subset_examples or validation, validation)
     validation_width = float(np.mean(validation_lengths))
@@ -57,7 +59,7 @@ def trial_seconds(seconds_per_token: float, train_lengths: np.ndarray, validatio
         steps_per_epoch = len(train_lengths) // batch_size
         for num_epochs, epochs_p in epochs.items():
             checkpoints = checkpoint_steps(steps_per_epoch, num_epochs, batch_size, training.eval_every_examples,
-                                           training.eval_schedule)
+                                           schedule)
             train_tokens = steps_per_epoch * num_epochs * batch_size * width
             eval_tokens = (subset * (len(checkpoints) - 1) + validation) * validation_width
             expected += batch_p * epochs_p * seconds_per_token * (train_tokens + FORWARD_SHARE * eval_tokens)

@@ -57,7 +57,8 @@ class LoopSettings:
     eval_subset_examples: int | None = None
     # Training batches of similar lengths (see tokenization.length_grouped): less padding.
     group_by_length: bool = False
-    # Checkpoints every `eval_every_examples`, or at 1, 2, 4, ... times it (see checkpoint_steps).
+    # Checkpoints every `eval_every_examples`, or at 1, 2, 4, ... times it, or only at the
+    # end (see checkpoint_steps).
     eval_schedule: str = "fixed"
     # The model runs under torch.compile (pad_to_multiple_of should then be padding_multiple's).
     compile: bool = False
@@ -208,7 +209,7 @@ def _linear_warmup_decay(optimizer: torch.optim.Optimizer, warmup_steps: int, to
 def checkpoint_steps(steps_per_epoch: int, epochs: int, batch_size: int, every_examples: int,
                      schedule: str) -> list[int]:
     """The steps after which a run evaluates: every `every_examples` (`fixed`) or at 1, 2, 4, ...
-    times it (`geometric`), and always at the last step.
+    times it (`geometric`), and always at the last step (`end`: only there).
 
     Counted in examples, so every batch size that divides `every_examples` checkpoints after
     the same numbers of examples, which is what the pruner compares trials at. The geometric
@@ -221,8 +222,10 @@ def checkpoint_steps(steps_per_epoch: int, epochs: int, batch_size: int, every_e
         steps = list(range(interval, total + 1, interval))
     elif schedule == "geometric":
         steps = [interval * 2**k for k in range(total.bit_length()) if interval * 2**k <= total]
+    elif schedule == "end":
+        steps = []
     else:
-        raise ValueError(f"unknown checkpoint schedule {schedule!r}; expected 'fixed' or 'geometric'")
+        raise ValueError(f"unknown checkpoint schedule {schedule!r}; expected 'fixed', 'geometric' or 'end'")
     return steps if steps and steps[-1] == total else steps + [total]
 
 
