@@ -374,6 +374,28 @@ def test_the_fast_path_computes_what_the_plain_path_computes(topics, bert, monke
     assert set(checkpoints[0]) == set(validation), "stratified: every class is in the subset"
 
 
+def test_checkpoints_do_not_change_the_training_or_the_trials_value(topics, bert):
+    """What `prune: false` relies on: a run evaluated only at its end trains and scores as one
+    with checkpoints (dropout on, so the random stream must not move either)."""
+    tokenized = TokenizationCache().get(topics, bert.location, 32, lambda: load_tokenizer(bert))
+    hp = Hyperparameters(learning_rate=3e-3, warmup_ratio=0.1, dropout=0.1, max_grad_norm=1.0,
+                         weight_decay=0.01, batch_size=16, num_epochs=2)
+    runs = {}
+    for schedule in ("fixed", "end"):
+        settings = LoopSettings(eval_every_examples=16, eval_batch_size=32, seed=0, device=CPU, autocast_dtype=None,
+                                eval_schedule=schedule)
+        torch.manual_seed(123)
+        model = load_classifier(bert, topics.label_names, dropout=0.1)
+        steps = []
+        result = fine_tune(model, tokenized.train, tokenized.validation, topics.num_labels, hp, settings,
+                           steps.append, lambda e: None)
+        runs[schedule] = result, [s.loss for s in steps]
+    (checked, checked_losses), (at_end, end_losses) = runs["fixed"], runs["end"]
+    assert len(checked.evaluations) > 1 and [e.step for e in at_end.evaluations] == [checked.final.step]
+    assert end_losses == checked_losses
+    assert at_end.final.metrics == checked.final.metrics and at_end.final.loss == checked.final.loss
+
+
 def test_checkpoint_steps_by_hand():
     # 10 steps an epoch, 3 epochs, batch 16, every 32 examples = every 2 steps
     assert checkpoint_steps(10, 3, 16, 32, "fixed") == [2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30]
