@@ -13,6 +13,10 @@ from benchmark.schema import ENCODER_PARAM
 from benchmark.search.optuna_internals import encoder_view
 
 
+# The pruners that never prune their first `n_startup_trials` trials, nor before `n_warmup_steps`.
+STARTUP_PRUNERS = ("median", "percentile")
+
+
 def make_pruner(spec: PrunerSpec) -> BasePruner:
     if spec.per_encoder and spec.type != "none":
         return PerEncoderPruner(lambda: _optuna_pruner(spec))

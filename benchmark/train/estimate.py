@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,27 +44,43 @@ def padded_width(lengths: np.ndarray, batch_size: int, grouped: bool) -> float:
     return float(np.sum(values * (at_most ** batch_size - below ** batch_size)))
 
 
-def trial_seconds(seconds_per_token: float, train_lengths: np.ndarray, validation_lengths: np.ndarray,
-                  batch_sizes: dict[int, float], epochs: dict[int, float], training: TrainingSpec,
-                  schedule: str) -> float:
+@dataclass(frozen=True)
+class TrialCost:
+    """One trial's estimated seconds."""
+
+    seconds: float  # expected, run to its end
+    checkpoint_seconds: float  # expected, of which its pruning checkpoints' evaluations
+    # The most one prune can save: the training after the first checkpoint the pruner may act
+    # at, in the longest trial the space allows.
+    most_saved_seconds: float
+
+
+def trial_cost(seconds_per_token: float, train_lengths: np.ndarray, validation_lengths: np.ndarray,
+               batch_sizes: dict[int, float], epochs: dict[int, float], training: TrainingSpec,
+               schedule: str, warmup_examples: int = 0) -> TrialCost:
     """Expected seconds of one trial that runs to its end: its training tokens (full batches,
     padded) at `seconds_per_token`, plus its evaluations (the subset at the checkpoints of
     `schedule`, then the whole validation split at the end; sorted by length, so unpadded) at
-    FORWARD_SHARE of it."""
+    FORWARD_SHARE of it. A pruner acts at checkpoints from `warmup_examples` on."""
     validation = len(validation_lengths)
     subset = min(training.eval_subset_examples or validation, validation)
     validation_width = float(np.mean(validation_lengths))
-    expected = 0.0
+    checkpoint_seconds = FORWARD_SHARE * subset * validation_width * seconds_per_token
+    expected = expected_checkpoints = most_saved = 0.0
     for batch_size, batch_p in batch_sizes.items():
         width = padded_width(train_lengths, batch_size, training.group_by_length)
         steps_per_epoch = len(train_lengths) // batch_size
         for num_epochs, epochs_p in epochs.items():
-            checkpoints = checkpoint_steps(steps_per_epoch, num_epochs, batch_size, training.eval_every_examples,
-                                           schedule)
-            train_tokens = steps_per_epoch * num_epochs * batch_size * width
-            eval_tokens = (subset * (len(checkpoints) - 1) + validation) * validation_width
+            *checkpoints, total = checkpoint_steps(steps_per_epoch, num_epochs, batch_size,
+                                                   training.eval_every_examples, schedule)
+            train_tokens = total * batch_size * width
+            eval_tokens = (subset * len(checkpoints) + validation) * validation_width
             expected += batch_p * epochs_p * seconds_per_token * (train_tokens + FORWARD_SHARE * eval_tokens)
-    return expected
+            expected_checkpoints += batch_p * epochs_p * len(checkpoints) * checkpoint_seconds
+            acting = [step for step in checkpoints if step * batch_size >= warmup_examples]
+            if acting:
+                most_saved = max(most_saved, (total - acting[0]) * batch_size * width * seconds_per_token)
+    return TrialCost(expected, expected_checkpoints, most_saved)
 
 
 def remaining_trials(n_trials: int, finished: dict[str, int], encoders: list[str], balanced: bool) -> dict[str, float]:
