@@ -113,7 +113,7 @@ def test_trial_seconds_by_hand():
     # 1 epoch: 5 steps of 2 x 5 tokens = 50; checkpoints at steps 2, 4 (2-example subset) and 5
     # (all 4): 8 examples x 3 tokens = 24, a third of a step's cost each: 0.01 x (50 + 8) = 0.58.
     # 2 epochs: 100 tokens; checkpoints 2, 4, 6, 8 and 10: 12 examples x 3: 0.01 x (100 + 12) = 1.12.
-    cost = estimate.trial_cost(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training,
+    cost = estimate.trial_estimate(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training,
                                training.eval_schedule)
     assert cost.seconds == pytest.approx(0.5 * 0.58 + 0.5 * 1.12)
     # of which the checkpoints: 2, then 4 subsets of 2 examples x 3 tokens, a third of a step each
@@ -121,13 +121,13 @@ def test_trial_seconds_by_hand():
     # pruned at its first checkpoint (step 2), the 2-epoch trial saves 8 steps of 10 tokens
     assert cost.most_saved_seconds == pytest.approx(0.01 * 80)
     # a pruner warming up for 8 examples acts from step 4 on: 6 steps saved at most
-    warm = estimate.trial_cost(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training,
+    warm = estimate.trial_estimate(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training,
                                training.eval_schedule, warmup_examples=8)
     assert warm.most_saved_seconds == pytest.approx(0.01 * 60) and warm.seconds == cost.seconds
     # an encoder that is not pruned evaluates only at the end: 4 examples x 3 tokens either way,
     # 0.01 x (50 + 4) and 0.01 x (100 + 4), and a prune can save nothing
-    unpruned = estimate.trial_cost(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training, "end")
-    assert unpruned == estimate.TrialCost(pytest.approx(0.5 * 0.54 + 0.5 * 1.04), 0.0, 0.0)
+    unpruned = estimate.trial_estimate(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training, "end")
+    assert unpruned == estimate.TrialEstimate(pytest.approx(0.5 * 0.54 + 0.5 * 1.04), 0.0, 0.0)
 
 
 def test_pruning_advice_compares_every_trials_checkpoints_with_the_most_its_prunable_trials_save(tmp_path,
@@ -136,8 +136,8 @@ def test_pruning_advice_compares_every_trials_checkpoints_with_the_most_its_prun
         return load_config(write_config(tmp_path, tiny_encoders, budget__n_trials=6, **overrides))
 
     # per study: 3 trials of bert, 2 of them the pruner's startup trials; two studies
-    costs = [estimate.TrialCost(seconds=10.0, checkpoint_seconds=2.0, most_saved_seconds=3.0),
-             estimate.TrialCost(seconds=10.0, checkpoint_seconds=2.0, most_saved_seconds=1.0)]
+    costs = [estimate.TrialEstimate(seconds=10.0, checkpoint_seconds=2.0, most_saved_seconds=3.0),
+             estimate.TrialEstimate(seconds=10.0, checkpoint_seconds=2.0, most_saved_seconds=1.0)]
     median = config(pruner={"type": "median", "n_startup_trials": 2})
     # 3 x (2 + 2) = 12 s of checkpoints against 1 x (3 + 1) = 4 s saved at most
     advice = check._pruning_advice(median, "bert", 6, costs)
@@ -145,7 +145,7 @@ def test_pruning_advice_compares_every_trials_checkpoints_with_the_most_its_prun
                              "more than pruning could save (at most 4 s: 1 of its 3 trials a study can be pruned")
     assert "`prune: false` under encoders.bert" in advice
     # where one prunable trial could save as much as every trial's checkpoints cost, no advice
-    assert check._pruning_advice(median, "bert", 6, [estimate.TrialCost(10.0, 2.0, 6.0)] * 2) is None
+    assert check._pruning_advice(median, "bert", 6, [estimate.TrialEstimate(10.0, 2.0, 6.0)] * 2) is None
     # Hyperband has no startup trials: all 3 may be pruned, 12 s against 12 s
     assert check._pruning_advice(config(pruner={"type": "hyperband"}), "bert", 6, costs) is None
     # nothing is pruned: nothing to advise
@@ -208,8 +208,8 @@ def test_check_shows_each_encoders_precision_and_times_it_once(tmp_path, tiny_en
 def test_check_says_which_encoder_is_not_pruned_and_estimates_its_trials_without_checkpoints(
         tmp_path, tiny_encoders, capsys, steps_of_half_a_second, monkeypatch):
     schedules = []
-    real = estimate.trial_cost
-    monkeypatch.setattr(estimate, "trial_cost", lambda *args: schedules.append(args[-2]) or real(*args))
+    real = estimate.trial_estimate
+    monkeypatch.setattr(estimate, "trial_estimate", lambda *args: schedules.append(args[-2]) or real(*args))
     config = write_config(tmp_path, tiny_encoders, training__precision="fp32", training__eval_schedule="geometric",
                           encoders__roberta__prune=False)
     assert main(["--check", "--config", str(config), "--datasets", "topics"]) == 0

@@ -97,7 +97,7 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
         finished = _finished_per_encoder(storage, study)
         to_run = estimate.remaining_trials(n_trials, finished, encoders, config.comparison == "balanced")
         for encoder in encoders:
-            costs[encoder, name] = _trial_cost(config, encoder, steps[encoder][0] / (steps[encoder][1] * steps[encoder][2]),
+            costs[encoder, name] = _trial_estimate(config, encoder, steps[encoder][0] / (steps[encoder][1] * steps[encoder][2]),
                                                *lengths[encoder, name])
         per_trial = {encoder: costs[encoder, name].seconds for encoder in encoders}
         seconds = sum(to_run[encoder] * per_trial[encoder] for encoder in encoders)
@@ -142,10 +142,10 @@ def _token_lengths(tokenizers: dict, datasets: dict, max_length: int) -> dict:
     return lengths
 
 
-def _trial_cost(config: BenchmarkConfig, encoder: str, seconds_per_token: float, train: np.ndarray,
-                validation: np.ndarray) -> estimate.TrialCost:
+def _trial_estimate(config: BenchmarkConfig, encoder: str, seconds_per_token: float, train: np.ndarray,
+                validation: np.ndarray) -> estimate.TrialEstimate:
     space, overrides = config.search_space, config.encoders[encoder].overrides
-    return estimate.trial_cost(seconds_per_token, train, validation,
+    return estimate.trial_estimate(seconds_per_token, train, validation,
                                estimate.prior(space.batch_size, overrides.get("batch_size")),
                                estimate.prior(space.num_epochs, overrides.get("num_epochs")), config.training,
                                config.eval_schedule(encoder), _warmup_examples(config.pruner))
@@ -155,7 +155,7 @@ def _warmup_examples(pruner: PrunerSpec) -> int:
     return pruner.n_warmup_steps if pruner.type in STARTUP_PRUNERS else 0
 
 
-def _pruning_advice(config: BenchmarkConfig, encoder: str, n_trials: int, costs: list[estimate.TrialCost]
+def _pruning_advice(config: BenchmarkConfig, encoder: str, n_trials: int, costs: list[estimate.TrialEstimate]
                     ) -> str | None:
     """A line when the encoder's pruning checkpoints, over its trials of every study, cost more
     than pruning could ever save: the most its prunable trials (all but the pruner's startup

@@ -45,7 +45,7 @@ def padded_width(lengths: np.ndarray, batch_size: int, grouped: bool) -> float:
 
 
 @dataclass(frozen=True)
-class TrialCost:
+class TrialEstimate:
     """One trial's estimated seconds."""
 
     seconds: float  # expected, run to its end
@@ -55,9 +55,9 @@ class TrialCost:
     most_saved_seconds: float
 
 
-def trial_cost(seconds_per_token: float, train_lengths: np.ndarray, validation_lengths: np.ndarray,
+def trial_estimate(seconds_per_token: float, train_lengths: np.ndarray, validation_lengths: np.ndarray,
                batch_sizes: dict[int, float], epochs: dict[int, float], training: TrainingSpec,
-               schedule: str, warmup_examples: int = 0) -> TrialCost:
+               schedule: str, warmup_examples: int = 0) -> TrialEstimate:
     """Expected seconds of one trial that runs to its end: its training tokens (full batches,
     padded) at `seconds_per_token`, plus its evaluations (the subset at the checkpoints of
     `schedule`, then the whole validation split at the end; sorted by length, so unpadded) at
@@ -80,7 +80,7 @@ def trial_cost(seconds_per_token: float, train_lengths: np.ndarray, validation_l
             acting = [step for step in checkpoints if step * batch_size >= warmup_examples]
             if acting:
                 most_saved = max(most_saved, (total - acting[0]) * batch_size * width * seconds_per_token)
-    return TrialCost(expected, expected_checkpoints, most_saved)
+    return TrialEstimate(expected, expected_checkpoints, most_saved)
 
 
 def remaining_trials(n_trials: int, finished: dict[str, int], encoders: list[str], balanced: bool) -> dict[str, float]:
