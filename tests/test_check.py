@@ -114,7 +114,7 @@ def test_trial_seconds_by_hand():
     # (all 4): 8 examples x 3 tokens = 24, a third of a step's cost each: 0.01 x (50 + 8) = 0.58.
     # 2 epochs: 100 tokens; checkpoints 2, 4, 6, 8 and 10: 12 examples x 3: 0.01 x (100 + 12) = 1.12.
     cost = estimate.trial_estimate(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training,
-                               training.eval_schedule)
+                                   training.eval_schedule)
     assert cost.seconds == pytest.approx(0.5 * 0.58 + 0.5 * 1.12)
     # of which the checkpoints: 2, then 4 subsets of 2 examples x 3 tokens, a third of a step each
     assert cost.checkpoint_seconds == pytest.approx(0.01 * (0.5 * 2 + 0.5 * 4) * 2)
@@ -122,7 +122,7 @@ def test_trial_seconds_by_hand():
     assert cost.most_saved_seconds == pytest.approx(0.01 * 80)
     # a pruner warming up for 8 examples acts from step 4 on: 6 steps saved at most
     warm = estimate.trial_estimate(0.01, train, validation, {2: 1.0}, {1: 0.5, 2: 0.5}, training,
-                               training.eval_schedule, warmup_examples=8)
+                                   training.eval_schedule, warmup_examples=8)
     assert warm.most_saved_seconds == pytest.approx(0.01 * 60) and warm.seconds == cost.seconds
     # an encoder that is not pruned evaluates only at the end: 4 examples x 3 tokens either way,
     # 0.01 x (50 + 4) and 0.01 x (100 + 4), and a prune can save nothing

@@ -91,15 +91,15 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
     encoders = list(inputs.encoders)
     total = 0.0
     total_trials = 0.0
-    costs = {}  # per (encoder, dataset): one trial's
+    estimates = {}  # per (encoder, dataset): one trial's
     for name, loaded in inputs.datasets.items():
         study = study_name(config.name, name)
         finished = _finished_per_encoder(storage, study)
         to_run = estimate.remaining_trials(n_trials, finished, encoders, config.comparison == "balanced")
         for encoder in encoders:
-            costs[encoder, name] = _trial_estimate(config, encoder, steps[encoder][0] / (steps[encoder][1] * steps[encoder][2]),
-                                               *lengths[encoder, name])
-        per_trial = {encoder: costs[encoder, name].seconds for encoder in encoders}
+            seconds_per_token = steps[encoder][0] / (steps[encoder][1] * steps[encoder][2])
+            estimates[encoder, name] = _trial_estimate(config, encoder, seconds_per_token, *lengths[encoder, name])
+        per_trial = {encoder: estimates[encoder, name].seconds for encoder in encoders}
         seconds = sum(to_run[encoder] * per_trial[encoder] for encoder in encoders)
         total, total_trials = total + seconds, total_trials + sum(to_run.values())
         held = (f"the storage holds {sum(finished.values())} finished trial(s) "
@@ -116,7 +116,7 @@ def run_check(config: BenchmarkConfig, storage_url: str, n_trials: int, results_
                   "which starts no new trial after it but stops none that runs; lower search_space.num_epochs or "
                   "raise the timeout", file=sys.stderr)
     for encoder in encoders:
-        advice = _pruning_advice(config, encoder, n_trials, [costs[encoder, name] for name in inputs.datasets])
+        advice = _pruning_advice(config, encoder, n_trials, [estimates[encoder, name] for name in inputs.datasets])
         if advice:
             print(advice)
     print(f"estimate: {estimate.duration_text(total)} for {total_trials:g} trial(s) in {len(inputs.datasets)} "
@@ -143,20 +143,20 @@ def _token_lengths(tokenizers: dict, datasets: dict, max_length: int) -> dict:
 
 
 def _trial_estimate(config: BenchmarkConfig, encoder: str, seconds_per_token: float, train: np.ndarray,
-                validation: np.ndarray) -> estimate.TrialEstimate:
+                    validation: np.ndarray) -> estimate.TrialEstimate:
     space, overrides = config.search_space, config.encoders[encoder].overrides
     return estimate.trial_estimate(seconds_per_token, train, validation,
-                               estimate.prior(space.batch_size, overrides.get("batch_size")),
-                               estimate.prior(space.num_epochs, overrides.get("num_epochs")), config.training,
-                               config.eval_schedule(encoder), _warmup_examples(config.pruner))
+                                   estimate.prior(space.batch_size, overrides.get("batch_size")),
+                                   estimate.prior(space.num_epochs, overrides.get("num_epochs")), config.training,
+                                   config.eval_schedule(encoder), _warmup_examples(config.pruner))
 
 
 def _warmup_examples(pruner: PrunerSpec) -> int:
     return pruner.n_warmup_steps if pruner.type in STARTUP_PRUNERS else 0
 
 
-def _pruning_advice(config: BenchmarkConfig, encoder: str, n_trials: int, costs: list[estimate.TrialEstimate]
-                    ) -> str | None:
+def _pruning_advice(config: BenchmarkConfig, encoder: str, n_trials: int,
+                    estimates: list[estimate.TrialEstimate]) -> str | None:
     """A line when the encoder's pruning checkpoints, over its trials of every study, cost more
     than pruning could ever save: the most its prunable trials (all but the pruner's startup
     trials, where they are the encoder's own) could each save, against what every trial's
@@ -167,12 +167,12 @@ def _pruning_advice(config: BenchmarkConfig, encoder: str, n_trials: int, costs:
     trials = config.trials_per_encoder(n_trials) or n_trials / len(config.encoders)
     startup = pruner.n_startup_trials if pruner.type in STARTUP_PRUNERS and pruner.per_encoder else 0
     prunable = max(0.0, trials - startup)
-    checkpoints = trials * sum(cost.checkpoint_seconds for cost in costs)
-    most_saved = prunable * sum(cost.most_saved_seconds for cost in costs)
+    checkpoints = trials * sum(one.checkpoint_seconds for one in estimates)
+    most_saved = prunable * sum(one.most_saved_seconds for one in estimates)
     if checkpoints <= most_saved:
         return None
     return (f"pruning {encoder}: its checkpoint evaluations would take about {estimate.duration_text(checkpoints)} "
-            f"over the {len(costs)} studies, more than pruning could save (at most "
+            f"over the {len(estimates)} studies, more than pruning could save (at most "
             f"{estimate.duration_text(most_saved)}: {prunable:g} of its {trials:g} trials a study can be pruned, "
             f"each of at most what follows its first checkpoint); `prune: false` under encoders.{encoder} skips "
             f"them, and changes no trial's value")

@@ -56,8 +56,8 @@ class TrialEstimate:
 
 
 def trial_estimate(seconds_per_token: float, train_lengths: np.ndarray, validation_lengths: np.ndarray,
-               batch_sizes: dict[int, float], epochs: dict[int, float], training: TrainingSpec,
-               schedule: str, warmup_examples: int = 0) -> TrialEstimate:
+                   batch_sizes: dict[int, float], epochs: dict[int, float], training: TrainingSpec,
+                   schedule: str, warmup_examples: int = 0) -> TrialEstimate:
     """Expected seconds of one trial that runs to its end: its training tokens (full batches,
     padded) at `seconds_per_token`, plus its evaluations (the subset at the checkpoints of
     `schedule`, then the whole validation split at the end; sorted by length, so unpadded) at
@@ -65,7 +65,7 @@ def trial_estimate(seconds_per_token: float, train_lengths: np.ndarray, validati
     validation = len(validation_lengths)
     subset = min(training.eval_subset_examples or validation, validation)
     validation_width = float(np.mean(validation_lengths))
-    checkpoint_seconds = FORWARD_SHARE * subset * validation_width * seconds_per_token
+    per_checkpoint = FORWARD_SHARE * subset * validation_width * seconds_per_token
     expected = expected_checkpoints = most_saved = 0.0
     for batch_size, batch_p in batch_sizes.items():
         width = padded_width(train_lengths, batch_size, training.group_by_length)
@@ -76,7 +76,7 @@ def trial_estimate(seconds_per_token: float, train_lengths: np.ndarray, validati
             train_tokens = total * batch_size * width
             eval_tokens = (subset * len(checkpoints) + validation) * validation_width
             expected += batch_p * epochs_p * seconds_per_token * (train_tokens + FORWARD_SHARE * eval_tokens)
-            expected_checkpoints += batch_p * epochs_p * len(checkpoints) * checkpoint_seconds
+            expected_checkpoints += batch_p * epochs_p * len(checkpoints) * per_checkpoint
             acting = [step for step in checkpoints if step * batch_size >= warmup_examples]
             if acting:
                 most_saved = max(most_saved, (total - acting[0]) * batch_size * width * seconds_per_token)
